@@ -1,0 +1,29 @@
+"""descent: optimizers as pure update rules, and training strategies kept apart from them.
+
+>>> import torch, descent
+>>> model = torch.nn.Linear(3, 1)
+>>> opt = descent.Adam(model, lr=1e-2)
+>>> model(torch.ones(2, 3)).sum().backward()
+>>> opt.step()
+"""
+
+from .optim import (
+    SGD,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Lion,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RMSprop,
+    SignSGD,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer", "RAdam",
+    "RMSprop", "SignSGD", "__version__",
+]

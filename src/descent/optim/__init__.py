@@ -1,0 +1,17 @@
+"""descent's optimizers: one module per algorithm family, each with its math function."""
+
+from .adagrad import Adagrad, adagrad
+from .adam import Adam, AdamW, adam
+from .adamax import Adamax, adamax
+from .base import FORMAT_VERSION, Optimizer
+from .nadam import NAdam, nadam
+from .radam import RAdam, radam
+from .rmsprop import RMSprop, rmsprop
+from .sgd import SGD, sgd
+from .sign import Lion, SignSGD, lion, sign_sgd
+
+__all__ = [
+    "FORMAT_VERSION", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer",
+    "RAdam", "RMSprop", "SignSGD", "adagrad", "adam", "adamax", "lion", "nadam", "radam",
+    "rmsprop", "sgd", "sign_sgd",
+]
