@@ -15,6 +15,7 @@ anything.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -208,8 +209,20 @@ class Optimizer(torch.optim.Optimizer):
         ``ValueError`` saying what and where.
         """
         self._check_state_dict(state_dict)
-        payload = {key: value for key, value in state_dict.items() if key != "descent"}
+        # A deep copy, so that the loaded state never aliases the caller's tensors
+        # (torch's load keeps tensors that need no cast, and descent updates in place).
+        payload = copy.deepcopy({key: value for key, value in state_dict.items()
+                                 if key != "descent"})
         super().load_state_dict(payload)
+        # torch casts every floating state tensor but `step` to the parameter's dtype;
+        # scalar state such as NAdam's mu_product keeps its own dtype, as when it was saved.
+        saved_ids = [i for group in payload["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params, strict=True):
+            saved = payload["state"].get(saved_id, {})
+            for key in self.scalar_state & saved.keys():
+                if torch.is_tensor(saved[key]):
+                    self.state[param][key] = saved[key].to(device=param.device)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -1,0 +1,312 @@
+"""Generic tests over the optimizer table: parity with the reference, state, groups, errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import descent
+from optim_table import OPTIMIZERS, OptimizerInfo, case_id, config_cases
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+STEPS = 50
+
+
+def make_mlp(dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 8), nn.Tanh(),
+                         nn.Linear(8, 3)).to(dtype)
+
+
+def grouped(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Three param groups with different learning rates (the last takes the default)."""
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    return [
+        {"params": list(layers[0].parameters()), "lr": lr},
+        {"params": list(layers[1].parameters()), "lr": lr * 0.5},
+        {"params": list(layers[2].parameters())},
+    ]
+
+
+def compute_grads(model: nn.Module, step: int, dtype: torch.dtype) -> None:
+    """Backward on a fixed batch for this step; some params get no grad on some steps."""
+    generator = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(16, 6, generator=generator).to(dtype)
+    target = torch.randn(16, 3, generator=generator).to(dtype)
+    for p in model.parameters():
+        p.grad = None
+    ((model(x) - target) ** 2).mean().backward()
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    if step % 3 == 0:
+        layers[2].bias.grad = None
+    if step % 5 == 1:
+        layers[0].weight.grad = None
+
+
+def max_relative_difference(a: nn.Module, b: nn.Module) -> float:
+    worst = 0.0
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        scale = pb.detach().abs().max().item()
+        worst = max(worst, (pa - pb).detach().abs().max().item() / max(scale, 1e-30))
+    return worst
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
+def test_parity_with_reference(info: OptimizerInfo, config: dict[str, Any],
+                               dtype: torch.dtype) -> None:
+    """50 steps on an MLP with three param groups and missing grads match the reference."""
+    ours, theirs = make_mlp(dtype), make_mlp(dtype)
+    lr = config["lr"]
+    options = {k: v for k, v in config.items() if k != "lr"}
+    opt = info.cls(grouped(ours, lr), lr=lr, **options)
+    ref = info.reference(grouped(theirs, lr), lr=lr, **options)
+    worst = 0.0
+    for step in range(STEPS):
+        compute_grads(ours, step, dtype)
+        compute_grads(theirs, step, dtype)
+        opt.step()
+        ref.step()
+        worst = max(worst, max_relative_difference(ours, theirs))
+    assert worst <= TOLERANCE[dtype], f"max relative difference {worst:.3e}"
+    # the trajectory really moved: a parity test of a no-op would pass trivially
+    assert max_relative_difference(ours, make_mlp(dtype)) > 1e-3
+
+
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if i.torch_counterpart], ids=case_id)
+def test_complex_parameters_match_torch(info: OptimizerInfo) -> None:
+    torch.manual_seed(0)
+    start = torch.randn(4, 3, dtype=torch.complex128)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt, ref = info.cls([ours], **info.configs[-1]), info.reference([theirs], **info.configs[-1])
+    for step in range(20):
+        target = torch.randn(4, 3, dtype=torch.complex128,
+                             generator=torch.Generator().manual_seed(step))
+        for p in (ours, theirs):
+            p.grad = None
+            (p - target).abs().pow(2).sum().backward()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(ours, start)
+
+
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if not i.torch_counterpart], ids=case_id)
+def test_complex_parameters_refused_by_sign_methods(info: OptimizerInfo) -> None:
+    p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(TypeError, match=r"complex dtype torch.complex64"):
+        info.cls([p])
+
+
+@pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
+def test_state_dict_round_trip_mid_training(info: OptimizerInfo, config: dict[str, Any]) -> None:
+    """Train 10 steps, save, load into a fresh optimizer on cloned params, train 10 more."""
+    dtype = torch.float64
+    model = make_mlp(dtype)
+    opt = info.cls(grouped(model, config["lr"]), **config)
+    for step in range(10):
+        compute_grads(model, step, dtype)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    clone = copy.deepcopy(model)
+    resumed = info.cls(grouped(clone, 123.0), **{**config, "lr": 7.0})
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for step in range(10, 20):
+        compute_grads(model, step, dtype)
+        compute_grads(clone, step, dtype)
+        opt.step()
+        resumed.step()
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.state.values(), resumed.state.values(), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+def test_params_without_grad_are_untouched(info: OptimizerInfo) -> None:
+    used = nn.Parameter(torch.randn(5, dtype=torch.float64))
+    unused = nn.Parameter(torch.randn(5, dtype=torch.float64))
+    before = unused.detach().clone()
+    opt = info.cls([used, unused], **{**info.configs[-1], "weight_decay": 0.5}
+                   if "weight_decay" in info.cls.hyperparameters else info.configs[-1])
+    for _ in range(3):
+        used.grad = torch.ones_like(used)
+        opt.step()
+    assert torch.equal(unused, before)
+    assert unused not in opt.state
+    assert not torch.equal(used, before)
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_low_precision_dtypes_step(info: OptimizerInfo, dtype: torch.dtype) -> None:
+    """Half-precision parameters are updated and their state keeps their dtype."""
+    p = nn.Parameter(torch.ones(8, dtype=dtype))
+    opt = info.cls([p], **{**info.configs[0], "lr": 0.1})  # a step bf16 can represent
+    p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    assert p.dtype == dtype
+    assert (p < 1).all()
+    for value in opt.state[p].values():
+        if value.dim() > 0:
+            assert value.dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("info", "error"), [(i, e) for i in OPTIMIZERS for e in i.error_inputs],
+    ids=lambda c: case_id(c) if isinstance(c, OptimizerInfo) else ",".join(c.kwargs))
+def test_error_inputs(info: OptimizerInfo, error: Any) -> None:
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(error.error, match=error.match):
+        info.cls([p], **error.kwargs)
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+def test_group_hyperparameters_are_checked(info: OptimizerInfo) -> None:
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: lr=-0\.5"):
+        info.cls([{"params": [a]}, {"params": [b], "lr": -0.5}])
+    opt = info.cls([a])
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: weight_decay=-1"):
+        opt.add_param_group({"params": [b], "weight_decay": -1})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+def test_bad_parameters_are_refused(info: OptimizerInfo) -> None:
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError, match=r"dtype torch.int64.*floating-point"):
+        info.cls([torch.zeros(2, dtype=torch.long)])
+    with pytest.raises(ValueError, match=r"params is empty"):
+        info.cls([])
+    with pytest.raises(ValueError, match=r"\[1\] is the same tensor as .*\[0\]"):
+        info.cls([p, p])
+    with pytest.raises(ValueError, match=r"already optimized"):
+        info.cls([{"params": [p]}, {"params": [p]}])
+    with pytest.raises(TypeError, match=r"single tensor"):
+        info.cls(p)
+    with pytest.raises(ValueError, match=r"not a leaf"):
+        info.cls([p * 2])
+
+
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+def test_accepts_every_parameter_form(info: OptimizerInfo) -> None:
+    model = make_mlp(torch.float32)
+    count = len(list(model.parameters()))
+    forms = {
+        "tensors": model.parameters(),
+        "named": model.named_parameters(),
+        "groups": [{"params": model[0].parameters()}, {"params": model[2:].parameters()}],
+        "module": model,
+        "modules": [model[0], model[2], model[4]],
+    }
+    for form, params in forms.items():
+        opt = info.cls(params)
+        assert sum(len(g["params"]) for g in opt.param_groups) == count, form
+    names = info.cls(model.named_parameters()).param_groups[0]["param_names"]
+    assert names == [name for name, _ in model.named_parameters()]
+    assert info.cls(model).param_groups[0]["param_names"][0] == "0.weight"
+
+
+def test_list_of_modules_takes_shared_parameters_once() -> None:
+    shared = nn.Linear(3, 3)
+    other = nn.Sequential(shared, nn.Linear(3, 1))
+    opt = descent.SGD([shared, other], lr=0.1)
+    assert len(opt.param_groups[0]["params"]) == 4
+
+
+def test_lr_property_reads_and_sets_every_group() -> None:
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    opt = descent.Adam([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match=r"different learning rates \[0\.1, 0\.5\]"):
+        _ = opt.lr
+    opt.lr = 0.01
+    assert opt.lr == 0.01
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+    with pytest.raises(ValueError, match=r"lr=-1"):
+        opt.lr = -1
+    assert opt.lr == 0.01
+
+
+def test_zero_grad_semantics_match_torch() -> None:
+    p = nn.Parameter(torch.ones(3))
+    opt = descent.SGD([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_step_returns_closure_loss_and_enables_grad() -> None:
+    p = nn.Parameter(torch.tensor([2.0]))
+    opt = descent.SGD([p], lr=0.25)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == 4.0
+    assert p.item() == pytest.approx(2.0 - 0.25 * 4.0)
+
+
+def test_optimizer_state_survives_add_param_group() -> None:
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = descent.Adam([a], lr=0.1)
+    a.grad = torch.ones(2)
+    opt.step()
+    saved = {k: v.clone() for k, v in opt.state[a].items()}
+    opt.add_param_group({"params": [b], "lr": 0.2})
+    assert opt.param_groups[1]["betas"] == (0.9, 0.999)
+    for key, value in saved.items():
+        assert torch.equal(opt.state[a][key], value)
+
+
+def test_sparse_gradients_are_refused() -> None:
+    p = nn.Parameter(torch.zeros(4))
+    opt = descent.Adam([p])
+    p.grad = torch.zeros(4).to_sparse()
+    with pytest.raises(TypeError, match=r"sparse gradient"):
+        opt.step()
+
+
+def test_torch_state_dict_loads_into_descent() -> None:
+    """torch.optim's layout is descent's: a torch checkpoint continues in descent."""
+    ours, theirs = make_mlp(torch.float64), make_mlp(torch.float64)
+    ref = torch.optim.Adam(theirs.parameters(), lr=1e-2, amsgrad=True)
+    for step in range(5):
+        compute_grads(theirs, step, torch.float64)
+        ref.step()
+    ours.load_state_dict(theirs.state_dict())
+    opt = descent.Adam(ours.parameters(), lr=1e-2, amsgrad=True)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    for step in range(5, 15):
+        compute_grads(ours, step, torch.float64)
+        compute_grads(theirs, step, torch.float64)
+        opt.step()
+        ref.step()
+    assert max_relative_difference(ours, theirs) <= 1e-10
+
+
+def test_descent_state_dict_loads_into_torch() -> None:
+    model = make_mlp(torch.float64)
+    opt = descent.RMSprop(model.parameters(), lr=1e-2, momentum=0.9, centered=True)
+    for step in range(3):
+        compute_grads(model, step, torch.float64)
+        opt.step()
+    state = copy.deepcopy(opt.state_dict())
+    state.pop("descent")
+    torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9,
+                        centered=True).load_state_dict(state)
