@@ -1,0 +1,51 @@
+"""Print each optimizer's worst relative difference from its reference over the test matrix.
+
+    python bench/parity.py
+
+Runs the same 50-step trajectories as ``tests/test_optimizers.py::test_parity_with_reference``
+(three param groups, params without grads on some steps, every configuration in the table)
+and reports the largest relative difference seen per algorithm and dtype.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from optim_table import OPTIMIZERS  # noqa: E402
+from test_optimizers import STEPS, compute_grads, grouped, make_mlp, max_relative_difference  # noqa: E402
+
+
+def worst_difference(info, config, dtype) -> float:
+    ours, theirs = make_mlp(dtype), make_mlp(dtype)
+    lr = config["lr"]
+    options = {k: v for k, v in config.items() if k != "lr"}
+    opt = info.cls(grouped(ours, lr), lr=lr, **options)
+    ref = info.reference(grouped(theirs, lr), lr=lr, **options)
+    worst = 0.0
+    for step in range(STEPS):
+        compute_grads(ours, step, dtype)
+        compute_grads(theirs, step, dtype)
+        opt.step()
+        ref.step()
+        worst = max(worst, max_relative_difference(ours, theirs))
+    return worst
+
+
+def main() -> None:
+    print(f"| optimizer | reference | configs | max rel. diff float64 | max rel. diff float32 |")
+    print("|---|---|---|---|---|")
+    for info in OPTIMIZERS:
+        f64 = max(worst_difference(info, c, torch.float64) for c in info.configs)
+        f32 = max(worst_difference(info, c, torch.float32) for c in info.configs)
+        reference = (f"torch.optim.{info.reference.__name__}" if info.torch_counterpart
+                     else f"paper equations ({info.reference.__name__}, tests/optim_table.py)")
+        print(f"| {info.name} | {reference} | {len(info.configs)} | {f64:.1e} | {f32:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
