@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from optim_table import OPTIMIZERS  # noqa: E402
-from test_optimizers import STEPS, compute_grads, grouped, make_mlp, max_relative_difference  # noqa: E402
+from optim_table import OPTIMIZERS
+from test_optimizers import STEPS, compute_grads, grouped, make_mlp, max_relative_difference
 
 
 def worst_difference(info, config, dtype) -> float:
@@ -37,7 +37,7 @@ def worst_difference(info, config, dtype) -> float:
 
 
 def main() -> None:
-    print(f"| optimizer | reference | configs | max rel. diff float64 | max rel. diff float32 |")
+    print("| optimizer | reference | configs | max rel. diff float64 | max rel. diff float32 |")
     print("|---|---|---|---|---|")
     for info in OPTIMIZERS:
         f64 = max(worst_difference(info, c, torch.float64) for c in info.configs)
