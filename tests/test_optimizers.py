@@ -310,3 +310,24 @@ def test_descent_state_dict_loads_into_torch() -> None:
     state.pop("descent")
     torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9,
                         centered=True).load_state_dict(state)
+
+
+def test_works_with_torch_schedulers_hooks_and_grad_scaler() -> None:
+    p = nn.Parameter(torch.ones(3))
+    opt = descent.SGD([p], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    lrs = []
+    for _ in range(4):
+        opt.zero_grad()
+        scaler.scale(p.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        lrs.append(opt.lr)
+        scheduler.step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5]
+    assert calls == ["pre", "post"] * 4
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1.0 - 3.0))
