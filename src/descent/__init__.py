@@ -7,6 +7,7 @@
 >>> opt.step()
 """
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import (
     SGD,
     Adagrad,
@@ -25,5 +26,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer", "RAdam",
-    "RMSprop", "SignSGD", "__version__",
+    "RMSprop", "SignSGD", "__version__", "load_checkpoint", "save_checkpoint",
 ]
