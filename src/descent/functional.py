@@ -1,0 +1,481 @@
+"""Pure optimizer steps: ``init(params) -> state`` and ``step(params, grads, state)``.
+
+Each algorithm of :mod:`descent.optim` is also available here as a pair of pure
+functions, for code that wants to differentiate through optimizer steps
+(meta-learning, learned learning rates), run them under ``torch.func`` transforms
+(``vmap`` over an ensemble, ``grad``), or keep its state explicitly::
+
+    state = functional.adam.init(params)
+    params, state = functional.adam.step(params, grads, state, lr=1e-3)
+
+``params`` and ``grads`` are the same *tree* of tensors: one tensor, a list or tuple
+of tensors, or a dict (nested lists, tuples and dicts are fine, e.g. the dict that
+``dict(model.named_parameters())`` gives for ``torch.func.functional_call``).
+``step`` returns new params of that structure and a new state; it mutates nothing,
+and every hyperparameter may be a tensor (for instance a learning rate with
+``requires_grad=True``), so gradients flow through the whole unrolled loop.
+
+The update is the one written in :mod:`descent.optim`: ``step`` calls the same math
+function, with the same arguments, as the optimizer classes (:func:`descent.optim.adam`,
+...), so its results equal theirs bit for bit.
+
+**State.** A dict: ``"step"``, a 0-dim tensor counting the steps taken (the
+torch.optim dtype: float32, or float64 under a float64 default dtype), and one entry
+per buffer (``"exp_avg"``, ...) holding a tree shaped like ``params``. NAdam adds
+the 0-dim ``"mu_product"``. Options that decide which buffers exist are given to
+``init`` (``amsgrad`` for Adam, ``momentum`` and ``centered`` for RMSprop, ...);
+``step`` reads them back from the state and refuses a contradicting hyperparameter.
+
+**vmap.** Every algorithm here is elementwise, so ``torch.func.vmap`` maps it over
+an ensemble of parameter sets stacked along a leading dimension. Either create the
+state inside the mapped function (``init`` then the loop, see the tests), or pass
+the state of the stacked parameters with ``in_dims`` ``None`` for the shared
+``"step"`` (and ``"mu_product"``) and 0 for the buffers. The step count enters the
+math as a Python number (as in the classes), so it must not be batched.
+
+Example:
+
+>>> import torch
+>>> from descent import functional
+>>> params = {"w": torch.tensor([1.0, -2.0])}
+>>> state = functional.adam.init(params)
+>>> grads = {"w": torch.tensor([0.5, -0.5])}
+>>> params, state = functional.adam.step(params, grads, state, lr=0.1)
+>>> params["w"]
+tensor([ 0.9000, -1.9000])
+>>> int(state["step"])
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import optim
+from .optim.base import scalar_dtype
+
+Tree = Any
+"""A tensor, or a list, tuple or dict of trees."""
+
+
+# ---------------------------------------------------------------------- trees
+
+
+def _leaves(tree: Tree, path: str, owner: str) -> list[tuple[str, Any]]:
+    """The leaves of ``tree`` in order, each with a path naming it for error messages."""
+    if isinstance(tree, Mapping):
+        out: list[tuple[str, Any]] = []
+        for key, value in tree.items():
+            out += _leaves(value, f"{path}[{key!r}]", owner)
+        return out
+    if isinstance(tree, list | tuple):
+        out = []
+        for index, value in enumerate(tree):
+            out += _leaves(value, f"{path}[{index}]", owner)
+        return out
+    return [(path, tree)]
+
+
+def _rebuild(tree: Tree, leaves: Any) -> Tree:
+    """A tree shaped like ``tree`` whose leaves are taken, in order, from the iterator."""
+    if isinstance(tree, Mapping):
+        return {key: _rebuild(value, leaves) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        items = [_rebuild(value, leaves) for value in tree]
+        if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+            return type(tree)(*items)
+        return type(tree)(items)
+    return next(leaves)
+
+
+def _structure(tree: Tree) -> Any:
+    """The shape of a tree without its leaves, to compare two trees."""
+    if isinstance(tree, Mapping):
+        return {key: _structure(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_structure(value) for value in tree]
+    return None
+
+
+# ---------------------------------------------------------------------- the algorithms
+
+
+Update = Callable[[Tensor, Tensor, Mapping[str, Any], float, Mapping[str, Any]],
+                  dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class FunctionalOptimizer:
+    """One algorithm as a pair of pure functions, :meth:`init` and :meth:`step`.
+
+    Instances live in this module under the algorithm's name (``functional.adam``,
+    ``functional.sgd``, ...). ``hyperparameters`` lists what :meth:`step` takes, with
+    the defaults of the matching optimizer class; ``init_options`` what :meth:`init`
+    takes.
+    """
+
+    name: str
+    optimizer: type[optim.Optimizer]
+    hyperparameters: Mapping[str, Any]
+    init_options: Mapping[str, Any]
+    buffers: Callable[[Mapping[str, Any]], dict[str, float]]
+    update: Update
+    scalars: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"descent.functional.{self.name}"
+
+    # -------------------------------------------------------------- init
+
+    def init(self, params: Tree, **options: Any) -> dict[str, Any]:
+        """The state before the first step: zero step count and fresh buffers.
+
+        ``options`` are the ones in :attr:`init_options` (for instance
+        ``amsgrad=True``); they decide which buffers the state holds.
+        """
+        owner = f"{self!r}.init"
+        options = self._options(owner, options, self.init_options)
+        leaves = self._tensors(owner, "params", params)
+        state: dict[str, Any] = {"step": torch.zeros((), dtype=scalar_dtype())}
+        for key in self.scalars:
+            state[key] = torch.ones((), dtype=scalar_dtype())
+        for key, fill in self.buffers(options).items():
+            state[key] = _rebuild(params, iter([
+                torch.full_like(leaf, fill, memory_format=torch.preserve_format)
+                for _, leaf in leaves]))
+        return state
+
+    # -------------------------------------------------------------- step
+
+    def step(self, params: Tree, grads: Tree, state: Mapping[str, Any],
+             **hyperparameters: Any) -> tuple[Tree, dict[str, Any]]:
+        """One step: new params (same structure as ``params``) and the new state.
+
+        Nothing is mutated. Hyperparameters left out take the defaults in
+        :attr:`hyperparameters`; numbers are checked as the optimizer class checks
+        them, tensors only for being real floating point (their value may be traced).
+        """
+        owner = f"{self!r}.step"
+        hp = self._options(owner, hyperparameters, self.hyperparameters)
+        self._check_combination(owner, hp)
+        param_leaves = self._tensors(owner, "params", params)
+        grad_leaves = self._tensors(owner, "grads", grads)
+        if _structure(grads) != _structure(params):
+            raise ValueError(f"{owner}: grads has structure {_structure(grads)!r}, params has "
+                             f"{_structure(params)!r}; expected the same tree")
+        buffer_leaves = self._check_state(owner, params, state, hp)
+        for (path, param), (_, grad) in zip(param_leaves, grad_leaves, strict=True):
+            if grad.shape != param.shape or grad.dtype != param.dtype:
+                raise ValueError(f"{owner}: grads{path[len('params'):]} has shape "
+                                 f"{tuple(grad.shape)} and dtype {grad.dtype}; {path} has shape "
+                                 f"{tuple(param.shape)} and dtype {param.dtype}")
+            if param.is_complex() and not self.optimizer.supports_complex:
+                raise TypeError(f"{owner}: {path} is complex ({param.dtype}); "
+                                f"{self.name} updates real parameters only")
+
+        count = state["step"] + 1
+        step = _step_number(owner, count)
+        scalars = {key: state[key] for key in self.scalars}
+        new_leaves: list[Tensor] = []
+        new_buffers: dict[str, list[Tensor]] = {key: [] for key in buffer_leaves}
+        new_scalars = dict(scalars)
+        for index, ((_, param), (_, grad)) in enumerate(zip(param_leaves, grad_leaves,
+                                                             strict=True)):
+            leaf_state = {key: leaves[index] for key, leaves in buffer_leaves.items()}
+            new = _update_leaf(self.update, param, grad, {**leaf_state, **scalars}, step, hp)
+            new_leaves.append(new["param"])
+            for key in new_buffers:
+                new_buffers[key].append(new[key])
+            for key in self.scalars:
+                new_scalars[key] = new[key].to(scalars[key].dtype)
+
+        new_state: dict[str, Any] = {"step": count, **new_scalars}
+        for key, leaves in new_buffers.items():
+            new_state[key] = _rebuild(params, iter(leaves))
+        return _rebuild(params, iter(new_leaves)), new_state
+
+    # -------------------------------------------------------------- checks
+
+    def _options(self, owner: str, given: Mapping[str, Any],
+                 defaults: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise TypeError(f"{owner}: unexpected argument(s) {unknown}; expected some of "
+                            f"{sorted(defaults)}")
+        options = {**defaults, **given}
+        checks = self.optimizer.hyperparameters
+        for name, value in options.items():
+            if _holds_tensor(value):
+                _check_tensor_hyperparameter(owner, name, value)
+            else:
+                options[name] = checks[name](owner, name, value)
+        return options
+
+    def _check_combination(self, owner: str, hp: Mapping[str, Any]) -> None:
+        if hp.get("nesterov") and not _holds_tensor(hp["momentum"]) and (
+                hp["momentum"] <= 0 or (not _holds_tensor(hp["dampening"])
+                                        and hp["dampening"] != 0)):
+            raise ValueError(f"{owner}: nesterov=True needs momentum > 0 and dampening == 0, "
+                             f"got momentum={hp['momentum']!r}, dampening={hp['dampening']!r}")
+
+    def _tensors(self, owner: str, name: str, tree: Tree) -> list[tuple[str, Tensor]]:
+        leaves = _leaves(tree, name, owner)
+        for path, leaf in leaves:
+            if not isinstance(leaf, Tensor):
+                raise TypeError(f"{owner}: {path} has type {type(leaf).__name__}; expected a "
+                                "torch.Tensor (trees of tensors: lists, tuples and dicts)")
+            if not (leaf.is_floating_point() or leaf.is_complex()):
+                raise TypeError(f"{owner}: {path} has dtype {leaf.dtype}; expected a "
+                                "floating-point or complex tensor")
+        return leaves
+
+    def _check_state(self, owner: str, params: Tree, state: Mapping[str, Any],
+                     hp: Mapping[str, Any]) -> dict[str, list[Tensor]]:
+        if not isinstance(state, Mapping) or "step" not in state:
+            raise TypeError(f"{owner}: state={type(state).__name__} is not a state made by "
+                            f"{self!r}.init (a dict with 'step')")
+        for key in ("step", *self.scalars):
+            if not isinstance(state.get(key), Tensor):
+                raise TypeError(f"{owner}: state[{key!r}] has type "
+                                f"{type(state.get(key)).__name__}; expected a 0-dim tensor")
+        present = set(state) - {"step", *self.scalars}
+        base = set(self.buffers(self.init_options))
+        possible = set(self.buffers({name: _truthy(value)
+                                     for name, value in self.init_options.items()}))
+        expected = base | (present & possible)
+        for name in set(self.init_options) & set(hp):
+            toggled = set(self.buffers({**self.init_options, name: _truthy(hp[name])})) - base
+            wanted = set(self.buffers({**self.init_options, name: hp[name]})) - base
+            expected = (expected - toggled) | wanted
+        if present != expected:
+            raise ValueError(f"{owner}: state has buffers {sorted(present)}, expected "
+                             f"{sorted(expected)}; {self._state_hint(hp)}")
+        structure = _structure(params)
+        param_leaves = _leaves(params, "params", owner)
+        buffers: dict[str, list[Tensor]] = {}
+        for key in sorted(present):
+            if _structure(state[key]) != structure:
+                raise ValueError(f"{owner}: state[{key!r}] has structure "
+                                 f"{_structure(state[key])!r}, params has {structure!r}")
+            leaves = _leaves(state[key], f"state[{key!r}]", owner)
+            for (path, leaf), (param_path, param) in zip(leaves, param_leaves, strict=True):
+                if not isinstance(leaf, Tensor) or leaf.shape != param.shape:
+                    shape = tuple(leaf.shape) if isinstance(leaf, Tensor) else type(leaf).__name__
+                    raise ValueError(f"{owner}: {path} has shape {shape}, {param_path} has "
+                                     f"shape {tuple(param.shape)}")
+            buffers[key] = [leaf for _, leaf in leaves]
+        return buffers
+
+    def _state_hint(self, hp: Mapping[str, Any]) -> str:
+        shared = {name: hp[name] for name in self.init_options if name in hp}
+        args = "".join(f", {name}={value!r}" for name, value in shared.items())
+        return f"make the state with {self!r}.init(params{args})"
+
+
+def _step_number(owner: str, count: Tensor) -> float:
+    """The step count as a Python float, as the optimizer classes pass it to the math."""
+    if count.dim() != 0:
+        raise ValueError(f"{owner}: state['step'] has shape {tuple(count.shape)}; expected a "
+                         "0-dim tensor")
+    try:
+        return float(count)
+    except RuntimeError as error:  # a batched count under torch.func.vmap
+        raise ValueError(f"{owner}: state['step'] is batched; under torch.func.vmap map the "
+                         "buffers and keep the step count shared (in_dims=None for "
+                         "state['step'] and state['mu_product'])") from error
+
+
+def _truthy(value: Any) -> Any:
+    return True if isinstance(value, bool) else 1.0
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    return isinstance(value, tuple | list) and any(isinstance(item, Tensor) for item in value)
+
+
+def _check_tensor_hyperparameter(owner: str, name: str, value: Any) -> None:
+    items = value if isinstance(value, tuple | list) else (value,)
+    for item in items:
+        if isinstance(item, Tensor) and (item.is_complex() or not item.is_floating_point()):
+            raise TypeError(f"{owner}: {name} is a tensor of dtype {item.dtype}; expected a "
+                            "real floating-point tensor")
+
+
+def _update_leaf(update: Update, param: Tensor, grad: Tensor, state: dict[str, Any],
+                 step: float, hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Run ``update`` on one tensor; complex tensors are updated as real pairs."""
+    if not param.is_complex():
+        return update(param, grad, state, step, hp)
+    real = {key: torch.view_as_real(value) if value.is_complex() else value
+            for key, value in state.items()}
+    new = update(torch.view_as_real(param), torch.view_as_real(grad), real, step, hp)
+    return {key: torch.view_as_complex(value) if key == "param" or state[key].is_complex()
+            else value for key, value in new.items()}
+
+
+def _sgd(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+         hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    options = dict(lr=hp["lr"], momentum=hp["momentum"], dampening=hp["dampening"],
+                   weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
+                   maximize=hp["maximize"])
+    buffer = state.get("momentum_buffer")
+    if buffer is not None and step == 1:
+        buffer = None  # the first step starts the buffer at the gradient, as torch.optim does
+    return optim.sgd(param, grad, buffer, **options)
+
+
+def _adam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+          hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    beta1, beta2 = hp["betas"]
+    return optim.adam(param, grad, state["exp_avg"], state["exp_avg_sq"],
+                      state.get("max_exp_avg_sq"), step=step, lr=hp["lr"], beta1=beta1,
+                      beta2=beta2, eps=hp["eps"], weight_decay=hp["weight_decay"],
+                      decoupled_weight_decay=hp["decoupled_weight_decay"],
+                      maximize=hp["maximize"])
+
+
+def _rmsprop(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+             hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    return optim.rmsprop(param, grad, state["square_avg"], state.get("momentum_buffer"),
+                         state.get("grad_avg"), lr=hp["lr"], alpha=hp["alpha"], eps=hp["eps"],
+                         weight_decay=hp["weight_decay"], momentum=hp["momentum"],
+                         maximize=hp["maximize"])
+
+
+def _adagrad(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+             hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    return optim.adagrad(param, grad, state["sum"], step=step, lr=hp["lr"],
+                         lr_decay=hp["lr_decay"], weight_decay=hp["weight_decay"],
+                         eps=hp["eps"], maximize=hp["maximize"])
+
+
+def _nadam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+           hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    beta1, beta2 = hp["betas"]
+    return optim.nadam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["mu_product"],
+                       step=step, lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
+                       weight_decay=hp["weight_decay"], momentum_decay=hp["momentum_decay"],
+                       decoupled_weight_decay=hp["decoupled_weight_decay"],
+                       maximize=hp["maximize"])
+
+
+def _radam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+           hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    beta1, beta2 = hp["betas"]
+    return optim.radam(param, grad, state["exp_avg"], state["exp_avg_sq"], step=step,
+                       lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
+                       weight_decay=hp["weight_decay"],
+                       decoupled_weight_decay=hp["decoupled_weight_decay"],
+                       maximize=hp["maximize"])
+
+
+def _adamax(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+            hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    beta1, beta2 = hp["betas"]
+    return optim.adamax(param, grad, state["exp_avg"], state["exp_inf"], step=step,
+                        lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
+                        weight_decay=hp["weight_decay"], maximize=hp["maximize"])
+
+
+def _sign_sgd(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+              hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    return optim.sign_sgd(param, grad, state.get("momentum_buffer"), lr=hp["lr"],
+                          momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+                          maximize=hp["maximize"])
+
+
+def _lion(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+          hp: Mapping[str, Any]) -> dict[str, Tensor]:
+    beta1, beta2 = hp["betas"]
+    return optim.lion(param, grad, state["exp_avg"], lr=hp["lr"], beta1=beta1, beta2=beta2,
+                      weight_decay=hp["weight_decay"], maximize=hp["maximize"])
+
+
+def _nonzero(value: Any) -> bool:
+    return _holds_tensor(value) or value != 0
+
+
+_ADAM_HP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False)
+
+sgd = FunctionalOptimizer(
+    "sgd", optim.SGD,
+    dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+         maximize=False),
+    dict(momentum=0.0),
+    lambda o: {"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {},
+    _sgd)
+"""SGD (:class:`descent.SGD`); ``init(params, momentum=...)`` keeps a momentum buffer
+when momentum is not 0."""
+
+adam = FunctionalOptimizer(
+    "adam", optim.Adam, dict(_ADAM_HP, decoupled_weight_decay=False), dict(amsgrad=False),
+    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0,
+               **({"max_exp_avg_sq": 0.0} if o["amsgrad"] else {})},
+    _adam)
+"""Adam (:class:`descent.Adam`); ``init(params, amsgrad=True)`` for AMSGrad."""
+
+adamw = FunctionalOptimizer(
+    "adamw", optim.AdamW, dict(_ADAM_HP, weight_decay=1e-2, decoupled_weight_decay=True),
+    dict(amsgrad=False), adam.buffers, _adam)
+"""AdamW (:class:`descent.AdamW`): Adam with decoupled weight decay 1e-2 by default."""
+
+rmsprop = FunctionalOptimizer(
+    "rmsprop", optim.RMSprop,
+    dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False),
+    dict(momentum=0.0, centered=False),
+    lambda o: {"square_avg": 0.0,
+               **({"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {}),
+               **({"grad_avg": 0.0} if o["centered"] else {})},
+    _rmsprop)
+"""RMSprop (:class:`descent.RMSprop`); ``init(params, momentum=..., centered=...)``."""
+
+adagrad = FunctionalOptimizer(
+    "adagrad", optim.Adagrad,
+    dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
+    dict(initial_accumulator_value=0.0),
+    lambda o: {"sum": o["initial_accumulator_value"]},
+    _adagrad)
+"""Adagrad (:class:`descent.Adagrad`); ``init(params, initial_accumulator_value=...)``."""
+
+nadam = FunctionalOptimizer(
+    "nadam", optim.NAdam,
+    dict(_ADAM_HP, lr=2e-3, momentum_decay=4e-3, decoupled_weight_decay=False), {},
+    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _nadam, scalars=("mu_product",))
+"""NAdam (:class:`descent.NAdam`); the state adds the 0-dim ``mu_product``."""
+
+radam = FunctionalOptimizer(
+    "radam", optim.RAdam, dict(_ADAM_HP, decoupled_weight_decay=False), {},
+    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _radam)
+"""RAdam (:class:`descent.RAdam`)."""
+
+adamax = FunctionalOptimizer(
+    "adamax", optim.Adamax, dict(_ADAM_HP, lr=2e-3), {},
+    lambda o: {"exp_avg": 0.0, "exp_inf": 0.0}, _adamax)
+"""Adamax (:class:`descent.Adamax`)."""
+
+sign_sgd = FunctionalOptimizer(
+    "sign_sgd", optim.SignSGD, dict(lr=1e-3, momentum=0.0, weight_decay=0.0, maximize=False),
+    dict(momentum=0.0),
+    lambda o: {"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {},
+    _sign_sgd)
+"""signSGD / Signum (:class:`descent.SignSGD`); ``init(params, momentum=...)`` for Signum."""
+
+lion = FunctionalOptimizer(
+    "lion", optim.Lion, dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False), {},
+    lambda o: {"exp_avg": 0.0}, _lion)
+"""Lion (:class:`descent.Lion`)."""
+
+ALGORITHMS: dict[str, FunctionalOptimizer] = {
+    algorithm.name: algorithm for algorithm in
+    (sgd, adam, adamw, rmsprop, adagrad, nadam, radam, adamax, sign_sgd, lion)}
+"""Every functional algorithm by name."""
+
+__all__ = ["ALGORITHMS", "FunctionalOptimizer", "adagrad", "adam", "adamax", "adamw", "lion",
+           "nadam", "radam", "rmsprop", "sgd", "sign_sgd"]
