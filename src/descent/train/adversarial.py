@@ -1,0 +1,309 @@
+"""AdversarialTrainer: a generator trained against a discriminator (GAN, WGAN-GP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import (
+    LoopState,
+    Trainer,
+    check_choice,
+    check_optimizer,
+    check_positive_int,
+    check_scheduler,
+)
+from .callbacks import Callback
+from .data import make_batches, mixed_seed
+from .history import History
+
+LOSSES = ("nonsaturating", "wgan-gp")
+
+
+@dataclasses.dataclass
+class AdversarialLoopState(LoopState):
+    """:class:`LoopState` where ``step`` counts generator steps, ``d_step``
+    discriminator steps, and ``window`` the discriminator steps since the last
+    generator step (it carries across epochs)."""
+
+    d_step: int = 0
+
+
+class AdversarialTrainer(Trainer):
+    r"""Alternating updates of a generator G and a discriminator (critic) D.
+
+    Every batch of real samples :math:`x` makes one discriminator step; after every
+    ``n_critic`` discriminator steps the generator takes one step (noise
+    :math:`z \sim \mathcal N(0, I)` of size ``latent_dim``, drawn from the trainer's
+    seeded generator). With D's output a logit :math:`D(\cdot)`:
+
+    * ``loss="nonsaturating"`` (default; Goodfellow et al. 2014, section 3):
+      :math:`L_D = \operatorname{softplus}(-D(x)) + \operatorname{softplus}(D(G(z)))`
+      (binary cross-entropy, real = 1, fake = 0) and
+      :math:`L_G = \operatorname{softplus}(-D(G(z)))`, i.e. G maximises
+      :math:`\log D(G(z))` rather than minimising :math:`\log(1 - D(G(z)))`.
+    * ``loss="wgan-gp"`` (Gulrajani et al. 2017, Algorithm 1):
+      :math:`L_D = D(\tilde x) - D(x) + \lambda (\lVert\nabla_{\hat x} D(\hat x)\rVert_2 - 1)^2`
+      with :math:`\hat x = \epsilon x + (1-\epsilon)\tilde x`,
+      :math:`\epsilon \sim U[0, 1]` per sample, :math:`\lambda` = ``gp_weight``, and
+      :math:`L_G = -D(G(z))`. Use ``n_critic=5`` and Adam with ``betas=(0.0, 0.9)``
+      as in the paper.
+
+    All losses are batch means. Each network's gradients stay out of the other's
+    update: the discriminator step sees generated samples computed without gradients
+    (G's gradients are never formed), and during the generator step D's parameters
+    do not require gradients (D's ``.grad`` is untouched), so neither optimizer ever
+    sees the other network's gradients. The two optimizers must hold the parameters
+    of their own network only.
+
+    Args:
+        generator: maps noise ``(n, latent_dim)`` to samples.
+        discriminator: maps samples ``(n, ...)`` to scores ``(n,)`` or ``(n, 1)``.
+        g_optimizer, d_optimizer: their optimizers.
+        latent_dim: size of the noise vector.
+        batch_size: real samples per discriminator step.
+        epochs: epochs (passes over the real data) per ``train()`` call.
+        n_critic: discriminator steps per generator step.
+        loss: ``"nonsaturating"`` or ``"wgan-gp"``.
+        gp_weight: :math:`\lambda` of the gradient penalty (WGAN-GP).
+        g_scheduler, d_scheduler: stepped after each step of their optimizer.
+        clip_grad_norm: clip each network's gradient norm before its step.
+        callbacks: :class:`Callback` objects.
+        shuffle, drop_last: as in :class:`SupervisedTrainer` (``drop_last`` defaults to
+            True here: a small last batch makes a noisy critic step).
+        **options: ``seed``, ``device``, ``precision``, ``nonfinite``,
+            ``clip_grad_value``: see :class:`Trainer`.
+
+    Extension points: :meth:`sample_noise`, :meth:`discriminator_loss`,
+    :meth:`generator_loss`, :meth:`gradient_penalty`, and the base ones.
+
+    Example::
+
+        g = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+        d = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+        trainer = descent.AdversarialTrainer(g, d, descent.Adam(g, lr=1e-3, betas=(0.5, 0.999)),
+                                             descent.Adam(d, lr=1e-3, betas=(0.5, 0.999)),
+                                             latent_dim=8, batch_size=128, epochs=50)
+        trainer.train(real_points)        # (N, 2) tensor
+        fake = trainer.sample(1000)       # (1000, 2), generated without gradients
+
+    References: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014;
+    Gulrajani et al., "Improved Training of Wasserstein GANs", NeurIPS 2017.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: Any,
+                 d_optimizer: Any, *, latent_dim: int, batch_size: int = 64, epochs: int = 10,
+                 n_critic: int = 1, loss: str = "nonsaturating", gp_weight: float = 10.0,
+                 g_scheduler: Any = None, d_scheduler: Any = None,
+                 clip_grad_norm: float | None = None, callbacks: Iterable[Callback] = (),
+                 shuffle: bool = True, drop_last: bool = True, **options: Any) -> None:
+        super().__init__(epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm,
+                         **options)
+        owner = type(self).__name__
+        for name, module in (("generator", generator), ("discriminator", discriminator)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{owner}: {name} is a {type(module).__name__}; expected an "
+                                "nn.Module")
+        self.generator, self.discriminator = generator, discriminator
+        self.g_optimizer = check_optimizer(owner, "g_optimizer", g_optimizer)
+        self.d_optimizer = check_optimizer(owner, "d_optimizer", d_optimizer)
+        self._check_ownership()
+        self.g_scheduler = check_scheduler(owner, "g_scheduler", g_scheduler)
+        self.d_scheduler = check_scheduler(owner, "d_scheduler", d_scheduler)
+        self.latent_dim = check_positive_int(owner, "latent_dim", latent_dim)
+        self.batch_size = check_positive_int(owner, "batch_size", batch_size)
+        self.n_critic = check_positive_int(owner, "n_critic", n_critic)
+        self.loss = check_choice(owner, "loss", loss, LOSSES)
+        if isinstance(gp_weight, bool) or not isinstance(gp_weight, int | float) \
+                or not gp_weight >= 0 or not math.isfinite(gp_weight):
+            raise ValueError(f"{owner}: gp_weight={gp_weight!r}; expected a finite number >= 0")
+        self.gp_weight = float(gp_weight)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.noise_generator = torch.Generator().manual_seed(mixed_seed(self.seed, -2))
+        self.model = nn.ModuleDict({"generator": generator, "discriminator": discriminator})
+
+    def _new_state(self) -> AdversarialLoopState:
+        return AdversarialLoopState()
+
+    def _check_ownership(self) -> None:
+        owner = type(self).__name__
+        g_params = {id(p) for p in self.generator.parameters()}
+        d_params = {id(p) for p in self.discriminator.parameters()}
+        if g_params & d_params:
+            raise ValueError(f"{owner}: the generator and the discriminator share "
+                             f"{len(g_params & d_params)} parameter(s); each network needs its own")
+        for name, optimizer, mine, network in (
+                ("g_optimizer", self.g_optimizer, g_params, "generator"),
+                ("d_optimizer", self.d_optimizer, d_params, "discriminator")):
+            for g, group in enumerate(optimizer.param_groups):
+                for i, param in enumerate(group["params"]):
+                    if id(param) not in mine:
+                        raise ValueError(f"{owner}: {name} param_groups[{g}]['params'][{i}] is "
+                                         f"not a parameter of the {network}; each optimizer must "
+                                         "update its own network only")
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"g": self.g_optimizer, "d": self.d_optimizer}
+
+    def schedulers(self) -> dict[str, Any]:
+        return {"g": self.g_scheduler, "d": self.d_scheduler}
+
+    def _named_modules(self) -> dict[str, nn.Module]:
+        return {"generator.": self.generator, "discriminator.": self.discriminator}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"noise_generator": self.noise_generator.get_state()}
+
+    def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
+        state = extra.get("noise_generator") if isinstance(extra, Mapping) else None
+        if set(extra) != {"noise_generator"} or not isinstance(state, torch.Tensor) \
+                or state.dtype != torch.uint8:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: 'extra' must hold "
+                             "'noise_generator', a uint8 tensor (torch.Generator state)")
+
+    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
+        self.noise_generator.set_state(extra["noise_generator"].clone())
+
+    # ------------------------------------------------------------------ public
+
+    def train(self, data: Any, *, epochs: int | None = None) -> History:
+        """Train on real samples ``data`` (array/tensor ``(N, ...)``, Dataset or DataLoader).
+
+        Dataset items and DataLoader batches that are tuples or lists use their first
+        element (e.g. ``(sample, label)`` pairs). A second call continues training.
+        """
+        batches = make_batches(type(self).__name__, data, batch_size=self.batch_size,
+                               shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+                               require_targets=False, x_name="data")
+        return self._fit(self.model, batches, epochs)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples of the generator in eval mode, without gradients.
+
+        Noise comes from ``generator`` if given, else a fresh one seeded by the trainer's
+        seed (so repeated calls give the same samples and the training noise stream is
+        left alone).
+        """
+        check_positive_int(type(self).__name__, "n", n)
+        if generator is None:
+            generator = torch.Generator().manual_seed(mixed_seed(self.seed, -3))
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            noise = torch.randn(n, self.latent_dim, generator=generator)
+            return self.generator(noise.to(self._device())).detach()
+        finally:
+            self.generator.train(was_training)
+
+    # ------------------------------------------------------------------ extension points
+
+    def sample_noise(self, n: int) -> torch.Tensor:
+        """Noise for ``n`` samples: standard normal ``(n, latent_dim)``, seeded stream."""
+        return torch.randn(n, self.latent_dim, generator=self.noise_generator).to(self._device())
+
+    def discriminator_loss(self, real_scores: torch.Tensor,
+                           fake_scores: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss without the gradient penalty."""
+        if self.loss == "nonsaturating":
+            return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+        return fake_scores.mean() - real_scores.mean()
+
+    def generator_loss(self, fake_scores: torch.Tensor) -> torch.Tensor:
+        """The generator's loss given D's scores of its samples."""
+        if self.loss == "nonsaturating":
+            return F.softplus(-fake_scores).mean()
+        return -fake_scores.mean()
+
+    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mathbb E[(\lVert\nabla_{\hat x} D(\hat x)\rVert_2 - 1)^2]` on random
+        interpolates :math:`\hat x` of real and generated samples (without the weight)."""
+        shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+        epsilon = torch.rand(shape, generator=self.noise_generator).to(real)
+        mixed = (epsilon * real + (1 - epsilon) * fake).requires_grad_(True)
+        scores = self.discriminator(mixed)
+        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+        return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+    def train_batch(self, model: nn.Module, batch: Any, index: int,
+                    n_batches: int | None) -> dict[str, float]:
+        """One discriminator step on this batch; a generator step every ``n_critic``."""
+        real = batch[0] if isinstance(batch, tuple | list) else batch
+        n = real.shape[0]
+        logs = self.discriminator_step(real, index)
+        self.state.window += 1
+        if self.state.window >= self.n_critic:
+            logs.update(self.generator_step(n, index))
+            self.state.window = 0
+        self._meter.add(logs, n)
+        return logs
+
+    def discriminator_step(self, real: torch.Tensor, index: int) -> dict[str, float]:
+        """Update D on ``real`` and as many generated samples; return its logs."""
+        state = self.state
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad(), self.autocast():
+            fake = self.generator(self.sample_noise(real.shape[0]))
+        with self.autocast():
+            real_scores = _scores(self.discriminator(real))
+            fake_scores = _scores(self.discriminator(fake))
+            loss = self.discriminator_loss(real_scores, fake_scores)
+            logs: dict[str, float] = {}
+            if self.loss == "wgan-gp":
+                logs["wasserstein"] = float((real_scores.mean() - fake_scores.mean()).detach())
+                if self.gp_weight:
+                    penalty = self.gradient_penalty(real, fake.to(real.dtype))
+                    logs["gradient_penalty"] = float(penalty.detach())
+                    loss = loss + self.gp_weight * penalty
+        logs["d_loss"] = self._note_loss(loss, index)
+        self.backward(loss, model=self.discriminator, sync=True)
+        if self.optimizer_step(self.d_optimizer, self.d_scheduler, name="d"):
+            state.d_step += 1
+            self.history.log_step(state.d_step, {"d_loss": logs["d_loss"], **self._step_logs})
+        self._step_logs = {}
+        return logs
+
+    def generator_step(self, n: int, index: int) -> dict[str, float]:
+        """Update G on ``n`` generated samples, with D frozen; return its logs."""
+        state = self.state
+        self.g_optimizer.zero_grad(set_to_none=True)
+        frozen = [p for p in self.discriminator.parameters() if p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(False)
+        try:
+            with self.autocast():
+                fake_scores = _scores(self.discriminator(self.generator(self.sample_noise(n))))
+                loss = self.generator_loss(fake_scores)
+            value = self._note_loss(loss, index)
+            self.backward(loss, model=self.generator, sync=True)
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+        if self.optimizer_step(self.g_optimizer, self.g_scheduler, name="g"):
+            state.step += 1
+            self.history.log_step(state.step, {"g_loss": value, **self._step_logs})
+        self._step_logs = {}
+        return {"g_loss": value}
+
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return self.device
+        for param in self.generator.parameters():
+            return param.device
+        return torch.device("cpu")
+
+
+def _scores(scores: torch.Tensor) -> torch.Tensor:
+    """D's output as one score per sample, in float32 (or wider)."""
+    if scores.dim() == 2 and scores.shape[1] == 1:
+        scores = scores[:, 0]
+    if scores.dim() != 1:
+        raise ValueError(f"AdversarialTrainer: the discriminator returned shape "
+                         f"{tuple(scores.shape)}; expected one score per sample, (n,) or (n, 1)")
+    return scores.float() if scores.dtype in (torch.bfloat16, torch.float16) else scores

@@ -1,0 +1,619 @@
+"""The small base every trainer shares: the epoch loop, counters, and one optimizer step.
+
+A trainer owns the loop and hands each update to an optimizer that it knows only by
+its public API (``step``, ``zero_grad``, ``param_groups``, ``state_dict``), so any
+``torch.optim.Optimizer`` works, descent's or torch's, and so does any scheduler
+with a ``step()`` method (``ReduceLROnPlateau``-style schedulers, whose ``step``
+takes a metric, are stepped once per epoch with the monitored metric instead).
+
+The loop, shared by all trainers::
+
+    on_train_begin
+    for epoch in epochs:
+        on_epoch_begin
+        for batch in the epoch's batches (from `state.batch` on):
+            on_batch_begin
+            train_batch(...)      # the strategy: forward, backward, optimizer steps
+            on_batch_end
+        end_epoch(...)            # flush a partial accumulation window
+        evaluate, reduce_metrics, plateau schedulers, history
+        on_epoch_end
+    on_train_end                  # (on_exception instead if anything raised)
+
+Extension points a subclass may override: :meth:`Trainer.train_batch`,
+:meth:`Trainer.forward`, :meth:`Trainer.compute_loss`, :meth:`Trainer.backward`,
+:meth:`Trainer.optimizer_step`, :meth:`Trainer.reduce_metrics`,
+:attr:`Trainer.is_main_process`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .callbacks import Callback
+from .data import Batches, to_device
+from .history import History
+
+NONFINITE_POLICIES = ("raise", "skip")
+PRECISIONS = ("fp32", "bf16")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient was NaN or infinite (``nonfinite="raise"``); nothing was updated."""
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Every counter of a run, in one place (what a checkpoint must restore).
+
+    ``epoch``: index of the current epoch (epochs completed, between epochs);
+    ``batch``: batches of the current epoch already consumed; ``step``: optimizer steps
+    taken in all; ``window``: micro-batches accumulated towards the next step;
+    ``skipped``: steps skipped for non-finite values; ``end_epoch``: the epoch at
+    which the current ``train()`` call stops; ``running``: a ``train()`` call is under
+    way (or was interrupted: the next call then finishes it).
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    window: int = 0
+    skipped: int = 0
+    end_epoch: int = 0
+    running: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        if not isinstance(state_dict, Mapping) or set(state_dict) != set(fields):
+            got = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict)
+            raise ValueError(f"{type(self).__name__}.load_state_dict: keys {got}; expected "
+                             f"{sorted(fields)}")
+        for name, value in state_dict.items():
+            kind = bool if name == "running" else int
+            if type(value) is not kind or (kind is int and value < 0):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {name}={value!r}; "
+                                 f"expected a {'bool' if kind is bool else 'non-negative int'}")
+        for name, value in state_dict.items():
+            setattr(self, name, value)
+
+
+def check_positive_int(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name}={value!r}; expected a positive integer")
+    return value
+
+
+def check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{owner}: {name}={value!r}; expected one of {list(choices)}")
+    return value
+
+
+def check_optional_positive(owner: str, name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{owner}: {name}={value!r}; expected None or a positive number")
+    return float(value)
+
+
+def check_optimizer(owner: str, name: str, optimizer: Any) -> Any:
+    for attribute in ("step", "zero_grad", "param_groups", "state_dict"):
+        if not hasattr(optimizer, attribute):
+            raise TypeError(f"{owner}: {name} is a {type(optimizer).__name__}, which has no "
+                            f"{attribute!r}; expected an optimizer (descent or torch.optim)")
+    return optimizer
+
+
+def check_scheduler(owner: str, name: str, scheduler: Any) -> Any:
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"{owner}: {name} is a {type(scheduler).__name__} without a step() "
+                        "method; expected None or a learning-rate scheduler")
+    return scheduler
+
+
+def is_plateau_scheduler(scheduler: Any) -> bool:
+    """Whether ``scheduler.step`` needs a metric (``ReduceLROnPlateau`` and the like)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return True
+    try:
+        parameters = inspect.signature(scheduler.step).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+
+
+def detach(value: Any) -> Any:
+    """``value`` with every tensor in it (nested in tuples, lists, dicts) detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, Mapping):
+        return {key: detach(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(detach(item) for item in value)
+    return value
+
+
+class _Meter:
+    """Sample-weighted running means of the training metrics of one epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.window_sum = 0.0
+        self.window_weight = 0.0
+
+    def add(self, metrics: Mapping[str, float], weight: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+            self.counts[key] = self.counts.get(key, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums if self.counts[key]}
+
+    def add_window(self, loss: float, weight: float) -> None:
+        self.window_sum += loss * weight
+        self.window_weight += weight
+
+    def pop_window(self) -> dict[str, float]:
+        """The sample-weighted mean loss of the window just stepped (and reset it)."""
+        logs = {"loss": self.window_sum / self.window_weight} if self.window_weight else {}
+        self.window_sum = self.window_weight = 0.0
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts),
+                "window": [self.window_sum, self.window_weight]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"sums", "counts", "window"}:
+            raise ValueError("Trainer.load_state_dict: 'meter' must hold 'sums', 'counts' and "
+                             "'window'")
+        self.sums = {str(k): float(v) for k, v in state_dict["sums"].items()}
+        self.counts = {str(k): float(v) for k, v in state_dict["counts"].items()}
+        self.window_sum, self.window_weight = (float(v) for v in state_dict["window"])
+
+
+class Trainer:
+    """Base of the trainers: the epoch loop, callbacks, counters and the optimizer step.
+
+    Subclasses implement :meth:`train_batch` (the strategy) and call :meth:`_fit`
+    from their ``train`` method. Arguments shared by every trainer:
+
+    Args:
+        epochs: epochs per ``train()`` call.
+        callbacks: :class:`~descent.train.Callback` objects, called in order.
+        nonfinite: ``"raise"`` (default): a NaN/inf loss or gradient raises
+            :class:`NonFiniteError` naming the step and the parameters affected, before
+            anything is updated. ``"skip"``: that optimizer step is skipped (gradients
+            dropped, the scheduler not stepped) and counted in ``state.skipped``.
+        precision: ``"fp32"`` (default) or ``"bf16"``: forward passes and losses run
+            under ``torch.autocast(dtype=torch.bfloat16)`` on the model's device (CPU or
+            CUDA); parameters, gradients and optimizer state stay in their own dtype.
+        device: where to move the model and every batch (None: leave them be).
+        seed: seeds the data order; epoch ``e`` is shuffled by a generator seeded with
+            ``(seed, e)`` only, so any epoch's order can be regenerated.
+        clip_grad_norm: clip the global gradient norm of each optimizer's parameters to
+            this value before each step (None: no clipping).
+        clip_grad_value: clamp each gradient element to ``[-value, value]`` (None: no).
+        scheduler_monitor: the epoch metric handed to a plateau scheduler's ``step``
+            (default ``"val_loss"`` when validation runs, else ``"loss"``).
+    """
+
+    def __init__(self, *, epochs: int = 10, callbacks: Iterable[Callback] = (),
+                 nonfinite: str = "raise", precision: str = "fp32",
+                 device: torch.device | str | None = None, seed: int = 0,
+                 clip_grad_norm: float | None = None,
+                 clip_grad_value: float | None = None,
+                 scheduler_monitor: str | None = None) -> None:
+        owner = type(self).__name__
+        self.epochs = check_positive_int(owner, "epochs", epochs)
+        callbacks = list(callbacks)
+        for index, callback in enumerate(callbacks):
+            if not isinstance(callback, Callback):
+                raise TypeError(f"{owner}: callbacks[{index}] is a {type(callback).__name__}; "
+                                "expected a descent.train.Callback")
+        self.callbacks: list[Callback] = callbacks
+        self.nonfinite = check_choice(owner, "nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.precision = check_choice(owner, "precision", precision, PRECISIONS)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{owner}: seed={seed!r}; expected an int")
+        self.seed = seed
+        self.device = torch.device(device) if device is not None else None
+        self.clip_grad_norm = check_optional_positive(owner, "clip_grad_norm", clip_grad_norm)
+        self.clip_grad_value = check_optional_positive(owner, "clip_grad_value", clip_grad_value)
+        self.state = self._new_state()
+        self.history = History()
+        self.stop_training = False
+        self._meter = _Meter()
+        self._nonfinite_loss: tuple[int, int, float] | None = None
+        self._names: dict[int, str] = {}
+        self._device_type = "cpu"
+        self._step_logs: dict[str, float] = {}
+        self.batches_per_epoch: int | None = None
+        if scheduler_monitor is not None and not isinstance(scheduler_monitor, str):
+            raise TypeError(f"{owner}: scheduler_monitor={scheduler_monitor!r}; expected None "
+                            "or the name of an epoch metric")
+        self.scheduler_monitor = scheduler_monitor
+
+    def _new_state(self) -> LoopState:
+        return LoopState()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process logs and shows progress (True; a distributed run overrides)."""
+        return True
+
+    def optimizers(self) -> dict[str, Any]:
+        """The optimizers this trainer steps, by name (``{"optimizer": ...}`` by default)."""
+        raise NotImplementedError
+
+    def schedulers(self) -> dict[str, Any]:
+        """The schedulers, by the name of the optimizer they drive (None where absent)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state (not the model's parameters): counters, history,
+        callbacks, every optimizer and scheduler, and the epoch's metric sums.
+
+        Tensors appear only inside optimizer states (and callbacks that keep weights);
+        everything else is plain Python values.
+        """
+        return {
+            "trainer": type(self).__name__,
+            "seed": self.seed,
+            "loop": self.state.state_dict(),
+            "meter": self._meter.state_dict(),
+            "history": self.history.state_dict(),
+            "callbacks": [callback.state_dict() for callback in self.callbacks],
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+            "schedulers": {name: (None if sched is None else sched.state_dict())
+                           for name, sched in self.schedulers().items()},
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Everything is checked before anything changes;
+        if an optimizer or scheduler refuses its part, the ones loaded before it are
+        put back as they were."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
+        keys = {"trainer", "seed", "loop", "meter", "history", "callbacks", "optimizers",
+                "schedulers", "extra"}
+        if set(state_dict) != keys:
+            raise ValueError(f"{owner}: keys {sorted(state_dict)}; expected {sorted(keys)}")
+        if state_dict["trainer"] != type(self).__name__:
+            raise ValueError(f"{owner}: the state is from a {state_dict['trainer']}, not a "
+                             f"{type(self).__name__}")
+        if state_dict["seed"] != self.seed:
+            raise ValueError(f"{owner}: the state was saved with seed={state_dict['seed']}, "
+                             f"this trainer has seed={self.seed}; the data order would differ")
+        if len(state_dict["callbacks"]) != len(self.callbacks):
+            raise ValueError(f"{owner}: the state has {len(state_dict['callbacks'])} callback "
+                             f"states, the trainer has {len(self.callbacks)} callbacks")
+        optimizers, schedulers = self.optimizers(), self.schedulers()
+        for part, mine in (("optimizers", optimizers), ("schedulers", schedulers)):
+            if set(state_dict[part]) != set(mine):
+                raise ValueError(f"{owner}: {part} {sorted(state_dict[part])}; expected "
+                                 f"{sorted(mine)}")
+        for name, sched in schedulers.items():
+            if (sched is None) != (state_dict["schedulers"][name] is None):
+                raise ValueError(f"{owner}: scheduler {name!r} is "
+                                 f"{'absent' if sched is None else 'present'} here but not in "
+                                 "the state")
+        loop, history, meter = self._new_state(), History(), _Meter()
+        loop.load_state_dict(state_dict["loop"])
+        history.load_state_dict(state_dict["history"])
+        meter.load_state_dict(state_dict["meter"])
+        self._check_extra_state(state_dict["extra"])
+        backups: list[tuple[Any, dict[str, Any]]] = []
+        try:
+            for name, opt in optimizers.items():
+                backups.append((opt, opt.state_dict()))
+                opt.load_state_dict(state_dict["optimizers"][name])
+            for name, sched in schedulers.items():
+                if sched is not None:
+                    backups.append((sched, sched.state_dict()))
+                    sched.load_state_dict(state_dict["schedulers"][name])
+            for callback, callback_state in zip(self.callbacks, state_dict["callbacks"],
+                                                strict=True):
+                backups.append((callback, callback.state_dict()))
+                callback.load_state_dict(callback_state)
+        except Exception:
+            for obj, backup in reversed(backups):
+                obj.load_state_dict(backup)
+            raise
+        self.state, self.history, self._meter = loop, history, meter
+        self._load_extra_state(state_dict["extra"])
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Strategy-specific state (e.g. a noise generator) for :meth:`state_dict`."""
+        return {}
+
+    def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
+        if extra:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected extra state "
+                             f"{sorted(extra)}")
+
+    def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
+        """Apply state already checked by :meth:`_check_extra_state`."""
+
+    # ------------------------------------------------------------------ the loop
+
+    def _fit(self, model: nn.Module, batches: Batches, epochs: int | None,
+             evaluate: Callable[[], dict[str, float]] | None = None) -> History:
+        """Run (or finish) a ``train()`` call over ``batches``; return the history."""
+        owner = type(self).__name__
+        epochs = self.epochs if epochs is None else check_positive_int(owner, "epochs", epochs)
+        self.model = model
+        if self.device is not None:
+            model.to(self.device)
+        self._device_type = self._find_device_type(model)
+        self._names = self._parameter_names()
+        state = self.state
+        if not state.running:
+            state.end_epoch = state.epoch + epochs
+            state.batch = state.window = 0
+            self._meter = _Meter()
+            state.running = True
+        self.stop_training = False
+        self._nonfinite_loss = None
+        try:
+            self._call("on_train_begin")
+            while state.epoch < state.end_epoch and not self.stop_training:
+                self._run_epoch(model, batches, evaluate)
+            state.running = False
+        except BaseException as error:
+            for callback in self.callbacks:
+                callback.on_exception(self, error)
+            raise
+        self._call("on_train_end")
+        return self.history
+
+    def _run_epoch(self, model: nn.Module, batches: Batches,
+                   evaluate: Callable[[], dict[str, float]] | None) -> None:
+        state = self.state
+        epoch = state.epoch
+        try:
+            n_batches: int | None = len(batches)
+        except TypeError:
+            n_batches = None
+        self._check_batch_count(n_batches)
+        self.batches_per_epoch = n_batches
+        if state.batch == 0:
+            self._meter = _Meter()
+        self._call("on_epoch_begin", epoch)
+        model.train()
+        for batch in batches.epoch(epoch, start=state.batch):
+            index = state.batch
+            self._call("on_batch_begin", index)
+            logs = self.train_batch(model, to_device(batch, self.device), index, n_batches)
+            state.batch = index + 1
+            self._call("on_batch_end", index, logs)
+            if self.stop_training and state.window == 0:
+                break
+        self.end_epoch(model)
+        metrics = self._meter.means()
+        metrics.update(self._epoch_extras())
+        if evaluate is not None:
+            metrics.update(evaluate())
+        metrics = self.reduce_metrics(metrics)
+        self._step_plateau_schedulers(metrics)
+        self.history.log_epoch(epoch, metrics)
+        state.epoch, state.batch, state.window = epoch + 1, 0, 0
+        self._call("on_epoch_end", epoch, metrics)
+
+    def _check_batch_count(self, n_batches: int | None) -> None:
+        """Refuse sources of unknown length when the strategy needs the count."""
+
+    def _epoch_extras(self) -> dict[str, float]:
+        return {"skipped_steps": float(self.state.skipped)} if self.state.skipped else {}
+
+    def _call(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    # ------------------------------------------------------------------ extension points
+
+    def train_batch(self, model: nn.Module, batch: Any, index: int,
+                    n_batches: int | None) -> dict[str, float]:
+        """Train on one batch (batch ``index`` of ``n_batches`` in the epoch); return its logs.
+
+        The logs (floats) go to ``on_batch_end`` and the progress bar. Implementations
+        record sample-weighted epoch means through ``self._meter``.
+        """
+        raise NotImplementedError
+
+    def end_epoch(self, model: nn.Module) -> None:
+        """Called after the epoch's last batch: flush whatever the strategy holds."""
+
+    def forward(self, model: nn.Module, inputs: Any) -> Any:
+        """The model's output for ``inputs`` (``model(inputs)``)."""
+        return model(inputs)
+
+    def backward(self, loss: torch.Tensor, *, model: nn.Module, sync: bool) -> None:
+        """Back-propagate ``loss`` (already divided by the window size).
+
+        ``sync`` is True for the last micro-batch of an accumulation window, the one
+        after which the optimizer steps (a distributed trainer skips the gradient
+        all-reduce, ``model.no_sync()``, when it is False).
+        """
+        loss.backward()
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The epoch's metrics as reported (a distributed trainer averages them over ranks)."""
+        return metrics
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for forward passes (``precision="bf16"``), else a no-op."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self._device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def optimizer_step(self, optimizer: Any, scheduler: Any = None, *,
+                       name: str = "optimizer") -> bool:
+        """Check, clip and apply one step of ``optimizer``, then step ``scheduler``.
+
+        Order: non-finite check (policy ``nonfinite``), ``on_before_optimizer_step``
+        callbacks (they see the accumulated, unclipped gradients), clipping,
+        ``optimizer.step()``, ``optimizer.zero_grad()``, ``scheduler.step()`` (unless it
+        is a plateau scheduler, stepped at epoch end). Returns False if the step was
+        skipped.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        bad = self._nonfinite_parameters(params)
+        if bad or self._nonfinite_loss is not None:
+            self._handle_nonfinite(optimizer, bad, name)
+            return False
+        for callback in self.callbacks:
+            callback.on_before_optimizer_step(self, optimizer, name)
+        if grads and self.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(
+                [p for p in params if p.grad is not None], self.clip_grad_value)
+        if grads and self.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in params if p.grad is not None], self.clip_grad_norm)
+            self._step_logs[f"{name}_grad_norm" if name != "optimizer" else "grad_norm"] = \
+                float(norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None and not is_plateau_scheduler(scheduler):
+            scheduler.step()
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _finish_window(self, optimizer: Any, scheduler: Any, planned: int) -> bool:
+        """Step ``optimizer`` on the window just completed; log the step; reset the window.
+
+        If the window ended before its ``planned`` size (a data source that yielded
+        fewer batches than it announced), the gradients, normalised by ``planned``, are
+        rescaled to the actual size first.
+        """
+        state = self.state
+        if 0 < state.window < planned:
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for param in group["params"]:
+                        if param.grad is not None:
+                            param.grad.mul_(planned / state.window)
+        stepped = self.optimizer_step(optimizer, scheduler)
+        state.window = 0
+        logs = self._meter.pop_window()
+        if stepped:
+            state.step += 1
+            logs.update(self._step_logs)
+            self.history.log_step(state.step, logs)
+        self._step_logs = {}
+        return stepped
+
+    def _find_device_type(self, model: nn.Module) -> str:
+        if self.device is not None:
+            return self.device.type
+        for param in model.parameters():
+            return param.device.type
+        return "cpu"
+
+    def _parameter_names(self) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for prefix, module in self._named_modules().items():
+            for name, param in module.named_parameters():
+                names.setdefault(id(param), f"{prefix}{name}")
+        return names
+
+    def _named_modules(self) -> dict[str, nn.Module]:
+        """Modules whose parameter names label errors, by prefix."""
+        model = getattr(self, "model", None)
+        return {"": model} if isinstance(model, nn.Module) else {}
+
+    def _label(self, optimizer: Any, param: torch.Tensor) -> str:
+        name = self._names.get(id(param))
+        if name is not None:
+            return name
+        for g, group in enumerate(optimizer.param_groups):
+            for i, candidate in enumerate(group["params"]):
+                if candidate is param:
+                    return f"param_groups[{g}]['params'][{i}]"
+        return "<unknown parameter>"
+
+    def _nonfinite_parameters(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            return []
+        flags = torch.stack([torch.isfinite(p.grad).all() for p in with_grad])
+        if bool(flags.all()):
+            return []
+        return [p for p, ok in zip(with_grad, flags.tolist(), strict=True) if not ok]
+
+    def _note_loss(self, loss: torch.Tensor, index: int) -> float:
+        """The loss as a float; a non-finite one is remembered for the coming step check."""
+        value = float(loss.detach())
+        if not math.isfinite(value) and self._nonfinite_loss is None:
+            self._nonfinite_loss = (self.state.epoch, index, value)
+        return value
+
+    def _handle_nonfinite(self, optimizer: Any, bad: list[torch.Tensor], name: str) -> None:
+        state = self.state
+        labels = [self._label(optimizer, p) for p in bad]
+        where = (f"optimizer step {state.step + 1} ({name}, epoch {state.epoch}, "
+                 f"batch {state.batch})")
+        parts = []
+        if self._nonfinite_loss is not None:
+            epoch, index, value = self._nonfinite_loss
+            parts.append(f"non-finite loss {value} at epoch {epoch}, batch {index}")
+        if labels:
+            shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more"
+                                              if len(labels) > 10 else "")
+            parts.append(f"non-finite gradients in {shown}")
+        else:
+            parts.append("no parameter gradient is non-finite")
+        optimizer.zero_grad(set_to_none=True)
+        self._nonfinite_loss = None
+        message = f"{type(self).__name__}: {'; '.join(parts)} at {where}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(message + "; no parameter was updated (nonfinite='skip' "
+                                 "skips such steps instead)")
+        state.skipped += 1
+
+    def _step_plateau_schedulers(self, metrics: Mapping[str, float]) -> None:
+        for name, scheduler in self.schedulers().items():
+            if scheduler is None or not is_plateau_scheduler(scheduler):
+                continue
+            monitor = self.scheduler_monitor
+            if monitor is None:
+                monitor = "val_loss" if "val_loss" in metrics else "loss"
+            if monitor not in metrics:
+                raise ValueError(f"{type(self).__name__}: scheduler_monitor={monitor!r} is not "
+                                 f"among the epoch metrics {sorted(metrics)} (needed by the "
+                                 f"plateau scheduler of {name!r})")
+            scheduler.step(metrics[monitor])
+
+
+
+def window_size(position: int, index: int, n_units: int | None, accumulation: int) -> int:
+    """Size of the accumulation window that unit ``index`` belongs to.
+
+    ``position`` is how many units of the window came before ``index``; the window
+    holds ``accumulation`` units, or fewer if the epoch (``n_units``) ends first.
+    """
+    if n_units is None:
+        return accumulation
+    start = index - position
+    return min(accumulation, n_units - start)

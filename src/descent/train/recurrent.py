@@ -1,0 +1,235 @@
+"""RecurrentTrainer: sequence models trained with truncated back-propagation through time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import check_choice, check_positive_int, detach, window_size
+from .callbacks import Callback
+from .data import Batches, to_device
+from .history import History
+from .supervised import Metric, SupervisedTrainer, split_batch
+
+STEP_EVERY = ("chunk", "sequence")
+
+
+class RecurrentTrainer(SupervisedTrainer):
+    r"""Truncated back-propagation through time (TBPTT) for ``model(x_chunk, hidden)``.
+
+    Data: ``x`` of shape ``(N, T, ...)`` and per-step targets ``y`` of shape
+    ``(N, T, ...)`` (batch first, time second). Each batch of sequences is cut along
+    time into chunks of ``bptt_steps`` steps (the last chunk may be shorter; None:
+    one chunk of the whole sequence, i.e. full BPTT). The model's contract is
+
+        ``model(x_chunk, hidden) -> (y_chunk, hidden)``
+
+    with ``hidden=None`` at the start of every batch of sequences. The hidden state is
+    carried from chunk to chunk and **detached** between them, so gradients flow back
+    at most ``bptt_steps`` steps. The loss is applied with batch and time merged,
+    ``loss(y_chunk.flatten(0, 1), target_chunk.flatten(0, 1))`` (so
+    ``CrossEntropyLoss`` takes ``(B*t, C)`` scores against ``(B*t,)`` indices).
+
+    ``step_every``:
+
+    * ``"chunk"`` (default, classic TBPTT): an optimizer step after each chunk, on the
+      chunk's mean loss. With ``gradient_accumulation_steps = N`` a step takes N
+      consecutive chunks of the same batch (a sequence's last window may be shorter;
+      it is stepped at the end of the sequence, each loss divided by the actual size).
+    * ``"sequence"``: gradients of all chunks are accumulated and one step is taken per
+      batch of sequences; chunk ``c`` of length :math:`t_c` contributes
+      :math:`(t_c/T)\,L_c`, so the step follows the gradient of the sequence's mean
+      loss (truncated). With ``gradient_accumulation_steps = N`` a step takes N
+      batches, as in :class:`SupervisedTrainer`.
+
+    For RNNs, pass ``clip_grad_norm`` (e.g. 1.0): exploding gradients are the rule,
+    not the exception (Pascanu, Mikolov & Bengio 2013).
+
+    Arguments are those of :class:`SupervisedTrainer`, plus ``bptt_steps`` and
+    ``step_every``. Extension points: :meth:`initial_hidden`, :meth:`forward_chunk`,
+    :meth:`compute_loss` and the base ones.
+
+    Reference: Williams & Peng, "An efficient gradient-based algorithm for on-line
+    training of recurrent network trajectories", Neural Computation 1990.
+
+    Example::
+
+        class CharRNN(torch.nn.Module):
+            def __init__(self, vocab, hidden=64):
+                super().__init__()
+                self.embed = torch.nn.Embedding(vocab, hidden)
+                self.rnn = torch.nn.GRU(hidden, hidden, batch_first=True)
+                self.head = torch.nn.Linear(hidden, vocab)
+
+            def forward(self, x, hidden):
+                out, hidden = self.rnn(self.embed(x), hidden)
+                return self.head(out), hidden
+
+        model = CharRNN(vocab=65)
+        trainer = descent.RecurrentTrainer(descent.Adam(model, lr=3e-3), batch_size=32,
+                                           epochs=5, bptt_steps=32, clip_grad_norm=1.0)
+        trainer.train(model, x, y, torch.nn.CrossEntropyLoss())   # x, y: (N, T) int64
+    """
+
+    def __init__(self, optimizer: Any, batch_size: int = 32, epochs: int = 10,
+                 bptt_steps: int | None = None, gradient_accumulation_steps: int = 1,
+                 scheduler: Any = None, clip_grad_norm: float | None = None,
+                 callbacks: Iterable[Callback] = (), *, step_every: str = "chunk",
+                 metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
+                 **options: Any) -> None:
+        super().__init__(optimizer, batch_size, epochs, gradient_accumulation_steps, scheduler,
+                         clip_grad_norm, callbacks, metrics=metrics, **options)
+        owner = type(self).__name__
+        self.bptt_steps = (None if bptt_steps is None
+                           else check_positive_int(owner, "bptt_steps", bptt_steps))
+        self.step_every = check_choice(owner, "step_every", step_every, STEP_EVERY)
+
+    def train(self, model: nn.Module, x: Any, y: Any = None,
+              loss: Callable[..., torch.Tensor] | None = None, *,
+              validation_data: Any = None, validation_split: float | None = None,
+              epochs: int | None = None) -> History:
+        """Train on sequences ``x`` ``(N, T, ...)`` with per-step targets ``y`` ``(N, T, ...)``.
+
+        Same forms and options as :meth:`SupervisedTrainer.train`.
+        """
+        return super().train(model, x, y, loss, validation_data=validation_data,
+                             validation_split=validation_split, epochs=epochs)
+
+    # ------------------------------------------------------------------ extension points
+
+    def initial_hidden(self, model: nn.Module, inputs: torch.Tensor) -> Any:
+        """The hidden state a batch of sequences starts from (None: the model's default)."""
+        return None
+
+    def forward_chunk(self, model: nn.Module, x_chunk: torch.Tensor,
+                      hidden: Any) -> tuple[Any, Any]:
+        """``model(x_chunk, hidden) -> (y_chunk, hidden)``, with the contract checked."""
+        result = model(x_chunk, hidden)
+        if not isinstance(result, tuple | list) or len(result) != 2:
+            raise TypeError(f"{type(self).__name__}: the model returned a "
+                            f"{type(result).__name__}; the contract is model(x_chunk, hidden) "
+                            "-> (y_chunk, hidden)")
+        return result[0], result[1]
+
+    def compute_loss(self, output: Any, target: Any) -> torch.Tensor:
+        """The loss with batch and time merged: ``loss(out.flatten(0, 1), y.flatten(0, 1))``."""
+        assert self.loss_fn is not None
+        return self.loss_fn(_merge_time(output), _merge_time(target))
+
+    def chunks(self, length: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each chunk of a sequence of ``length`` steps."""
+        step = self.bptt_steps or length
+        return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+    def train_batch(self, model: nn.Module, batch: Any, index: int,
+                    n_batches: int | None) -> dict[str, float]:
+        """Run the batch of sequences chunk by chunk, stepping per chunk or per window."""
+        owner = type(self).__name__
+        inputs, target = split_batch(owner, batch)
+        _check_sequences(owner, inputs, target)
+        length = inputs.shape[1]
+        spans = self.chunks(length)
+        state = self.state
+        per_sequence = self.step_every == "sequence"
+        if per_sequence:
+            size = window_size(state.window, index, n_batches, self.accumulation)
+            self._planned = size
+        hidden = self.initial_hidden(model, inputs)
+        totals: dict[str, float] = {}
+        for number, (start, stop) in enumerate(spans):
+            if not per_sequence:
+                size = window_size(state.window, number, len(spans), self.accumulation)
+                self._planned = size
+            with self.autocast():
+                output, hidden = self.forward_chunk(model, inputs[:, start:stop], hidden)
+                loss = self.compute_loss(output, target[:, start:stop])
+            value = self._note_loss(loss, index)
+            fraction = (stop - start) / length
+            last_chunk = number == len(spans) - 1
+            if per_sequence:
+                scale = fraction / size
+                sync = last_chunk and state.window + 1 == size
+            else:
+                scale = 1.0 / size
+                sync = state.window + 1 == size
+            self.backward(loss * scale, model=model, sync=sync)
+            hidden = detach(hidden)
+            chunk_logs = {"loss": value}
+            with torch.no_grad():
+                for name, metric in self.metrics.items():
+                    chunk_logs[name] = float(metric(_merge_time(detach(output)),
+                                                    _merge_time(target[:, start:stop])))
+            for key, item in chunk_logs.items():
+                totals[key] = totals.get(key, 0.0) + item * fraction
+            if not per_sequence:
+                self._meter.add_window(value, inputs.shape[0] * (stop - start))
+                state.window += 1
+                if state.window == size:
+                    self._finish_window(self.optimizer, self.scheduler, size)
+        samples = inputs.shape[0]
+        self._meter.add(totals, samples * length)
+        if per_sequence:
+            self._meter.add_window(totals["loss"], samples * length)
+            state.window += 1
+            if state.window == size:
+                self._finish_window(self.optimizer, self.scheduler, size)
+        return totals
+
+    def _check_batch_count(self, n_batches: int | None) -> None:
+        if self.step_every == "sequence":
+            super()._check_batch_count(n_batches)
+
+    def _evaluate_batches(self, model: nn.Module, batches: Batches,
+                          loss: Callable[..., torch.Tensor] | None) -> dict[str, float]:
+        owner = type(self).__name__
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        total = 0.0
+        try:
+            with torch.no_grad():
+                for batch in batches.epoch(0):
+                    inputs, target = split_batch(owner, to_device(batch, self.device))
+                    _check_sequences(owner, inputs, target)
+                    hidden = self.initial_hidden(model, inputs)
+                    for start, stop in self.chunks(inputs.shape[1]):
+                        with self.autocast():
+                            output, hidden = self.forward_chunk(model, inputs[:, start:stop],
+                                                                hidden)
+                            values = ({} if loss is None else
+                                      {"loss": float(loss(_merge_time(output),
+                                                          _merge_time(target[:, start:stop])))})
+                        for name, metric in self.metrics.items():
+                            values[name] = float(metric(_merge_time(output),
+                                                        _merge_time(target[:, start:stop])))
+                        weight = inputs.shape[0] * (stop - start)
+                        total += weight
+                        for key, value in values.items():
+                            sums[key] = sums.get(key, 0.0) + value * weight
+        finally:
+            model.train(was_training)
+        return {key: value / total for key, value in sums.items()} if total else {}
+
+
+def _merge_time(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() >= 2:
+        return value.flatten(0, 1)
+    return value
+
+
+def _check_sequences(owner: str, inputs: Any, target: Any) -> None:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"{owner}: sequence inputs have shape {shape}; expected (batch, time, "
+                         "...) with batch first")
+    if not isinstance(target, torch.Tensor) or target.dim() < 2 \
+            or target.shape[:2] != inputs.shape[:2]:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ValueError(f"{owner}: targets have shape {shape}, inputs {tuple(inputs.shape)}; "
+                         "expected per-step targets (batch, time, ...) matching the inputs' "
+                         "first two dimensions")
+    if inputs.shape[1] == 0:
+        raise ValueError(f"{owner}: the sequences have length 0")
