@@ -7,6 +7,7 @@
 >>> opt.step()
 """
 
+from . import schedules as schedules
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import (
     SGD,
