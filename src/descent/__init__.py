@@ -22,6 +22,7 @@ from .optim import (
     RMSprop,
     SignSGD,
 )
+from .train import *  # noqa: F403  (the trainers, callbacks and History: descent.train.__all__)
 
 __version__ = "0.1.0"
 
