@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
 from . import _validate
 from ._params import as_param_groups, param_label, split_group
 
@@ -71,6 +72,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._check_hyperparameters(defaults, "")
+        # NumPy containers become tensors sharing their memory (descent.interop.arrays).
+        params, self._gradient_sources = array_containers(type(self).__name__, params)
         super().__init__(as_param_groups(type(self).__name__, params), defaults)
 
     # ------------------------------------------------------------------ groups
@@ -164,12 +167,16 @@ class Optimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        """Update every parameter that has a gradient; return ``closure()``'s loss if given."""
+    def step(self, closure: Any = None, *, grads: Mapping[str, Any] | None = None) -> Any:
+        """Update every parameter that has a gradient; return ``closure()``'s loss if given.
+
+        ``grads`` gives the gradients of parameters passed as a dict of NumPy arrays.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        refresh_gradients(self, grads)  # NumPy containers' gradients (descent.interop.arrays)
         for index, group in enumerate(self.param_groups):
             self._step_group(group, index)
         return loss
@@ -188,6 +195,12 @@ class Optimizer(torch.optim.Optimizer):
             apply_update(self, param, grad, state, group)
             if state:
                 self.state[param] = state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; NumPy containers' gradients are zeroed too (their
+        ``zero_grad()`` when they have one)."""
+        super().zero_grad(set_to_none)
+        zero_container_grads(self)
 
     # ------------------------------------------------------------------ state
 
