@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -375,10 +376,9 @@ def average_metrics(metrics: Mapping[str, float | torch.Tensor],
 
 def is_zero_optimizer(optimizer: Any) -> bool:
     """Whether ``optimizer`` is a ``torch.distributed.optim.ZeroRedundancyOptimizer``."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    return isinstance(optimizer, ZeroRedundancyOptimizer)
+    # not imported means no instance exists; importing it costs time and warnings
+    module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    return module is not None and isinstance(optimizer, module.ZeroRedundancyOptimizer)
 
 
 def zero_optimizer(params: Any, optimizer_class: type[torch.optim.Optimizer],

@@ -23,11 +23,12 @@ A checkpoint is a **directory** holding two files::
     the checkpoint's state as a JSON tree; see below.
 
 The content tree holds JSON values, and tagged objects for what JSON lacks:
-``{"__tensor__": name}`` (a tensor in the safetensors file), ``{"__ndarray__": name}``
-(a NumPy array kept as a tensor), ``{"__tuple__": [...]}``, ``{"__float__": "nan" |
-"inf" | "-inf"}`` and ``{"__dict__": [[key, value], ...]}`` (a dict whose keys are not
-all strings, such as an optimizer's ``state``, or whose only key is a tag). Key order
-is kept.
+``{"__tensor__": name}`` (a tensor in the safetensors file), ``{"__complex__": name}``
+(a complex tensor, kept as its real view of (real, imaginary) pairs, which safetensors
+can hold), ``{"__ndarray__": name}`` (a NumPy array kept as a tensor),
+``{"__tuple__": [...]}``, ``{"__float__": "nan" | "inf" | "-inf"}`` and
+``{"__dict__": [[key, value], ...]}`` (a dict whose keys are not all strings, such as
+an optimizer's ``state``, or whose only key is a tag). Key order is kept.
 
 Reading never unpickles anything: tensors come from safetensors, the rest from JSON.
 Every failure raises a :class:`CheckpointError` that names the file and what is
@@ -58,7 +59,8 @@ FORMAT_VERSION = 1
 INDEX_NAME = "checkpoint.json"
 _TENSOR_FILE = re.compile(r"tensors-[0-9a-f]{16}\.safetensors")
 _ZERO_DIGEST = "0" * 64
-_TAGS = frozenset({"__tensor__", "__ndarray__", "__tuple__", "__float__", "__dict__"})
+_TAGS = frozenset({"__tensor__", "__complex__", "__ndarray__", "__tuple__", "__float__",
+                   "__dict__"})
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
 
 
@@ -127,11 +129,15 @@ def _encode_array(value: torch.Tensor | np.ndarray, where: str,
     if value.layout != torch.strided:
         raise TypeError(f"checkpoint: {where} is a {value.layout} tensor; only dense "
                         "(strided) tensors can be saved")
+    value = value.detach().to("cpu")
+    if value.is_complex():  # safetensors lacks complex128: keep (real, imag) pairs
+        tag = "__complex__" if tag == "__tensor__" else tag
+        value = torch.view_as_real(value.resolve_conj())
     name = where
     while name in tensors:
         name += "'"
     # clone: safetensors refuses tensors that share memory (tied weights)
-    tensors[name] = value.detach().to("cpu").contiguous().clone()
+    tensors[name] = value.contiguous().clone()
     return {tag: name}
 
 
@@ -152,11 +158,13 @@ def decode_tree(value: Any, tensors: Mapping[str, torch.Tensor], where: str = "c
         return value
     if len(value) == 1:
         (tag, body), = value.items()
-        if tag in ("__tensor__", "__ndarray__"):
+        if tag in ("__tensor__", "__complex__", "__ndarray__"):
             if body not in tensors:
                 raise ValueError(f"{where}: refers to tensor {body!r}, which the tensor file "
                                  "lacks")
             tensor = tensors[body]
+            if tag == "__complex__":
+                return torch.view_as_complex(tensor)
             return tensor.numpy() if tag == "__ndarray__" else tensor
         if tag == "__tuple__":
             return tuple(decode_tree(item, tensors, where) for item in body)

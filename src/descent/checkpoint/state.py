@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import is_zero_optimizer
 from .format import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -98,15 +99,8 @@ def _unwrap(model: Any, label: str) -> nn.Module:
     return model.module if isinstance(model, parallel) else model
 
 
-def _is_zero(optimizer: Any) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    return isinstance(optimizer, ZeroRedundancyOptimizer)
-
-
 def _type_name(obj: Any) -> str:
-    if _is_zero(obj):
+    if is_zero_optimizer(obj):
         return f"ZeroRedundancyOptimizer[{type(obj.optim).__name__}]"
     return type(obj).__name__
 
@@ -123,7 +117,7 @@ def _optimizer_state(name: str, optimizer: Any) -> dict[str, Any]:
     try:
         return optimizer.state_dict()
     except RuntimeError as error:
-        if _is_zero(optimizer):
+        if is_zero_optimizer(optimizer):
             raise RuntimeError(
                 f"checkpoint: optimizers[{name!r}] is a ZeroRedundancyOptimizer whose state is "
                 "sharded; call descent.distributed.consolidate_optimizer_state(optimizer) on "
