@@ -182,10 +182,15 @@ def remove_params(optimizer: torch.optim.Optimizer, params: Any, *,
     where: dict[int, tuple[int, int]] = {}
     by_id = {id(p): (gi, pi) for gi, g in enumerate(optimizer.param_groups)
              for pi, p in enumerate(g["params"])}
-    by_name = {name: (gi, pi) for gi, g in enumerate(optimizer.param_groups)
-               for pi, name in enumerate(g.get("param_names") or [])}
+    by_name: dict[str, tuple[int, int] | None] = {}
+    for gi, g in enumerate(optimizer.param_groups):
+        for pi, name in enumerate(g.get("param_names") or []):
+            by_name[name] = None if name in by_name else (gi, pi)  # None: ambiguous
     order = []
     for position, item in enumerate(items):
+        if isinstance(item, str) and item in by_name and by_name[item] is None:
+            raise ValueError(f"{owner}: the name {item!r} is in several param groups; pass "
+                             "the tensor instead")
         found = by_name.get(item) if isinstance(item, str) else \
             by_id.get(id(item)) if isinstance(item, torch.Tensor) else None
         if found is None:
