@@ -9,6 +9,7 @@ from typing import Any
 
 from . import _checks
 from .functions import Schedule
+from .plateau import ReduceLROnPlateau
 from .scheduler import BaseScheduler
 
 
@@ -55,6 +56,8 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
         items = [(type(schedules).__name__, schedules)]
     elif isinstance(schedules, Sequence) and not isinstance(schedules, str):
         items = [(f"{type(item).__name__} [{i}]", item) for i, item in enumerate(schedules)]
+    elif isinstance(schedules, ReduceLROnPlateau):
+        items = [("ReduceLROnPlateau", schedules)]
     else:
         raise TypeError(f"plot: schedules={schedules!r} is invalid; expected a schedule, a "
                         "scheduler, or a list or dict of them")
