@@ -369,7 +369,7 @@ class Trainer:
         state = self.state
         if not state.running:
             state.end_epoch = state.epoch + epochs
-            state.batch = state.window = 0
+            state.batch = 0
             self._meter = _Meter()
             state.running = True
         self.stop_training = False
@@ -416,7 +416,7 @@ class Trainer:
         metrics = self.reduce_metrics(metrics)
         self._step_plateau_schedulers(metrics)
         self.history.log_epoch(epoch, metrics)
-        state.epoch, state.batch, state.window = epoch + 1, 0, 0
+        state.epoch, state.batch = epoch + 1, 0
         self._call("on_epoch_end", epoch, metrics)
 
     def _check_batch_count(self, n_batches: int | None) -> None:
