@@ -81,6 +81,8 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
     for index, (panel_title, panel_curves) in enumerate(panels):
         axis = axes[index // cols][index % cols]
         for label, values in panel_curves:
+            if columns > 1 and len(panel_curves) > 1:
+                label = label.removeprefix(panel_title).strip() or label
             axis.plot(x, values, label=label, linewidth=1.4)
         if panel_title:
             axis.set_title(panel_title, fontsize=9)
