@@ -216,6 +216,11 @@ def test_step_epoch_and_last_epoch_jump() -> None:
     scheduler.last_epoch = 3
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01]
     assert repr(scheduler) == "StepLR(step_size=10, gamma=0.1, last_epoch=3)"
+    scheduler.step(15)
+    scheduler.last_epoch = -1  # torch's "not started": nothing written, next step is 0
+    assert scheduler.get_last_lr() == pytest.approx([0.01, 0.001])
+    scheduler.step()
+    assert (scheduler.last_epoch, scheduler.get_last_lr()) == (0, [0.1, 0.01])
 
 
 def test_errors_leave_groups_and_count_unchanged() -> None:

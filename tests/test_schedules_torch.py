@@ -412,3 +412,26 @@ def test_loads_torch_state_dict() -> None:
     other = schedules.StepLR(make_optimizer("sgd"), step_size=5, gamma=0.5)
     with pytest.raises(ValueError, match="step_size=4"):
         other.load_state_dict(reference.state_dict())
+
+
+def test_torch_sequential_holding_descent_schedulers() -> None:
+    """torch's SequentialLR drives its schedulers through last_epoch, _initial_step and
+    _get_closed_form_lr; with descent's schedulers inside it gives torch's values."""
+    def build(module: Any, optimizer: Any) -> Any:
+        children = [module.LinearLR(optimizer, start_factor=0.1, total_iters=10),
+                    module.CosineAnnealingLR(optimizer, T_max=50)]
+        return torch_sched.SequentialLR(optimizer, children, milestones=[10])
+
+    traces = []
+    for module in (torch_sched, schedules):
+        optimizer = make_optimizer("sgd")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler = build(module, optimizer)
+            trace = [[g["lr"] for g in optimizer.param_groups]]
+            for _ in range(200):
+                optimizer.step()
+                scheduler.step()
+                trace.append([g["lr"] for g in optimizer.param_groups])
+        traces.append(trace)
+    assert_traces_close(traces[0], traces[1])

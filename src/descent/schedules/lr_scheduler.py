@@ -208,7 +208,9 @@ class CosineAnnealingWarmRestarts(BaseScheduler):
 
     See :class:`~descent.schedules.CosineRestarts`. Restarts are found with integer
     arithmetic (torch's ``step(epoch)`` uses a logarithm that can misplace them).
-    ``T_cur`` and ``T_i`` are available as attributes, as in torch.
+    ``T_cur`` and ``T_i`` are available as attributes, as in torch. Steps are whole
+    numbers: where torch code calls ``step(epoch + i / iters)`` every batch, count
+    batches instead (``T_0`` in batches, ``step()`` once per batch).
     """
 
     def __init__(self, optimizer: Any, T_0: int, T_mult: int = 1, eta_min: float = 0.0,

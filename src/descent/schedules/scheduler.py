@@ -241,13 +241,23 @@ class BaseScheduler(LRScheduler):
 
     @property
     def last_epoch(self) -> int:
-        """The step count; assigning it writes that step's values into the param groups."""
+        """The step count; assigning it writes that step's values into the param groups.
+
+        ``-1`` means "not started" (torch's convention): nothing is written, and the next
+        :meth:`step` goes to step 0.
+        """
         return self._step
 
     @last_epoch.setter
     def last_epoch(self, step: int) -> None:
-        step = _checks.integer(type(self).__name__, "last_epoch", step, minimum=0)
-        self._commit(step, self._values_from(self._schedules, step))
+        step = _checks.integer(type(self).__name__, "last_epoch", step, minimum=-1)
+        self._set_step(step, self._schedules)
+
+    def _set_step(self, step: int, schedules: Mapping[str, list[Schedule]]) -> None:
+        if step == -1:
+            self._step = -1
+            return
+        self._commit(step, self._values_from(schedules, step))
 
     @property
     def base_lrs(self) -> list[float]:
@@ -265,8 +275,14 @@ class BaseScheduler(LRScheduler):
         self._commit(target, self._values_from(self._schedules, target))
 
     def get_lr(self) -> list[float]:
-        """The values of the first driven option at the current step (as ``get_last_lr``)."""
-        return self.get_last_lr()
+        """The values of the first driven option at the current step.
+
+        With :meth:`_get_closed_form_lr`, what torch's own ``SequentialLR`` and
+        ``ChainedScheduler`` call on the schedulers they hold.
+        """
+        return self.value_at(max(self._step, 0))
+
+    _get_closed_form_lr = get_lr
 
     def get_last_lr(self) -> list[float]:
         """The values last written for the first option driven (the learning rate, usually)."""
@@ -305,14 +321,11 @@ class BaseScheduler(LRScheduler):
         else:
             step, bases = self._read_state(owner, state_dict)
         schedules = self._build_all(bases)
-        values = self._values_from(schedules, step)
-        self._load_extra(state_dict)
+        if step >= 0:
+            self._values_from(schedules, step)  # raises, changing nothing, if invalid
         self.base_values = bases
         self._schedules = schedules
-        self._commit(step, values)
-
-    def _load_extra(self, state_dict: Mapping[str, Any]) -> None:
-        """Load subclass state beyond the step and base values (none by default)."""
+        self._set_step(step, schedules)
 
     def _read_state(self, owner: str, state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
         missing = _STATE_KEYS - set(state)
@@ -331,7 +344,7 @@ class BaseScheduler(LRScheduler):
                 1 <= version <= FORMAT_VERSION):
             raise ValueError(f"{owner}: format_version={version!r} is not supported; expected "
                              f"an integer from 1 to {FORMAT_VERSION}")
-        step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=0)
+        step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=-1)
         saved_bases = state["base_values"]
         if not isinstance(saved_bases, Mapping) or set(saved_bases) != set(self.keys):
             found = sorted(saved_bases) if isinstance(saved_bases, Mapping) else saved_bases
@@ -349,7 +362,7 @@ class BaseScheduler(LRScheduler):
                              f"this scheduler also drives {list(self.keys[1:])}")
         if "last_epoch" not in state:
             raise ValueError(f"{owner}: the torch state dict lacks 'last_epoch'")
-        step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=0)
+        step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=-1)
         config = self._config()
         for name, value in state.items():
             if name in config and _plain(value) != config[name]:
