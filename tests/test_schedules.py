@@ -327,6 +327,8 @@ BAD_INPUT: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      "no 'betas' option"),
     ("bad key", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="lr/2"), ValueError,
      "key='lr/2'"),
+    ("flag option", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="nesterov"), TypeError,
+     "nesterov=False, which is not a number"),
     ("beta index", lambda: S.Scheduler(_adam(), S.Constant(0.9), key="betas[2]"), ValueError,
      "no element 2"),
     ("no momentum", lambda: S.OneCycleLR(torch.optim.Adagrad([torch.zeros(1)]), 0.1, 10),

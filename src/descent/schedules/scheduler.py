@@ -67,6 +67,14 @@ class GroupKey:
                                            or self.index >= len(value)):
                 raise ValueError(f"{owner}: param_groups[{gi}][{self.name!r}]={value!r} has no "
                                  f"element {self.index} (key={self.spec!r})")
+            element = value if self.index is None else value[self.index]
+            try:
+                if isinstance(element, bool) or element is None:
+                    raise TypeError
+                self.get(group)
+            except (TypeError, ValueError):
+                raise TypeError(f"{owner}: param_groups[{gi}] has {self.spec}={value!r}, which "
+                                "is not a number and cannot be scheduled") from None
 
     def get(self, group: Mapping[str, Any]) -> float:
         value = group[self.name]
