@@ -10,12 +10,23 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="descent", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="train a small MLP on the bundled digits data "
-                                            "with several optimizers and print a table")
-    demo.add_argument("--epochs", type=int, default=15, help="epochs per optimizer (15)")
+    demo = commands.add_parser(
+        "demo", help="run the supervised, recurrent and adversarial trainers on bundled data, "
+                     "with progress bars, and write PNG plots")
+    demo.add_argument("--out", default="descent-demo", metavar="DIR",
+                      help="directory for the PNG plots (./descent-demo)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a few epochs per trainer, for a smoke test (seconds)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
-                      help="optimizers to run (default: all)")
+                      help="optimizers for the digits MLP; several print a comparison table "
+                           "(default: Adam)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="epochs of the digits MLP (15; 2 with --quick)")
+    demo.add_argument("--only", nargs="+", default=None, metavar="SECTION",
+                      choices=["supervised", "recurrent", "adversarial"],
+                      help="run only these sections")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -24,8 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "demo"):
         from .demo import run_demo
 
-        return run_demo(epochs=getattr(args, "epochs", 15), seed=getattr(args, "seed", 0),
-                        optimizers=getattr(args, "optimizers", None))
+        if args.command is None:
+            args = build_parser().parse_args(["demo"])
+        if args.epochs is not None and args.epochs < 1:
+            raise SystemExit(f"descent demo: --epochs={args.epochs}; expected a positive integer")
+        return run_demo(out=args.out, quick=args.quick, seed=args.seed,
+                        optimizers=args.optimizers, epochs=args.epochs,
+                        progress=not args.no_progress,
+                        sections=args.only or ("supervised", "recurrent", "adversarial"))
     return 2
 
 

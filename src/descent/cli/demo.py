@@ -1,14 +1,36 @@
-"""``descent demo``: several descent optimizers on scikit-learn's bundled digits data."""
+"""``descent demo``: the three trainers on data that ships with descent or scikit-learn.
+
+1. SupervisedTrainer: an MLP on scikit-learn's bundled 8x8 digits (with a one-cycle
+   learning rate schedule and validation each epoch); prints the test accuracy, and
+   with several ``--optimizers`` a table comparing them.
+2. RecurrentTrainer: a character-level GRU on the bundled opening of *Coriolanus*,
+   trained with truncated back-propagation through time; prints the held-out loss
+   against the unigram baseline and a line of generated text.
+3. AdversarialTrainer: a GAN on a ring of 8 Gaussians; prints how many modes its
+   samples cover.
+
+Progress bars go to stderr; results to stdout; PNG plots (loss curves of each
+trainer and the GAN's samples) to the output directory, which is printed.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import descent
+from descent.data import (
+    char_sequences,
+    gaussian_mixture,
+    load_text,
+    ring_centers,
+    unigram_entropy,
+)
+from descent.train import LRMonitor, ProgressBar
 
 OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
     "SGD": lambda m: descent.SGD(m, lr=0.1, momentum=0.9, nesterov=True),
@@ -23,18 +45,27 @@ OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
     "Lion": lambda m: descent.Lion(m, lr=1e-4, weight_decay=1e-2),
 }
 
+SIZES = {  # epochs per section: full demo, --quick
+    "supervised": (15, 2),
+    "recurrent": (8, 1),
+    "adversarial": (40, 2),
+}
+
 
 def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
-    """The 8x8 digits (1,797 images, bundled with scikit-learn), scaled, split 80/20."""
+    """The 8x8 digits (1,797 images, bundled with scikit-learn), split 80/20 and
+    standardised with the training part's statistics."""
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as error:
         raise SystemExit("descent demo needs scikit-learn: pip install 'descent[demo]'") from error
     data = sk_load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     cut = int(0.8 * len(x))
+    mean, std = x[order[:cut]].mean(0), x[order[:cut]].std(0) + 1.0
+    x = (x - mean) / std
     return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
 
 
@@ -43,40 +74,182 @@ def make_mlp(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def train_one(name: str, data: tuple[torch.Tensor, ...], epochs: int, seed: int,
-              batch_size: int = 32) -> tuple[float, float, float]:
-    """Train a fresh MLP with optimizer ``name``; return (train loss, test accuracy, seconds)."""
-    x_train, y_train, x_test, y_test = data
-    model = make_mlp(seed)
-    optimizer = OPTIMIZERS[name](model)
-    loss_fn = nn.CrossEntropyLoss()
+class CharGRU(nn.Module):
+    """Embedding, one GRU layer, a linear read-out: ``(chars, hidden) -> (logits, hidden)``."""
+
+    def __init__(self, vocab: int, width: int = 96) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 32)
+        self.rnn = nn.GRU(32, width, batch_first=True)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, chars: torch.Tensor, hidden: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        out, hidden = self.rnn(self.embed(chars), hidden)
+        return self.head(out), hidden
+
+
+def _callbacks(progress: bool) -> list[descent.Callback]:
+    return [ProgressBar(), LRMonitor()] if progress else [LRMonitor()]
+
+
+def _plot(history: descent.History, path: Path, title: str, plots: bool) -> str:
+    if not plots:
+        return ""
+    history.plot(path, title=title)
+    return f" -> {path.name}"
+
+
+def run_supervised(out: Path, epochs: int, seed: int, optimizers: Sequence[str],
+                   progress: bool, plots: bool) -> None:
+    x_train, y_train, x_test, y_test = load_digits(seed)
+    print(f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(x_train)} train / "
+          f"{len(x_test)} test images), {epochs} epochs, batch 32, one-cycle lr")
+    rows = []
+    for name in optimizers:
+        model = make_mlp(seed)
+        optimizer = OPTIMIZERS[name](model)
+        steps = epochs * -(-len(x_train) // 32)
+        peak = optimizer.param_groups[0]["lr"] * 3
+        scheduler = descent.schedules.OneCycleLR(optimizer, max_lr=peak, total_steps=steps,
+                                                 cycle_momentum=False)
+        trainer = descent.SupervisedTrainer(optimizer, batch_size=32, epochs=epochs,
+                                            scheduler=scheduler, metrics=["accuracy"],
+                                            callbacks=_callbacks(progress), seed=seed)
+        start = time.perf_counter()
+        history = trainer.train(model, x_train, y_train, nn.CrossEntropyLoss(),
+                                validation_data=(x_test, y_test))
+        seconds = time.perf_counter() - start
+        rows.append((name, history["loss"][-1], history["val_accuracy"][-1], seconds))
+        note = _plot(history, out / f"supervised_{name}.png", f"digits MLP, {name}",
+                     plots and (len(optimizers) == 1 or name == optimizers[0]))
+        print(f"      {name}: test accuracy {history['val_accuracy'][-1]:.2%}{note}")
+    if len(rows) > 1:
+        print(f"      {'optimizer':<10} {'train loss':>10} {'test acc':>9} {'time (s)':>9}")
+        for name, loss, accuracy, seconds in rows:
+            print(f"      {name:<10} {loss:>10.4f} {accuracy:>9.2%} {seconds:>9.2f}")
+
+
+@torch.no_grad()
+def _generate(model: CharGRU, vocabulary: descent.data.CharVocabulary, prompt: str,
+              length: int, seed: int) -> str:
+    model.eval()
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(x_train), generator=generator)
-        for begin in range(0, len(order), batch_size):
-            index = order[begin:begin + batch_size]
-            optimizer.zero_grad()
-            loss_fn(model(x_train[index]), y_train[index]).backward()
-            optimizer.step()
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        train_loss = loss_fn(model(x_train), y_train).item()
-        accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return train_loss, accuracy, seconds
+    logits, hidden = model(vocabulary.encode(prompt)[None], None)
+    chars = []
+    for _ in range(length):
+        probabilities = torch.softmax(logits[0, -1] / 0.7, dim=-1)
+        index = int(torch.multinomial(probabilities, 1, generator=generator))
+        chars.append(index)
+        logits, hidden = model(torch.tensor([[index]]), hidden)
+    model.train()
+    return prompt + vocabulary.decode(chars)
 
 
-def run_demo(epochs: int = 15, seed: int = 0, optimizers: Sequence[str] | None = None) -> int:
-    names = list(optimizers or OPTIMIZERS)
+def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool) -> None:
+    text = load_text()
+    x, y, vocabulary = char_sequences(text, 64, stride=32)
+    print(f"[2/3] RecurrentTrainer: character GRU on Coriolanus ({len(text):,} characters, "
+          f"{len(vocabulary)} symbols), {epochs} epochs, sequences of 64, TBPTT chunks of 16")
+    torch.manual_seed(seed)
+    model = CharGRU(len(vocabulary))
+    trainer = descent.RecurrentTrainer(descent.Adam(model, lr=5e-3), batch_size=32,
+                                       epochs=epochs, bptt_steps=16, clip_grad_norm=1.0,
+                                       metrics=["accuracy"], callbacks=_callbacks(progress),
+                                       seed=seed)
+    history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.1)
+    baseline = unigram_entropy(text)
+    note = _plot(history, out / "recurrent.png", "character GRU on Coriolanus", plots)
+    print(f"      held-out loss {history['val_loss'][-1]:.3f} nats/char vs unigram baseline "
+          f"{baseline:.3f}{note}")
+    sample = _generate(model, vocabulary, "MENENIUS:\n", 120, seed).replace("\n", " / ")
+    print(f"      sample: {sample}")
+
+
+def run_adversarial(out: Path, epochs: int, seed: int, progress: bool, plots: bool) -> None:
+    real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=seed)
+    print(f"[3/3] AdversarialTrainer: GAN on a ring of 8 Gaussians ({len(real)} points), "
+          f"{epochs} epochs, non-saturating loss")
+    torch.manual_seed(seed)
+
+    def mlp(inputs: int, outputs: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(inputs, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
+                             nn.LeakyReLU(0.2), nn.Linear(128, outputs))
+
+    generator, discriminator = mlp(8, 2), mlp(2, 1)
+    trainer = descent.AdversarialTrainer(
+        generator, discriminator, descent.Adam(generator, lr=1e-3, betas=(0.5, 0.999)),
+        descent.Adam(discriminator, lr=1e-3, betas=(0.5, 0.999)), latent_dim=8,
+        batch_size=128, epochs=epochs, callbacks=[ProgressBar()] if progress else [],
+        seed=seed)
+    history = trainer.train(real)
+    samples = trainer.sample(2000)
+    centers = ring_centers(8, 2.0)
+    nearest = torch.cdist(samples, centers).min(dim=1)
+    close = nearest.values < 0.25
+    counts = torch.bincount(nearest.indices[close], minlength=8)
+    covered = int((counts >= 20).sum())
+    note = _plot(history, out / "adversarial.png", "GAN on 8 Gaussians", plots)
+    if plots:
+        _scatter(real, samples, out / "gan_samples.png")
+        note += ", gan_samples.png"
+    print(f"      modes covered: {covered}/8 (>= 1% of 2,000 samples within 0.25 of a mode); "
+          f"{float(close.float().mean()):.0%} of samples near a mode{note}")
+
+
+def _scatter(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.scatter(real[:2000, 0], real[:2000, 1], s=2, alpha=0.4, label="data")
+    axis.scatter(fake[:, 0], fake[:, 1], s=2, alpha=0.4, label="generator")
+    axis.set_aspect("equal")
+    axis.set_title("GAN samples vs data")
+    axis.legend(markerscale=5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 0,
+             optimizers: Sequence[str] | None = None, epochs: int | None = None,
+             progress: bool = True, sections: Sequence[str] = ("supervised", "recurrent",
+                                                              "adversarial")) -> int:
+    """Run the demo; write plots to ``out``; return the exit status (0)."""
+    names = list(optimizers or ["Adam"])
     unknown = [name for name in names if name not in OPTIMIZERS]
     if unknown:
         raise SystemExit(f"descent demo: unknown optimizers {unknown}; choose from "
                          f"{', '.join(OPTIMIZERS)}")
-    data = load_digits(seed)
-    print(f"descent {descent.__version__} demo: MLP 64-128-10 on digits "
-          f"({len(data[0])} train / {len(data[2])} test images), {epochs} epochs, batch 32")
-    print(f"{'optimizer':<10} {'train loss':>10} {'test acc':>9} {'time (s)':>9}")
-    for name in names:
-        loss, accuracy, seconds = train_one(name, data, epochs, seed)
-        print(f"{name:<10} {loss:>10.4f} {accuracy:>9.2%} {seconds:>9.2f}")
+    bad = [s for s in sections if s not in SIZES]
+    if bad:
+        raise SystemExit(f"descent demo: unknown sections {bad}; choose from {', '.join(SIZES)}")
+    try:
+        import matplotlib  # noqa: F401
+
+        plots = True
+    except ImportError:
+        plots = False
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # these models are small: one thread is fastest
+    start = time.perf_counter()
+    print(f"descent {descent.__version__} demo{' (quick)' if quick else ''}: plots go to {out}")
+    try:
+        size = {key: value[1 if quick else 0] for key, value in SIZES.items()}
+        if "supervised" in sections:
+            run_supervised(out, epochs or size["supervised"], seed, names, progress, plots)
+        if "recurrent" in sections:
+            run_recurrent(out, size["recurrent"], seed, progress, plots)
+        if "adversarial" in sections:
+            run_adversarial(out, size["adversarial"], seed, progress, plots)
+    finally:
+        torch.set_num_threads(threads)
+    if not plots:
+        print("(no plots: matplotlib is not installed; pip install 'descent[demo]')")
+    print(f"done in {time.perf_counter() - start:.1f} s; plots written to {out}")
     return 0

@@ -259,6 +259,10 @@ class Trainer:
         """Whether this process logs and shows progress (True; a distributed run overrides)."""
         return True
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Sample-weighted means of the current epoch's training metrics so far."""
+        return self._meter.means()
+
     def optimizers(self) -> dict[str, Any]:
         """The optimizers this trainer steps, by name (``{"optimizer": ...}`` by default)."""
         raise NotImplementedError

@@ -89,6 +89,9 @@ def _format_logs(logs: Mapping[str, float]) -> str:
 class ProgressBar(Callback):
     """One progress line per epoch, updated in place, with loss and metrics.
 
+    During the epoch the line shows the running (sample-weighted) means of the
+    training metrics; at its end, the epoch's metrics including validation.
+
     Uses tqdm (``pip install descent[demo]``); without tqdm, prints one line per
     epoch. Shown on the main process only.
 
@@ -122,7 +125,7 @@ class ProgressBar(Callback):
     def on_batch_end(self, trainer: Trainer, batch: int, logs: Mapping[str, float]) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix_str(_format_logs(logs), refresh=False)
+            self._bar.set_postfix_str(_format_logs(trainer.epoch_metrics()), refresh=False)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Mapping[str, float]) -> None:
         if not trainer.is_main_process:
