@@ -356,8 +356,9 @@ class OneCycleLR(BaseScheduler):
                                               ("cos", "linear"))
         self.three_phase = _flag(owner, "three_phase", three_phase)
         self.cycle_momentum = _flag(owner, "cycle_momentum", cycle_momentum)
-        self._check_phases = OneCycle(self.total_steps, 0.0, 1.0, 0.0, self.pct_start,
-                                      self.anneal_strategy, self.three_phase)
+        # building one checks the phases (a zero-length phase would divide by zero)
+        OneCycle(self.total_steps, 0.0, 1.0, 0.0, self.pct_start, self.anneal_strategy,
+                 self.three_phase)
         keys = ["lr"]
         bases = {"lr": [m / self.div_factor for m in self.max_lrs]}
         if self.cycle_momentum:
