@@ -72,7 +72,8 @@ def test_added_parameters_leave_the_others_on_their_trajectory(maker: str) -> No
             fresh.step()
     for got, want in zip(old + joined + separate,
                          reference_old + reference_joined + reference_separate, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        # Equal up to rounding: descent's engine may lay the group out differently.
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
     assert opt.param_groups[1]["lr"] == 0.002
 
 
@@ -101,7 +102,8 @@ def test_removed_parameters_stop_and_the_others_continue(maker: str) -> None:
         reference.step()
     torch.testing.assert_close(params[1].detach(), frozen, rtol=0, atol=0)
     for index in (0, 2):
-        torch.testing.assert_close(params[index], reference_params[index], rtol=0, atol=0)
+        torch.testing.assert_close(params[index], reference_params[index], rtol=1e-13,
+                                   atol=1e-15)
 
     # The changed optimizer's state dict loads into a fresh one of the same shape.
     clone = [p.detach().clone().requires_grad_() for p in params]

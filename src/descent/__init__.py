@@ -7,7 +7,10 @@
 >>> opt.step()
 """
 
+from . import functional as functional
+from . import interop as interop
 from . import schedules as schedules
+from . import utils as utils
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import (
     SGD,

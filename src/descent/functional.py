@@ -17,7 +17,8 @@ and every hyperparameter may be a tensor (for instance a learning rate with
 
 The update is the one written in :mod:`descent.optim`: ``step`` calls the same math
 function, with the same arguments, as the optimizer classes (:func:`descent.optim.adam`,
-...), so its results equal theirs bit for bit.
+...), so its results equal bit for bit those of the classes' per-tensor path (the
+engine's fused and flat-buffer kernels may round the last bits differently).
 
 **State.** A dict: ``"step"``, a 0-dim tensor counting the steps taken (the
 torch.optim dtype: float32, or float64 under a float64 default dtype), and one entry
