@@ -18,8 +18,9 @@ Differences from torch, all raising errors where torch would misbehave later:
 ``milestones`` must be strictly increasing (torch counts repeated milestones twice);
 ``total_iters``, ``T_max``, step sizes and ``total_steps`` must be >= 1; a OneCycle phase
 of zero length is refused when built, not at the step that divides by zero.
-TinyTorch's ``StepLR`` decays one step later than torch's (its first decay is at step
-``step_size + 1``); descent follows torch: :math:`\eta_t = \eta_0\gamma^{\lfloor t/s\rfloor}`.
+TinyTorch's ``StepLR`` sets :math:`\eta_0\gamma^{\lfloor (k-1)/s\rfloor}` after ``k`` calls
+of ``step()``, decaying one call later than torch; descent follows torch:
+:math:`\eta_t = \eta_0\gamma^{\lfloor t/s\rfloor}`.
 """
 
 from __future__ import annotations
