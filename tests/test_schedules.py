@@ -137,6 +137,19 @@ def test_value_at_is_pure_and_changes_nothing(steps: list[int]) -> None:
     assert (scheduler.last_epoch, dict(optimizer.param_groups[0])) == before
 
 
+def test_step_lr_follows_torch_not_tinytorch() -> None:
+    """After k calls of step(): torch (and descent) give lr * gamma ** (k // s); TinyTorch
+    gives lr * gamma ** ((k - 1) // s), its first decay one call later."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = S.StepLR(optimizer, step_size=5, gamma=0.5)
+    for k in range(1, 40):
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** (k // 5),
+                                                                rel=1e-15)
+        tinytorch = 0.1 * 0.5 ** ((k - 1) // 5)
+        assert (optimizer.param_groups[0]["lr"] == pytest.approx(tinytorch)) == (k % 5 != 0)
+
+
 # ---------------------------------------------------------------------------- scheduler
 
 
