@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 
+from ..engine import compact_state, engine_for, existing_engine
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
 from . import _validate
 from ._params import as_param_groups, param_label, split_group
@@ -182,13 +183,28 @@ class Optimizer(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any], group_index: int) -> None:
-        for i, param in enumerate(group["params"]):
+        """Update the group's params: through the engine (flat buffers) or one by one."""
+        engine = engine_for(self)
+        if engine is not None:
+            engine.step_group(group, group_index)
+        else:
+            self._step_per_tensor(group, group_index, range(len(group["params"])))
+
+    def _describe_param(self, group: Mapping[str, Any], group_index: int, index: int) -> str:
+        return f"{type(self).__name__}: {param_label(group, group_index, index)}"
+
+    def _step_per_tensor(self, group: dict[str, Any], group_index: int,
+                         indices: Iterable[int]) -> None:
+        """The reference path: the update applied to each listed parameter on its own."""
+        params = group["params"]
+        for i in indices:
+            param = params[i]
             grad = param.grad
             if grad is None:
                 continue
             if grad.is_sparse:
                 raise TypeError(
-                    f"{type(self).__name__}: {param_label(group, group_index, i)} has a sparse "
+                    f"{self._describe_param(group, group_index, i)} has a sparse "
                     "gradient; descent optimizers take dense gradients "
                     "(torch.optim.SparseAdam handles sparse ones)")
             state = self.state.get(param) or self._init_state(param, group)
@@ -198,15 +214,31 @@ class Optimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; NumPy containers' gradients are zeroed too (their
-        ``zero_grad()`` when they have one)."""
+        ``zero_grad()`` when they have one).
+
+        With ``set_to_none=False``, gradients of parameters in the engine's flat buffers
+        are zeroed as views of its flat gradient buffer, so that the next backward
+        accumulates straight into it and the step reads it in place.
+        """
+        engine = existing_engine(self)
+        if engine is not None and not set_to_none:
+            engine.adopt_grads()
         super().zero_grad(set_to_none)
         zero_container_grads(self)
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict plus ``"descent": {"optimizer", "format_version"}``."""
+        """torch.optim's state dict plus ``"descent": {"optimizer", "format_version"}``.
+
+        State tensors that are views of the engine's flat buffers are returned as
+        compact copies (each holding only its parameter's elements), so saving the state
+        dict never saves a whole flat buffer per view; this copies the state once.
+        """
         state_dict = super().state_dict()
+        if existing_engine(self) is not None:
+            state_dict["state"] = {key: compact_state(entry)
+                                   for key, entry in state_dict["state"].items()}
         state_dict["descent"] = {"optimizer": type(self).__name__,
                                  "format_version": FORMAT_VERSION}
         return state_dict
@@ -227,6 +259,9 @@ class Optimizer(torch.optim.Optimizer):
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
         super().load_state_dict(payload)
+        engine = existing_engine(self)
+        if engine is not None:
+            engine.reset()  # the loaded state moves into flat buffers at the next step
         # torch casts every floating state tensor but `step` to the parameter's dtype;
         # scalar state such as NAdam's mu_product keeps its own dtype, as when it was saved.
         saved_ids = [i for group in payload["param_groups"] for i in group["params"]]
