@@ -204,11 +204,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
-    """Context for one micro-batch's backward: ``model.no_sync()`` unless ``sync``.
+    """Context for one micro-batch's forward and backward: ``model.no_sync()`` unless ``sync``.
 
     Inside an accumulation window, pass ``sync=False`` for every micro-batch but the
     last: DDP then keeps the gradients local, and the last backward averages the
-    accumulated sum across ranks once. Without DDP this does nothing.
+    accumulated sum across ranks once. Both the forward and the backward pass must
+    run inside the context (DDP decides at the forward). Without DDP this does nothing.
     """
     if not sync and isinstance(model, nn.parallel.DistributedDataParallel):
         return model.no_sync()
