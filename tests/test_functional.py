@@ -155,6 +155,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
         functional.adam.step(params, grads, functional.sgd.init(params))
     with pytest.raises(ValueError, match=r"state\['exp_avg'\]\['w'\] has shape \(4,\)"):
         functional.adam.step(params, grads, functional.adam.init({"w": torch.ones(4)}))
+    with pytest.raises(ValueError, match=r"state\['exp_avg'\]\['w'\] has shape \(3,\) and "
+                                         r"dtype torch\.float64"):
+        functional.adam.step(params, grads, functional.adam.init({"w": torch.ones(3).double()}))
     with pytest.raises(ValueError, match=r"init\(params, momentum=0\.9\)"):
         functional.sgd.step(params, grads, functional.sgd.init(params), momentum=0.9)
     with pytest.raises(ValueError, match=r"nesterov=True needs momentum > 0"):

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import descent
@@ -188,3 +190,27 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(TypeError, match=r"complex gradient"):
         clip_grad_value([complex_param], 1.0)
     assert clip_grad_norm([complex_param], 1e9).item() == pytest.approx(math.sqrt(2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1,
+                       max_size=4),
+       log_scale=st.floats(-4, 4), max_norm=st.floats(1e-3, 1e3),
+       norm_type=st.sampled_from([1.0, 2.0, 3.0, math.inf]), seed=st.integers(0, 2**16))
+def test_clipping_property_against_torch(shapes: list[list[int]], log_scale: float,
+                                         max_norm: float, norm_type: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    ours = []
+    for shape in shapes:
+        param = nn.Parameter(torch.zeros(shape, dtype=torch.float64))
+        param.grad = 10**log_scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+        ours.append(param)
+    reference = twin(ours)
+    norm = clip_grad_norm(ours, max_norm, norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(reference, max_norm, norm_type)
+    torch.testing.assert_close(norm, expected, rtol=1e-12, atol=0)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad, norm_type)
+                                                  for p in ours]), norm_type)
+    assert after <= min(norm.item(), max_norm) * (1 + 1e-9)

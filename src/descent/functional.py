@@ -67,17 +67,17 @@ Tree = Any
 # ---------------------------------------------------------------------- trees
 
 
-def _leaves(tree: Tree, path: str, owner: str) -> list[tuple[str, Any]]:
+def _leaves(tree: Tree, path: str) -> list[tuple[str, Any]]:
     """The leaves of ``tree`` in order, each with a path naming it for error messages."""
     if isinstance(tree, Mapping):
         out: list[tuple[str, Any]] = []
         for key, value in tree.items():
-            out += _leaves(value, f"{path}[{key!r}]", owner)
+            out += _leaves(value, f"{path}[{key!r}]")
         return out
     if isinstance(tree, list | tuple):
         out = []
         for index, value in enumerate(tree):
-            out += _leaves(value, f"{path}[{index}]", owner)
+            out += _leaves(value, f"{path}[{index}]")
         return out
     return [(path, tree)]
 
@@ -225,7 +225,7 @@ class FunctionalOptimizer:
                              f"got momentum={hp['momentum']!r}, dampening={hp['dampening']!r}")
 
     def _tensors(self, owner: str, name: str, tree: Tree) -> list[tuple[str, Tensor]]:
-        leaves = _leaves(tree, name, owner)
+        leaves = _leaves(tree, name)
         for path, leaf in leaves:
             if not isinstance(leaf, Tensor):
                 raise TypeError(f"{owner}: {path} has type {type(leaf).__name__}; expected a "
@@ -257,18 +257,20 @@ class FunctionalOptimizer:
             raise ValueError(f"{owner}: state has buffers {sorted(present)}, expected "
                              f"{sorted(expected)}; {self._state_hint(hp)}")
         structure = _structure(params)
-        param_leaves = _leaves(params, "params", owner)
+        param_leaves = _leaves(params, "params")
         buffers: dict[str, list[Tensor]] = {}
         for key in sorted(present):
             if _structure(state[key]) != structure:
                 raise ValueError(f"{owner}: state[{key!r}] has structure "
                                  f"{_structure(state[key])!r}, params has {structure!r}")
-            leaves = _leaves(state[key], f"state[{key!r}]", owner)
+            leaves = _leaves(state[key], f"state[{key!r}]")
             for (path, leaf), (param_path, param) in zip(leaves, param_leaves, strict=True):
-                if not isinstance(leaf, Tensor) or leaf.shape != param.shape:
-                    shape = tuple(leaf.shape) if isinstance(leaf, Tensor) else type(leaf).__name__
-                    raise ValueError(f"{owner}: {path} has shape {shape}, {param_path} has "
-                                     f"shape {tuple(param.shape)}")
+                if not isinstance(leaf, Tensor) or leaf.shape != param.shape or \
+                        leaf.dtype != param.dtype:
+                    what = f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}" if isinstance(
+                        leaf, Tensor) else f"type {type(leaf).__name__}"
+                    raise ValueError(f"{owner}: {path} has {what}; {param_path} has shape "
+                                     f"{tuple(param.shape)} and dtype {param.dtype}")
             buffers[key] = [leaf for _, leaf in leaves]
         return buffers
 
