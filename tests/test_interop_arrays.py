@@ -318,3 +318,23 @@ def test_torch_tensors_and_numpy_modules_together() -> None:
     np.testing.assert_allclose(net.parameters()[0], [0.7, 0.7])
     torch.testing.assert_close(tensor.detach(), torch.full((2,), 0.8))
     assert opt.param_groups[0]["param_names"] == ["0", "1.0"]
+
+
+def test_modules_that_make_their_gradients_in_the_first_backward() -> None:
+    class Lazy:
+        def __init__(self) -> None:
+            self.w, self.gradients = np.ones(2), []
+
+        def parameters(self) -> list[np.ndarray]:
+            return [self.w]
+
+        def grads(self) -> list[np.ndarray]:
+            return self.gradients
+
+    lazy = Lazy()
+    opt = descent.SGD([lazy], lr=0.5)
+    with pytest.raises(ValueError, match=r"grads\(\) returned 0 arrays and parameters\(\) 1"):
+        opt.step()
+    lazy.gradients = [np.array([1.0, 2.0])]
+    opt.step()
+    np.testing.assert_array_equal(lazy.w, [0.5, 0.0])

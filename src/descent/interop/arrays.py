@@ -36,7 +36,7 @@ array([0.5, 2.5])
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -148,12 +148,14 @@ class _ModuleSource:
         attribute = {id(value): name for name, value in vars(module).items()} \
             if hasattr(module, "__dict__") else {}
         self.names = [str(attribute.get(id(array), i)) for i, array in enumerate(self.arrays)]
-        self._check_grads(self._list("grads"))
+        grads = self._list("grads")
+        if grads:  # modules that make their gradient arrays in the first backward return []
+            self._check_grads(grads)
 
     def _list(self, method: str) -> list[Any]:
         values = getattr(self.module, method)()
-        if isinstance(values, np.ndarray) or not isinstance(values, Sequence | Mapping):
-            values = list(values) if not isinstance(values, np.ndarray) else [values]
+        if isinstance(values, np.ndarray):
+            return [values]
         return list(values.values()) if isinstance(values, Mapping) else list(values)
 
     def _check_grads(self, grads: list[Any]) -> list[torch.Tensor | None]:
