@@ -2,7 +2,7 @@
 
 * :mod:`descent.interop.arrays`: optimizers over NumPy arrays (modules with
   ``parameters()``/``grads()``, dicts of named arrays, ``.data``/``.grad`` objects),
-  updated in place;
+  updated in place (descent's optimizers use it: pass the containers as ``params``);
 * :mod:`descent.interop.torch_optim`: :func:`from_torch` and :func:`to_torch` move a
   live optimizer, state included, between torch.optim and descent;
 * :mod:`descent.interop.groups`: :func:`add_params` and :func:`remove_params` change
@@ -11,9 +11,7 @@
 The functional API (``init``/``step`` per algorithm) is :mod:`descent.functional`.
 """
 
-from .arrays import array_containers, refresh_gradients, zero_container_grads
 from .groups import add_params, remove_params
 from .torch_optim import from_torch, to_torch
 
-__all__ = ["add_params", "array_containers", "from_torch", "refresh_gradients",
-           "remove_params", "to_torch", "zero_container_grads"]
+__all__ = ["add_params", "from_torch", "remove_params", "to_torch"]
