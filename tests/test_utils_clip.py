@@ -214,3 +214,28 @@ def test_clipping_property_against_torch(shapes: list[list[int]], log_scale: flo
     after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad, norm_type)
                                                   for p in ours]), norm_type)
     assert after <= min(norm.item(), max_norm) * (1 + 1e-9)
+
+
+def test_clipping_an_optimizer_over_numpy_modules_clips_their_arrays() -> None:
+    import numpy as np
+
+    class Layer:
+        def __init__(self) -> None:
+            self.w, self.dw = np.zeros(2), np.array([3.0, 4.0])
+
+        def parameters(self) -> list[np.ndarray]:
+            return [self.w]
+
+        def grads(self) -> list[np.ndarray]:
+            return [self.dw]
+
+    layer = Layer()
+    opt = descent.SGD([layer], lr=1.0)
+    assert clip_grad_norm(opt, max_norm=1.0).item() == pytest.approx(5.0)
+    np.testing.assert_allclose(layer.dw, [0.6, 0.8], rtol=1e-6)
+    opt.step()
+    np.testing.assert_allclose(layer.w, [-0.6, -0.8], rtol=1e-6)
+    layer.dw = np.array([3.0, 4.0], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"grads\(\)\[0\] \(dtype float32.*cannot be changed "
+                                         r"in place"):
+        clip_grad_value(opt, 1.0)

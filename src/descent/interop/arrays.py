@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["array_containers", "refresh_gradients", "zero_container_grads"]
+__all__ = ["array_containers", "attach_container_grads", "refresh_gradients",
+           "zero_container_grads"]
 
 
 def _is_module_like(obj: Any) -> bool:
@@ -179,6 +180,11 @@ class _ModuleSource:
                 "optimizer")
         return list(zip(self.tensors, self._check_grads(self._list("grads")), strict=True))
 
+    def gradient_arrays(self) -> list[tuple[str, Any, torch.Tensor]]:
+        return [(f"{self.label}.grads()[{i}]", grad, tensor)
+                for i, (grad, tensor) in enumerate(zip(self._list("grads"), self.tensors,
+                                                       strict=False))]
+
     def zero_grad(self) -> None:
         zero = getattr(self.module, "zero_grad", None)
         if callable(zero):
@@ -209,6 +215,9 @@ class _ParameterObjectSource:
         tensor = self.tensors[0]
         return [(tensor, _gradient(self.owner, f"{self.label}.grad",
                                    getattr(self.obj, "grad", None), tensor))]
+
+    def gradient_arrays(self) -> list[tuple[str, Any, torch.Tensor]]:
+        return [(f"{self.label}.grad", getattr(self.obj, "grad", None), self.tensors[0])]
 
     def zero_grad(self) -> None:
         grad = getattr(self.obj, "grad", None)
@@ -348,6 +357,32 @@ def refresh_gradients(optimizer: Any, grads: Mapping[str, Any] | None) -> None:
             raise ValueError(f"{owner}.step: grads has keys {unknown} that name no parameter; "
                              f"the parameters are {sorted(known)}")
     pairs = [pair for source in sources for pair in source.collect(grads)]
+    for tensor, grad in pairs:
+        tensor.grad = grad
+
+
+def attach_container_grads(optimizer: Any, where: str) -> None:
+    """Attach the current gradients of NumPy modules and ``.data``/``.grad`` objects now.
+
+    For utilities that change ``.grad`` in place before ``step()`` (gradient clipping):
+    the attached tensors share the gradient arrays' memory, so the change reaches the
+    arrays the next step reads. A gradient array that would have to be copied (another
+    dtype than its parameter, read-only, negative strides) raises a ``ValueError``, since
+    the change would be lost. Dicts of named arrays are left out: their gradients come
+    with ``step(grads=...)`` and are the caller's to change.
+    """
+    sources = [source for source in getattr(optimizer, "_gradient_sources", None) or []
+               if not source.takes_grads_dict]
+    for source in sources:
+        for label, grad, tensor in source.gradient_arrays():
+            if isinstance(grad, np.ndarray) and (
+                    grad.dtype != tensor.numpy().dtype or not grad.flags.writeable
+                    or min(grad.strides, default=0) < 0):
+                raise ValueError(f"{where}: {label} (dtype {grad.dtype}, writeable "
+                                 f"{grad.flags.writeable}) cannot be changed in place for its "
+                                 f"{tensor.dtype} parameter; keep gradient arrays writeable "
+                                 "and in their parameter's dtype")
+    pairs = [pair for source in sources for pair in source.collect(None)]
     for tensor, grad in pairs:
         tensor.grad = grad
 

@@ -2,7 +2,9 @@
 
 Both take the parameters in any of the forms an optimizer takes (tensors,
 ``named_parameters()``, a module, param-group dicts) or the optimizer itself, and
-change the gradients in place, before ``optimizer.step()``.
+change the gradients in place, before ``optimizer.step()``. Given a descent optimizer
+over NumPy modules (or ``.data``/``.grad`` objects), they clip those modules' gradient
+arrays in place.
 
 Example:
 
@@ -28,6 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..interop.arrays import attach_container_grads
+
 __all__ = ["NONFINITE_POLICIES", "clip_grad_norm", "clip_grad_value"]
 
 NONFINITE_POLICIES = ("error", "skip", "zero", "propagate")
@@ -39,6 +43,7 @@ _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: the scale is max_norm / (norm +
 def _named_groups(where: str, parameters: Any) -> list[list[tuple[str, Tensor]]]:
     """The parameters as groups of (label, tensor): one group unless groups were given."""
     if isinstance(parameters, torch.optim.Optimizer):
+        attach_container_grads(parameters, where)  # NumPy modules' current gradients
         parameters = parameters.param_groups
     if isinstance(parameters, Tensor):
         return [[("parameters[0]", parameters)]]
