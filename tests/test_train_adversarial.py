@@ -57,6 +57,21 @@ def test_generator_covers_all_eight_modes_of_the_ring():
     assert set(history) >= {"d_loss", "g_loss"}
 
 
+@pytest.mark.slow
+def test_wgan_gp_covers_all_eight_modes_of_the_ring():
+    real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=0)
+    torch.manual_seed(0)
+    generator, critic = mlp(8, 2), mlp(2, 1)
+    trainer = AdversarialTrainer(
+        generator, critic, descent.Adam(generator, lr=1e-3, betas=(0.5, 0.9)),
+        descent.Adam(critic, lr=1e-3, betas=(0.5, 0.9)), latent_dim=8, batch_size=128,
+        epochs=150, n_critic=5, loss="wgan-gp", gp_weight=0.1, seed=0)
+    trainer.train(real)
+    modes, quality = ring_coverage(trainer.sample(2000))
+    # measured (seed 0, one thread): 8 of 8 modes, about a third of the samples within 5 sigma
+    assert modes == 8 and quality >= 0.25, (modes, quality)
+
+
 class Isolation(Callback):
     """Checks at every step that the other network has no gradients and does not move."""
 

@@ -1,0 +1,56 @@
+"""The README's training examples and the scripts in docs/examples run as written."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Training\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)             # examples write their plots and logs here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_readme_has_one_example_per_trainer():
+    blocks = training_blocks()
+    for trainer in ("SupervisedTrainer", "RecurrentTrainer", "AdversarialTrainer"):
+        assert sum(trainer in block for block in blocks) == 1, trainer
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_readme_training_example_runs(index, tmp_path, capsys):
+    exec(compile(training_blocks()[index], f"README.md training block {index}", "exec"), {})
+    if index == 0:
+        assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["train_supervised", "train_recurrent", "train_adversarial"])
+def test_docs_example_runs(name, tmp_path, capsys):
+    if name == "train_supervised":
+        pytest.importorskip("sklearn")
+    runpy.run_path(str(ROOT / "docs" / "examples" / f"{name}.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    if name == "train_supervised":
+        accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
+        assert accuracy >= 90.0 and (tmp_path / "runs" / "digits.csv").exists()
+    elif name == "train_recurrent":
+        held_out, unigram = map(float, re.findall(r"(\d\.\d+)", out)[:2])
+        assert held_out < 0.75 * unigram
+    else:
+        assert "8 of 8 modes covered" in out
