@@ -171,3 +171,25 @@ def test_bad_arguments() -> None:
         EMA([param], include_buffers=True)
     with pytest.raises(TypeError, match=r"parameter '0' has type float"):
         EMA([1.0])
+
+
+def test_averages_in_float32_for_bfloat16_parameters() -> None:
+    """In bfloat16, 0.999 * avg + 0.001 * p rounds back to avg; float32 averages move."""
+    param = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    low = EMA([param], decay=0.999)
+    high = EMA([param], decay=0.999, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        param.fill_(2.0)
+    for _ in range(100):
+        low.update()
+        high.update()
+    assert high.averaged()[0].dtype == torch.float32
+    expected = 2.0 - 0.999**100  # avg_t = 2 - 0.999^t from avg_0 = 1 with p = 2
+    assert high.averaged()[0][0].item() == pytest.approx(expected, rel=1e-5)
+    assert low.averaged()[0][0].item() == 1.0  # the bfloat16 average never moved
+    with high.average_parameters():
+        assert param.dtype == torch.bfloat16
+        assert param[0].item() == pytest.approx(expected, rel=1e-2)
+    assert param[0].item() == 2.0
+    with pytest.raises(TypeError, match=r"dtype=torch\.int64 is invalid"):
+        EMA([param], dtype=torch.int64)

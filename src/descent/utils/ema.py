@@ -63,6 +63,10 @@ class EMA:
         include_buffers: also average a module's floating-point buffers (BatchNorm's
             running statistics); its other buffers (``num_batches_tracked``) are left
             alone.
+        device: where to keep the averages (default: with each parameter), e.g.
+            ``"cpu"`` to spare accelerator memory.
+        dtype: the averages' dtype (default: each parameter's), e.g. ``torch.float32``
+            for bfloat16 parameters, whose rounding would stall a slow average.
 
     References: Polyak & Juditsky, "Acceleration of Stochastic Approximation by
     Averaging", 1992 (averaging iterates); TensorFlow's
@@ -70,7 +74,13 @@ class EMA:
     """
 
     def __init__(self, parameters: Any, decay: float | Callable[[int], float] = 0.999, *,
-                 warmup: bool = False, include_buffers: bool = False) -> None:
+                 warmup: bool = False, include_buffers: bool = False,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if dtype is not None and (not isinstance(dtype, torch.dtype)
+                                  or not dtype.is_floating_point):
+            raise TypeError(f"EMA: dtype={dtype!r} is invalid; expected a floating-point "
+                            "torch.dtype such as torch.float32")
         if not callable(decay):
             self._check_decay("decay", decay)
         for name, flag in (("warmup", warmup), ("include_buffers", include_buffers)):
@@ -84,7 +94,9 @@ class EMA:
         self.num_updates = 0
         self._names = [name for name, _ in named]
         self._tensors = [tensor for _, tensor in named]
-        self._shadow = [tensor.detach().clone() for tensor in self._tensors]
+        self._shadow = [tensor.detach().to(
+            device=device, dtype=dtype if dtype is not None and not tensor.is_complex()
+            else tensor.dtype, copy=True) for tensor in self._tensors]
         self._swapped: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ inputs
@@ -149,7 +161,7 @@ class EMA:
                                "average_parameters()); update after the block")
         weight = 1.0 - self.current_decay()
         for shadow, tensor in zip(self._shadow, self._tensors, strict=True):
-            shadow.lerp_(tensor.detach().to(shadow.device), weight)
+            shadow.lerp_(tensor.detach().to(shadow.device, shadow.dtype), weight)
         self.num_updates += 1
 
     def averaged(self) -> list[Tensor]:
