@@ -209,3 +209,26 @@ def test_misassigned_optimizers_and_shared_parameters_are_refused():
     with pytest.raises(ValueError, match="loss='hinge'"):
         AdversarialTrainer(g, d, descent.SGD(g, lr=0.1), descent.SGD(d, lr=0.1), latent_dim=4,
                            loss="hinge")
+
+
+def test_adversarial_extension_points_are_called():
+    calls = {"sample_noise": 0, "discriminator_loss": 0, "generator_loss": 0}
+
+    class Hooked(AdversarialTrainer):
+        def sample_noise(self, n):
+            calls["sample_noise"] += 1
+            return super().sample_noise(n)
+
+        def discriminator_loss(self, real_scores, fake_scores):
+            calls["discriminator_loss"] += 1
+            return super().discriminator_loss(real_scores, fake_scores)
+
+        def generator_loss(self, fake_scores):
+            calls["generator_loss"] += 1
+            return super().generator_loss(fake_scores)
+
+    real, _ = gaussian_mixture(96, seed=5)
+    g, d = mlp(4, 2, 8), mlp(2, 1, 8)
+    Hooked(g, d, descent.SGD(g, lr=0.1), descent.SGD(d, lr=0.1), latent_dim=4, batch_size=32,
+           epochs=1, n_critic=3).train(real)
+    assert calls == {"sample_noise": 4, "discriminator_loss": 3, "generator_loss": 1}

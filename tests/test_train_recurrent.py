@@ -207,3 +207,26 @@ def test_contract_and_shape_errors_are_clear():
         RecurrentTrainer(descent.SGD(Elman(), lr=0.1), bptt_steps=0)
     with pytest.raises(ValueError, match="step_every='batch'"):
         RecurrentTrainer(descent.SGD(Elman(), lr=0.1), step_every="batch")
+
+
+def test_recurrent_extension_points_are_called():
+    calls = {"initial_hidden": 0, "forward_chunk": 0, "compute_loss": 0}
+
+    class Hooked(RecurrentTrainer):
+        def initial_hidden(self, model, inputs):
+            calls["initial_hidden"] += 1
+            return torch.zeros(1, inputs.shape[0], 6)
+
+        def forward_chunk(self, model, x_chunk, hidden):
+            calls["forward_chunk"] += 1
+            return super().forward_chunk(model, x_chunk, hidden)
+
+        def compute_loss(self, output, target):
+            calls["compute_loss"] += 1
+            return super().compute_loss(output, target)
+
+    x, y = sequences(n=4, length=10)
+    model = Elman()
+    Hooked(descent.SGD(model, lr=0.1), batch_size=2, epochs=1, bptt_steps=4).train(
+        model, x, y, nn.MSELoss())
+    assert calls == {"initial_hidden": 2, "forward_chunk": 6, "compute_loss": 6}

@@ -467,3 +467,21 @@ def test_bad_train_inputs_are_refused_with_their_name():
         trainer.train(mlp(), TensorDataset(x, y), y, nn.CrossEntropyLoss())
     assert trainer.state.step == 0 and not trainer.state.running
     assert isinstance(np.asarray(x), np.ndarray)
+
+
+def test_refusals_before_the_loop_leave_the_trainer_untouched():
+    class Unsized(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            x, y = toy_data(16)
+            return iter(zip(x, y, strict=True))
+
+    model = mlp()
+    trainer = SupervisedTrainer(descent.SGD(model, lr=0.1), gradient_accumulation_steps=2)
+    with pytest.raises(TypeError, match="has no len"):
+        trainer.train(model, DataLoader(Unsized(), batch_size=4), loss=nn.CrossEntropyLoss())
+    assert trainer.state.running is False and trainer.state.end_epoch == 0
+    with pytest.raises(ValueError, match="device='gpu0'"):
+        SupervisedTrainer(descent.SGD(model, lr=0.1), device="gpu0")
+    one_at_a_time = SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1)
+    one_at_a_time.train(model, DataLoader(Unsized(), batch_size=4), loss=nn.CrossEntropyLoss())
+    assert one_at_a_time.state.step == 4

@@ -232,7 +232,11 @@ class Trainer:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"{owner}: seed={seed!r}; expected an int")
         self.seed = seed
-        self.device = torch.device(device) if device is not None else None
+        try:
+            self.device = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"{owner}: device={device!r} is not a device torch knows "
+                             "(e.g. 'cpu', 'cuda', 'cuda:1')") from error
         self.clip_grad_norm = check_optional_positive(owner, "clip_grad_norm", clip_grad_norm)
         self.clip_grad_value = check_optional_positive(owner, "clip_grad_value", clip_grad_value)
         self.state = self._new_state()
@@ -365,6 +369,12 @@ class Trainer:
         """Run (or finish) a ``train()`` call over ``batches``; return the history."""
         owner = type(self).__name__
         epochs = self.epochs if epochs is None else check_positive_int(owner, "epochs", epochs)
+        try:
+            n_batches: int | None = len(batches)
+        except TypeError:
+            n_batches = None
+        self._check_batch_count(n_batches)
+        self.batches_per_epoch = n_batches
         self.model = model
         if self.device is not None:
             model.to(self.device)
@@ -394,12 +404,7 @@ class Trainer:
                    evaluate: Callable[[], dict[str, float]] | None) -> None:
         state = self.state
         epoch = state.epoch
-        try:
-            n_batches: int | None = len(batches)
-        except TypeError:
-            n_batches = None
-        self._check_batch_count(n_batches)
-        self.batches_per_epoch = n_batches
+        n_batches = self.batches_per_epoch
         if state.batch == 0:
             self._meter = _Meter()
         self._call("on_epoch_begin", epoch)
