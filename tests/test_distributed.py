@@ -191,7 +191,7 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(two_processe
     reference = reference_run(name)
     for key, expected in reference.items():
         got = params[f"{name}/{key}"]
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-14)
     # the comparison can fail: the runs moved the parameters, and one process with
     # batch b (not 2b) ends elsewhere
     initial, other = params_of(make_model()), reference_run(name, batch=BATCH)

@@ -189,7 +189,8 @@ def write_checkpoint(path: str | Path, content: Mapping[str, Any]) -> Path:
     """Write ``content`` (a state tree) as a checkpoint directory at ``path``, atomically.
 
     ``path`` must not exist, or must already be a descent checkpoint (it is then
-    replaced in one step). Returns ``path`` as a ``Path``.
+    replaced in one step); missing parent directories are created. Returns ``path``
+    as a ``Path``.
     """
     from safetensors.torch import save as safetensors_bytes
 
@@ -203,8 +204,7 @@ def write_checkpoint(path: str | Path, content: Mapping[str, Any]) -> Path:
         if not (path / INDEX_NAME).exists() and any(path.iterdir()):
             raise FileExistsError(f"checkpoint: {path} exists and is not a descent checkpoint "
                                   f"(no {INDEX_NAME}); refusing to overwrite it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"checkpoint: the parent directory {path.parent} does not exist")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     tree, tensors = encode_tree(dict(content))
     data = safetensors_bytes(tensors)
