@@ -485,3 +485,17 @@ def test_refusals_before_the_loop_leave_the_trainer_untouched():
     one_at_a_time = SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1)
     one_at_a_time.train(model, DataLoader(Unsized(), batch_size=4), loss=nn.CrossEntropyLoss())
     assert one_at_a_time.state.step == 4
+
+
+def test_after_a_nonfinite_error_the_next_call_continues_past_the_bad_window():
+    x, y = toy_data(32)
+    x[10, 1] = math.nan                          # in batch 1 of 4 (batches of 8)
+    model = mlp()
+    trainer = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=8, epochs=1,
+                                shuffle=False, gradient_accumulation_steps=2)
+    with pytest.raises(NonFiniteError, match="optimizer step 1"):
+        trainer.train(model, x, y, nn.CrossEntropyLoss())
+    assert (trainer.state.batch, trainer.state.window, trainer.state.step) == (2, 0, 0)
+    trainer.train(model, x, y, nn.CrossEntropyLoss())       # finishes the epoch: batches 2, 3
+    assert (trainer.state.epoch, trainer.state.step) == (1, 1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

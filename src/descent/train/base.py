@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -128,9 +129,14 @@ def is_plateau_scheduler(scheduler: Any) -> bool:
     """Whether ``scheduler.step`` needs a metric (``ReduceLROnPlateau`` and the like)."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return True
+    return _step_needs_argument(type(scheduler))
+
+
+@functools.lru_cache(maxsize=256)
+def _step_needs_argument(kind: type) -> bool:
     try:
-        parameters = inspect.signature(scheduler.step).parameters.values()
-    except (TypeError, ValueError):
+        parameters = list(inspect.signature(kind.step).parameters.values())[1:]
+    except (AttributeError, TypeError, ValueError):
         return False
     return any(p.default is inspect.Parameter.empty
                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
@@ -523,7 +529,16 @@ class Trainer:
                     for param in group["params"]:
                         if param.grad is not None:
                             param.grad.mul_(planned / state.window)
-        stepped = self.optimizer_step(optimizer, scheduler)
+        try:
+            stepped = self.optimizer_step(optimizer, scheduler)
+        except NonFiniteError:
+            # The window's gradients are gone: the counters move past it, so that a
+            # later train() call continues with the next batch.
+            state.window = 0
+            state.batch += 1
+            self._meter.pop_window()
+            self._step_logs = {}
+            raise
         state.window = 0
         logs = self._meter.pop_window()
         if stepped:
