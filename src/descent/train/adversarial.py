@@ -20,7 +20,7 @@ from .base import (
     check_scheduler,
 )
 from .callbacks import Callback
-from .data import make_batches, mixed_seed
+from .data import mixed_seed
 from .history import History
 
 LOSSES = ("nonsaturating", "wgan-gp")
@@ -178,9 +178,9 @@ class AdversarialTrainer(Trainer):
         Dataset items and DataLoader batches that are tuples or lists use their first
         element (e.g. ``(sample, label)`` pairs). A second call continues training.
         """
-        batches = make_batches(type(self).__name__, data, batch_size=self.batch_size,
-                               shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
-                               require_targets=False, x_name="data")
+        batches = self.make_batches(data, batch_size=self.batch_size, shuffle=self.shuffle,
+                                    drop_last=self.drop_last, require_targets=False,
+                                    x_name="data")
         return self._fit(self.model, batches, epochs)
 
     @torch.no_grad()

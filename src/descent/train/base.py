@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .callbacks import Callback
-from .data import Batches, to_device
+from .data import Batches, make_batches, to_device
 from .history import History
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -454,6 +454,15 @@ class Trainer:
         record sample-weighted epoch means through ``self._meter``.
         """
         raise NotImplementedError
+
+    def make_batches(self, x: Any, y: Any = None, *, batch_size: int, shuffle: bool,
+                     drop_last: bool = False, require_targets: bool = True,
+                     x_name: str = "x", y_name: str = "y") -> Batches:
+        """The batch source for ``x`` (and ``y``): :func:`descent.train.data.make_batches`
+        with this trainer's seed (a distributed trainer returns this rank's shard)."""
+        return make_batches(type(self).__name__, x, y, batch_size=batch_size, shuffle=shuffle,
+                            drop_last=drop_last, seed=self.seed,
+                            require_targets=require_targets, x_name=x_name, y_name=y_name)
 
     def end_epoch(self, model: nn.Module) -> None:
         """Called after the epoch's last batch: flush whatever the strategy holds."""

@@ -18,7 +18,7 @@ from .base import (
     window_size,
 )
 from .callbacks import Callback
-from .data import Batches, make_batches, split_validation, to_device
+from .data import Batches, split_validation, to_device
 from .history import History
 
 Metric = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -212,8 +212,8 @@ class SupervisedTrainer(Trainer):
                                  "expected a float strictly between 0 and 1")
             x, y, x_val, y_val = split_validation(owner, x, y, validation_split, self.seed)
             validation_data = x_val if y_val is None else (x_val, y_val)
-        batches = make_batches(owner, x, y, batch_size=self.batch_size, shuffle=self.shuffle,
-                               drop_last=self.drop_last, seed=self.seed)
+        batches = self.make_batches(x, y, batch_size=self.batch_size, shuffle=self.shuffle,
+                                    drop_last=self.drop_last)
         validation = (None if validation_data is None
                       else self._validation_batches(validation_data))
         self.loss_fn = loss
@@ -232,8 +232,7 @@ class SupervisedTrainer(Trainer):
         Runs in eval mode without gradients, in batches of ``validation_batch_size``;
         means are weighted by batch size. The model's train/eval mode is restored.
         """
-        batches = make_batches(type(self).__name__, x, y, batch_size=self.validation_batch_size,
-                               shuffle=False, seed=self.seed)
+        batches = self.make_batches(x, y, batch_size=self.validation_batch_size, shuffle=False)
         if self.device is not None:
             model.to(self.device)
         self._device_type = self._find_device_type(model)
@@ -286,12 +285,12 @@ class SupervisedTrainer(Trainer):
     def _validation_batches(self, data: Any) -> Batches:
         owner = type(self).__name__
         if isinstance(data, DataLoader | Dataset) and not isinstance(data, torch.Tensor):
-            return make_batches(owner, data, batch_size=self.validation_batch_size,
-                                shuffle=False, seed=self.seed, x_name="validation_data")
+            return self.make_batches(data, batch_size=self.validation_batch_size,
+                                     shuffle=False, x_name="validation_data")
         if isinstance(data, tuple | list) and len(data) == 2:
-            return make_batches(owner, data[0], data[1], batch_size=self.validation_batch_size,
-                                shuffle=False, seed=self.seed, x_name="validation_data[0]",
-                                y_name="validation_data[1]")
+            return self.make_batches(data[0], data[1], batch_size=self.validation_batch_size,
+                                     shuffle=False, x_name="validation_data[0]",
+                                     y_name="validation_data[1]")
         raise TypeError(f"{owner}.train: validation_data is a {type(data).__name__}; expected "
                         "an (x_val, y_val) pair, a Dataset or a DataLoader")
 
