@@ -154,6 +154,9 @@ class AdversarialTrainer(Trainer):
     def schedulers(self) -> dict[str, Any]:
         return {"g": self.g_scheduler, "d": self.d_scheduler}
 
+    def _next_step_number(self, name: str) -> int:
+        return (self.state.d_step if name == "d" else self.state.step) + 1
+
     def _named_modules(self) -> dict[str, nn.Module]:
         return {"generator.": self.generator, "discriminator.": self.discriminator}
 

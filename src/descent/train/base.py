@@ -605,8 +605,8 @@ class Trainer:
     def _handle_nonfinite(self, optimizer: Any, bad: list[torch.Tensor], name: str) -> None:
         state = self.state
         labels = [self._label(optimizer, p) for p in bad]
-        where = (f"optimizer step {state.step + 1} ({name}, epoch {state.epoch}, "
-                 f"batch {state.batch})")
+        where = (f"optimizer step {self._next_step_number(name)} ({name}, epoch "
+                 f"{state.epoch}, batch {state.batch})")
         parts = []
         if self._nonfinite_loss is not None:
             epoch, index, value = self._nonfinite_loss
@@ -624,6 +624,10 @@ class Trainer:
             raise NonFiniteError(message + "; no parameter was updated (nonfinite='skip' "
                                  "skips such steps instead)")
         state.skipped += 1
+
+    def _next_step_number(self, name: str) -> int:
+        """The number the coming step of optimizer ``name`` will have (1-based)."""
+        return self.state.step + 1
 
     def _step_plateau_schedulers(self, metrics: Mapping[str, float]) -> None:
         for name, scheduler in self.schedulers().items():
