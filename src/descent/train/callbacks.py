@@ -286,7 +286,7 @@ class LRMonitor(Callback):
         base = "lr" if len(optimizers) == 1 else f"{name}_lr"
         for index, group in enumerate(optimizer.param_groups):
             key = base if index == 0 else f"{base}/group{index}"
-            trainer.history.log_step(trainer.state.step + 1, {key: float(group["lr"])})
+            trainer.history.log_step(trainer._next_step_number(name), {key: float(group["lr"])})
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Mapping[str, float]) -> None:
         rates = self.learning_rates(trainer)
