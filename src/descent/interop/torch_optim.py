@@ -18,7 +18,9 @@ kept on an accelerator by torch's capturable/fused paths come back to the CPU.
 execution options on every group of the new optimizer.
 
 LR schedulers and hooks stay attached to the old optimizer: make new ones for the
-new optimizer (a scheduler's ``state_dict`` loads into its new twin).
+new optimizer (a scheduler's ``state_dict`` loads into its new twin). For a state dict
+saved to disk by one library, :func:`convert_state_dict` prepares it for the other's
+optimizer.
 
 Example:
 
@@ -45,7 +47,7 @@ import torch
 if TYPE_CHECKING:
     from ..optim.base import Optimizer
 
-__all__ = ["from_torch", "to_torch"]
+__all__ = ["convert_state_dict", "from_torch", "to_torch"]
 
 _NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax")
 _SCALAR_STATE = ("step", "mu_product")
@@ -63,21 +65,6 @@ def _constructor_kwargs(cls: type, defaults: Mapping[str, Any]) -> dict[str, Any
     return {key: value for key, value in defaults.items() if key in accepted and key != "params"}
 
 
-def _copy_state(state: Mapping[int, Mapping[str, Any]], to_cpu_scalars: bool
-                ) -> dict[int, dict[str, Any]]:
-    copied: dict[int, dict[str, Any]] = {}
-    for index, entry in state.items():
-        new = {}
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                value = value.detach().clone()
-                if to_cpu_scalars and key in _SCALAR_STATE and value.device.type != "cpu":
-                    value = value.cpu()
-            new[key] = value
-        copied[index] = new
-    return copied
-
-
 def _groups(optimizer: torch.optim.Optimizer, overrides: Mapping[str, Any]
             ) -> list[dict[str, Any]]:
     """The optimizer's param groups as constructor input: same params, names and options."""
@@ -93,21 +80,100 @@ def _groups(optimizer: torch.optim.Optimizer, overrides: Mapping[str, Any]
     return groups
 
 
-def _transfer(source: torch.optim.Optimizer, target: torch.optim.Optimizer,
-              to_cpu_scalars: bool) -> None:
+def _clone(value: Any, to_cpu: bool) -> Any:
+    if not torch.is_tensor(value):
+        return value
+    value = value.detach().clone()
+    return value.cpu() if to_cpu and value.device.type != "cpu" else value
+
+
+def convert_state_dict(state_dict: Mapping[str, Any],
+                       optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A state dict written by one library, made ready to load into the other's optimizer.
+
+    ``optimizer`` is the descent or ``torch.optim`` optimizer that will load it (same
+    algorithm, same param groups with the same numbers of parameters). The result is a
+    copy (no tensor is shared with ``state_dict``): for a descent optimizer,
+    ``capturable``/``differentiable`` set to False and scalar state (step counts) on
+    the CPU; for a torch one, descent's ``"descent"`` entry dropped (after checking it
+    names the same algorithm), and for torch's Adagrad, the initial state of parameters
+    that have none yet. Load it with ``optimizer.load_state_dict(...)``, which checks
+    the rest.
+
+    Example (a torch.optim checkpoint, resumed with descent)::
+
+        opt = descent.Adam(model.parameters(), lr=1e-3)
+        saved = torch.load("torch_adam.pt", weights_only=True)["optimizer"]
+        opt.load_state_dict(convert_state_dict(saved, opt))
+
+    Raises:
+        TypeError: ``optimizer`` has no counterpart, or ``state_dict`` is not a dict.
+        ValueError: the groups or their sizes differ, or the state dict is descent's
+            for another algorithm.
+    """
+    from ..optim.base import Optimizer
+
+    name = type(optimizer).__name__
+    to_descent = isinstance(optimizer, Optimizer)
+    expected = _descent_class(name) if to_descent and name in _NAMES else \
+        getattr(torch.optim, name, None) if name in _NAMES else None
+    if type(optimizer) is not expected:
+        raise TypeError(f"convert_state_dict: optimizer has type {type(optimizer).__qualname__}; "
+                        f"expected one of {{{', '.join(_NAMES)}}} from descent or torch.optim")
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        raise TypeError("convert_state_dict: state_dict is not an optimizer state dict (a dict "
+                        "with 'state' and 'param_groups')")
+    meta = state_dict.get("descent")
+    if not to_descent and isinstance(meta, Mapping) and meta.get("optimizer") != name:
+        raise ValueError(f"convert_state_dict: the state dict is descent's "
+                         f"{meta.get('optimizer')!r}, not {name!r}")
+    saved_groups = list(state_dict["param_groups"])
+    if len(saved_groups) != len(optimizer.param_groups) or any(
+            len(saved["params"]) != len(group["params"])
+            for saved, group in zip(saved_groups, optimizer.param_groups, strict=False)):
+        raise ValueError(
+            "convert_state_dict: the state dict has groups of "
+            f"{[len(g['params']) for g in saved_groups]} parameters, the optimizer "
+            f"{[len(g['params']) for g in optimizer.param_groups]}")
+    normalised = {key: False for key in ("capturable", "differentiable")} if to_descent else {}
+    groups = []
+    for saved in saved_groups:
+        group = {key: value for key, value in saved.items() if key != "params"}
+        group.update({key: value for key, value in normalised.items() if key in group})
+        groups.append({**group, "params": list(saved["params"])})
+    state = {index: {key: _clone(value, to_descent and key in _SCALAR_STATE)
+                     for key, value in entry.items()}
+             for index, entry in state_dict["state"].items()}
+    if type(optimizer) is torch.optim.Adagrad:
+        own = optimizer.state_dict()["state"]
+        saved_ids = [i for group in groups for i in group["params"]]
+        for position, saved_id in enumerate(saved_ids):
+            if not state.get(saved_id) and position in own:
+                state[saved_id] = {key: _clone(value, False)
+                                   for key, value in own[position].items()}
+    converted: dict[str, Any] = {"state": state, "param_groups": groups}
+    if to_descent and meta is not None:
+        converted["descent"] = dict(meta)
+    return converted
+
+
+def _transfer(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> None:
     """Load ``source``'s per-parameter state into ``target`` (same params, same order)."""
-    state_dict = target.state_dict()
-    state = _copy_state(target.state_dict()["state"], False)
-    state.update(_copy_state(source.state_dict()["state"], to_cpu_scalars))
-    state_dict["state"] = state
-    target.load_state_dict(state_dict)
+    converted = convert_state_dict(source.state_dict(), target)
+    # The options ``target`` was built with (the source's, plus any overrides) stay.
+    converted["param_groups"] = [
+        {**{key: value for key, value in group.items() if key != "params"},
+         "params": saved["params"]}
+        for group, saved in zip(target.param_groups, converted["param_groups"], strict=True)]
+    target.load_state_dict(converted)
     # torch's load_state_dict casts scalar state other than "step" (NAdam's mu_product)
     # to the parameter's dtype; keep the dtype the running optimizer had.
     params = [p for group in target.param_groups for p in group["params"]]
-    for index, entry in state.items():
-        for key in _SCALAR_STATE:
-            if key in entry and key in target.state[params[index]]:
-                target.state[params[index]][key] = entry[key]
+    saved_ids = [i for group in converted["param_groups"] for i in group["params"]]
+    for param, saved_id in zip(params, saved_ids, strict=True):
+        for key, value in converted["state"].get(saved_id, {}).items():
+            if key in _SCALAR_STATE and key in target.state[param]:
+                target.state[param][key] = value
 
 
 def from_torch(optimizer: torch.optim.Optimizer) -> Optimizer:
@@ -135,7 +201,7 @@ def from_torch(optimizer: torch.optim.Optimizer) -> Optimizer:
                   if key in cls.hyperparameters}
     defaults = {**optimizer.defaults, **normalised}
     new = cls(_groups(optimizer, normalised), **_constructor_kwargs(cls, defaults))
-    _transfer(optimizer, new, to_cpu_scalars=True)
+    _transfer(optimizer, new)
     return new
 
 
@@ -172,5 +238,5 @@ def to_torch(optimizer: Optimizer, **options: Any) -> torch.optim.Optimizer:
                          f"expected some of {sorted(optimizer.defaults)}")
     defaults = {**optimizer.defaults, **options}
     new = torch_class(_groups(optimizer, options), **_constructor_kwargs(torch_class, defaults))
-    _transfer(optimizer, new, to_cpu_scalars=False)
+    _transfer(optimizer, new)
     return new
