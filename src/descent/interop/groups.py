@@ -169,8 +169,9 @@ def remove_params(optimizer: torch.optim.Optimizer, params: Any, *,
             their meaning.
 
     Every parameter is looked up first; one that the optimizer does not hold raises a
-    ``ValueError`` and nothing changes. The removed parameters' states are returned
-    (empty dicts for parameters without state), every other parameter's state is kept.
+    ``ValueError`` and nothing changes. Copies of the removed parameters' states are
+    returned (empty dicts for parameters without state); every other parameter's state
+    is kept.
     """
     owner = f"{_owner(optimizer)} remove_params"
     if isinstance(params, torch.nn.Module):
@@ -206,7 +207,9 @@ def remove_params(optimizer: torch.optim.Optimizer, params: Any, *,
     removed = []
     for gi, pi in order:
         param = optimizer.param_groups[gi]["params"][pi]
-        removed.append(optimizer.state.pop(param, {}))
+        # Copies: the state of an engine-managed parameter is a view of a shared buffer.
+        removed.append({key: value.detach().clone() if torch.is_tensor(value) else value
+                        for key, value in optimizer.state.pop(param, {}).items()})
     for gi, group in enumerate(optimizer.param_groups):
         drop = sorted((pi for g, pi in order if g == gi), reverse=True)
         for pi in drop:
