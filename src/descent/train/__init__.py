@@ -10,15 +10,19 @@ and :class:`History`.
 """
 
 from .adversarial import AdversarialTrainer
-from .base import LoopState, NonFiniteError, Trainer
+from .base import LoopState as LoopState
+from .base import NonFiniteError, Trainer
 from .callbacks import Callback, CSVLogger, EarlyStopping, JSONLogger, LRMonitor, ProgressBar
-from .data import epoch_generator, epoch_permutation
+from .data import epoch_generator as epoch_generator
+from .data import epoch_permutation as epoch_permutation
 from .history import History
 from .recurrent import RecurrentTrainer
-from .supervised import SupervisedTrainer, accuracy
+from .supervised import SupervisedTrainer
+from .supervised import accuracy as accuracy
 
+# What ``from descent.train import *`` (and so the top-level ``descent`` package) exports.
 __all__ = [
     "AdversarialTrainer", "CSVLogger", "Callback", "EarlyStopping", "History", "JSONLogger",
-    "LRMonitor", "LoopState", "NonFiniteError", "ProgressBar", "RecurrentTrainer",
-    "SupervisedTrainer", "Trainer", "accuracy", "epoch_generator", "epoch_permutation",
+    "LRMonitor", "NonFiniteError", "ProgressBar", "RecurrentTrainer", "SupervisedTrainer",
+    "Trainer",
 ]
