@@ -256,6 +256,8 @@ def unrolled_loss(algorithm: functional.FunctionalOptimizer, log_lr: torch.Tenso
     ("nadam", {}, {}),
     ("radam", {}, {"betas": (0.9, 0.9)}),
     ("adamax", {}, {}),
+    ("sign_sgd", {"momentum": 0.9}, {"momentum": 0.9, "weight_decay": 0.1}),
+    ("lion", {}, {"weight_decay": 0.1}),
 ], ids=lambda case: case if isinstance(case, str) else None)
 def test_learning_rate_meta_gradient_matches_finite_differences(
         name: str, init: dict[str, Any], hyperparameters: dict[str, Any]) -> None:
