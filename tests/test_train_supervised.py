@@ -333,11 +333,14 @@ def test_plateau_scheduler_gets_the_monitored_metric_once_per_epoch():
                                 scheduler=Plateau()).train(
         model, x, y, nn.CrossEntropyLoss(), validation_split=0.25)
     assert calls == history["val_loss"]
-    opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
-    real = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
-    SupervisedTrainer(opt, batch_size=16, epochs=2, scheduler=real,
-                      scheduler_monitor="loss").train(mlp(), x, y, lambda o, t: o.sum() * 0)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # constant loss: one reduction
+    for plateau in (torch.optim.lr_scheduler.ReduceLROnPlateau,
+                    descent.schedules.ReduceLROnPlateau):
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = plateau(opt, patience=0, factor=0.5)
+        SupervisedTrainer(opt, batch_size=16, epochs=2, scheduler=scheduler,
+                          scheduler_monitor="loss").train(model, x, y, lambda o, t: o.sum() * 0)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # constant loss: one cut
 
 
 # ---------------------------------------------------------------- non-finite values
