@@ -393,6 +393,10 @@ def zero_optimizer(params: Any, optimizer_class: type[torch.optim.Optimizer],
     ranks, so the result is the same as the unsharded optimizer's. Needs an
     initialised process group.
 
+    With several param groups, ZeRO may give a rank no parameter of some group;
+    descent optimizers refuse an empty group, so there use a single group (or a
+    torch.optim class).
+
     Example::
 
         opt = zero_optimizer(model, descent.AdamW, lr=1e-3, weight_decay=0.01)
