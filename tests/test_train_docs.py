@@ -54,3 +54,13 @@ def test_docs_example_runs(name, tmp_path, capsys):
         assert held_out < 0.75 * unigram
     else:
         assert "8 of 8 modes covered" in out
+
+
+@pytest.mark.parametrize("module", ["descent.train.data", "descent.train.supervised",
+                                    "descent.data.text", "descent.data.mixture"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
