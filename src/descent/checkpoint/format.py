@@ -320,6 +320,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except SafetensorError as error:
         raise CorruptCheckpointError(f"checkpoint: {tensor_path} is not a valid safetensors "
                                      f"file: {error}") from None
+    if len(tensors) != entry.get("count"):
+        raise CorruptCheckpointError(f"checkpoint: {tensor_path} holds {len(tensors)} tensors, "
+                                     f"the index records {entry.get('count')}")
     try:
         return decode_tree(document["content"], tensors)
     except (ValueError, TypeError, KeyError) as error:

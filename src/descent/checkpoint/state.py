@@ -149,7 +149,9 @@ def save_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
             of per-rank states from :func:`capture_rng_state` gathered on every rank.
 
     Returns the checkpoint's path. Raises ``TypeError`` naming any value that cannot
-    be stored; nothing is written then.
+    be stored; nothing is written then. Under ``torch.distributed`` call it on one rank
+    only (rank 0), or use :class:`~descent.checkpoint.CheckpointManager`, which
+    gathers every rank's generator states and ZeRO shards first.
     """
     models = {name: _unwrap(module, f"model[{name!r}]")
               for name, module in _named("model", model).items()}
