@@ -209,7 +209,10 @@ class Trainer:
         precision: ``"fp32"`` (default) or ``"bf16"``: forward passes and losses run
             under ``torch.autocast(dtype=torch.bfloat16)`` on the model's device (CPU or
             CUDA); parameters, gradients and optimizer state stay in their own dtype.
-        device: where to move the model and every batch (None: leave them be).
+        device: where to move the model and every batch (None: leave them be). The
+            model moves with ``model.to(device)``, so its parameters stay the objects an
+            optimizer built earlier holds; build the optimizer after moving the model if
+            it already has state.
         seed: seeds the data order; epoch ``e`` is shuffled by a generator seeded with
             ``(seed, e)`` only, so any epoch's order can be regenerated.
         clip_grad_norm: clip the global gradient norm of each optimizer's parameters to
