@@ -160,6 +160,10 @@ def test_unsupported_optimizers_are_refused() -> None:
         from_torch(torch.optim.LBFGS(params))
     with pytest.raises(TypeError, match=r"to_torch: optimizer has type SGD"):
         to_torch(torch.optim.SGD(params, lr=0.1))
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"updates NumPy arrays"):
+        to_torch(descent.SGD({"w": np.ones(2)}, lr=0.1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -231,6 +231,9 @@ def to_torch(optimizer: Optimizer, **options: Any) -> torch.optim.Optimizer:
         raise TypeError(f"to_torch: optimizer has type {type(optimizer).__qualname__}; "
                         f"expected one of descent.{{{', '.join(_NAMES)}}} (descent's SignSGD "
                         "and Lion have no torch.optim counterpart)")
+    if getattr(optimizer, "_gradient_sources", None):
+        raise TypeError("to_torch: the optimizer updates NumPy arrays, whose gradients only "
+                        "descent's step() reads; keep the descent optimizer")
     torch_class = getattr(torch.optim, name)
     unknown = sorted(set(options) - set(optimizer.defaults))
     if unknown:
