@@ -353,3 +353,86 @@ def test_a_batched_step_count_is_refused_with_advice() -> None:
         torch.func.vmap(lambda p, g, s: functional.adam.step(p, g, s))(stacked, stacked, state)
     with pytest.raises(ValueError, match=r"state\['step'\] has shape \(3,\)"):
         functional.adam.step(stacked, stacked, state)
+
+
+def class_cases() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
+    return [(info, config) for info in OPTIMIZERS for config in info.configs[:2]]
+
+
+@pytest.mark.parametrize(("info", "config"), class_cases(), ids=case_id)
+def test_a_run_moves_between_the_class_and_the_functional_form(
+        info: OptimizerInfo, config: dict[str, Any]) -> None:
+    algorithm = FUNCTIONAL[info.name]
+    init_options, hyperparameters = split_config(algorithm, config)
+    start = make_params(torch.float64)
+    names = ["w", "layers.0", "layers.1"]
+
+    def reference() -> dict[str, torch.Tensor]:
+        """Ten functional steps from the start."""
+        params, state = start, algorithm.init(start, **init_options)
+        for step in range(10):
+            params, state = algorithm.step(params, grads_for(params, step), state,
+                                           **hyperparameters)
+        return params
+
+    def as_tree(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"w": tensors["w"], "layers": [tensors["layers.0"], tensors["layers.1"]]}
+
+    # class for 5 steps, then functional for 5
+    tensors = {n: p.clone().requires_grad_() for n, p in zip(names, flat(start), strict=True)}
+    opt = info.cls(list(tensors.values()), **config)
+    for step in range(5):
+        grads = grads_for(as_tree(tensors), step)
+        for tensor, grad in zip(tensors.values(), flat(grads), strict=True):
+            tensor.grad = grad
+        opt.step()
+    params = as_tree({n: t.detach().clone() for n, t in tensors.items()})
+    state = algorithm.state_from_optimizer(opt, as_tree(tensors))
+    for step in range(5, 10):
+        params, state = algorithm.step(params, grads_for(params, step), state,
+                                       **hyperparameters)
+    expected = reference()
+    for got, want in zip(flat(params), flat(expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+    # functional for 5 steps, then the class for 5
+    params, state = start, algorithm.init(start, **init_options)
+    for step in range(5):
+        params, state = algorithm.step(params, grads_for(params, step), state,
+                                       **hyperparameters)
+    tensors = {n: p.clone().requires_grad_() for n, p in zip(names, flat(params), strict=True)}
+    opt = info.cls(list(tensors.values()), **config)
+    algorithm.load_into_optimizer(state, opt, as_tree(tensors))
+    for step in range(5, 10):
+        grads = grads_for(as_tree(tensors), step)
+        for tensor, grad in zip(tensors.values(), flat(grads), strict=True):
+            tensor.grad = grad
+        opt.step()
+    for got, want in zip(tensors.values(), flat(expected), strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_state_bridge_errors() -> None:
+    a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    opt = functional.adam.optimizer([a, b], lr=0.1)
+    assert int(functional.adam.state_from_optimizer(opt, [a, b])["step"]) == 0
+    a.grad = torch.ones(2)
+    opt.step()
+    with pytest.raises(ValueError, match=r"params\[1\] has no optimizer state while others"):
+        functional.adam.state_from_optimizer(opt, [a, b])
+    b.grad = torch.ones(3)
+    opt.step()
+    with pytest.raises(ValueError, match=r"different numbers of steps \[1\.0, 2\.0\]"):
+        functional.adam.state_from_optimizer(opt, [a, b])
+    with pytest.raises(ValueError, match=r"params\[0\] is not a parameter of the optimizer"):
+        functional.adam.state_from_optimizer(opt, [torch.ones(2)])
+    with pytest.raises(TypeError, match=r"optimizer has type Adam; expected SGD"):
+        functional.sgd.state_from_optimizer(opt, [a])
+    grouped = functional.adam.optimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] is in a group with lr=0\.5"):
+        functional.adam.state_from_optimizer(grouped, [a, b])
+    with pytest.raises(ValueError, match=r"state has buffers \['exp_avg', 'exp_avg_sq'\], "
+                                         r"expected \['exp_avg', 'exp_avg_sq', "
+                                         r"'max_exp_avg_sq'\]"):
+        amsgrad = functional.adam.optimizer([a], lr=0.1, amsgrad=True)
+        functional.adam.load_into_optimizer(functional.adam.init([a]), amsgrad, [a])

@@ -200,6 +200,93 @@ class FunctionalOptimizer:
             new_state[key] = _rebuild(params, iter(leaves))
         return _rebuild(params, iter(new_leaves)), new_state
 
+    # -------------------------------------------------------------- optimizer state
+
+    def state_from_optimizer(self, optimizer: optim.Optimizer, params: Tree) -> dict[str, Any]:
+        """The state that continues ``optimizer``'s run for ``params``, as a copy.
+
+        ``params`` is a tree of tensors ``optimizer`` updates (for instance
+        ``dict(model.named_parameters())``); ``optimizer`` is an instance of
+        :attr:`optimizer`. Its options that decide the buffers (``amsgrad``,
+        ``momentum``, ...) are read from the params' groups. All params must have taken
+        the same number of steps, since the functional state has one count (SGD, SignSGD
+        and Lion keep no count: theirs is 1 once they have state).
+        """
+        owner = f"{self!r}.state_from_optimizer"
+        entries, group = self._optimizer_entries(owner, optimizer, params)
+        options = {name: group[name] for name in self.init_options}
+        fresh = self.init(params, **options)
+        if not any(entries):
+            return fresh
+        if not all(entries):
+            missing = next(path for (path, _), entry in zip(
+                _leaves(params, "params"), entries, strict=True) if not entry)
+            raise ValueError(f"{owner}: {missing} has no optimizer state while others have; "
+                             "the functional state counts the same steps for every parameter")
+        counts = {float(entry.get("step", 1)) for entry in entries}
+        if len(counts) != 1:
+            raise ValueError(f"{owner}: the parameters have taken different numbers of steps "
+                             f"{sorted(counts)}; the functional state has one count")
+        state: dict[str, Any] = {"step": torch.tensor(counts.pop(), dtype=scalar_dtype())}
+        for key in self.scalars:
+            values = {float(entry[key]) for entry in entries}
+            if len(values) != 1:
+                raise ValueError(f"{owner}: the parameters have different {key} {values}")
+            state[key] = entries[0][key].detach().clone().cpu()
+        for key in fresh:
+            if key not in state:
+                state[key] = _rebuild(params, iter(
+                    [entry[key].detach().clone() for entry in entries]))
+        return state
+
+    def load_into_optimizer(self, state: Mapping[str, Any], optimizer: optim.Optimizer,
+                            params: Tree) -> None:
+        """Write a functional ``state`` into ``optimizer``'s state for ``params`` (copies).
+
+        The reverse of :meth:`state_from_optimizer`: afterwards ``optimizer.step()``
+        continues the functional run (copy the new parameter values into the tensors
+        too). The state is checked against the params' group options first.
+        """
+        owner = f"{self!r}.load_into_optimizer"
+        _, group = self._optimizer_entries(owner, optimizer, params)
+        options = {name: group[name] for name in (*self.hyperparameters, *self.init_options)}
+        buffers = self._check_state(owner, params, state, options)
+        _step_number(owner, state["step"])
+        counts_steps = "step" in optimizer.scalar_state
+        for index, (_, param) in enumerate(_leaves(params, "params")):
+            entry: dict[str, Any] = {key: leaves[index].detach().clone()
+                                     for key, leaves in buffers.items()}
+            if counts_steps:
+                entry["step"] = state["step"].detach().clone().to(scalar_dtype())
+            for key in self.scalars:
+                entry[key] = state[key].detach().clone()
+            if int(state["step"]) == 0:
+                entry = {}
+            optimizer.state[param] = entry
+
+    def _optimizer_entries(self, owner: str, optimizer: optim.Optimizer, params: Tree
+                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if type(optimizer) is not self.optimizer:
+            raise TypeError(f"{owner}: optimizer has type {type(optimizer).__name__}; "
+                            f"expected {self.optimizer.__name__}")
+        where = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        leaves = self._tensors(owner, "params", params)
+        groups = []
+        for path, leaf in leaves:
+            if id(leaf) not in where:
+                raise ValueError(f"{owner}: {path} is not a parameter of the optimizer")
+            groups.append(where[id(leaf)])
+        if not groups:
+            raise ValueError(f"{owner}: params holds no tensor")
+        for (path, _), group in zip(leaves, groups, strict=True):
+            for name in (*self.init_options, *self.hyperparameters):
+                if group[name] != groups[0][name]:
+                    raise ValueError(f"{owner}: {path} is in a group with {name}="
+                                     f"{group[name]!r}, {leaves[0][0]} in one with "
+                                     f"{groups[0][name]!r}; the functional state takes one "
+                                     "set of options")
+        return [dict(optimizer.state.get(leaf, {})) for _, leaf in leaves], groups[0]
+
     # -------------------------------------------------------------- checks
 
     def _options(self, owner: str, given: Mapping[str, Any],
