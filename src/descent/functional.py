@@ -26,13 +26,23 @@ per buffer (``"exp_avg"``, ...) holding a tree shaped like ``params``. NAdam add
 the 0-dim ``"mu_product"``. Options that decide which buffers exist are given to
 ``init`` (``amsgrad`` for Adam, ``momentum`` and ``centered`` for RMSprop, ...);
 ``step`` reads them back from the state and refuses a contradicting hyperparameter.
+``state_from_optimizer`` and ``load_into_optimizer`` convert between this state and
+an optimizer object's, so a run can move between the two forms.
+
+**Not batched here:** the step count enters the math as a Python number, as in the
+classes (the bias corrections are computed in double precision, like torch.optim's),
+so it cannot be a traced or batched value.
 
 **vmap.** Every algorithm here is elementwise, so ``torch.func.vmap`` maps it over
 an ensemble of parameter sets stacked along a leading dimension. Either create the
 state inside the mapped function (``init`` then the loop, see the tests), or pass
 the state of the stacked parameters with ``in_dims`` ``None`` for the shared
-``"step"`` (and ``"mu_product"``) and 0 for the buffers. The step count enters the
-math as a Python number (as in the classes), so it must not be batched.
+``"step"`` (and ``"mu_product"``) and 0 for the buffers.
+
+References: Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation
+of Deep Networks", ICML 2017 (differentiating through inner steps, as the tests do);
+Maclaurin, Duvenaud & Adams, "Gradient-based Hyperparameter Optimization through
+Reversible Learning", ICML 2015 (gradients with respect to learning rates).
 
 Example:
 
