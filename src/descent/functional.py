@@ -29,7 +29,7 @@ the 0-dim ``"mu_product"``. Options that decide which buffers exist are given to
 ``state_from_optimizer`` and ``load_into_optimizer`` convert between this state and
 an optimizer object's, so a run can move between the two forms.
 
-**Not batched here:** the step count enters the math as a Python number, as in the
+**The step count** enters the math as a Python number, as in the
 classes (the bias corrections are computed in double precision, like torch.optim's),
 so it cannot be a traced or batched value.
 
