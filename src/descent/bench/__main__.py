@@ -1,0 +1,5 @@
+"""``python -m descent.bench``."""
+
+from .run import main
+
+raise SystemExit(main())

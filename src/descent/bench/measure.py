@@ -1,0 +1,234 @@
+"""Timing: interleaved repetitions, medians and spreads; steps, bandwidth, latency, training.
+
+The machine may be shared, so every comparison is measured in one process with the
+contenders interleaved (each repetition runs every contender once, in a rotating order)
+and summarised by the median, with the spread (lowest and highest repetition) reported
+next to it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import descent
+from descent import engine
+
+from .cases import Algorithm, Case
+
+
+@dataclass
+class Timing:
+    """Seconds of the repetitions of one contender."""
+
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(highest - lowest) / median: how much the repetitions disagreed."""
+        return (max(self.seconds) - min(self.seconds)) / self.median
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], repetitions: int,
+                prepare: dict[str, Callable[[], None]] | None = None) -> dict[str, Timing]:
+    """Time each contender ``repetitions`` times, interleaved in a rotating order.
+
+    ``prepare[name]``, if given, runs untimed before each timed call of ``name``.
+    """
+    prepare = prepare or {}
+    names = list(contenders)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for repetition in range(repetitions):
+        shift = repetition % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name in prepare:
+                prepare[name]()
+            start = time.perf_counter()
+            contenders[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+@dataclass
+class StepResult:
+    """One algorithm on one case: every contender's step time and the roofline."""
+
+    case: Case
+    algorithm: Algorithm
+    timings: dict[str, Timing]
+    first_step: float
+    bandwidth: float  # bytes per second, in-place streaming over the same flat buffers
+
+    @property
+    def roofline(self) -> float:
+        """Seconds a step would take at the measured bandwidth."""
+        return self.algorithm.bytes_per_param * self.case.numel / self.bandwidth
+
+    def ratio(self, contender: str) -> float | None:
+        """How many times faster descent's step is than ``contender``'s."""
+        if contender not in self.timings:
+            return None
+        return self.timings[contender].median / self.timings["descent"].median
+
+
+def _tensors(case: Case, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) for shape in case.shapes]
+
+
+def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
+                  variants: tuple[str, ...]) -> StepResult:
+    """descent against torch's ``variants`` of ``algorithm`` on ``case``.
+
+    Contenders: ``descent`` (gradients already in the flat gradient buffer, as after
+    the first step or with ``zero_grad(set_to_none=False)``), ``descent, fresh grads``
+    (a new gradient tensor per parameter before each step, gathered into the buffer),
+    and each torch variant; plus ``bandwidth``, an in-place ``add_`` over descent's own
+    flat parameter and gradient buffers (12 bytes per element).
+    """
+    initial, grads = _tensors(case, 0), _tensors(case, 1)
+    fresh = [grad.clone() for grad in grads]
+    params = [value.clone().requires_grad_() for value in initial]
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad.clone()
+    optimizer = algorithm.make(params)
+    start = time.perf_counter()
+    optimizer.step()
+    first_step = time.perf_counter() - start
+    optimizer.step()
+    contenders: dict[str, Callable[[], None]] = {"descent": optimizer.step,
+                                                 "descent, fresh grads": optimizer.step}
+
+    def give_fresh_grads() -> None:
+        for param, grad in zip(params, fresh, strict=True):
+            param.grad = grad
+
+    prepare = {"descent, fresh grads": give_fresh_grads}
+    for variant in variants:
+        if algorithm.torch_make is None or variant not in algorithm.torch_variants:
+            continue
+        torch_params = [value.clone().requires_grad_() for value in initial]
+        for param, grad in zip(torch_params, grads, strict=True):
+            param.grad = grad.clone()
+        torch_optimizer = algorithm.torch_make(torch_params, variant)
+        torch_optimizer.step()
+        contenders[f"torch {variant}"] = torch_optimizer.step
+    flat = engine.existing_engine(optimizer)
+    buckets = list(flat.buckets()) if flat is not None else []
+
+    def stream() -> None:
+        for bucket in buckets:
+            bucket.flat_param.add_(bucket.flat_grad, alpha=0.0)
+    contenders["bandwidth"] = stream
+    timings = interleaved(contenders, repetitions, prepare)
+    streamed = 12 * sum(bucket.total for bucket in buckets)
+    bandwidth = streamed / timings.pop("bandwidth").median if streamed else float("nan")
+    contenders.clear()
+    gc.collect()
+    return StepResult(case, algorithm, timings, first_step, bandwidth)
+
+
+_LATENCY_SCRIPT = """
+import json, time
+start = time.perf_counter()
+import torch, descent
+imported = time.perf_counter()
+params = [torch.randn(n).requires_grad_() for n in {sizes}]
+for p in params:
+    p.grad = torch.randn_like(p)
+opt = {make}
+begin = time.perf_counter()
+opt.step()
+first = time.perf_counter() - begin
+begin = time.perf_counter()
+opt.step()
+second = time.perf_counter() - begin
+print(json.dumps({{"import": imported - start, "first": first, "second": second}}))
+"""
+
+
+@dataclass
+class Latency:
+    """First-step latency in fresh processes (seconds)."""
+
+    label: str
+    cold: dict[str, float]
+    warm: dict[str, float]
+
+
+def measure_latency(label: str, make: str, sizes: list[int]) -> Latency:
+    """First step in a fresh process with an empty compile cache (cold), then again (warm).
+
+    ``make`` is Python source building the optimizer from ``params``. The cache is a new
+    temporary directory (``TORCHINDUCTOR_CACHE_DIR``), so "cold" includes compiling the
+    kernel and "warm" is what every later process on the machine pays.
+    """
+    with tempfile.TemporaryDirectory(prefix="descent-bench-") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        source = _LATENCY_SCRIPT.format(sizes=sizes, make=make)
+        runs = []
+        for _ in range(2):
+            done = subprocess.run([sys.executable, "-c", source], env=env, check=True,
+                                  capture_output=True, text=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return Latency(label, runs[0], runs[1])
+
+
+def _many_small_layers(count: int, width: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for _ in range(count):
+        layers += [torch.nn.Linear(width, width), torch.nn.LayerNorm(width)]
+    return torch.nn.Sequential(*layers)
+
+
+def measure_training(iterations: int, layers: int = 200, width: int = 64,
+                     batch: int = 64) -> dict[str, Timing]:
+    """One training iteration (zero_grad, forward, backward, step), each library's defaults.
+
+    The model is ``layers`` x (Linear(width, width) + LayerNorm(width)), fitted to a random
+    target (a loss whose minimum is not at zero activations, so no run slows down on
+    denormal numbers as it trains); every optimizer
+    gets its own copy with the same initial values, and ``zero_grad()`` keeps its
+    default ``set_to_none=True``, so each step sees fresh gradient tensors.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, width, generator=generator)
+    target = torch.randn(batch, width, generator=generator)
+    setups = {
+        "descent Adam": lambda params: descent.Adam(params, lr=1e-3),
+        "torch Adam(fused=True)": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
+        "torch Adam (default)": lambda params: torch.optim.Adam(params, lr=1e-3),
+    }
+    contenders = {}
+    for name, make in setups.items():
+        model = _many_small_layers(layers, width, seed=0)
+        optimizer = make(model.parameters())
+
+        def iteration(model: torch.nn.Module = model,
+                      optimizer: torch.optim.Optimizer = optimizer) -> None:
+            optimizer.zero_grad()
+            (model(x) - target).square().mean().backward()
+            optimizer.step()
+        for _ in range(3):
+            iteration()
+        contenders[name] = iteration
+    return interleaved(contenders, iterations)
+
+
+__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_latency",
+           "measure_steps", "measure_training"]
