@@ -43,6 +43,7 @@ with their state (converted to the parameter's new dtype and device if it change
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import threading
 import warnings
@@ -164,12 +165,8 @@ class _GroupLayout:
     def valid(self, optimizer: Any, group: dict[str, Any]) -> bool:
         params = group["params"]
         return (optimizer.state is self.state and len(params) == len(self.params)
-                and all(map(_same, params, self.params))
+                and all(map(operator.is_, params, self.params))
                 and all(bucket.intact() for bucket in self.buckets))
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a is b
 
 
 class Engine:
@@ -216,9 +213,10 @@ class Engine:
             present = bucket.gather_grads(
                 lambda i, b=bucket: optimizer._describe_param(group, group_index,
                                                               b.indices[i]))
-            todo = [i for i, has in enumerate(present) if has and bucket.keys[i] is None]
-            if todo:
-                bucket.init_state(optimizer, group, todo)
+            if not bucket.uniform_keys():
+                todo = [i for i, has in enumerate(present) if has and bucket.keys[i] is None]
+                if todo:
+                    bucket.init_state(optimizer, group, todo)
             for start, end in bucket.runs(present):
                 bucket.step_counts(start, end)
                 param, grad, state = bucket.run_buffers(start, end)

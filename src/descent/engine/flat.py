@@ -96,6 +96,7 @@ class Bucket:
         self.states: dict[str, Tensor] = {}
         self.scalars: dict[str, Tensor] = {}
         self.keys: list[frozenset[str] | None] = [None] * len(params)
+        self._uniform_keys: bool | None = None  # all params share one key set (cached)
         for i, param in enumerate(params):
             entry = optimizer.state.get(param)
             if entry:
@@ -134,7 +135,19 @@ class Bucket:
                 view = self._state_view(key, i)
                 view.copy_(value)
             entry[key] = view
-        self.keys[i] = frozenset(entry)
+        self._set_keys(i, frozenset(entry))
+
+    def _set_keys(self, i: int, keys: frozenset[str]) -> None:
+        if self.keys[i] != keys:
+            self.keys[i] = keys
+            self._uniform_keys = None
+
+    def uniform_keys(self) -> bool:
+        """Whether every parameter has state with the same keys (so all can share a call)."""
+        if self._uniform_keys is None:
+            first = self.keys[0]
+            self._uniform_keys = first is not None and all(keys == first for keys in self.keys)
+        return self._uniform_keys
 
     def intact(self) -> bool:
         """Whether every parameter still lives in this bucket's flat buffer."""
@@ -201,7 +214,7 @@ class Bucket:
                                else self._state_view(key, i)) for key in fresh}
                 if entry:
                     optimizer.state[param] = entry
-                self.keys[i] = frozenset(entry)
+                self._set_keys(i, frozenset(entry))
             return
         for i in todo:
             entry = optimizer._init_state(self.param_views[i], group)
@@ -212,7 +225,7 @@ class Bucket:
     def runs(self, present: list[bool]) -> list[tuple[int, int]]:
         """Maximal runs ``[start, end)`` of params that can share one update call."""
         count = len(self.params)
-        if all(present) and all(keys == self.keys[0] for keys in self.keys):
+        if self.uniform_keys() and all(present):
             uniform = all(bool((flat == flat[0]).all()) for flat in self.scalars.values())
             if uniform:
                 return [(0, count)]
@@ -271,7 +284,7 @@ class Bucket:
                 entry = optimizer.state[self.params[i]] = {}
             for key in created:
                 entry[key] = self._state_view(key, i)
-            self.keys[i] = frozenset(entry)
+            self._set_keys(i, frozenset(entry))
 
     def step_counts(self, start: int, end: int) -> None:
         """Count this update in the ``step`` of params ``start..end-1``."""
