@@ -17,31 +17,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from optim_table import OPTIMIZERS
-from test_optimizers import STEPS, compute_grads, grouped, make_mlp, max_relative_difference
-
-
-def worst_difference(info, config, dtype) -> float:
-    ours, theirs = make_mlp(dtype), make_mlp(dtype)
-    lr = config["lr"]
-    options = {k: v for k, v in config.items() if k != "lr"}
-    opt = info.cls(grouped(ours, lr), lr=lr, **options)
-    ref = info.reference(grouped(theirs, lr), lr=lr, **options)
-    worst = 0.0
-    for step in range(STEPS):
-        compute_grads(ours, step, dtype)
-        compute_grads(theirs, step, dtype)
-        opt.step()
-        ref.step()
-        worst = max(worst, max_relative_difference(ours, theirs))
-    return worst
+from test_optimizers import parity_run
 
 
 def main() -> None:
     print("| optimizer | reference | configs | max rel. diff float64 | max rel. diff float32 |")
     print("|---|---|---|---|---|")
     for info in OPTIMIZERS:
-        f64 = max(worst_difference(info, c, torch.float64) for c in info.configs)
-        f32 = max(worst_difference(info, c, torch.float32) for c in info.configs)
+        f64 = max(parity_run(info, c, torch.float64)[0] for c in info.configs)
+        f32 = max(parity_run(info, c, torch.float32)[0] for c in info.configs)
         reference = (f"torch.optim.{info.reference.__name__}" if info.torch_counterpart
                      else f"paper equations ({info.reference.__name__}, tests/optim_table.py)")
         print(f"| {info.name} | {reference} | {len(info.configs)} | {f64:.1e} | {f32:.1e} |")
