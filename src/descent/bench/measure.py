@@ -97,8 +97,9 @@ def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
     Contenders: ``descent`` (gradients already in the flat gradient buffer, as after
     the first step or with ``zero_grad(set_to_none=False)``), ``descent, fresh grads``
     (a new gradient tensor per parameter before each step, gathered into the buffer),
-    and each torch variant; plus ``bandwidth``, an in-place ``add_`` over descent's own
-    flat parameter and gradient buffers (12 bytes per element).
+    and each torch variant; plus the bandwidth: the better of an in-place ``add_`` of
+    descent's own flat gradient buffer into its flat parameter buffer (12 bytes per
+    element) and an in-place ``mul_`` of the parameter buffer (8 bytes per element).
     """
     initial, grads = _tensors(case, 0), _tensors(case, 1)
     fresh = [grad.clone() for grad in grads]
@@ -130,13 +131,19 @@ def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
     flat = engine.existing_engine(optimizer)
     buckets = list(flat.buckets()) if flat is not None else []
 
-    def stream() -> None:
+    def add() -> None:  # reads parameter and gradient, writes the parameter: 12 bytes
         for bucket in buckets:
             bucket.flat_param.add_(bucket.flat_grad, alpha=0.0)
-    contenders["bandwidth"] = stream
+
+    def scale() -> None:  # reads and writes the parameter: 8 bytes
+        for bucket in buckets:
+            bucket.flat_param.mul_(1.0)
+    contenders["bandwidth add_"] = add
+    contenders["bandwidth mul_"] = scale
     timings = interleaved(contenders, repetitions, prepare)
-    streamed = 12 * sum(bucket.total for bucket in buckets)
-    bandwidth = streamed / timings.pop("bandwidth").median if streamed else float("nan")
+    elements = sum(bucket.total for bucket in buckets)
+    bandwidth = max(12 * elements / timings.pop("bandwidth add_").median,
+                    8 * elements / timings.pop("bandwidth mul_").median)
     contenders.clear()
     gc.collect()
     return StepResult(case, algorithm, timings, first_step, bandwidth)

@@ -180,8 +180,10 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
         "first gathers into the buffer (8 more bytes per parameter). Roofline: the "
         "algorithm's bytes per parameter (float32 reads and writes: Adam 28, SGD with "
         "momentum, RMSprop, Adagrad and Lion 20, SignSGD 12) times the number of "
-        "parameters, divided by the bandwidth of an in-place `add_` over descent's own flat "
-        "parameter and gradient buffers, measured interleaved with the steps. "
+        "parameters, divided by the streaming bandwidth of the same buffers: the better of an "
+        "in-place `add_` of descent's flat gradient buffer into its flat parameter buffer "
+        "(12 bytes per element) and an in-place `mul_` of the parameter buffer (8 bytes), "
+        "measured interleaved with the steps. "
         "\"first step\" is the first step in this process (flat buffers built, state "
         "created, a kernel compiled or loaded from the cache).",
         "",
