@@ -128,8 +128,22 @@ class AdversarialTrainer(Trainer):
         self.noise_generator = torch.Generator().manual_seed(mixed_seed(self.seed, -2))
         self.model = nn.ModuleDict({"generator": generator, "discriminator": discriminator})
 
+    _optimizer_attributes = {"g": "g_optimizer", "d": "d_optimizer"}
+
     def _new_state(self) -> AdversarialLoopState:
         return AdversarialLoopState()
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """No DDP wrapper: a discriminator step runs D forward two or three times (real,
+        generated, gradient penalty) before one backward, which DDP does not allow.
+        Under torch.distributed the ranks start from rank 0's parameters, and each
+        optimizer step averages the gradients over the ranks with an all-reduce."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._sync_gradients_by_hand = True
+            with torch.no_grad():
+                for tensor in list(model.parameters()) + list(model.buffers()):
+                    torch.distributed.broadcast(tensor, src=0)
+        return model
 
     def _check_ownership(self) -> None:
         owner = type(self).__name__
@@ -175,16 +189,18 @@ class AdversarialTrainer(Trainer):
 
     # ------------------------------------------------------------------ public
 
-    def train(self, data: Any, *, epochs: int | None = None) -> History:
+    def train(self, data: Any, *, epochs: int | None = None, resume: bool = False) -> History:
         """Train on real samples ``data`` (array/tensor ``(N, ...)``, Dataset or DataLoader).
 
         Dataset items and DataLoader batches that are tuples or lists use their first
         element (e.g. ``(sample, label)`` pairs). A second call continues training.
+        ``resume=True`` continues from the latest checkpoint in ``checkpoint_dir``, as
+        in :meth:`SupervisedTrainer.train`.
         """
         batches = self.make_batches(data, batch_size=self.batch_size, shuffle=self.shuffle,
                                     drop_last=self.drop_last, require_targets=False,
                                     x_name="data")
-        return self._fit(self.model, batches, epochs)
+        return self._fit(self.model, batches, epochs, resume=resume)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

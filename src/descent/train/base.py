@@ -20,6 +20,13 @@ The loop, shared by all trainers::
         on_epoch_end
     on_train_end                  # (on_exception instead if anything raised)
 
+Checkpoints (``checkpoint_dir=``) are written at batch boundaries where no
+accumulation window is open (``state.window == 0``) every ``checkpoint_every``
+optimizer steps, and after ``on_epoch_end``; ``train(..., resume=True)`` loads the
+latest valid one before the loop starts. Under ``torchrun`` the loop runs on every
+rank: the model is wrapped in ``DistributedDataParallel``, each rank trains on its
+shard of the seeded order, and metrics are averaged over the ranks.
+
 Extension points a subclass may override: :meth:`Trainer.train_batch`,
 :meth:`Trainer.forward`, :meth:`Trainer.compute_loss`, :meth:`Trainer.backward`,
 :meth:`Trainer.optimizer_step`, :meth:`Trainer.reduce_metrics`,
@@ -33,12 +40,16 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import distributed
+from ..checkpoint import CheckpointManager, load_checkpoint, read_checkpoint
 from .callbacks import Callback
 from .data import Batches, make_batches, to_device
 from .history import History
@@ -220,6 +231,21 @@ class Trainer:
         clip_grad_value: clamp each gradient element to ``[-value, value]`` (None: no).
         scheduler_monitor: the epoch metric handed to a plateau scheduler's ``step``
             (default ``"val_loss"`` when validation runs, else ``"loss"``).
+        checkpoint_dir: a directory for checkpoints of the run (None: no checkpoints).
+            Each holds the model, every optimizer and scheduler, the counters, the
+            data position, the history, the callbacks' state and every process's
+            random generator states (see :mod:`descent.checkpoint`).
+        checkpoint_every: also save every this many optimizer steps, at the first
+            batch boundary with no open accumulation window (None: only per epoch).
+        checkpoint_each_epoch: save after every epoch (default True).
+        keep_last: how many of the newest checkpoints to keep (default 3).
+        checkpoint_monitor: an epoch metric (e.g. ``"val_loss"``); the end-of-epoch
+            checkpoint with its best value is kept as well as the last ``keep_last``.
+        checkpoint_mode: ``"min"`` (default) or ``"max"``: which values of
+            ``checkpoint_monitor`` are better.
+        zero_redundancy: under ``torch.distributed``, wrap each optimizer in
+            ``ZeroRedundancyOptimizer`` (its state sharded over the ranks; a checkpoint
+            consolidates it first). Ignored in a single process.
     """
 
     def __init__(self, *, epochs: int = 10, callbacks: Iterable[Callback] = (),
@@ -227,8 +253,24 @@ class Trainer:
                  device: torch.device | str | None = None, seed: int = 0,
                  clip_grad_norm: float | None = None,
                  clip_grad_value: float | None = None,
-                 scheduler_monitor: str | None = None) -> None:
+                 scheduler_monitor: str | None = None,
+                 checkpoint_dir: str | os.PathLike[str] | None = None,
+                 checkpoint_every: int | None = None, checkpoint_each_epoch: bool = True,
+                 keep_last: int = 3, checkpoint_monitor: str | None = None,
+                 checkpoint_mode: str = "min", zero_redundancy: bool = False) -> None:
         owner = type(self).__name__
+        self._manager = _checkpoint_manager(owner, checkpoint_dir, checkpoint_every,
+                                            checkpoint_each_epoch, keep_last,
+                                            checkpoint_monitor, checkpoint_mode)
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_each_epoch = checkpoint_each_epoch
+        self.checkpoint_monitor = checkpoint_monitor
+        if not isinstance(zero_redundancy, bool):
+            raise TypeError(f"{owner}: zero_redundancy={zero_redundancy!r}; expected a bool")
+        self.zero_redundancy = zero_redundancy
+        self._saved_step = 0
+        self._training_model: tuple[nn.Module, nn.Module] | None = None
+        self._sync_gradients_by_hand = False
         self.epochs = check_positive_int(owner, "epochs", epochs)
         callbacks = list(callbacks)
         for index, callback in enumerate(callbacks):
@@ -262,15 +304,23 @@ class Trainer:
                             "or the name of an epoch metric")
         self.scheduler_monitor = scheduler_monitor
 
+    #: Attribute holding each optimizer of :meth:`optimizers`, by name (for ZeRO wrapping).
+    _optimizer_attributes: dict[str, str] = {"optimizer": "optimizer"}
+
     def _new_state(self) -> LoopState:
         return LoopState()
+
+    @property
+    def checkpoint_manager(self) -> CheckpointManager | None:
+        """The :class:`~descent.checkpoint.CheckpointManager` of ``checkpoint_dir`` (or None)."""
+        return self._manager
 
     # ------------------------------------------------------------------ public API
 
     @property
     def is_main_process(self) -> bool:
-        """Whether this process logs and shows progress (True; a distributed run overrides)."""
-        return True
+        """Whether this process logs and shows progress: rank 0 (always True in one process)."""
+        return distributed.is_main_process()
 
     def epoch_metrics(self) -> dict[str, float]:
         """Sample-weighted means of the current epoch's training metrics so far."""
@@ -292,15 +342,22 @@ class Trainer:
         everything else is plain Python values.
         """
         return {
+            **self._training_state(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+            "schedulers": {name: (None if sched is None else sched.state_dict())
+                           for name, sched in self.schedulers().items()},
+        }
+
+    def _training_state(self) -> dict[str, Any]:
+        """:meth:`state_dict` without the optimizers and schedulers (a checkpoint stores
+        those itself, consolidating a ZeroRedundancyOptimizer first)."""
+        return {
             "trainer": type(self).__name__,
             "seed": self.seed,
             "loop": self.state.state_dict(),
             "meter": self._meter.state_dict(),
             "history": self.history.state_dict(),
             "callbacks": [callback.state_dict() for callback in self.callbacks],
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
-            "schedulers": {name: (None if sched is None else sched.state_dict())
-                           for name, sched in self.schedulers().items()},
             "extra": self._extra_state(),
         }
 
@@ -308,11 +365,18 @@ class Trainer:
         """Restore a :meth:`state_dict`. Everything is checked before anything changes;
         if an optimizer or scheduler refuses its part, the ones loaded before it are
         put back as they were."""
-        owner = f"{type(self).__name__}.load_state_dict"
+        self._load_state(state_dict, f"{type(self).__name__}.load_state_dict",
+                         with_optimizers=True)
+
+    def _load_state(self, state_dict: Mapping[str, Any], owner: str, *, with_optimizers: bool,
+                     then: Callable[[], None] | None = None) -> None:
+        """Check and apply a (training) state; ``then`` runs last, and if it raises,
+        everything loaded here is put back as it was."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
-        keys = {"trainer", "seed", "loop", "meter", "history", "callbacks", "optimizers",
-                "schedulers", "extra"}
+        keys = {"trainer", "seed", "loop", "meter", "history", "callbacks", "extra"}
+        if with_optimizers:
+            keys |= {"optimizers", "schedulers"}
         if set(state_dict) != keys:
             raise ValueError(f"{owner}: keys {sorted(state_dict)}; expected {sorted(keys)}")
         if state_dict["trainer"] != type(self).__name__:
@@ -325,15 +389,16 @@ class Trainer:
             raise ValueError(f"{owner}: the state has {len(state_dict['callbacks'])} callback "
                              f"states, the trainer has {len(self.callbacks)} callbacks")
         optimizers, schedulers = self.optimizers(), self.schedulers()
-        for part, mine in (("optimizers", optimizers), ("schedulers", schedulers)):
-            if set(state_dict[part]) != set(mine):
-                raise ValueError(f"{owner}: {part} {sorted(state_dict[part])}; expected "
-                                 f"{sorted(mine)}")
-        for name, sched in schedulers.items():
-            if (sched is None) != (state_dict["schedulers"][name] is None):
-                raise ValueError(f"{owner}: scheduler {name!r} is "
-                                 f"{'absent' if sched is None else 'present'} here but not in "
-                                 "the state")
+        if with_optimizers:
+            for part, mine in (("optimizers", optimizers), ("schedulers", schedulers)):
+                if set(state_dict[part]) != set(mine):
+                    raise ValueError(f"{owner}: {part} {sorted(state_dict[part])}; expected "
+                                     f"{sorted(mine)}")
+            for name, sched in schedulers.items():
+                if (sched is None) != (state_dict["schedulers"][name] is None):
+                    raise ValueError(f"{owner}: scheduler {name!r} is "
+                                     f"{'absent' if sched is None else 'present'} here but not "
+                                     "in the state")
         loop, history, meter = self._new_state(), History(), _Meter()
         loop.load_state_dict(state_dict["loop"])
         history.load_state_dict(state_dict["history"])
@@ -341,17 +406,20 @@ class Trainer:
         self._check_extra_state(state_dict["extra"])
         backups: list[tuple[Any, dict[str, Any]]] = []
         try:
-            for name, opt in optimizers.items():
-                backups.append((opt, opt.state_dict()))
-                opt.load_state_dict(state_dict["optimizers"][name])
-            for name, sched in schedulers.items():
-                if sched is not None:
-                    backups.append((sched, sched.state_dict()))
-                    sched.load_state_dict(state_dict["schedulers"][name])
+            if with_optimizers:
+                for name, opt in optimizers.items():
+                    backups.append((opt, opt.state_dict()))
+                    opt.load_state_dict(state_dict["optimizers"][name])
+                for name, sched in schedulers.items():
+                    if sched is not None:
+                        backups.append((sched, sched.state_dict()))
+                        sched.load_state_dict(state_dict["schedulers"][name])
             for callback, callback_state in zip(self.callbacks, state_dict["callbacks"],
                                                 strict=True):
                 backups.append((callback, callback.state_dict()))
                 callback.load_state_dict(callback_state)
+            if then is not None:
+                then()
         except Exception:
             for obj, backup in reversed(backups):
                 obj.load_state_dict(backup)
@@ -374,10 +442,21 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _fit(self, model: nn.Module, batches: Batches, epochs: int | None,
-             evaluate: Callable[[], dict[str, float]] | None = None) -> History:
-        """Run (or finish) a ``train()`` call over ``batches``; return the history."""
+             evaluate: Callable[[], dict[str, float]] | None = None, *,
+             resume: bool = False) -> History:
+        """Run (or finish) a ``train()`` call over ``batches``; return the history.
+
+        With ``resume`` the latest valid checkpoint in ``checkpoint_dir`` is loaded
+        first (none there: a fresh start), and the run it belongs to is finished.
+        """
         owner = type(self).__name__
         epochs = self.epochs if epochs is None else check_positive_int(owner, "epochs", epochs)
+        if not isinstance(resume, bool):
+            raise TypeError(f"{owner}.train: resume={resume!r}; expected a bool")
+        if resume and self._manager is None:
+            raise ValueError(f"{owner}.train: resume=True needs a checkpoint directory; pass "
+                             f"checkpoint_dir=... to {owner}(...)")
+        self._join_process_group()
         try:
             n_batches: int | None = len(batches)
         except TypeError:
@@ -389,18 +468,26 @@ class Trainer:
             model.to(self.device)
         self._device_type = self._find_device_type(model)
         self._names = self._parameter_names()
+        self._wrap_zero_redundancy()
+        resumed_stop = False
+        if resume:
+            resumed_stop = self._resume()
+        elif self._manager is not None and not self.state.running and self.state.step == 0:
+            self._refuse_old_checkpoints()
+        training_model = self.wrap_model(model)
         state = self.state
         if not state.running:
             state.end_epoch = state.epoch + epochs
             state.batch = 0
             self._meter = _Meter()
             state.running = True
-        self.stop_training = False
+        self.stop_training = resumed_stop
+        self._saved_step = state.step
         self._nonfinite_loss = None
         try:
             self._call("on_train_begin")
             while state.epoch < state.end_epoch and not self.stop_training:
-                self._run_epoch(model, batches, evaluate)
+                self._run_epoch(training_model, batches, evaluate)
             state.running = False
         except BaseException as error:
             for callback in self.callbacks:
@@ -426,6 +513,8 @@ class Trainer:
             self._call("on_batch_end", index, logs)
             if self.stop_training and state.window == 0:
                 break
+            if self._checkpoint_due():
+                self._save_checkpoint({})
         self.end_epoch(model)
         metrics = self._meter.means()
         metrics.update(self._epoch_extras())
@@ -436,9 +525,133 @@ class Trainer:
         self.history.log_epoch(epoch, metrics)
         state.epoch, state.batch = epoch + 1, 0
         self._call("on_epoch_end", epoch, metrics)
+        if self._manager is not None and self.checkpoint_each_epoch:
+            monitor = self.checkpoint_monitor
+            if monitor is not None and monitor not in metrics:
+                raise ValueError(f"{type(self).__name__}: checkpoint_monitor={monitor!r} is not "
+                                 f"among the epoch metrics {sorted(metrics)}")
+            self._save_checkpoint(metrics)
 
     def _check_batch_count(self, n_batches: int | None) -> None:
         """Refuse sources of unknown length when the strategy needs the count."""
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_due(self) -> bool:
+        """A step checkpoint is due: ``checkpoint_every`` steps passed, no window open."""
+        every = self.checkpoint_every
+        if self._manager is None or every is None or self.state.window != 0:
+            return False
+        return self.state.step // every > self._saved_step // every
+
+    def _checkpoint_schedulers(self) -> dict[str, Any]:
+        return {name: sched for name, sched in self.schedulers().items() if sched is not None}
+
+    def _rank_state(self) -> dict[str, Any]:
+        """The part of the training state that differs between ranks."""
+        return {"meter": self._meter.state_dict(), "extra": self._extra_state()}
+
+    def _save_checkpoint(self, metrics: Mapping[str, float]) -> None:
+        """Write a checkpoint of the current step (call on every rank; rank 0 writes)."""
+        assert self._manager is not None
+        payload = {"trainer": self._training_state(),
+                   "ranks": distributed.all_gather_object(self._rank_state()),
+                   "stop_training": bool(self.stop_training),
+                   "world_size": distributed.get_world_size()}
+        self._manager.save(self.state.step, model=self.model, optimizers=self.optimizers(),
+                           schedulers=self._checkpoint_schedulers(), trainer_state=payload,
+                           metrics={key: value for key, value in metrics.items()
+                                    if isinstance(value, int | float)})
+        self._saved_step = self.state.step
+
+    def _resume(self) -> bool:
+        """Load the latest valid checkpoint (all of it, or nothing); return its stop flag."""
+        assert self._manager is not None
+        owner = f"{type(self).__name__}.train(resume=True)"
+        chosen = self._manager.latest() if distributed.is_main_process() else None
+        chosen = distributed.broadcast_object(None if chosen is None else str(chosen))
+        if chosen is None:
+            return False
+        payload = read_checkpoint(chosen)["trainer_state"]
+        keys = {"trainer", "ranks", "stop_training", "world_size"}
+        if not isinstance(payload, Mapping) or set(payload) != keys:
+            raise ValueError(f"{owner}: the checkpoint {chosen} was not written by a descent "
+                             f"trainer (its trainer_state is not a dict with keys {sorted(keys)})")
+        world_size = distributed.get_world_size()
+        if payload["world_size"] != world_size or len(payload["ranks"]) != world_size:
+            raise ValueError(f"{owner}: the checkpoint {chosen} was written by "
+                             f"{payload['world_size']} process(es), this run has {world_size}; "
+                             "exact resume needs the same world size")
+        state = {**payload["trainer"], **payload["ranks"][distributed.get_rank()]}
+
+        def load_tensors() -> None:
+            load_checkpoint(chosen, model=self.model, optimizers=self.optimizers(),
+                            schedulers=self._checkpoint_schedulers())
+
+        self._load_state(state, owner, with_optimizers=False, then=load_tensors)
+        return bool(payload["stop_training"])
+
+    def _refuse_old_checkpoints(self) -> None:
+        assert self._manager is not None
+        steps = [record.step for record in self._manager.records()]
+        if steps:
+            raise ValueError(f"{type(self).__name__}.train: checkpoint_dir "
+                             f"{str(self._manager.directory)!r} already holds checkpoints (steps "
+                             f"{steps}) and this trainer starts a new run; pass resume=True to "
+                             "continue that run, or choose another directory")
+
+    # ------------------------------------------------------------------ distributed
+
+    def _join_process_group(self) -> None:
+        """Join the ``torchrun`` process group if the environment describes one."""
+        if distributed.init_process_group() and self.device is None \
+                and torch.cuda.is_available():
+            self.device = distributed.default_device()
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module the loop trains through: ``DistributedDataParallel(model)`` under
+        ``torch.distributed`` (made once per model), else ``model`` itself."""
+        if not distributed.is_distributed():
+            return model
+        if self._training_model is None or self._training_model[0] is not model:
+            self._training_model = (model, distributed.wrap_model(model))
+        return self._training_model[1]
+
+    def gradient_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """Context around one micro-batch's forward and backward: ``model.no_sync()``
+        under DDP when ``sync`` is False (a micro-batch inside an accumulation window)."""
+        return distributed.gradient_sync(model, sync)
+
+    def _wrap_zero_redundancy(self) -> None:
+        """``zero_redundancy=True`` under torch.distributed: shard each optimizer's state."""
+        if not self.zero_redundancy or not distributed.is_distributed():
+            return
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        schedulers = self.schedulers()
+        for name, optimizer in self.optimizers().items():
+            if distributed.is_zero_optimizer(optimizer):
+                continue
+            if optimizer.state:
+                raise ValueError(f"{type(self).__name__}: zero_redundancy=True shards optimizer "
+                                 f"{name!r} when training starts, but it already has state; "
+                                 "build the trainer on a fresh optimizer")
+            zero = ZeroRedundancyOptimizer([dict(group) for group in optimizer.param_groups],
+                                           optimizer_class=type(optimizer),
+                                           **optimizer.defaults)
+            _mark_step_tracked(zero)
+            setattr(self, self._optimizer_attributes[name], zero)
+            scheduler = schedulers.get(name)
+            if scheduler is not None and getattr(scheduler, "optimizer", None) is optimizer:
+                scheduler.optimizer = zero
+
+    def _average_gradients(self, params: list[torch.Tensor]) -> None:
+        """All-reduce (mean) the gradients of ``params`` over the ranks (no DDP)."""
+        world_size = distributed.get_world_size()
+        for param in params:
+            if param.grad is not None:
+                torch.distributed.all_reduce(param.grad)
+                param.grad.div_(world_size)
 
     def _epoch_extras(self) -> dict[str, float]:
         return {"skipped_steps": float(self.state.skipped)} if self.state.skipped else {}
@@ -460,12 +673,17 @@ class Trainer:
 
     def make_batches(self, x: Any, y: Any = None, *, batch_size: int, shuffle: bool,
                      drop_last: bool = False, require_targets: bool = True,
-                     x_name: str = "x", y_name: str = "y") -> Batches:
+                     x_name: str = "x", y_name: str = "y", shard: bool = True) -> Batches:
         """The batch source for ``x`` (and ``y``): :func:`descent.train.data.make_batches`
-        with this trainer's seed (a distributed trainer returns this rank's shard)."""
+        with this trainer's seed; under torch.distributed (and ``shard``), this rank's
+        share of every epoch's seeded order."""
+        self._join_process_group()
+        replicas, rank = ((distributed.get_world_size(), distributed.get_rank()) if shard
+                          else (1, 0))
         return make_batches(type(self).__name__, x, y, batch_size=batch_size, shuffle=shuffle,
                             drop_last=drop_last, seed=self.seed,
-                            require_targets=require_targets, x_name=x_name, y_name=y_name)
+                            require_targets=require_targets, x_name=x_name, y_name=y_name,
+                            num_replicas=replicas, rank=rank)
 
     def end_epoch(self, model: nn.Module) -> None:
         """Called after the epoch's last batch: flush whatever the strategy holds."""
@@ -484,8 +702,12 @@ class Trainer:
         loss.backward()
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """The epoch's metrics as reported (a distributed trainer averages them over ranks)."""
-        return metrics
+        """The epoch's metrics as reported: under torch.distributed, each averaged over
+        the ranks, weighted by the samples each rank trained on this epoch."""
+        if not distributed.is_distributed():
+            return metrics
+        weight = max(self._meter.counts.values(), default=0.0)
+        return distributed.average_metrics(dict(sorted(metrics.items())), weight=weight)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The autocast context for forward passes (``precision="bf16"``), else a no-op."""
@@ -504,6 +726,8 @@ class Trainer:
         skipped.
         """
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self._sync_gradients_by_hand and distributed.is_distributed():
+            self._average_gradients(params)
         grads = [p.grad for p in params if p.grad is not None]
         bad = self._nonfinite_parameters(params)
         if bad or self._nonfinite_loss is not None:
@@ -645,6 +869,54 @@ class Trainer:
                                  f"plateau scheduler of {name!r})")
             scheduler.step(metrics[monitor])
 
+
+
+def _mark_step_tracked(optimizer: Any) -> None:
+    """Mark ``optimizer.step`` the way an LR scheduler's constructor does, so that a
+    scheduler moved onto ``optimizer`` does not warn that its step was replaced."""
+    step = optimizer.step
+
+    @functools.wraps(step)
+    def tracked_step(*args: Any, **kwargs: Any) -> Any:
+        optimizer._opt_called = True
+        return step(*args, **kwargs)
+
+    tracked_step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    optimizer.step = tracked_step
+
+
+def _checkpoint_manager(owner: str, directory: Any, every: Any, each_epoch: Any,
+                        keep_last: Any, monitor: Any, mode: Any) -> CheckpointManager | None:
+    """Check the checkpoint arguments of a trainer; the manager of ``directory`` or None."""
+    if every is not None:
+        check_positive_int(owner, "checkpoint_every", every)
+    if not isinstance(each_epoch, bool):
+        raise TypeError(f"{owner}: checkpoint_each_epoch={each_epoch!r}; expected a bool")
+    check_positive_int(owner, "keep_last", keep_last)
+    check_choice(owner, "checkpoint_mode", mode, ("min", "max"))
+    if monitor is not None and not isinstance(monitor, str):
+        raise TypeError(f"{owner}: checkpoint_monitor={monitor!r}; expected None or the name "
+                        "of an epoch metric")
+    if directory is None:
+        for name, value in (("checkpoint_every", every), ("checkpoint_monitor", monitor)):
+            if value is not None:
+                raise ValueError(f"{owner}: {name}={value!r} needs a checkpoint directory; "
+                                 "pass checkpoint_dir=...")
+        return None
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(f"{owner}: checkpoint_dir={directory!r}; expected a path (str or "
+                        "os.PathLike) or None")
+    if every is None and not each_epoch:
+        raise ValueError(f"{owner}: checkpoint_dir={str(directory)!r} with "
+                         "checkpoint_every=None and checkpoint_each_epoch=False would never "
+                         "save; set one of them")
+    if monitor is not None and not each_epoch:
+        raise ValueError(f"{owner}: checkpoint_monitor={monitor!r} ranks end-of-epoch "
+                         "checkpoints; it needs checkpoint_each_epoch=True")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise ValueError(f"{owner}: checkpoint_dir={str(directory)!r} is a file; expected a "
+                         "directory (created if missing)")
+    return CheckpointManager(directory, keep_last=keep_last, monitor=monitor, mode=mode)
 
 
 def window_size(position: int, index: int, n_units: int | None, accumulation: int) -> int:

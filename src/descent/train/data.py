@@ -94,6 +94,24 @@ def _batch_bounds(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+def shard_order(order: torch.Tensor, num_replicas: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s share of ``order``: positions ``rank, rank + R, ...`` (R replicas).
+
+    ``order`` is first padded with its own first entries to a multiple of R, so every
+    rank gets ``ceil(n / R)`` samples; the ranks' k-th batches of size b together hold
+    the k-th batch of size R*b of the unsharded order.
+
+    >>> shard_order(torch.arange(5), 2, 1).tolist()
+    [1, 3, 0]
+    """
+    if num_replicas == 1:
+        return order
+    total = math.ceil(len(order) / num_replicas) * num_replicas
+    if total > len(order):
+        order = torch.cat([order, order.repeat(math.ceil(total / len(order)))[:total - len(order)]])
+    return order[rank::num_replicas]
+
+
 class TensorBatches(Batches):
     """Batches of equally long tensors (indexed along dim 0), in a seeded order.
 
@@ -103,23 +121,30 @@ class TensorBatches(Batches):
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0) -> None:
+                 drop_last: bool = False, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
 
     @property
     def num_samples(self) -> int:
-        return len(self.tensors[0])
+        """Samples per epoch (this rank's share when sharded)."""
+        return math.ceil(len(self.tensors[0]) / self.num_replicas)
 
     def __len__(self) -> int:
         return _batch_bounds(self.num_samples, self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         n = self.num_samples
-        order = epoch_permutation(n, self.seed, epoch) if self.shuffle else None
+        order = epoch_permutation(len(self.tensors[0]), self.seed, epoch) if self.shuffle \
+            else None
+        if self.num_replicas > 1:
+            order = shard_order(torch.arange(len(self.tensors[0])) if order is None else order,
+                                self.num_replicas, self.rank)
         for index in range(start, len(self)):
             begin = index * self.batch_size
             end = min(begin + self.batch_size, n)
@@ -135,25 +160,28 @@ class DatasetBatches(Batches):
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, seed: int = 0,
-                 indices: Sequence[int] | None = None) -> None:
+                 indices: Sequence[int] | None = None, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         self.dataset = dataset
         self.indices = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.num_replicas, self.rank = num_replicas, rank
 
     @property
     def num_samples(self) -> int:
-        return len(self.indices)
+        """Samples per epoch (this rank's share when sharded)."""
+        return math.ceil(len(self.indices) / self.num_replicas)
 
     def __len__(self) -> int:
         return _batch_bounds(self.num_samples, self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        n = self.num_samples
-        order = (epoch_permutation(n, self.seed, epoch).tolist() if self.shuffle
-                 else list(range(n)))
+        n = len(self.indices)
+        order_tensor = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
+        order = shard_order(order_tensor, self.num_replicas, self.rank).tolist()
         for index in range(start, len(self)):
             rows = order[index * self.batch_size:(index + 1) * self.batch_size]
             yield default_collate([self.dataset[self.indices[row]] for row in rows])
@@ -190,7 +218,8 @@ class LoaderBatches(Batches):
 
 def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle: bool,
                  drop_last: bool = False, seed: int = 0, require_targets: bool = True,
-                 x_name: str = "x", y_name: str = "y") -> Batches:
+                 x_name: str = "x", y_name: str = "y", num_replicas: int = 1,
+                 rank: int = 0) -> Batches:
     """A :class:`Batches` source for ``x`` (and ``y``), whatever form they come in.
 
     * arrays or tensors ``x`` (and ``y``, same length): :class:`TensorBatches`;
@@ -198,6 +227,10 @@ def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle:
       ``y`` must be None): :class:`DatasetBatches`;
     * a ``DataLoader`` (``y`` None; its own batch size and order are used):
       :class:`LoaderBatches`.
+
+    With ``num_replicas`` > 1 (torch.distributed), arrays, tensors and datasets yield
+    rank ``rank``'s share of each epoch's order (:func:`shard_order`); a DataLoader is
+    used as given (give it a distributed sampler).
     """
     if isinstance(x, DataLoader):
         if y is not None:
@@ -213,7 +246,8 @@ def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle:
                             "DataLoader, or pass a map-style Dataset")
         if len(x) == 0:  # type: ignore[arg-type]
             raise ValueError(f"{owner}: {x_name} is an empty Dataset")
-        return DatasetBatches(x, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        return DatasetBatches(x, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                              num_replicas=num_replicas, rank=rank)
     x_tensor = as_tensor(owner, x_name, x)
     if x_tensor.dim() == 0 or len(x_tensor) == 0:
         raise ValueError(f"{owner}: {x_name} has shape {tuple(x_tensor.shape)}; expected at "
@@ -230,7 +264,8 @@ def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle:
                              f"samples and {x_name} has {len(x_tensor)}; expected the same "
                              "number along dimension 0")
         tensors.append(y_tensor)
-    batches = TensorBatches(tensors, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    batches = TensorBatches(tensors, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                            num_replicas=num_replicas, rank=rank)
     if len(batches) == 0:
         raise ValueError(f"{owner}: drop_last=True with batch_size={batch_size} leaves no batch "
                          f"of the {len(x_tensor)} samples")

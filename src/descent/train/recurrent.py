@@ -90,13 +90,13 @@ class RecurrentTrainer(SupervisedTrainer):
     def train(self, model: nn.Module, x: Any, y: Any = None,
               loss: Callable[..., torch.Tensor] | None = None, *,
               validation_data: Any = None, validation_split: float | None = None,
-              epochs: int | None = None) -> History:
+              epochs: int | None = None, resume: bool = False) -> History:
         """Train on sequences ``x`` ``(N, T, ...)`` with per-step targets ``y`` ``(N, T, ...)``.
 
-        Same forms and options as :meth:`SupervisedTrainer.train`.
+        Same forms and options (``resume`` included) as :meth:`SupervisedTrainer.train`.
         """
         return super().train(model, x, y, loss, validation_data=validation_data,
-                             validation_split=validation_split, epochs=epochs)
+                             validation_split=validation_split, epochs=epochs, resume=resume)
 
     # ------------------------------------------------------------------ extension points
 
@@ -143,10 +143,6 @@ class RecurrentTrainer(SupervisedTrainer):
             if not per_sequence:
                 size = window_size(state.window, number, len(spans), self.accumulation)
                 self._planned = size
-            with self.autocast():
-                output, hidden = self.forward_chunk(model, inputs[:, start:stop], hidden)
-                loss = self.compute_loss(output, target[:, start:stop])
-            value = self._note_loss(loss, index)
             fraction = (stop - start) / length
             last_chunk = number == len(spans) - 1
             if per_sequence:
@@ -155,7 +151,12 @@ class RecurrentTrainer(SupervisedTrainer):
             else:
                 scale = 1.0 / size
                 sync = state.window + 1 == size
-            self.backward(loss * scale, model=model, sync=sync)
+            with self.gradient_sync(model, sync):
+                with self.autocast():
+                    output, hidden = self.forward_chunk(model, inputs[:, start:stop], hidden)
+                    loss = self.compute_loss(output, target[:, start:stop])
+                value = self._note_loss(loss, index)
+                self.backward(loss * scale, model=model, sync=sync)
             hidden = detach(hidden)
             chunk_logs = {"loss": value}
             with torch.no_grad():

@@ -180,7 +180,7 @@ class SupervisedTrainer(Trainer):
     def train(self, model: nn.Module, x: Any, y: Any = None,
               loss: Callable[..., torch.Tensor] | None = None, *,
               validation_data: Any = None, validation_split: float | None = None,
-              epochs: int | None = None) -> History:
+              epochs: int | None = None, resume: bool = False) -> History:
         """Train ``model`` on ``x`` (and ``y``) with ``loss``; return the :class:`History`.
 
         ``x``, ``y``: NumPy arrays or tensors of equal length; or ``x`` a ``Dataset`` or
@@ -194,6 +194,12 @@ class SupervisedTrainer(Trainer):
         A second call continues training (optimizer, scheduler and counters keep their
         state) for ``epochs`` more epochs; a call that was interrupted is finished first,
         from the next batch.
+
+        ``resume=True`` (needs ``checkpoint_dir``) first loads the latest valid checkpoint
+        there (the model, optimizer, scheduler, counters, data position, history,
+        callbacks and random generators) and finishes the run it was written by; with
+        no checkpoint there yet it starts afresh. So a script restarted after a crash
+        continues as if it had never stopped.
         """
         owner = type(self).__name__
         if not isinstance(model, nn.Module):
@@ -223,7 +229,8 @@ class SupervisedTrainer(Trainer):
             metrics = self._evaluate_batches(model, validation, loss)
             return {f"val_{key}": value for key, value in metrics.items()}
 
-        return self._fit(model, batches, epochs, None if validation is None else evaluate)
+        return self._fit(model, batches, epochs, None if validation is None else evaluate,
+                         resume=resume)
 
     def evaluate(self, model: nn.Module, x: Any, y: Any = None,
                  loss: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
@@ -232,7 +239,8 @@ class SupervisedTrainer(Trainer):
         Runs in eval mode without gradients, in batches of ``validation_batch_size``;
         means are weighted by batch size. The model's train/eval mode is restored.
         """
-        batches = self.make_batches(x, y, batch_size=self.validation_batch_size, shuffle=False)
+        batches = self.make_batches(x, y, batch_size=self.validation_batch_size, shuffle=False,
+                                    shard=False)
         if self.device is not None:
             model.to(self.device)
         self._device_type = self._find_device_type(model)
@@ -252,11 +260,13 @@ class SupervisedTrainer(Trainer):
         state = self.state
         size = window_size(state.window, index, n_batches, self.accumulation)
         self._planned = size
-        with self.autocast():
-            output = self.forward(model, inputs)
-            loss = self.compute_loss(output, target)
-        value = self._note_loss(loss, index)
-        self.backward(loss / size, model=model, sync=state.window + 1 == size)
+        sync = state.window + 1 == size
+        with self.gradient_sync(model, sync):
+            with self.autocast():
+                output = self.forward(model, inputs)
+                loss = self.compute_loss(output, target)
+            value = self._note_loss(loss, index)
+            self.backward(loss / size, model=model, sync=sync)
         state.window += 1
         logs = {"loss": value}
         with torch.no_grad():
@@ -286,11 +296,11 @@ class SupervisedTrainer(Trainer):
         owner = type(self).__name__
         if isinstance(data, DataLoader | Dataset) and not isinstance(data, torch.Tensor):
             return self.make_batches(data, batch_size=self.validation_batch_size,
-                                     shuffle=False, x_name="validation_data")
+                                     shuffle=False, x_name="validation_data", shard=False)
         if isinstance(data, tuple | list) and len(data) == 2:
             return self.make_batches(data[0], data[1], batch_size=self.validation_batch_size,
                                      shuffle=False, x_name="validation_data[0]",
-                                     y_name="validation_data[1]")
+                                     y_name="validation_data[1]", shard=False)
         raise TypeError(f"{owner}.train: validation_data is a {type(data).__name__}; expected "
                         "an (x_val, y_val) pair, a Dataset or a DataLoader")
 

@@ -1,0 +1,368 @@
+"""Exact resume of the trainers: runs killed with SIGKILL and restarted end bit-identical.
+
+Each of the three trainers trains with a scheduler, dropout and gradient accumulation
+(the RecurrentTrainer accumulates two batches of sequences per step, the
+SupervisedTrainer three micro-batches with an uneven last window per epoch, the
+AdversarialTrainer takes two critic steps per generator step), writing a checkpoint
+every 2 optimizer steps and after every epoch, through ``train(..., resume=True)``.
+The reference is an uninterrupted run of the same script with the same seed.
+
+The runs are children forked by one server process that imports torch and warms up
+once (a run then costs a fraction of a second instead of seconds of imports). The test
+SIGKILLs children at random moments (a random 0-15 ms after a random batch, so the
+kill lands inside a batch, between micro-batches of an accumulation window, or inside
+a checkpoint write) or while a chosen checkpoint commit is stalled between writing and
+renaming (``descent.checkpoint._atomic._commit`` is the seam, as in
+``tests/test_checkpoint_resume.py``), starts new children that resume, and compares
+the final parameters with the reference bit for bit. A few trials run by default;
+``python -m pytest -m slow`` runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from descent.checkpoint import CheckpointManager
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
+                                reason="needs SIGKILL and fork")
+
+SCRIPT = r'''
+import os, sys, tempfile, time, traceback
+import torch
+from torch import nn
+from safetensors.torch import save_file
+
+import descent
+from descent.checkpoint import _atomic
+from descent.data import gaussian_mixture
+from descent.train import (AdversarialTrainer, Callback, EarlyStopping, RecurrentTrainer,
+                           SupervisedTrainer)
+
+torch.set_num_threads(1)
+
+
+class Report(Callback):
+    """Says where the run is; sleeps a little after each batch to spread the kills."""
+
+    def __init__(self, say, pause):
+        self.say, self.pause = say, pause
+
+    def on_train_begin(self, trainer):
+        self.say(f"RESUMED {trainer.state.step}")
+
+    def on_batch_end(self, trainer, batch, logs):
+        self.say(f"BATCH {trainer.state.step}")
+        time.sleep(self.pause)
+
+
+class GRUTagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(3, 8, batch_first=True)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x, hidden):
+        out, hidden = self.gru(x, hidden)
+        return self.head(self.drop(out)), hidden
+
+
+def train(kind, workdir, result, stall_commit, say, pause=0.0):
+    real_commit, commits = _atomic._commit, []
+
+    def reporting_commit(source, target):
+        commits.append(target)
+        if len(commits) == stall_commit:
+            say("STALLED")
+            time.sleep(60)
+        real_commit(source, target)
+        say(f"COMMIT {target.name if target.name != 'checkpoint.json' else target.parent.name}")
+
+    _atomic._commit = reporting_commit
+    options = dict(checkpoint_dir=workdir, checkpoint_every=2, keep_last=2)
+    if workdir == "-":  # the same run without checkpoints
+        options = {}
+    resume = bool(options)
+    callbacks = [Report(say, pause)]
+    data = torch.Generator().manual_seed(1234)
+    torch.manual_seed(0)
+    if kind == "supervised":
+        x, y = torch.randn(125, 5, generator=data), torch.randint(0, 3, (125,), generator=data)
+        model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.2), nn.Tanh(), nn.Linear(16, 3))
+        opt = descent.Adam(model, lr=1e-2)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.7)
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=50))
+        trainer = SupervisedTrainer(opt, batch_size=8, epochs=3, gradient_accumulation_steps=3,
+                                    scheduler=sched, callbacks=callbacks, metrics=["accuracy"],
+                                    seed=3, **options)
+        torch.manual_seed(1)
+        trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.2, resume=resume)
+    elif kind == "recurrent":
+        x = torch.randn(32, 12, 3, generator=data)
+        y = (x.cumsum(1)[..., 0] > 0).long()
+        model = GRUTagger()
+        opt = descent.RMSprop(model, lr=1e-2)
+        sched = descent.schedules.StepLR(opt, step_size=3, gamma=0.8)
+        trainer = RecurrentTrainer(opt, batch_size=4, epochs=3, bptt_steps=5,
+                                   gradient_accumulation_steps=2, step_every="sequence",
+                                   scheduler=sched, clip_grad_norm=1.0, callbacks=callbacks,
+                                   seed=5, **options)
+        torch.manual_seed(1)
+        trainer.train(model, x, y, nn.CrossEntropyLoss(), resume=resume)
+    else:
+        points, _ = gaussian_mixture(128, modes=4, seed=2)
+        g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        d = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Dropout(0.1), nn.Linear(16, 1))
+        g_opt, d_opt = descent.Adam(g, lr=2e-3, betas=(0.5, 0.9)), descent.Adam(d, lr=2e-3)
+        trainer = AdversarialTrainer(
+            g, d, g_opt, d_opt, latent_dim=4, batch_size=16, epochs=3, n_critic=2,
+            g_scheduler=torch.optim.lr_scheduler.StepLR(g_opt, step_size=3, gamma=0.8),
+            d_scheduler=torch.optim.lr_scheduler.ExponentialLR(d_opt, gamma=0.97),
+            callbacks=callbacks, seed=7, **options)
+        torch.manual_seed(1)
+        trainer.train(points, resume=resume)
+        model = trainer.model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, result)
+    say("DONE")
+
+
+def serve():
+    # A fork server: imports and warms up once (the first optimizer imports torch._dynamo),
+    # then runs each requested training in a forked child.
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind in ("supervised", "recurrent", "adversarial"):
+            train(kind, os.path.join(scratch, kind), os.path.join(scratch, "out"), 0,
+                  lambda _: None)
+    for line in sys.stdin:
+        kind, workdir, result, stall_commit, log = line.rstrip("\n").split("\t")
+        pid = os.fork()
+        if pid == 0:
+            with open(log, "a") as file:
+                def say(message):
+                    file.write(message + "\n")
+                    file.flush()
+                try:
+                    train(kind, workdir, result, int(stall_commit), say, pause=0.002)
+                    code = 0
+                except BaseException:
+                    file.write(traceback.format_exc())
+                    file.flush()
+                    code = 1
+            os._exit(code)
+        print("PID", pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print("EXIT", os.waitstatus_to_exitcode(status), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve()
+    else:  # kind workdir result: one run in this interpreter
+        train(sys.argv[1], sys.argv[2], sys.argv[3], 0, lambda message: print(message, flush=True))
+'''
+
+KINDS = ("supervised", "recurrent", "adversarial")
+
+
+class ForkServer:
+    """The script in server mode: each ``start`` is a forked child that the test may kill."""
+
+    def __init__(self, script: Path) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        self.process = subprocess.Popen([sys.executable, str(script), "serve"], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+
+    def start(self, kind: str, workdir: Path | str, result: Path, log: Path,
+              stall_commit: int = 0) -> int:
+        fields = [kind, str(workdir), str(result), str(stall_commit), str(log)]
+        self.process.stdin.write("\t".join(fields) + "\n")
+        self.process.stdin.flush()
+        word, pid = self.process.stdout.readline().split()
+        assert word == "PID"
+        return int(pid)
+
+    def wait(self) -> int:
+        word, code = self.process.stdout.readline().split()
+        assert word == "EXIT"
+        return int(code)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def wait_for(log: Path, trigger: str, count: int, timeout: float = 60.0) -> None:
+    """Return once ``log`` has ``count`` lines starting with ``trigger``."""
+    deadline = time.monotonic() + timeout
+    while sum(line.startswith(trigger) for line in lines(log)) < count:
+        assert time.monotonic() < deadline, f"no {count} x {trigger!r} in {lines(log)}"
+        time.sleep(0.0005)
+
+
+def run_to_end(server: ForkServer, kind: str, workdir: Path | str, result: Path,
+               log: Path) -> int:
+    """Run (resuming) to completion; return the step it resumed from."""
+    log.unlink(missing_ok=True)
+    server.start(kind, workdir, result, log)
+    assert server.wait() == 0, log.read_text()
+    assert lines(log)[-1] == "DONE"
+    return int(next(line for line in lines(log) if line.startswith("RESUMED")).split()[1])
+
+
+def run_and_kill(server: ForkServer, kind: str, workdir: Path, result: Path, log: Path,
+                 trigger: str, count: int, delay: float, stall_commit: int = 0) -> int:
+    """Start a run; SIGKILL it ``delay`` s after its ``count``-th ``trigger`` line (counted
+    from its start). Returns the step the run resumed from."""
+    log.unlink(missing_ok=True)
+    pid = server.start(kind, workdir, result, log, stall_commit=stall_commit)
+    wait_for(log, "RESUMED", 1)
+    resumed = int(lines(log)[0].split()[1])
+    wait_for(log, trigger, count)
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    assert server.wait() == -signal.SIGKILL, f"the run ended before the kill: {lines(log)}"
+    return resumed
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A fork server, and per trainer the reference run and its log (batches, commits)."""
+    root = tmp_path_factory.mktemp("train-resume")
+    script = root / "train.py"
+    script.write_text(SCRIPT)
+    server = ForkServer(script)
+    references = {}
+    for kind in KINDS:
+        log = root / f"{kind}.log"
+        run_to_end(server, kind, root / f"{kind}-reference", root / f"{kind}.safetensors", log)
+        references[kind] = (load_file(root / f"{kind}.safetensors"), lines(log))
+    yield server, references, root
+    server.close()
+
+
+def assert_bit_identical(result: Path, reference: dict[str, torch.Tensor]) -> None:
+    final = load_file(result)
+    assert list(final) == list(reference)
+    for name, tensor in reference.items():
+        difference = (final[name].double() - tensor.double()).abs().max().item()
+        assert torch.equal(final[name], tensor), f"{name} differs by up to {difference:.3g}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpointing_does_not_change_the_run(setup, tmp_path, kind):
+    """The reference (checkpoints, resume=True on an empty directory) equals a run
+    without checkpoints, and a run in a fresh interpreter gives the same parameters."""
+    server, references, _ = setup
+    reference, reference_log = references[kind]
+    assert reference_log[0] == "RESUMED 0"
+    run_to_end(server, kind, "-", tmp_path / "plain.safetensors", tmp_path / "log")
+    assert_bit_identical(tmp_path / "plain.safetensors", reference)
+    if kind == "supervised":
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        done = subprocess.run([sys.executable, str(setup[2] / "train.py"), kind,
+                               str(tmp_path / "fresh"), str(tmp_path / "fresh.safetensors")],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert_bit_identical(tmp_path / "fresh.safetensors", reference)
+
+
+def commits(log: list[str]) -> list[str]:
+    return [line.split()[1] for line in log if line.startswith("COMMIT")]
+
+
+def stall_trial(setup, tmp_path: Path, kind: str, commit: int) -> None:
+    """Kill the run while its ``commit``-th checkpoint commit is stalled, then resume."""
+    server, references, _ = setup
+    reference, reference_log = references[kind]
+    names = commits(reference_log)
+    workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
+    run_and_kill(server, kind, workdir, result, log, "STALLED", 1, delay=0.02,
+                 stall_commit=commit)
+    interrupted = names[commit - 1]
+    # the write was complete but not renamed: nothing of it is visible as a checkpoint
+    assert any(entry.name.startswith(f".{interrupted}.") for entry in workdir.iterdir()) \
+        or (workdir / interrupted).exists()
+    latest = CheckpointManager(workdir).latest()
+    assert latest is not None and latest.name == names[commit - 2]
+    resumed = run_to_end(server, kind, workdir, result, log)
+    assert resumed == int(names[commit - 2].split("-")[1])
+    assert_bit_identical(result, reference)
+
+
+def random_trial(setup, tmp_path: Path, kind: str, rng: random.Random, kills: int) -> list[int]:
+    """Kill the run ``kills`` times, each a random 0-15 ms after a random batch, then let it
+    finish; return the steps the runs resumed from."""
+    server, references, _ = setup
+    reference, reference_log = references[kind]
+    total = sum(line.startswith("BATCH") for line in reference_log)
+    first_commit = next(i for i, line in enumerate(reference_log) if line.startswith("COMMIT"))
+    first = sum(line.startswith("BATCH") for line in reference_log[:first_commit]) + 1
+    workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
+    resumed_from, done = [], 0
+    for _ in range(kills):
+        # batches run so far are not known exactly after a kill: aim within what is left
+        remaining = total - done
+        if remaining < first + 2:
+            break
+        count = rng.randint(first if not resumed_from else 1, remaining - 2)
+        resumed_from.append(run_and_kill(server, kind, workdir, result, log, "BATCH", count,
+                                         rng.uniform(0.0, 0.015)))
+        done = max(done, count)
+    resumed_from.append(run_to_end(server, kind, workdir, result, log))
+    assert_bit_identical(result, reference)
+    return resumed_from
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_killed_while_committing_a_checkpoint(setup, tmp_path, kind):
+    stall_trial(setup, tmp_path, kind, commit=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(2))
+def test_killed_at_random_moments(setup, tmp_path, kind, seed):
+    resumed_from = random_trial(setup, tmp_path, kind, random.Random(f"{kind}-{seed}"), kills=2)
+    assert resumed_from[0] == 0 and resumed_from[-1] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(2, 22))
+def test_killed_at_random_moments_many_trials(setup, tmp_path, kind, seed):
+    random_trial(setup, tmp_path, kind, random.Random(f"{kind}-{seed}"), kills=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("commit", [2, 4, 5, 7])
+def test_killed_while_committing_other_checkpoints(setup, tmp_path, kind, commit):
+    stall_trial(setup, tmp_path, kind, commit)
+
+
+def test_rerunning_a_finished_run_with_resume_changes_nothing(setup, tmp_path):
+    """The last checkpoint of a finished run says it is finished: running the script
+    again with resume=True trains no further step."""
+    server, references, _ = setup
+    reference, _ = references["supervised"]
+    workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
+    run_to_end(server, "supervised", workdir, result, log)
+    final_step = int(commits(lines(log))[-1].split("-")[1])
+    assert run_to_end(server, "supervised", workdir, result, log) == final_step
+    assert not any(line.startswith("BATCH") for line in lines(log))
+    assert_bit_identical(result, reference)
