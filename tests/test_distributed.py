@@ -10,6 +10,7 @@ for ZeRO, with the unsharded optimizer) and compares, in float64.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -87,6 +88,15 @@ def worker(out: Path) -> None:
     """One rank of the 2-process run (started by torchrun)."""
     torch.set_num_threads(1)
     assert dist.init_process_group() and dist.get_world_size() == WORLD
+    run_scenarios(out)
+    # DDP models and ZeRO optimizers hold gloo work objects: free them (they were
+    # locals of run_scenarios) while the process group still exists, then leave it
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_scenarios(out: Path) -> None:
     rank = dist.get_rank()
     x, y = make_data()
     results, report = {}, {}
@@ -138,8 +148,6 @@ def worker(out: Path) -> None:
             merged.update(part)
         save_file(results, out / "params.safetensors")
         (out / "report.json").write_text(json.dumps(merged))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def reference_run(name: str, batch: int = WORLD * BATCH) -> dict[str, torch.Tensor]:
