@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 
 from descent.checkpoint import CheckpointManager
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+pytestmark = pytest.mark.skipif(not (hasattr(signal, "SIGKILL") and hasattr(os, "fork")),
+                                reason="needs SIGKILL and fork (POSIX)")
 
 SCRIPT = r'''
 import os, random, sys, tempfile, time, traceback
