@@ -429,3 +429,22 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "c", model=nn.Linear(1, 1), rng=False)
     # two files + the staging directory, the rename, then the parent directory
     assert events == ["fsync", "fsync", "fsync", "rename", "fsync"]
+
+
+def test_tensors_sharing_storage_are_saved_apart(tmp_path):
+    """Tied weights, and parameters that the engine keeps as views of one buffer."""
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    opt = descent.Adam(model, lr=0.1)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c", model={"tied": tied, "model": model}, optimizers=opt)
+    tied2 = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied2[1].weight = tied2[0].weight
+    model2 = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    opt2 = descent.Adam(model2, lr=0.1)
+    load_checkpoint(tmp_path / "c", model={"tied": tied2, "model": model2}, optimizers=opt2)
+    assert tied2[1].weight is tied2[0].weight and torch.equal(tied2[0].weight, tied[0].weight)
+    assert_same_tree(dict(model.state_dict()), dict(model2.state_dict()))
+    assert_same_tree(opt.state_dict(), opt2.state_dict())
