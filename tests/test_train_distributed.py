@@ -1,0 +1,246 @@
+"""Trainers under torch.distributed: 2 processes with batch b equal 1 process with batch 2b.
+
+One ``torchrun`` launch (``python -m torch.distributed.run --nproc_per_node=2``, gloo on
+the CPU) runs a SupervisedTrainer in float64 in several configurations: plain, with
+gradient accumulation, with accumulation and ``zero_redundancy=True``; and a run
+interrupted after a checkpoint and resumed with the same world size. This test process
+trains the single-process references with twice the batch size and compares.
+Also checked: DDP all-reduces once per optimizer step (``no_sync()`` on the other
+micro-batches, counted by a communication hook), the progress bar draws on rank 0
+only, training metrics are averaged over the ranks, and a checkpoint of 2 processes
+refuses to resume in 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import descent
+from descent.train import SupervisedTrainer
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="needs torch.distributed")
+
+N, BATCH, EPOCHS = 64, 4, 2
+CONFIGS = {"plain": (1, False), "accumulate": (3, False), "zero": (3, True)}
+
+COMMON = r'''
+import torch
+from torch import nn
+import descent
+
+N, BATCH, EPOCHS = 64, 4, 2
+
+
+def data():
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(N, 6, generator=generator, dtype=torch.float64)
+    y = torch.stack([x[:, :3].sum(1), x[:, 3:].prod(1)], 1) + 0.1 * torch.randn(
+        N, 2, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    optimizer = descent.Adam(model, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    return model, optimizer, scheduler
+'''
+
+SCRIPT = COMMON + r'''
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from descent import distributed as dist
+from descent.train import Callback, ProgressBar, SupervisedTrainer
+
+torch.set_num_threads(1)
+CONFIGS = {"plain": (1, False), "accumulate": (3, False), "zero": (3, True)}
+
+
+class Interrupt(Callback):
+    def __init__(self, active):
+        self.active = active
+
+    def on_batch_end(self, trainer, batch, logs):
+        if self.active and (trainer.state.epoch, batch) == (1, 4):
+            raise KeyboardInterrupt
+
+
+def run(name, accumulation, zero, out, rank, **options):
+    model, optimizer, scheduler = build()
+    bar = open(out / f"bar-{name}-{rank}.txt", "w")
+    trainer = SupervisedTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS,
+                                gradient_accumulation_steps=accumulation, scheduler=scheduler,
+                                zero_redundancy=zero, callbacks=[ProgressBar(file=bar)],
+                                **options)
+    x, y = data()
+    ddp = trainer.wrap_model(model)
+    reductions = []
+
+    def counting_hook(state, bucket):
+        reductions.append(bucket.index())
+        work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
+        return work.get_future().then(lambda fut: fut.value()[0] / 2)
+
+    ddp.register_comm_hook(None, counting_hook)
+    history = trainer.train(model, x, y, nn.MSELoss())
+    bar.close()
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  out / f"{name}.safetensors")
+        report = {"loss": history["loss"], "steps": trainer.state.step,
+                  "reductions": len(reductions), "batches": trainer.batches_per_epoch,
+                  "optimizer": type(trainer.optimizer).__name__}
+        (out / f"{name}.json").write_text(json.dumps(report))
+
+
+def main():
+    out = Path(sys.argv[1])
+    assert dist.init_process_group()
+    rank = dist.get_rank()
+    for name, (accumulation, zero) in CONFIGS.items():
+        run(name, accumulation, zero, out, rank)
+    # interrupted after a checkpoint, resumed by new objects in the same processes
+    for zero in (False, True):
+        model, optimizer, scheduler = build()
+        options = dict(batch_size=BATCH, epochs=EPOCHS, gradient_accumulation_steps=3,
+                       scheduler=scheduler, zero_redundancy=zero,
+                       checkpoint_dir=out / f"ckpt-{zero}", checkpoint_every=2)
+        x, y = data()
+        trainer = SupervisedTrainer(optimizer, callbacks=[Interrupt(True)], **options)
+        try:
+            trainer.train(model, x, y, nn.MSELoss(), resume=True)
+            raise AssertionError("not interrupted")
+        except KeyboardInterrupt:
+            pass
+        model, optimizer, scheduler = build()
+        options["scheduler"] = scheduler
+        trainer = SupervisedTrainer(optimizer, callbacks=[Interrupt(False)], **options)
+        trainer.train(model, x, y, nn.MSELoss(), resume=True)
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      out / f"resumed-{zero}.safetensors")
+    dist.destroy_process_group()
+
+
+main()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Run the script under torchrun with 2 processes; return its output directory."""
+    out = tmp_path_factory.mktemp("ddp")
+    script = out / "script.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+               str(script), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def single_process(accumulation: int) -> tuple[nn.Module, SupervisedTrainer, dict]:
+    """The reference: one process, batch 2b, same seeds."""
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, optimizer, scheduler = namespace["build"]()
+        trainer = SupervisedTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
+                                    gradient_accumulation_steps=accumulation,
+                                    scheduler=scheduler)
+        x, y = namespace["data"]()
+        trainer.train(model, x, y, nn.MSELoss())
+    finally:
+        torch.set_num_threads(threads)
+    return model, trainer, namespace
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest ``max|a - b| / max|b|`` over the tensors."""
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in b)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_two_processes_with_batch_b_equal_one_with_batch_2b(launched, name):
+    accumulation, zero = CONFIGS[name]
+    model, trainer, _ = single_process(accumulation)
+    reference = {k: v for k, v in model.state_dict().items()}
+    final = load_file(launched / f"{name}.safetensors")
+    assert sorted(final) == sorted(reference)
+    assert max_relative_difference(final, reference) <= 1e-12
+    # the parameters moved: the comparison is not between two untrained models
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    initial = namespace["build"]()[0].state_dict()
+    assert max_relative_difference(final, initial) > 1e-2
+    report = json.loads((launched / f"{name}.json").read_text())
+    assert report["steps"] == trainer.state.step
+    assert report["batches"] == trainer.batches_per_epoch  # 32 samples per rank, batch 4
+    # training metrics averaged over the ranks: the single process's sample means
+    assert report["loss"] == pytest.approx(trainer.history["loss"], rel=1e-12)
+    assert report["optimizer"] == ("ZeroRedundancyOptimizer" if zero else "Adam")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_gradients_are_all_reduced_once_per_optimizer_step(launched, name):
+    """no_sync() on the micro-batches inside a window: one all-reduce per step (the model
+    fits in one DDP bucket), not one per micro-batch."""
+    report = json.loads((launched / f"{name}.json").read_text())
+    windows = -(-report["batches"] // CONFIGS[name][0])
+    assert report["steps"] == EPOCHS * windows
+    assert report["reductions"] == report["steps"]
+
+
+def test_progress_bar_on_rank_0_only(launched):
+    for name in CONFIGS:
+        assert "epoch 2/2" in (launched / f"bar-{name}-0.txt").read_text()
+        assert (launched / f"bar-{name}-1.txt").read_text() == ""
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_interrupted_distributed_run_resumes_exactly(launched, zero):
+    """Interrupted mid-epoch, resumed from the checkpoint with the same world size: the
+    parameters equal the uninterrupted 2-process run bit for bit (ZeRO state
+    consolidated on save, re-sharded on load)."""
+    resumed = load_file(launched / f"resumed-{zero}.safetensors")
+    uninterrupted = load_file(launched / f"{'zero' if zero else 'accumulate'}.safetensors")
+    for key, tensor in uninterrupted.items():
+        assert torch.equal(resumed[key], tensor), key
+    manager = descent.checkpoint.CheckpointManager(launched / f"ckpt-{zero}")
+    assert manager.records(), "no checkpoint was written"
+
+
+def test_a_checkpoint_of_two_processes_does_not_resume_in_one(launched, tmp_path):
+    _, _, namespace = single_process(1)
+    model, optimizer, scheduler = namespace["build"]()
+    trainer = SupervisedTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS,
+                                gradient_accumulation_steps=3, scheduler=scheduler,
+                                checkpoint_dir=launched / "ckpt-False", checkpoint_every=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = namespace["data"]()
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1"):
+        trainer.train(model, x, y, nn.MSELoss(), resume=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.state.step == 0 and not optimizer.state
