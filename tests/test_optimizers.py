@@ -352,3 +352,17 @@ def test_works_with_torch_schedulers_hooks_and_grad_scaler() -> None:
     assert lrs == [1.0, 1.0, 0.5, 0.5]
     assert calls == ["pre", "post"] * 4
     torch.testing.assert_close(p.detach(), torch.full((3,), 1.0 - 3.0))
+
+
+def test_empty_groups_are_allowed_but_not_empty_params() -> None:
+    """ZeroRedundancyOptimizer can give a rank an empty group; torch.optim allows one too."""
+    p = nn.Parameter(torch.ones(2))
+    opt = descent.Adam([{"params": [p]}, {"params": [], "lr": 0.1}])
+    p.grad = torch.ones(2)
+    opt.step()
+    assert len(opt.param_groups[1]["params"]) == 0
+    with pytest.raises(ValueError, match=r"params is empty"):
+        descent.Adam([])
+    named = descent.SGD(nn.Linear(2, 1), lr=0.1)
+    named.add_param_group({"params": []})
+    assert named.param_groups[1]["param_names"] == []

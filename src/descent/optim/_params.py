@@ -98,8 +98,10 @@ def as_param_groups(owner: str, params: Any) -> list[dict[str, Any]]:
 def split_group(owner: str, group: dict[str, Any], group_index: int) -> dict[str, Any]:
     """Return a copy of ``group`` whose ``params`` is a list of tensors, names split off.
 
-    Checks that each entry is a floating-point (or complex) leaf tensor and that the
-    group is not empty; duplicates are checked by the optimizer, which sees all groups.
+    Checks that each entry is a leaf tensor; dtypes and duplicates are checked by the
+    optimizer, which sees all groups. A group may be empty (as in torch.optim): sharded
+    optimizers such as ``ZeroRedundancyOptimizer`` can hand a rank an empty group, and
+    removing parameters can empty one. Only an empty ``params`` as a whole is refused.
     """
     if not isinstance(group, dict):
         raise TypeError(
@@ -110,8 +112,6 @@ def split_group(owner: str, group: dict[str, Any], group_index: int) -> dict[str
         raise ValueError(f"{owner}: param group {group_index} has no 'params' entry")
     where = f"param_groups[{group_index}]['params']"
     items = _flatten_params(owner, group["params"], where)
-    if not items:
-        raise ValueError(f"{owner}: {where} is empty; expected at least one parameter")
     named = [_is_named_pair(item) for item in items]
     if any(named) and not all(named):
         raise ValueError(
@@ -119,7 +119,7 @@ def split_group(owner: str, group: dict[str, Any], group_index: int) -> dict[str
             "use one form for the whole group"
         )
     new_group = dict(group)
-    if all(named):
+    if items and all(named):
         new_group["param_names"] = [name for name, _ in items]
         tensors = [tensor for _, tensor in items]
     else:

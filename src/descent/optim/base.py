@@ -88,6 +88,8 @@ class Optimizer(torch.optim.Optimizer):
         owner = type(self).__name__
         index = len(self.param_groups)
         group = split_group(owner, param_group, index)
+        if not group["params"] and self.param_groups and "param_names" in self.param_groups[0]:
+            group["param_names"] = []  # an empty group takes the others' naming
         for name, default in self.defaults.items():
             group.setdefault(name, default)
         self._check_hyperparameters(group, f"param_groups[{index}]: ")
