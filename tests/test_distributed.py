@@ -39,7 +39,15 @@ SCENARIOS = {
                                                  weight_decay=0.01), 1, True),
     "zero_sgd_accumulation": (lambda p, zero: make_optimizer(p, zero, descent.SGD, lr=0.05,
                                                              momentum=0.9), 3, True),
+    # a one-parameter group: ZeRO hands one rank an empty group of it
+    "zero_adam_groups": (lambda p, zero: make_optimizer(two_groups(p), zero, descent.Adam,
+                                                        lr=0.01), 2, True),
 }
+
+
+def two_groups(model: nn.Module) -> list[dict]:
+    return [{"params": [model[0].weight, model[0].bias, model[2].weight]},
+            {"params": [model[2].bias], "lr": 0.02}]
 
 
 def make_optimizer(params, zero, optimizer_class, **options):
@@ -102,14 +110,15 @@ def run_scenarios(out: Path) -> None:
     results, report = {}, {}
     for name, (factory, accumulation, zero) in SCENARIOS.items():
         model = dist.wrap_model(make_model())
-        opt = factory(model.parameters() if not zero else dist.unwrap_model(model), zero)
+        opt = factory(dist.unwrap_model(model), zero)
         train(model, opt, dist.ResumableSampler(N, seed=3), x, y, BATCH, accumulation, EPOCHS)
         for key, value in params_of(model).items():
             results[f"{name}/{key}"] = value
 
     report.update(check_no_sync(x, y))
 
-    # metrics: each rank's mean loss over its shard, weighted by its size
+    # metrics: each rank's mean loss over its shard, weighted by its size, with the model
+    # of the last scenario
     sampler = dist.ResumableSampler(N, seed=3)
     index = torch.tensor(sampler.order())
     with torch.no_grad():
@@ -155,7 +164,7 @@ def reference_run(name: str, batch: int = WORLD * BATCH) -> dict[str, torch.Tens
     factory, accumulation, _ = SCENARIOS[name]
     x, y = make_data()
     model = make_model()
-    opt = factory(model.parameters(), False)
+    opt = factory(model, False)
     train(model, opt, dist.ResumableSampler(N, seed=3, num_replicas=1, rank=0), x, y,
           batch, accumulation, EPOCHS)
     return params_of(model)
@@ -218,7 +227,7 @@ def test_metrics_are_averaged_over_all_samples(two_processes):
     model = make_model()
     with torch.no_grad():
         for key, p in model.named_parameters():
-            p.copy_(params[f"zero_sgd_accumulation/{key}"])
+            p.copy_(params[f"{list(SCENARIOS)[-1]}/{key}"])
         x, y = make_data()
         expected = F.mse_loss(model(x), y).item()
     assert report["metrics"]["loss"] == pytest.approx(expected, rel=1e-12)

@@ -403,9 +403,8 @@ def zero_optimizer(params: Any, optimizer_class: type[torch.optim.Optimizer],
     ranks, so the result is the same as the unsharded optimizer's. Needs an
     initialised process group.
 
-    With several param groups, ZeRO may give a rank no parameter of some group;
-    descent optimizers refuse an empty group, so there use a single group (or a
-    torch.optim class).
+    Several param groups work: ZeRO may give a rank no parameter of some group, and
+    descent optimizers accept such an empty group, as torch.optim does.
 
     Example::
 
