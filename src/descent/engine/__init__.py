@@ -231,7 +231,7 @@ class Engine:
             kernel = kernels.fused_kernel(cls)
             if kernel is not None and kernels.run_fused(kernel, param, grad, state, group):
                 return {}
-        if self._should_compile(mode, bucket):
+        if self._should_compile(mode, bucket, has_fused=kernels.fused_kernel(cls) is not None):
             try:
                 options = {key: value for key, value in group.items() if key != "params"}
                 return kernels.run_compiled(optimizer, param, grad, state, options)
@@ -243,12 +243,14 @@ class Engine:
                               stacklevel=5)
         return kernels.run_eager(optimizer, param, grad, state, group)
 
-    def _should_compile(self, mode: str, bucket: Bucket) -> bool:
+    def _should_compile(self, mode: str, bucket: Bucket, has_fused: bool) -> bool:
         if type(self.optimizer) in _compile_failed or bucket.dtype not in _COMPILE_DTYPES:
             return False
         if mode == "compiled":
             return True
-        if mode != "auto" or bucket.total < COMPILE_MIN_NUMEL:
+        # A rule with a fused kernel runs eagerly on the steps the kernel cannot take
+        # (SGD's first step creates its momentum buffer): not worth a compilation.
+        if mode != "auto" or has_fused or bucket.total < COMPILE_MIN_NUMEL:
             return False
         from .compiled import compiler_available
         return compiler_available()
