@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,3 +245,22 @@ def test_a_checkpoint_of_two_processes_does_not_resume_in_one(launched, tmp_path
         trainer.train(model, x, y, nn.MSELoss(), resume=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert trainer.state.step == 0 and not optimizer.state
+
+
+def test_the_readme_example_runs_under_torchrun(tmp_path):
+    """``torchrun --standalone --nproc-per-node=2 docs/examples/train_ddp.py --zero``, as the
+    README shows it (2 epochs here), trains, checkpoints, and reports on rank 0 only."""
+    pytest.importorskip("sklearn")
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "train_ddp.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", str(example), "--epochs", "2", "--zero",
+               "--checkpoint-dir", str(tmp_path / "ckpt")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if "validation accuracy" in line]
+    assert len(reports) == 1 and reports[0].startswith("2 process(es)")
+    assert "after 2 epochs, 46 optimizer steps" in reports[0]
+    assert [r.step for r in descent.checkpoint.CheckpointManager(tmp_path / "ckpt").records()] \
+        == [40, 46]

@@ -636,9 +636,12 @@ class Trainer:
                 raise ValueError(f"{type(self).__name__}: zero_redundancy=True shards optimizer "
                                  f"{name!r} when training starts, but it already has state; "
                                  "build the trainer on a fresh optimizer")
+            # every group carries its hyperparameters; pass on only the defaults the
+            # optimizer's constructor takes (``defaults`` may hold more keys)
             zero = ZeroRedundancyOptimizer([dict(group) for group in optimizer.param_groups],
                                            optimizer_class=type(optimizer),
-                                           **optimizer.defaults)
+                                           **_constructor_options(type(optimizer),
+                                                                  optimizer.defaults))
             _mark_step_tracked(zero)
             setattr(self, self._optimizer_attributes[name], zero)
             scheduler = schedulers.get(name)
@@ -869,6 +872,15 @@ class Trainer:
                                  f"plateau scheduler of {name!r})")
             scheduler.step(metrics[monitor])
 
+
+
+def _constructor_options(kind: type, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``defaults`` that ``kind(params, **options)`` accepts."""
+    parameters = inspect.signature(kind.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(defaults)
+    return {key: value for key, value in defaults.items()
+            if key in parameters and key not in ("self", "params")}
 
 
 def _mark_step_tracked(optimizer: Any) -> None:
