@@ -56,6 +56,31 @@ def build():
     optimizer = descent.Adam(model, lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
     return model, optimizer, scheduler
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x, hidden):
+        out, hidden = self.gru(x, hidden)
+        return self.head(out), hidden
+
+
+def sequences():
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(N, 10, 3, generator=generator, dtype=torch.float64)
+    return x, 0.3 * x.cumsum(1)[..., :1]
+
+
+def build_recurrent():
+    torch.manual_seed(0)
+    model = Tagger().double()
+    optimizer = descent.RMSprop(model, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    return model, optimizer, scheduler
 '''
 
 SCRIPT = COMMON + r'''
@@ -63,7 +88,9 @@ import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
 from descent import distributed as dist
-from descent.train import Callback, ProgressBar, SupervisedTrainer
+from descent.data import gaussian_mixture
+from descent.train import (AdversarialTrainer, Callback, ProgressBar, RecurrentTrainer,
+                           SupervisedTrainer)
 
 torch.set_num_threads(1)
 CONFIGS = {"plain": (1, False), "accumulate": (3, False), "zero": (3, True)}
@@ -106,12 +133,43 @@ def run(name, accumulation, zero, out, rank, **options):
         (out / f"{name}.json").write_text(json.dumps(report))
 
 
+def run_recurrent(out, rank):
+    model, optimizer, scheduler = build_recurrent()
+    trainer = RecurrentTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS, bptt_steps=4,
+                               gradient_accumulation_steps=2, step_every="sequence",
+                               scheduler=scheduler)
+    x, y = sequences()
+    trainer.train(model, x, y, nn.MSELoss())
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  out / "recurrent.safetensors")
+
+
+def run_adversarial(out, rank):
+    points, _ = gaussian_mixture(64, modes=4, seed=2)
+    torch.manual_seed(rank)  # different initial networks: the trainer starts from rank 0's
+    g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    d = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    trainer = AdversarialTrainer(g, d, descent.Adam(g, lr=2e-3), descent.Adam(d, lr=2e-3),
+                                 latent_dim=4, batch_size=8, epochs=2, n_critic=2,
+                                 checkpoint_dir=out / "ckpt-gan", checkpoint_every=2)
+    trainer.train(points)
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    gathered = dist.all_gather_object(flat)
+    if rank == 0:
+        save_file({f"rank{r}": t for r, t in enumerate(gathered)}, out / "gan.safetensors")
+        (out / "gan.json").write_text(json.dumps({"steps": trainer.state.step,
+                                                  "d_steps": trainer.state.d_step}))
+
+
 def main():
     out = Path(sys.argv[1])
     assert dist.init_process_group()
     rank = dist.get_rank()
     for name, (accumulation, zero) in CONFIGS.items():
         run(name, accumulation, zero, out, rank)
+    run_recurrent(out, rank)
+    run_adversarial(out, rank)
     # interrupted after a checkpoint, resumed by new objects in the same processes
     for zero in (False, True):
         model, optimizer, scheduler = build()
@@ -212,6 +270,38 @@ def test_gradients_are_all_reduced_once_per_optimizer_step(launched, name):
     windows = -(-report["batches"] // CONFIGS[name][0])
     assert report["steps"] == EPOCHS * windows
     assert report["reductions"] == report["steps"]
+
+
+def test_recurrent_trainer_two_processes_equal_one_with_twice_the_batch(launched):
+    """TBPTT (chunks of 4, one step per 2 batches of sequences) under DDP: rank means of
+    the (batch x time)-merged loss average to the single process's mean."""
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, optimizer, scheduler = namespace["build_recurrent"]()
+        trainer = descent.RecurrentTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
+                                           bptt_steps=4, gradient_accumulation_steps=2,
+                                           step_every="sequence", scheduler=scheduler)
+        x, y = namespace["sequences"]()
+        trainer.train(model, x, y, nn.MSELoss())
+    finally:
+        torch.set_num_threads(threads)
+    final = load_file(launched / "recurrent.safetensors")
+    assert max_relative_difference(final, model.state_dict()) <= 1e-12
+    initial = namespace["build_recurrent"]()[0].state_dict()
+    assert max_relative_difference(final, initial) > 1e-2
+
+
+def test_adversarial_trainer_keeps_the_ranks_in_step(launched):
+    """The AdversarialTrainer averages gradients by hand (no DDP) and starts from rank 0's
+    networks: both ranks end with the same parameters."""
+    gathered = load_file(launched / "gan.safetensors")
+    assert torch.equal(gathered["rank0"], gathered["rank1"])
+    report = json.loads((launched / "gan.json").read_text())
+    assert report == {"steps": 4, "d_steps": 8}  # 32 samples per rank, batches of 8, 2 epochs
+    assert descent.checkpoint.CheckpointManager(launched / "ckpt-gan").records()
 
 
 def test_progress_bar_on_rank_0_only(launched):
