@@ -78,7 +78,11 @@ class AdversarialTrainer(Trainer):
         shuffle, drop_last: as in :class:`SupervisedTrainer` (``drop_last`` defaults to
             True here: a small last batch makes a noisy critic step).
         **options: ``seed``, ``device``, ``precision``, ``nonfinite``,
-            ``clip_grad_value``: see :class:`Trainer`.
+            ``clip_grad_value``, and the checkpoint options ``checkpoint_dir``,
+            ``checkpoint_every``, ``checkpoint_each_epoch``, ``keep_last``,
+            ``checkpoint_monitor``, ``checkpoint_mode``, and ``zero_redundancy``: see
+            :class:`Trainer`. Under torch.distributed this trainer averages gradients
+            with an all-reduce instead of DDP (see :meth:`wrap_model`).
 
     Extension points: :meth:`sample_noise`, :meth:`discriminator_loss`,
     :meth:`generator_loss`, :meth:`gradient_penalty`, and the base ones.

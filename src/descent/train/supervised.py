@@ -130,7 +130,10 @@ class SupervisedTrainer(Trainer):
         drop_last: drop a last batch smaller than ``batch_size`` (default False).
         validation_batch_size: batch size for evaluation (default ``batch_size``).
         **options: ``seed``, ``device``, ``precision``, ``nonfinite``,
-            ``clip_grad_value``, ``scheduler_monitor``: see :class:`Trainer`.
+            ``clip_grad_value``, ``scheduler_monitor``, and the checkpoint options
+            ``checkpoint_dir``, ``checkpoint_every``, ``checkpoint_each_epoch``,
+            ``keep_last``, ``checkpoint_monitor``, ``checkpoint_mode``, and
+            ``zero_redundancy``: see :class:`Trainer`.
 
     Example:
 
