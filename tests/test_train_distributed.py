@@ -354,3 +354,30 @@ def test_the_readme_example_runs_under_torchrun(tmp_path):
     assert "after 2 epochs, 46 optimizer steps" in reports[0]
     assert [r.step for r in descent.checkpoint.CheckpointManager(tmp_path / "ckpt").records()] \
         == [40, 46]
+
+
+@pytest.mark.parametrize("kind", ["tensors", "dataset"])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_rank_shards_make_up_the_single_process_batches(kind, shuffle):
+    """Rank r's k-th batch of b and the other ranks' make up one process's k-th batch of
+    R*b, for tensors and map-style datasets (R = 3, 10 samples: padded to 12 with the
+    epoch's first two samples)."""
+    from descent.train.data import make_batches
+
+    x = torch.arange(10.0).unsqueeze(1)
+    y = torch.arange(10)
+    source = torch.utils.data.TensorDataset(x, y) if kind == "dataset" else x
+    targets = None if kind == "dataset" else y
+
+    def batches(batch_size: int, replicas: int, rank: int) -> list[list[int]]:
+        made = make_batches("test", source, targets, batch_size=batch_size, shuffle=shuffle,
+                            seed=4, num_replicas=replicas, rank=rank)
+        return [batch[1].tolist() for batch in made.epoch(2)]
+
+    single = batches(6, 1, 0)
+    shards = [batches(2, 3, rank) for rank in range(3)]
+    assert all(len(shard) == 2 for shard in shards)  # ceil(10 / 3) = 4 samples, batches of 2
+    for k, whole in enumerate(single):
+        together = sorted(index for shard in shards for index in shard[k])
+        expected = sorted(whole + single[0][:6 - len(whole)])  # padded with the first
+        assert together == expected
