@@ -8,7 +8,6 @@ DDP a plain model. Timings are never asserted here (see ``bench/``).
 from __future__ import annotations
 
 import io
-import os
 import socket
 import warnings
 from typing import Any
@@ -521,7 +520,6 @@ def test_ddp_single_process_matches_a_plain_model() -> None:
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     store = dist.TCPStore("127.0.0.1", _free_port(), 1, True)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
