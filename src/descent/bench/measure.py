@@ -39,8 +39,11 @@ class Timing:
 
     @property
     def spread(self) -> float:
-        """(highest - lowest) / median: how much the repetitions disagreed."""
-        return (max(self.seconds) - min(self.seconds)) / self.median
+        """Interquartile range / median: how much the repetitions disagreed."""
+        if len(self.seconds) < 2:
+            return 0.0
+        first, _, third = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return (third - first) / self.median
 
 
 def interleaved(contenders: dict[str, Callable[[], None]], repetitions: int,

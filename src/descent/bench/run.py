@@ -153,16 +153,17 @@ def _training_table(training: dict[str, Timing]) -> list[str]:
 
 def write_report(path: str, command: str, started: str, loads: tuple[str, str],
                  results: list[StepResult], latencies: list[Latency],
-                 training: dict[str, Timing] | None, repetitions: int) -> None:
+                 training: dict[str, Timing] | None, repetitions: int,
+                 iterations: int = 0) -> None:
     """Write the Markdown report to ``path``."""
     lines = [
         "# Benchmarks",
         "",
         "Produced by the command below (see README, \"Speed\"); every number is from one run "
         "of it, in one process per table, contenders interleaved. Times are medians of "
-        f"{repetitions} repetitions; ±N% is half the spread between the fastest and the "
-        "slowest repetition, relative to the median. Ratios are torch's median over "
-        "descent's (above 1: descent is faster).",
+        f"{repetitions} repetitions (step tables) or of the iterations listed; ±N% is half "
+        "the interquartile range of the repetitions, relative to the median. Ratios are "
+        "torch's median over descent's (above 1: descent is faster).",
         "",
         "```",
         command,
@@ -207,12 +208,28 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
             "",
             "`zero_grad()` (default `set_to_none=True`), forward, backward and `step()` on "
             "200 x (Linear(64, 64) + LayerNorm(64)), batch 64, each library's defaults "
-            "(descent: the engine's \"auto\" mode).",
+            f"(descent: the engine's \"auto\" mode); {iterations} "
+            "iterations of each, interleaved.",
             "",
             *_training_table(training),
             "",
         ]
-    lines += ["## Targets (issue 7)", "", *_targets(results, training), ""]
+    lines += [
+        "## Reading these numbers",
+        "",
+        "- The load averages above say how busy the machine was; on a shared machine the "
+        "contenders are interleaved so that load hits them alike, but a large ±N% marks a "
+        "number to re-measure.",
+        "- A roofline share above 100% means the streaming probes (eager `add_` and "
+        "`mul_`) moved bytes more slowly than the optimizer's own kernel did: the probe "
+        "then under-estimates the machine, and the share over-states how close the step "
+        "is to it.",
+        "- \"descent, fresh grads\" is what a step costs after the default "
+        "`zero_grad()` (gradients set to None, new tensors from backward): the gradients "
+        "are first copied into the flat buffer. The whole-iteration table measures that "
+        "case end to end.",
+        "",
+        "## Targets (issue 7)", "", *_targets(results, training), ""]
     with open(path, "w", encoding="utf-8") as report:
         report.write("\n".join(lines))
 
@@ -270,9 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"[{time.perf_counter() - clock:6.0f}s] latency: {label}")
         latencies.append(measure_latency(label, make, sizes))
     _log(f"[{time.perf_counter() - clock:6.0f}s] training iteration")
-    training = measure_training(iterations=20 if args.quick else 60)
+    iterations = 20 if args.quick else 100
+    training = measure_training(iterations)
     write_report(args.output, command, started, (load_before, _load()), results, latencies,
-                 training, repetitions)
+                 training, repetitions, iterations)
     _log(f"[{time.perf_counter() - clock:6.0f}s] wrote {args.output}")
     return 0
 
