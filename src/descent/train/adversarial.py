@@ -140,10 +140,16 @@ class AdversarialTrainer(Trainer):
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """No DDP wrapper: a discriminator step runs D forward two or three times (real,
         generated, gradient penalty) before one backward, which DDP does not allow.
-        Under torch.distributed the ranks start from rank 0's parameters, and each
-        optimizer step averages the gradients over the ranks with an all-reduce."""
+        Under torch.distributed the ranks start from rank 0's parameters, each optimizer
+        step averages the gradients over the ranks with an all-reduce, and a fresh run
+        gives rank r > 0 its own noise stream (rank 0 keeps the single-process one), so
+        the ranks' generated samples differ as their real ones do."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._sync_gradients_by_hand = True
+            rank = torch.distributed.get_rank()
+            state = self.state
+            if rank > 0 and not state.running and state.step == 0 and state.d_step == 0:
+                self.noise_generator.manual_seed(mixed_seed(mixed_seed(self.seed, -2), rank))
             with torch.no_grad():
                 for tensor in list(model.parameters()) + list(model.buffers()):
                     torch.distributed.broadcast(tensor, src=0)
