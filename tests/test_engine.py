@@ -553,3 +553,29 @@ def test_ddp_engine_emits_no_warnings_about_grad_layout() -> None:
         warnings.simplefilter("error")
         opt.step()
     assert model.weight.grad.stride() == model.weight.stride()
+
+
+def loose_params(opt: Any) -> list[int]:
+    flat = engine.existing_engine(opt)
+    return [i for layout in flat._layouts.values() for i in layout.loose]
+
+
+def test_params_stay_flat_after_load_state_dict_and_under_a_new_optimizer() -> None:
+    """Params already in a flat buffer (this optimizer's or another's) are flattened again."""
+    info = next(i for i in OPTIMIZERS if i.name == "Adam")
+    params, opt = run(info, {"lr": 0.01}, "auto", steps=3)
+    opt.load_state_dict(opt.state_dict())
+    give_grads(params, 3)
+    opt.step()
+    assert loose_params(opt) == []
+    second = descent.Adam(params, lr=0.01)
+    give_grads(params, 4)
+    second.step()
+    assert loose_params(second) == []
+    reference, _ = run(info, {"lr": 0.01}, "per_tensor", steps=4)
+    reference_second = descent.Adam(reference, lr=0.01)
+    engine.set_mode(reference_second, "per_tensor")
+    give_grads(reference, 4)
+    reference_second.step()
+    for a, b in zip(params, reference, strict=True):
+        assert torch.equal(a, b)

@@ -181,10 +181,10 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
         "first gathers into the buffer (8 more bytes per parameter). Roofline: the "
         "algorithm's bytes per parameter (float32 reads and writes: Adam 28, SGD with "
         "momentum, RMSprop, Adagrad and Lion 20, SignSGD 12) times the number of "
-        "parameters, divided by the streaming bandwidth of the same buffers: the better of an "
-        "in-place `add_` of descent's flat gradient buffer into its flat parameter buffer "
-        "(12 bytes per element) and an in-place `mul_` of the parameter buffer (8 bytes), "
-        "measured interleaved with the steps. "
+        "parameters, divided by the streaming bandwidth of the same buffers, touched as the "
+        "step touches them: an in-place `add_` of descent's flat gradient buffer into its "
+        "flat parameter buffer and an in-place `mul_` of each flat state buffer (the "
+        "step's bytes, with no real arithmetic), measured interleaved with the steps. "
         "\"first step\" is the first step in this process (flat buffers built, state "
         "created, a kernel compiled or loaded from the cache).",
         "",
@@ -220,10 +220,10 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
         "- The load averages above say how busy the machine was; on a shared machine the "
         "contenders are interleaved so that load hits them alike, but a large ±N% marks a "
         "number to re-measure.",
-        "- A roofline share above 100% means the streaming probes (eager `add_` and "
-        "`mul_`) moved bytes more slowly than the optimizer's own kernel did: the probe "
-        "then under-estimates the machine, and the share over-states how close the step "
-        "is to it.",
+        "- A roofline share above 100% means the streaming passes (eager `add_` and "
+        "`mul_`, one pass per buffer) moved the bytes more slowly than the optimizer's "
+        "one-pass kernel: the probe then under-estimates the machine, and the share "
+        "over-states how close the step is to it.",
         "- \"descent, fresh grads\" is what a step costs after the default "
         "`zero_grad()` (gradients set to None, new tensors from backward): the gradients "
         "are first copied into the flat buffer. The whole-iteration table measures that "

@@ -48,13 +48,13 @@ import os
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from . import kernels
-from .flat import Bucket, flattenable
+from .flat import Bucket, flattenable, is_flat_storage
 
 #: The engine's modes (see the module docstring).
 MODES = ("auto", "per_tensor", "eager", "fused", "compiled")
@@ -146,17 +146,17 @@ def existing_engine(optimizer: Any) -> Engine | None:
 class _GroupLayout:
     """A param group's buckets and the params updated one by one (``loose``)."""
 
-    def __init__(self, optimizer: Any, group: dict[str, Any], ours: Iterable[int]) -> None:
+    def __init__(self, optimizer: Any, group: dict[str, Any]) -> None:
         self.params = list(group["params"])
         self.state = optimizer.state
         by_kind: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         self.loose: list[int] = []
-        ours = set(ours)
         storages = [param.untyped_storage().data_ptr() for param in self.params]
-        shared = {ptr for ptr, count in Counter(storages).items() if count > 1} - ours
+        shared = {pointer for pointer, count in Counter(storages).items()
+                  if count > 1 and not is_flat_storage(pointer)}
         for i, param in enumerate(self.params):
             if storages[i] not in shared and flattenable(
-                    param, optimizer.state.get(param), optimizer.scalar_state, ours):
+                    param, optimizer.state.get(param), optimizer.scalar_state):
                 by_kind.setdefault((param.dtype, param.device), []).append(i)
             else:
                 self.loose.append(i)
@@ -184,8 +184,7 @@ class Engine:
         """The group's current layout, (re)built if a parameter or the state changed."""
         layout = self._layouts.get(id(group))
         if layout is None or not layout.valid(self.optimizer, group):
-            ours = {bucket.flat_param.untyped_storage().data_ptr() for bucket in self.buckets()}
-            layout = self._layouts[id(group)] = _GroupLayout(self.optimizer, group, ours)
+            layout = self._layouts[id(group)] = _GroupLayout(self.optimizer, group)
         return layout
 
     def buckets(self) -> Iterator[Bucket]:

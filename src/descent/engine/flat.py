@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 Tensor = torch.Tensor
 
@@ -39,12 +40,41 @@ def is_dense(tensor: Tensor) -> bool:
     return True
 
 
-def flattenable(param: Tensor, state: Any, scalar_keys: frozenset[str],
-                ours: set[int]) -> bool:
+# Storages that are flat buffers of some engine, by data pointer, each with a weak
+# reference to the storage itself (not to a tensor: a weak reference to a parameter
+# would forbid ``torch.utils.swap_tensors`` on it). While the storage lives, its
+# pointer cannot have been reused.
+_FLAT_STORAGES: dict[int, StorageWeakRef] = {}
+
+
+_pruned_size = [64]
+
+
+def _register_flat_storage(flat: Tensor) -> None:
+    storage = flat.untyped_storage()
+    _FLAT_STORAGES[storage.data_ptr()] = StorageWeakRef(storage)
+    if len(_FLAT_STORAGES) > 2 * _pruned_size[0]:  # amortised clean-up of dead buffers
+        for pointer in [p for p, ref in _FLAT_STORAGES.items() if ref.expired()]:
+            del _FLAT_STORAGES[pointer]
+        _pruned_size[0] = max(64, len(_FLAT_STORAGES))
+
+
+def is_flat_storage(pointer: int) -> bool:
+    """Whether the storage at ``pointer`` is a flat buffer made by an engine (any optimizer)."""
+    reference = _FLAT_STORAGES.get(pointer)
+    if reference is None:
+        return False
+    if not reference.expired():
+        return True
+    del _FLAT_STORAGES[pointer]
+    return False
+
+
+def flattenable(param: Tensor, state: Any, scalar_keys: frozenset[str]) -> bool:
     """Whether ``param`` (and its current state) can move into a flat buffer.
 
     Only a dense, real floating-point tensor that owns its storage moves (or one already
-    in a flat buffer, whose storage pointer is in ``ours``): memory owned elsewhere
+    in an engine's flat buffer, this optimizer's or another's): memory owned elsewhere
     (``torch.from_numpy``, DLPack, a view of a larger tensor) must keep being updated
     where it is, so such a parameter is updated on its own.
     """
@@ -52,7 +82,7 @@ def flattenable(param: Tensor, state: Any, scalar_keys: frozenset[str],
             or param.numel() == 0 or param.device.type == "meta" or not is_dense(param)):
         return False
     storage = param.untyped_storage()
-    if storage.data_ptr() not in ours and (
+    if not is_flat_storage(storage.data_ptr()) and (
             param._base is not None or not storage.resizable() or param.storage_offset() != 0
             or storage.nbytes() != param.numel() * param.element_size()):
         return False
@@ -90,6 +120,7 @@ class Bucket:
         for param, view in zip(params, self.param_views, strict=True):
             view.copy_(param)
             param.data = view
+        _register_flat_storage(self.flat_param)
         self.pointers = [view.data_ptr() for view in self.param_views]
         self.grad_pointers = [view.data_ptr() for view in self.grad_views]
         self.scalar_keys: frozenset[str] = optimizer.scalar_state
@@ -293,4 +324,4 @@ class Bucket:
             steps[start:end] += 1
 
 
-__all__ = ["Bucket", "flattenable", "is_dense"]
+__all__ = ["Bucket", "flattenable", "is_dense", "is_flat_storage"]
