@@ -239,5 +239,39 @@ def measure_training(iterations: int, layers: int = 200, width: int = 64,
     return interleaved(contenders, iterations)
 
 
-__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_latency",
+_DEMO_WITH_TORCH_ADAM = """
+import sys, torch, descent
+from descent.cli import main
+descent.Adam = lambda params, **options: torch.optim.Adam(
+    params.parameters() if isinstance(params, torch.nn.Module) else params, **options)
+sys.exit(main(sys.argv[1:]))
+"""
+_DEMO = "import sys\nfrom descent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def measure_demo(repetitions: int, full: bool = False) -> dict[str, Timing]:
+    """``descent demo`` end to end in fresh processes: descent, torch.optim.Adam, per tensor.
+
+    The demo's default optimizer is ``descent.Adam`` (in all three sections); the second
+    contender replaces it with ``torch.optim.Adam`` and its defaults, the third runs
+    descent with ``DESCENT_ENGINE=per_tensor``. Imports, any compilation and the whole
+    demo (``--quick`` unless ``full``) are timed, interleaved.
+    """
+    with tempfile.TemporaryDirectory(prefix="descent-demo-") as out:
+        arguments = ["demo", "--out", out, "--no-progress", *([] if full else ["--quick"])]
+        variants = {
+            "descent.Adam (engine auto)": (_DEMO, "auto"),
+            "torch.optim.Adam": (_DEMO_WITH_TORCH_ADAM, "auto"),
+            "descent.Adam (per_tensor)": (_DEMO, "per_tensor"),
+        }
+
+        def runner(source: str, mode: str) -> Callable[[], None]:
+            env = dict(os.environ, DESCENT_ENGINE=mode)
+            return lambda: subprocess.run([sys.executable, "-c", source, *arguments], env=env,
+                                          check=True, stdout=subprocess.DEVNULL)
+        return interleaved({name: runner(*variant) for name, variant in variants.items()},
+                           repetitions)
+
+
+__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_demo", "measure_latency",
            "measure_steps", "measure_training"]
