@@ -183,6 +183,14 @@ def main():
     for name, (accumulation, zero) in CONFIGS.items():
         run(name, accumulation, zero, out, rank)
     run_recurrent(out, rank)
+    model, optimizer, _ = build()
+    model(torch.zeros(1, 6, dtype=torch.float64)).sum().backward()
+    optimizer.step()
+    try:
+        SupervisedTrainer(optimizer, zero_redundancy=True).train(model, *data(), nn.MSELoss())
+    except ValueError as error:
+        if rank == 0:
+            (out / "zero-error.txt").write_text(str(error))
     run_adversarial_runs(out, rank)
     # interrupted after a checkpoint, resumed by new objects in the same processes
     for zero in (False, True):
@@ -403,3 +411,9 @@ def test_rank_shards_make_up_the_single_process_batches(kind, shuffle):
         together = sorted(index for shard in shards for index in shard[k])
         expected = sorted(whole + single[0][:6 - len(whole)])  # padded with the first
         assert together == expected
+
+
+def test_zero_redundancy_refuses_an_optimizer_with_state(launched):
+    message = (launched / "zero-error.txt").read_text()
+    assert "zero_redundancy=True shards optimizer 'optimizer'" in message
+    assert "already has state" in message
