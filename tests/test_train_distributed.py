@@ -417,3 +417,20 @@ def test_zero_redundancy_refuses_an_optimizer_with_state(launched):
     message = (launched / "zero-error.txt").read_text()
     assert "zero_redundancy=True shards optimizer 'optimizer'" in message
     assert "already has state" in message
+
+
+def test_in_one_process_zero_redundancy_changes_nothing():
+    """Without a process group the trainer is the single-process one: no DDP wrapper, no
+    ZeRO wrapper, rank 0 is the main process, the same parameters."""
+    results = []
+    for zero in (False, True):
+        namespace: dict = {}
+        exec(COMMON, namespace)
+        model, optimizer, scheduler = namespace["build"]()
+        trainer = SupervisedTrainer(optimizer, batch_size=8, epochs=1, scheduler=scheduler,
+                                    zero_redundancy=zero)
+        trainer.train(model, *namespace["data"](), nn.MSELoss())
+        assert trainer.optimizer is optimizer and trainer.wrap_model(model) is model
+        assert trainer.is_main_process
+        results.append(model.state_dict())
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
