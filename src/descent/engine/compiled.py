@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import shutil
 import types
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -204,13 +203,6 @@ def compiled_update(cls: type) -> Callable[..., dict[str, torch.Tensor]]:
     into ``param`` and ``state`` and returns the state entries it had nowhere to write.
     """
     return torch.compile(_make_apply(cls), backend=_hoisting_backend, dynamic=True)
-
-
-def warn_fallback(cls: type, error: BaseException) -> None:
-    """Say once per class that compilation failed and the eager flat path is used."""
-    warnings.warn(f"descent.engine: torch.compile failed for {cls.__name__} ({error!r}); "
-                  "updating with eager operations on the flat buffers instead",
-                  RuntimeWarning, stacklevel=4)
 
 
 __all__ = ["compiled_update", "compiler_available"]
