@@ -25,11 +25,27 @@ from .optim import (
     RMSprop,
     SignSGD,
 )
-from .train import *  # noqa: F403  (the trainers, callbacks and History: descent.train.__all__)
+from .train import (
+    AdversarialTrainer,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    JSONLogger,
+    LRMonitor,
+    NonFiniteError,
+    ProgressBar,
+    RecurrentTrainer,
+    SupervisedTrainer,
+    Trainer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer", "RAdam",
-    "RMSprop", "SignSGD", "__version__", "load_checkpoint", "save_checkpoint",
+    "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "AdversarialTrainer", "CSVLogger", "Callback",
+    "EarlyStopping", "History", "JSONLogger", "LRMonitor", "Lion", "NAdam", "NonFiniteError",
+    "Optimizer", "ProgressBar", "RAdam", "RMSprop", "RecurrentTrainer", "SignSGD",
+    "SupervisedTrainer", "Trainer", "__version__", "functional", "interop", "load_checkpoint",
+    "save_checkpoint", "schedules", "utils",
 ]
