@@ -579,3 +579,22 @@ def test_params_stay_flat_after_load_state_dict_and_under_a_new_optimizer() -> N
     reference_second.step()
     for a, b in zip(params, reference, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["per_tensor", "auto"])
+def test_step_between_forward_and_backward_is_caught_by_autograd(mode: str) -> None:
+    """Updates through the flat buffer count in each parameter's version, as in torch."""
+    weight = nn.Parameter(torch.randn(3))
+    other = nn.Parameter(torch.randn(3))
+    opt = descent.SGD([weight, other], lr=0.1)
+    engine.set_mode(opt, mode)
+    weight.grad, other.grad = torch.ones(3), None
+    opt.step()  # builds the flat buffers
+    loss = (weight * weight).sum()  # saves weight for backward
+    before = (weight._version, other._version)
+    weight.grad = torch.ones(3)
+    opt.step()
+    assert weight._version > before[0]
+    assert other._version == before[1]  # no gradient: not updated, version unchanged
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -52,6 +52,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version
 
 from . import kernels
 from .flat import Bucket, flattenable, is_flat_storage
@@ -216,11 +217,18 @@ class Engine:
                 todo = [i for i, has in enumerate(present) if has and bucket.keys[i] is None]
                 if todo:
                     bucket.init_state(optimizer, group, todo)
-            for start, end in bucket.runs(present):
+            runs = bucket.runs(present)
+            for start, end in runs:
                 bucket.step_counts(start, end)
                 param, grad, state = bucket.run_buffers(start, end)
                 created = self._apply(mode, bucket, param, grad, state, group)
                 bucket.finish_run(optimizer, start, end, state, created)
+            # Updates went through the flat buffer, so autograd has not seen them: count
+            # them in each updated parameter's version, as an in-place update would be.
+            if len(runs) == 1 and runs[0] == (0, len(bucket.params)):
+                increment_version(bucket.params)
+            elif runs:
+                increment_version([p for start, end in runs for p in bucket.params[start:end]])
 
     def _apply(self, mode: str, bucket: Bucket, param: torch.Tensor, grad: torch.Tensor,
                state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
