@@ -37,7 +37,8 @@ Semantics kept: a parameter without a gradient this step is not touched, nor its
 buffers); a parameter whose storage was re-bound by the user (``model.to(...)``,
 ``p.data = ...``, ``torch.utils.swap_tensors``) is detected by its data pointer before
 every step and the group's buffers are rebuilt from the parameters' current values,
-with their state (converted to the parameter's new dtype and device if it changed).
+with their state (converted to the parameter's new dtype and device if it changed);
+each updated parameter's autograd version is incremented, as an in-place update would.
 """
 
 from __future__ import annotations
