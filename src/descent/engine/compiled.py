@@ -33,6 +33,7 @@ import torch
 _FLOAT_TYPES = (float, torch.SymFloat)
 
 
+@functools.cache
 def compiler_available() -> bool:
     """Whether ``torch.compile`` can build CPU kernels here (it needs a C++ compiler)."""
     return shutil.which("g++") is not None or shutil.which("c++") is not None
