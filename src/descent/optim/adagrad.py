@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer, scalar_dtype
 
 
@@ -24,10 +25,8 @@ def adagrad(param: Tensor, grad: Tensor, state_sum: Tensor, *, step: Any, lr: An
         s &\leftarrow s + g^2, \qquad
         \theta \leftarrow \theta - \tilde\eta\, g / (\sqrt{s} + \epsilon)
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             maximize=maximize)
     decayed_lr = lr / (1 + (step - 1) * lr_decay)
     state_sum = state_sum + grad * grad
     return {"sum": state_sum, "param": param - decayed_lr * grad / (torch.sqrt(state_sum) + eps)}

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer, scalar_dtype
 
 
@@ -30,13 +31,8 @@ def adam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
 
     ``step`` is t, counting this step (1 on the first).
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
-        else:
-            grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             decoupled=decoupled_weight_decay, maximize=maximize)
     exp_avg = torch.lerp(exp_avg, grad, 1 - beta1)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     new = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer, scalar_dtype
 
 
@@ -24,10 +25,8 @@ def adamax(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_inf: Tensor, *, ste
         u \leftarrow \max(\beta_2 u, |g| + \epsilon) \\
         \theta &\leftarrow \theta - \frac{\eta}{1-\beta_1^t} \frac{m}{u}
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             maximize=maximize)
     exp_avg = torch.lerp(exp_avg, grad, 1 - beta1)
     exp_inf = torch.maximum(beta2 * exp_inf, torch.abs(grad) + eps)
     step_size = lr / (1 - beta1**step)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer, scalar_dtype
 
 
@@ -28,13 +29,8 @@ def radam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, s
         \theta &\leftarrow \theta - \eta r_t \hat m \frac{\sqrt{1-\beta_2^t}}{\sqrt v + \epsilon}
             \text{ if } \rho_t > 5, \text{ else } \theta - \eta\,\hat m
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
-        else:
-            grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             decoupled=decoupled_weight_decay, maximize=maximize)
     exp_avg = torch.lerp(exp_avg, grad, 1 - beta1)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     bias_correction1 = 1 - beta1**step

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer, scalar_dtype
 
 
@@ -28,10 +29,8 @@ def rmsprop(param: Tensor, grad: Tensor, square_avg: Tensor,
         b &\leftarrow \mu b + g / s, \quad \theta \leftarrow \theta - \eta b
             \quad\text{(momentum), else } \theta \leftarrow \theta - \eta\, g / s
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             maximize=maximize)
     square_avg = alpha * square_avg + (1 - alpha) * grad * grad
     new = {"square_avg": square_avg}
     if grad_avg is not None:

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer
 
 
@@ -26,10 +27,8 @@ def sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None, *, l
     ``momentum_buffer=None`` means the first step. Sutskever et al. 2013 (momentum and
     Nesterov momentum in this form).
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        grad = grad + weight_decay * param
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                             maximize=maximize)
     new: dict[str, Tensor] = {}
     if momentum != 0:
         if momentum_buffer is None:

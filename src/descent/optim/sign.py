@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
+from ._regularize import regularize
 from .base import Optimizer
 
 
@@ -22,14 +23,12 @@ def sign_sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None,
         m &\leftarrow \beta m + (1-\beta) g \quad\text{(Signum; } m = g \text{ for signSGD)} \\
         \theta &\leftarrow \theta(1 - \eta\lambda) - \eta\,\operatorname{sign}(m)
     """
-    if maximize:
-        grad = -grad
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
+                             maximize=maximize)
     new: dict[str, Tensor] = {}
     direction = grad
     if momentum_buffer is not None:
         direction = new["momentum_buffer"] = torch.lerp(momentum_buffer, grad, 1 - momentum)
-    if weight_decay != 0:
-        param = param * (1 - lr * weight_decay)
     new["param"] = param - lr * torch.sign(direction)
     return new
 
@@ -44,11 +43,9 @@ def lion(param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr: Any, beta1: float,
         \theta &\leftarrow \theta - \eta\,(\operatorname{sign}(c) + \lambda\theta) \\
         m &\leftarrow \beta_2 m + (1-\beta_2) g
     """
-    if maximize:
-        grad = -grad
+    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
+                             maximize=maximize)
     update = torch.sign(torch.lerp(exp_avg, grad, 1 - beta1))
-    if weight_decay != 0:
-        param = param * (1 - lr * weight_decay)
     return {"param": param - lr * update, "exp_avg": torch.lerp(exp_avg, grad, 1 - beta2)}
 
 
