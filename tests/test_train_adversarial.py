@@ -11,13 +11,7 @@ import descent
 from descent.data import gaussian_mixture
 from descent.train import AdversarialTrainer, Callback
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(inputs: int, outputs: int, width: int = 128) -> nn.Module:

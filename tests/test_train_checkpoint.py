@@ -18,13 +18,7 @@ import descent
 from descent.checkpoint import CheckpointManager, CheckpointMismatchError
 from descent.train import Callback, EarlyStopping, SupervisedTrainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Crash(Callback):

@@ -7,7 +7,6 @@ import runpy
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,12 +18,8 @@ def training_blocks() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread(tmp_path, monkeypatch):
+def in_tmp_path_on_one_thread(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)             # examples write their plots and logs here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_readme_has_one_example_per_trainer():

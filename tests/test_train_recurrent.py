@@ -10,13 +10,7 @@ import descent
 from descent.data import char_sequences, load_text, unigram_entropy
 from descent.train import Callback, RecurrentTrainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

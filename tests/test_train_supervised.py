@@ -14,14 +14,7 @@ import descent
 from descent.train import Callback, NonFiniteError, SupervisedTrainer
 from descent.train.data import epoch_permutation
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread (and leave the other core free)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0, dtype: torch.dtype = torch.float32, width: int = 8) -> nn.Module:
