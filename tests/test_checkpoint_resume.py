@@ -9,7 +9,9 @@ forks a child process per run, so a run costs well under a second instead of ~4 
 imports); the test SIGKILLs children at random moments, or while a chosen checkpoint
 commit is stalled between writing and renaming, starts new children that resume, and
 compares the final parameters with the reference bit for bit. A few trials run by
-default; ``python -m pytest -m slow`` runs many more.
+default; ``python -m pytest -m slow`` runs many more. The fork server and the kill
+helpers are in ``tests/kill_harness.py``, shared with
+``tests/test_train_checkpoint_resume.py``.
 """
 
 from __future__ import annotations
@@ -17,27 +19,32 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from descent.checkpoint import CheckpointManager
+from kill_harness import (
+    ForkServer,
+    assert_bit_identical,
+    kill_at_random,
+    run_and_kill,
+    run_in_fresh_interpreter,
+    run_to_end,
+)
 
 pytestmark = pytest.mark.skipif(not (hasattr(signal, "SIGKILL") and hasattr(os, "fork")),
                                 reason="needs SIGKILL and fork (POSIX)")
 
 SCRIPT = r'''
-import os, random, sys, tempfile, time, traceback
+import os, random, sys, time
 import numpy as np
 import torch
 from torch import nn
 from safetensors.torch import save_file
+from kill_harness import serve   # tests/ is on PYTHONPATH (kill_harness.script_env)
 
 import descent
 from descent.checkpoint import CheckpointManager, _atomic
@@ -111,36 +118,18 @@ def train(workdir, result, stall_commit, say, restore_rng=True, pause=0.0):
     say("DONE")
 
 
-def serve():
-    # A fork server: imports and warms up once with a full run (the first optimizer
-    # imports torch._dynamo, ~2 s), then runs each requested training in a forked child.
-    with tempfile.TemporaryDirectory() as scratch:
-        train(os.path.join(scratch, "ckpt"), os.path.join(scratch, "out"), 0, lambda _: None)
-    for line in sys.stdin:
-        workdir, result, stall_commit, restore_rng, log = line.rstrip("\n").split("\t")
-        pid = os.fork()
-        if pid == 0:
-            with open(log, "a") as file:
-                def say(message):
-                    file.write(message + "\n")
-                    file.flush()
-                try:
-                    train(workdir, result, int(stall_commit), say, restore_rng == "1",
-                          pause=0.002)
-                    code = 0
-                except BaseException:
-                    file.write(traceback.format_exc())
-                    file.flush()
-                    code = 1
-            os._exit(code)
-        print("PID", pid, flush=True)
-        _, status = os.waitpid(pid, 0)
-        print("EXIT", os.waitstatus_to_exitcode(status), flush=True)
+def warm_up(scratch):
+    train(os.path.join(scratch, "ckpt"), os.path.join(scratch, "out"), 0, lambda _: None)
+
+
+def run(fields, say):
+    workdir, result, stall_commit, restore_rng = fields
+    train(workdir, result, int(stall_commit), say, restore_rng == "1", pause=0.002)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve()
+        serve(warm_up, run)
     else:
         train(sys.argv[1], sys.argv[2], 0, lambda message: print(message, flush=True))
 '''
@@ -148,79 +137,10 @@ if __name__ == "__main__":
 TOTAL_STEPS = 15
 
 
-
-class ForkServer:
-    """The script in server mode: each ``run`` is a forked child that the test may kill."""
-
-    def __init__(self, script: Path) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        self.process = subprocess.Popen([sys.executable, str(script), "serve"], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-
-    def start(self, workdir: Path, result: Path, log: Path, stall_commit: int = 0,
-              restore_rng: bool = True) -> int:
-        fields = [str(workdir), str(result), str(stall_commit), "1" if restore_rng else "0",
-                  str(log)]
-        self.process.stdin.write("\t".join(fields) + "\n")
-        self.process.stdin.flush()
-        word, pid = self.process.stdout.readline().split()
-        assert word == "PID"
-        return int(pid)
-
-    def wait(self) -> int:
-        word, code = self.process.stdout.readline().split()
-        assert word == "EXIT"
-        return int(code)
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
-def lines(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def wait_for(log: Path, trigger: str, count: int, timeout: float = 60.0) -> None:
-    """Return once ``log`` has ``count`` lines starting with ``trigger``."""
-    deadline = time.monotonic() + timeout
-    while sum(line.startswith(trigger) for line in lines(log)) < count:
-        assert time.monotonic() < deadline, f"no {count} x {trigger!r} in {lines(log)}"
-        time.sleep(0.0005)
-
-
-def run_to_end(server: ForkServer, workdir: Path, result: Path, log: Path,
-               restore_rng: bool = True) -> int:
-    """Run (resuming) to completion; return the step it resumed from."""
-    log.unlink(missing_ok=True)
-    server.start(workdir, result, log, restore_rng=restore_rng)
-    assert server.wait() == 0, log.read_text()
-    assert lines(log)[-1] == "DONE"
-    return int(lines(log)[0].split()[1])
-
-
-def run_and_kill(server: ForkServer, workdir: Path, result: Path, log: Path, trigger: str,
-                 count: Any, delay: float, stall_commit: int = 0) -> int:
-    """Start a run; SIGKILL it ``delay`` s after its ``count``-th ``trigger`` line.
-
-    ``count`` may be a function of the step the run resumed from; None (or a function
-    returning None) lets the run finish. Returns the step the run resumed from.
-    """
-    log.unlink(missing_ok=True)
-    pid = server.start(workdir, result, log, stall_commit=stall_commit)
-    wait_for(log, "RESUMED", 1)
-    resumed = int(lines(log)[0].split()[1])
-    if callable(count):
-        count = count(resumed)
-    if count is None:
-        assert server.wait() == 0, log.read_text()
-        return resumed
-    wait_for(log, trigger, count)
-    time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
-    assert server.wait() == -signal.SIGKILL, f"the run ended before the kill: {lines(log)}"
-    return resumed
+def fields(workdir: Path, result: Path, stall_commit: int = 0,
+           restore_rng: bool = True) -> list[object]:
+    """The fields of a run, as the script's ``run`` reads them."""
+    return [workdir, result, stall_commit, "1" if restore_rng else "0"]
 
 
 @pytest.fixture(scope="module")
@@ -230,28 +150,17 @@ def setup(tmp_path_factory):
     script = root / "loop.py"
     script.write_text(SCRIPT)
     reference = root / "reference.safetensors"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    done = subprocess.run([sys.executable, str(script), str(root / "reference-run"),
-                           str(reference)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = run_in_fresh_interpreter(script, root / "reference-run", reference)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "DONE", done.stderr
     server = ForkServer(script)
     yield server, load_file(reference)
     server.close()
 
 
-def assert_bit_identical(result: Path, reference: dict[str, torch.Tensor]) -> None:
-    final = load_file(result)
-    assert list(final) == list(reference)
-    for name, tensor in reference.items():
-        difference = (final[name] - tensor).abs().max().item()
-        assert torch.equal(final[name], tensor), f"{name} differs by up to {difference:.3g}"
-
-
 def test_an_uninterrupted_forked_run_matches_a_fresh_interpreter(setup, tmp_path):
     server, reference = setup
     result = tmp_path / "final.safetensors"
-    assert run_to_end(server, tmp_path / "ckpt", result, tmp_path / "log") == 0
+    assert run_to_end(server, fields(tmp_path / "ckpt", result), tmp_path / "log") == 0
     assert_bit_identical(result, reference)
 
 
@@ -260,13 +169,14 @@ def test_killed_while_committing_a_checkpoint(setup, tmp_path, commit):
     """Killed inside the commit of a checkpoint: the previous one is the latest valid."""
     server, reference = setup
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, workdir, result, log, "STALLED", 1, delay=0.05, stall_commit=commit)
+    run_and_kill(server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1,
+                 delay=0.05)
     saved_steps = [2, 4, 5, 6, 8, 10, 12, 14, 15]
     interrupted, previous = saved_steps[commit - 1], saved_steps[commit - 2]
     assert any(entry.name.startswith(f".step-{interrupted:09d}.tmp-")
                for entry in workdir.iterdir())
     assert CheckpointManager(workdir).latest() == workdir / f"step-{previous:09d}"
-    assert run_to_end(server, workdir, result, log) == previous
+    assert run_to_end(server, fields(workdir, result), log) == previous
     assert_bit_identical(result, reference)
     assert not any(entry.name.startswith(".") for entry in workdir.iterdir())
 
@@ -287,15 +197,7 @@ def random_trial(server: ForkServer, tmp_path: Path, rng: random.Random,
         first = 3 if resumed == 0 else 1  # the first kill comes after the first checkpoint
         return rng.randint(first, remaining - 3) if remaining >= first + 3 else None
 
-    resumed_from = []
-    for _ in range(kills + 1):
-        resumed = run_and_kill(server, workdir, result, log, "STEP",
-                               target if len(resumed_from) < kills else None,
-                               rng.uniform(0.0, 0.015))
-        resumed_from.append(resumed)
-        if lines(log)[-1] == "DONE":
-            break
-    return resumed_from
+    return kill_at_random(server, fields(workdir, result), log, "STEP", target, rng, kills)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -319,8 +221,9 @@ def test_killed_at_random_moments_many_trials(setup, tmp_path, seed):
 def test_killed_while_committing_every_checkpoint(setup, tmp_path, commit):
     server, reference = setup
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, workdir, result, log, "STALLED", 1, delay=0.05, stall_commit=commit)
-    run_to_end(server, workdir, result, log)
+    run_and_kill(server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1,
+                 delay=0.05)
+    run_to_end(server, fields(workdir, result), log)
     assert_bit_identical(result, reference)
 
 
@@ -328,7 +231,7 @@ def test_resuming_without_the_rng_state_breaks_exactness(setup, tmp_path):
     """The check can fail: resuming without the generator states changes the result."""
     server, reference = setup
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, workdir, result, log, "STEP", 7, delay=0.0)
-    assert run_to_end(server, workdir, result, log, restore_rng=False) > 0
+    run_and_kill(server, fields(workdir, result), log, "STEP", 7, delay=0.0)
+    assert run_to_end(server, fields(workdir, result, restore_rng=False), log) > 0
     final = load_file(result)
     assert any(not torch.equal(final[name], tensor) for name, tensor in reference.items())

@@ -15,7 +15,8 @@ a checkpoint write) or while a chosen checkpoint commit is stalled between writi
 renaming (``descent.checkpoint._atomic._commit`` is the seam, as in
 ``tests/test_checkpoint_resume.py``), starts new children that resume, and compares
 the final parameters with the reference bit for bit. A few trials run by default;
-``python -m pytest -m slow`` runs many more.
+``python -m pytest -m slow`` runs many more. The fork server and the kill helpers are in
+``tests/kill_harness.py``, shared with ``tests/test_checkpoint_resume.py``.
 """
 
 from __future__ import annotations
@@ -23,26 +24,31 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from descent.checkpoint import CheckpointManager
+from kill_harness import (
+    ForkServer,
+    assert_bit_identical,
+    kill_at_random,
+    lines,
+    run_and_kill,
+    run_in_fresh_interpreter,
+    run_to_end,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
                                 reason="needs SIGKILL and fork")
 
 SCRIPT = r'''
-import os, sys, tempfile, time, traceback
+import os, sys, time
 import torch
 from torch import nn
 from safetensors.torch import save_file
+from kill_harness import serve   # tests/ is on PYTHONPATH (kill_harness.script_env)
 
 import descent
 from descent.checkpoint import _atomic
@@ -143,37 +149,20 @@ def train(kind, workdir, result, stall_commit, say, pause=0.0):
     say("DONE")
 
 
-def serve():
-    # A fork server: imports and warms up once (the first optimizer imports torch._dynamo),
-    # then runs each requested training in a forked child.
-    with tempfile.TemporaryDirectory() as scratch:
-        for kind in ("supervised", "recurrent", "adversarial"):
-            train(kind, os.path.join(scratch, kind), os.path.join(scratch, "out"), 0,
-                  lambda _: None)
-    for line in sys.stdin:
-        kind, workdir, result, stall_commit, log = line.rstrip("\n").split("\t")
-        pid = os.fork()
-        if pid == 0:
-            with open(log, "a") as file:
-                def say(message):
-                    file.write(message + "\n")
-                    file.flush()
-                try:
-                    train(kind, workdir, result, int(stall_commit), say, pause=0.002)
-                    code = 0
-                except BaseException:
-                    file.write(traceback.format_exc())
-                    file.flush()
-                    code = 1
-            os._exit(code)
-        print("PID", pid, flush=True)
-        _, status = os.waitpid(pid, 0)
-        print("EXIT", os.waitstatus_to_exitcode(status), flush=True)
+def warm_up(scratch):
+    for kind in ("supervised", "recurrent", "adversarial"):
+        train(kind, os.path.join(scratch, kind), os.path.join(scratch, "out"), 0,
+              lambda _: None)
+
+
+def run(fields, say):
+    kind, workdir, result, stall_commit = fields
+    train(kind, workdir, result, int(stall_commit), say, pause=0.002)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve()
+        serve(warm_up, run)
     else:  # kind workdir result: one run in this interpreter
         train(sys.argv[1], sys.argv[2], sys.argv[3], 0, lambda message: print(message, flush=True))
 '''
@@ -181,76 +170,9 @@ if __name__ == "__main__":
 KINDS = ("supervised", "recurrent", "adversarial")
 
 
-class ForkServer:
-    """The script in server mode: each ``start`` is a forked child that the test may kill."""
-
-    def __init__(self, script: Path) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        self.process = subprocess.Popen([sys.executable, str(script), "serve"], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-
-    def start(self, kind: str, workdir: Path | str, result: Path, log: Path,
-              stall_commit: int = 0) -> int:
-        fields = [kind, str(workdir), str(result), str(stall_commit), str(log)]
-        self.process.stdin.write("\t".join(fields) + "\n")
-        self.process.stdin.flush()
-        word, pid = self.process.stdout.readline().split()
-        assert word == "PID"
-        return int(pid)
-
-    def wait(self) -> int:
-        word, code = self.process.stdout.readline().split()
-        assert word == "EXIT"
-        return int(code)
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
-
-def lines(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def wait_for(log: Path, trigger: str, count: int, timeout: float = 60.0) -> None:
-    """Return once ``log`` has ``count`` lines starting with ``trigger``."""
-    deadline = time.monotonic() + timeout
-    while sum(line.startswith(trigger) for line in lines(log)) < count:
-        assert time.monotonic() < deadline, f"no {count} x {trigger!r} in {lines(log)}"
-        time.sleep(0.0005)
-
-
-def run_to_end(server: ForkServer, kind: str, workdir: Path | str, result: Path,
-               log: Path) -> int:
-    """Run (resuming) to completion; return the step it resumed from."""
-    log.unlink(missing_ok=True)
-    server.start(kind, workdir, result, log)
-    assert server.wait() == 0, log.read_text()
-    assert lines(log)[-1] == "DONE"
-    return int(next(line for line in lines(log) if line.startswith("RESUMED")).split()[1])
-
-
-def run_and_kill(server: ForkServer, kind: str, workdir: Path, result: Path, log: Path,
-                 trigger: str, count: Any, delay: float, stall_commit: int = 0) -> int:
-    """Start a run; SIGKILL it ``delay`` s after its ``count``-th ``trigger`` line (counted
-    from its start). ``count`` may be a function of the step the run resumed from; None
-    (or a function returning None) lets the run finish. Returns the step it resumed from.
-    """
-    log.unlink(missing_ok=True)
-    pid = server.start(kind, workdir, result, log, stall_commit=stall_commit)
-    wait_for(log, "RESUMED", 1)
-    resumed = int(lines(log)[0].split()[1])
-    if callable(count):
-        count = count(resumed)
-    if count is None:
-        assert server.wait() == 0, log.read_text()
-        return resumed
-    wait_for(log, trigger, count)
-    time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
-    assert server.wait() == -signal.SIGKILL, f"the run ended before the kill: {lines(log)}"
-    return resumed
+def fields(kind: str, workdir: Path | str, result: Path, stall_commit: int = 0) -> list[object]:
+    """The fields of a run, as the script's ``run`` reads them."""
+    return [kind, workdir, result, stall_commit]
 
 
 def batches_after(reference_log: list[str], step: int) -> int:
@@ -273,18 +195,11 @@ def setup(tmp_path_factory):
     references = {}
     for kind in KINDS:
         log = root / f"{kind}.log"
-        run_to_end(server, kind, root / f"{kind}-reference", root / f"{kind}.safetensors", log)
+        run_to_end(server, fields(kind, root / f"{kind}-reference", root / f"{kind}.safetensors"),
+                   log)
         references[kind] = (load_file(root / f"{kind}.safetensors"), lines(log))
     yield server, references, root
     server.close()
-
-
-def assert_bit_identical(result: Path, reference: dict[str, torch.Tensor]) -> None:
-    final = load_file(result)
-    assert list(final) == list(reference)
-    for name, tensor in reference.items():
-        difference = (final[name].double() - tensor.double()).abs().max().item()
-        assert torch.equal(final[name], tensor), f"{name} differs by up to {difference:.3g}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -294,13 +209,11 @@ def test_checkpointing_does_not_change_the_run(setup, tmp_path, kind):
     server, references, _ = setup
     reference, reference_log = references[kind]
     assert reference_log[0] == "RESUMED 0"
-    run_to_end(server, kind, "-", tmp_path / "plain.safetensors", tmp_path / "log")
+    run_to_end(server, fields(kind, "-", tmp_path / "plain.safetensors"), tmp_path / "log")
     assert_bit_identical(tmp_path / "plain.safetensors", reference)
     if kind == "supervised":
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        done = subprocess.run([sys.executable, str(setup[2] / "train.py"), kind,
-                               str(tmp_path / "fresh"), str(tmp_path / "fresh.safetensors")],
-                              env=env, capture_output=True, text=True, timeout=120)
+        done = run_in_fresh_interpreter(setup[2] / "train.py", kind, tmp_path / "fresh",
+                                        tmp_path / "fresh.safetensors")
         assert done.returncode == 0, done.stderr
         assert_bit_identical(tmp_path / "fresh.safetensors", reference)
 
@@ -315,15 +228,15 @@ def stall_trial(setup, tmp_path: Path, kind: str, commit: int) -> None:
     reference, reference_log = references[kind]
     names = commits(reference_log)
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, kind, workdir, result, log, "STALLED", 1, delay=0.02,
-                 stall_commit=commit)
+    run_and_kill(server, fields(kind, workdir, result, stall_commit=commit), log, "STALLED", 1,
+                 delay=0.02)
     interrupted = names[commit - 1]
     # the write was complete but not renamed: nothing of it is visible as a checkpoint
     assert any(entry.name.startswith(f".{interrupted}.") for entry in workdir.iterdir()) \
         or (workdir / interrupted).exists()
     latest = CheckpointManager(workdir).latest()
     assert latest is not None and latest.name == names[commit - 2]
-    resumed = run_to_end(server, kind, workdir, result, log)
+    resumed = run_to_end(server, fields(kind, workdir, result), log)
     assert resumed == int(names[commit - 2].split("-")[1])
     assert_bit_identical(result, reference)
 
@@ -343,14 +256,8 @@ def random_trial(setup, tmp_path: Path, kind: str, rng: random.Random, kills: in
         low = first if resumed == 0 else 1
         return rng.randint(low, remaining - 2) if remaining - 2 >= low else None
 
-    resumed_from = []
-    for _ in range(kills + 1):
-        resumed = run_and_kill(server, kind, workdir, result, log, "BATCH",
-                               target if len(resumed_from) < kills else None,
-                               rng.uniform(0.0, 0.015))
-        resumed_from.append(resumed)
-        if lines(log)[-1] == "DONE":
-            break
+    resumed_from = kill_at_random(server, fields(kind, workdir, result), log, "BATCH", target, rng,
+                                  kills)
     assert_bit_identical(result, reference)
     return resumed_from
 
@@ -387,8 +294,8 @@ def test_resuming_without_the_generator_states_breaks_exactness(setup, tmp_path)
     server, references, _ = setup
     reference, _ = references["supervised"]
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, "supervised", workdir, result, log, "BATCH", 25, delay=0.0)
-    assert run_to_end(server, "supervised-without-rng", workdir, result, log) > 0
+    run_and_kill(server, fields("supervised", workdir, result), log, "BATCH", 25, delay=0.0)
+    assert run_to_end(server, fields("supervised-without-rng", workdir, result), log) > 0
     with pytest.raises(AssertionError, match="differs by up to"):
         assert_bit_identical(result, reference)
 
@@ -399,8 +306,8 @@ def test_rerunning_a_finished_run_with_resume_changes_nothing(setup, tmp_path):
     server, references, _ = setup
     reference, _ = references["supervised"]
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_to_end(server, "supervised", workdir, result, log)
+    run_to_end(server, fields("supervised", workdir, result), log)
     final_step = int(commits(lines(log))[-1].split("-")[1])
-    assert run_to_end(server, "supervised", workdir, result, log) == final_step
+    assert run_to_end(server, fields("supervised", workdir, result), log) == final_step
     assert not any(line.startswith("BATCH") for line in lines(log))
     assert_bit_identical(result, reference)
