@@ -36,8 +36,10 @@ Count = int | None | Callable[[int], int | None]
 
 # -- script side: runs in the server process written by the test --------------------------
 
-def serve(warm_up: Callable[[str], None], run: Callable[[list[str], Callable[[str], None]], None],
-          ) -> None:
+Say = Callable[[str], None]
+
+
+def serve(warm_up: Callable[[str], None], run: Callable[[list[str], Say], None]) -> None:
     """Serve runs from stdin, each in a forked child, until stdin closes.
 
     ``warm_up(scratch)`` runs once first (a full training in a scratch directory: the
@@ -50,7 +52,7 @@ def serve(warm_up: Callable[[str], None], run: Callable[[list[str], Callable[[st
         pid = os.fork()
         if pid == 0:
             with open(log, "a") as file:
-                def say(message: str) -> None:
+                def say(message: str) -> None:  # appends a line to the run's log
                     file.write(message + "\n")
                     file.flush()
                 try:
