@@ -280,7 +280,7 @@ def two_runs(change: Any, info_name: str = "Adam") -> tuple[list, list]:
     """The engine and the reference, each with ``change(params, opt)`` after step 3."""
     info = next(i for i in OPTIMIZERS if i.name == info_name)
     results = []
-    for mode in ("auto", "per_tensor"):
+    for mode in ("eager", "per_tensor"):
         params = make_params()
         opt = info.cls(params, lr=0.05)
         engine.set_mode(opt, mode)
@@ -334,7 +334,7 @@ def test_model_to_another_dtype_keeps_training_with_converted_state() -> None:
     new dtype (as torch's ``load_state_dict`` would cast it).
     """
     results = []
-    for mode in ("auto", "per_tensor"):
+    for mode in ("eager", "per_tensor"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
         opt = descent.Adam(model, lr=0.05)
@@ -366,7 +366,7 @@ def test_model_to_another_dtype_keeps_training_with_converted_state() -> None:
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_gradient_accumulation_matches_per_tensor(set_to_none: bool) -> None:
     results = []
-    for mode in ("auto", "per_tensor"):
+    for mode in ("eager", "per_tensor"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 1))
         opt = descent.SGD(model, lr=0.1, momentum=0.9)
@@ -379,7 +379,7 @@ def test_gradient_accumulation_matches_per_tensor(set_to_none: bool) -> None:
                 model(x).square().mean().backward()
             opt.step()
         results.append([p.detach().clone() for p in model.parameters()])
-        if mode == "auto" and not set_to_none:
+        if mode == "eager" and not set_to_none:
             opt.zero_grad(set_to_none=False)
             grads = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
             assert len(grads) == 1  # zeroed in place as views of the flat gradient
@@ -435,6 +435,7 @@ def test_numpy_complex_strided_and_shared_params_are_updated_where_they_are() ->
     copies = [p.detach().clone().requires_grad_() for p in params]
     copies[4].data = copies[3].data
     opt, reference = descent.Adam(params, lr=0.1), descent.Adam(copies, lr=0.1)
+    engine.set_mode(opt, "eager")  # flat buffers with the per-tensor path's own kernel
     engine.set_mode(reference, "per_tensor")
     for step in range(3):
         for p, q in zip(params, copies, strict=True):
@@ -529,8 +530,8 @@ def test_ddp_single_process_matches_a_plain_model() -> None:
             model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
             trained = DistributedDataParallel(model) if wrap else model
             opt = descent.AdamW(model, lr=0.01)
-            if not wrap:
-                engine.set_mode(opt, "per_tensor")
+            # flat buffers under DDP against the per-tensor path, with the same kernel
+            engine.set_mode(opt, "eager" if wrap else "per_tensor")
             generator = torch.Generator().manual_seed(5)
             for _ in range(5):
                 opt.zero_grad()
@@ -563,7 +564,7 @@ def loose_params(opt: Any) -> list[int]:
 def test_params_stay_flat_after_load_state_dict_and_under_a_new_optimizer() -> None:
     """Params already in a flat buffer (this optimizer's or another's) are flattened again."""
     info = next(i for i in OPTIMIZERS if i.name == "Adam")
-    params, opt = run(info, {"lr": 0.01}, "auto", steps=3)
+    params, opt = run(info, {"lr": 0.01}, "eager", steps=3)
     opt.load_state_dict(opt.state_dict())
     give_grads(params, 3)
     opt.step()

@@ -19,8 +19,9 @@ Modes (:data:`MODES`), per optimizer with :func:`set_mode` or for the process wi
 :func:`default_mode` / the ``DESCENT_ENGINE`` environment variable:
 
 ``"auto"`` (default)
-    flat buffers; fused kernels for buckets of :data:`FUSED_MIN_NUMEL` elements or more,
-    compiled kernels for :data:`COMPILE_MIN_NUMEL` or more; eager otherwise.
+    flat buffers; torch's fused kernel where torch has one for the rule (any size: on a
+    small model it is the cheapest way to run the step), else compiled kernels for
+    buckets of :data:`COMPILE_MIN_NUMEL` elements or more; eager otherwise.
 ``"per_tensor"``
     the reference: the update applied to each parameter separately, no flat buffers.
 ``"eager"``
@@ -60,11 +61,6 @@ from .flat import Bucket, flattenable, is_flat_storage
 
 #: The engine's modes (see the module docstring).
 MODES = ("auto", "per_tensor", "eager", "fused", "compiled")
-
-#: In ``"auto"`` mode, a bucket with fewer elements runs the eager path, bit-identical to
-#: the per-tensor reference, at a cost of microseconds; larger ones use torch's fused
-#: kernels where they exist (results within float rounding of the reference).
-FUSED_MIN_NUMEL = 1 << 16
 
 #: In ``"auto"`` mode, a bucket with at least this many elements is compiled when torch
 #: has no fused kernel for the rule. Below it, compiling (seconds, once per process and
@@ -235,7 +231,7 @@ class Engine:
                state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
         optimizer = self.optimizer
         cls = type(optimizer)
-        if mode == "fused" or (mode == "auto" and bucket.total >= FUSED_MIN_NUMEL):
+        if mode in ("fused", "auto"):
             kernel = kernels.fused_kernel(cls)
             if kernel is not None and kernels.run_fused(kernel, param, grad, state, group):
                 return {}
@@ -275,6 +271,6 @@ def compact_state(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "COMPILE_MIN_NUMEL", "FUSED_MIN_NUMEL", "MODES", "Engine", "compact_state", "default_mode",
+    "COMPILE_MIN_NUMEL", "MODES", "Engine", "compact_state", "default_mode",
     "engine_for", "existing_engine", "get_default_mode", "mode_of", "set_mode",
 ]
