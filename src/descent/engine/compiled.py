@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .kernels import write_back
+
 _FLOAT_TYPES = (float, torch.SymFloat)
 
 
@@ -49,15 +51,7 @@ def _make_apply(cls: type) -> Callable[..., dict[str, torch.Tensor]]:
         Returns the results that have no tensor to be written into (state the update
         creates on its first step, such as SGD's momentum buffer).
         """
-        new = update(optimizer, param, grad, state, group)
-        created = {}
-        for key, value in new.items():
-            target = param if key == "param" else state.get(key)
-            if torch.is_tensor(target):
-                target.copy_(value)
-            else:
-                created[key] = value
-        return created
+        return write_back(param, state, update(optimizer, param, grad, state, group))
 
     # A code object of its own per class: dynamo keeps its compiled variants per code.
     name = f"apply_{cls.__name__}"

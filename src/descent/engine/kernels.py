@@ -76,13 +76,12 @@ def run_fused(kernel: Callable[..., bool], param: torch.Tensor, grad: torch.Tens
     return kernel(param, grad, state, group)
 
 
-def run_eager(optimizer: Any, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
-              group: Mapping[str, Any]) -> Update:
-    """``optimizer._update`` on flat tensors, results written back in place.
+def write_back(param: torch.Tensor, state: Mapping[str, Any], new: Update) -> Update:
+    """Copy an update's results into ``param`` and the state tensors, in place.
 
-    Returns the results with no tensor to write into (state created by the first step).
+    Returns the results with no tensor to write into (state created by the first step,
+    such as SGD's momentum buffer).
     """
-    new = optimizer._update(param, grad, state, group)
     created = {}
     for key, value in new.items():
         target = param if key == "param" else state.get(key)
@@ -91,6 +90,15 @@ def run_eager(optimizer: Any, param: torch.Tensor, grad: torch.Tensor, state: di
         else:
             created[key] = value
     return created
+
+
+def run_eager(optimizer: Any, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
+              group: Mapping[str, Any]) -> Update:
+    """``optimizer._update`` on flat tensors, results written back in place.
+
+    Returns the results with no tensor to write into (state created by the first step).
+    """
+    return write_back(param, state, optimizer._update(param, grad, state, group))
 
 
 def run_compiled(optimizer: Any, param: torch.Tensor, grad: torch.Tensor,
