@@ -47,7 +47,16 @@ from .functions import (
 from .scheduler import BaseScheduler, _param_groups
 
 
-class StepLR(BaseScheduler):
+class _ShapeScheduler(BaseScheduler):
+    """A scheduler whose every group follows one schedule shape, scaled by the group's base."""
+
+    _shape: Schedule
+
+    def _build(self, key: str, group_index: int, base: float) -> Schedule:
+        return self._shape * base
+
+
+class StepLR(_ShapeScheduler):
     r"""Decay each group's lr by ``gamma`` every ``step_size`` steps.
 
     .. math:: \eta_t = \eta_0\,\gamma^{\lfloor t / \text{step\_size} \rfloor}
@@ -66,14 +75,11 @@ class StepLR(BaseScheduler):
                            _checks.real("StepLR", "gamma", gamma, minimum=0.0))
         self._bind(optimizer, last_epoch)
 
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
-
     def _config(self) -> dict[str, Any]:
         return {"step_size": self._shape.step_size, "gamma": self._shape.gamma}
 
 
-class MultiStepLR(BaseScheduler):
+class MultiStepLR(_ShapeScheduler):
     r"""Decay each group's lr by ``gamma`` at each of ``milestones`` (strictly increasing).
 
     .. math:: \eta_t = \eta_0\,\gamma^{\#\{m \in \text{milestones} : m \le t\}}
@@ -86,14 +92,11 @@ class MultiStepLR(BaseScheduler):
                                                          minimum=0.0))
         self._bind(optimizer, last_epoch)
 
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
-
     def _config(self) -> dict[str, Any]:
         return {"milestones": list(self._shape.milestones), "gamma": self._shape.gamma}
 
 
-class ConstantLR(BaseScheduler):
+class ConstantLR(_ShapeScheduler):
     r"""Multiply each group's lr by ``factor`` for the first ``total_iters`` steps.
 
     .. math:: \eta_t = \eta_0\,\text{factor} \ (t < T), \qquad \eta_t = \eta_0 \ (t \ge T)
@@ -106,14 +109,11 @@ class ConstantLR(BaseScheduler):
         self._shape = Join((Constant(self.factor), Constant(1.0)), (self.total_iters,))
         self._bind(optimizer, last_epoch)
 
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
-
     def _config(self) -> dict[str, Any]:
         return {"factor": self.factor, "total_iters": self.total_iters}
 
 
-class LinearLR(BaseScheduler):
+class LinearLR(_ShapeScheduler):
     r"""Multiply each group's lr by a factor going linearly from ``start_factor`` to ``end_factor``.
 
     .. math:: \eta_t = \eta_0 \left(a + (b - a)\,\frac{\min(t, T)}{T}\right)
@@ -131,29 +131,23 @@ class LinearLR(BaseScheduler):
         self._shape = Linear(start, end, total)
         self._bind(optimizer, last_epoch)
 
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
-
     def _config(self) -> dict[str, Any]:
         return {"start_factor": self._shape.start, "end_factor": self._shape.end,
                 "total_iters": self._shape.total_steps}
 
 
-class ExponentialLR(BaseScheduler):
+class ExponentialLR(_ShapeScheduler):
     r"""Decay each group's lr by ``gamma`` every step: :math:`\eta_t = \eta_0\,\gamma^t`."""
 
     def __init__(self, optimizer: Any, gamma: float, last_epoch: int = -1) -> None:
         self._shape = Exponential(_checks.real("ExponentialLR", "gamma", gamma, minimum=0.0))
         self._bind(optimizer, last_epoch)
 
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
-
     def _config(self) -> dict[str, Any]:
         return {"gamma": self._shape.gamma}
 
 
-class PolynomialLR(BaseScheduler):
+class PolynomialLR(_ShapeScheduler):
     r"""Decay each group's lr polynomially to 0 in ``total_iters`` steps.
 
     .. math:: \eta_t = \eta_0 \left(1 - \frac{\min(t, T)}{T}\right)^{\text{power}}
@@ -165,9 +159,6 @@ class PolynomialLR(BaseScheduler):
         self._shape = Polynomial(_checks.integer(owner, "total_iters", total_iters, minimum=1),
                                  _checks.real(owner, "power", power, minimum=0.0))
         self._bind(optimizer, last_epoch)
-
-    def _build(self, key: str, group_index: int, base: float) -> Schedule:
-        return self._shape * base
 
     def _config(self) -> dict[str, Any]:
         return {"total_iters": self._shape.total_steps, "power": self._shape.power}
