@@ -422,80 +422,21 @@ def _update_leaf(update: Update, param: Tensor, grad: Tensor, state: dict[str, A
 
 def _sgd(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
          hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    options = dict(lr=hp["lr"], momentum=hp["momentum"], dampening=hp["dampening"],
-                   weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
-                   maximize=hp["maximize"])
-    buffer = state.get("momentum_buffer")
-    if buffer is not None and step == 1:
-        buffer = None  # the first step starts the buffer at the gradient, as torch.optim does
-    return optim.sgd(param, grad, buffer, **options)
+    if step == 1:  # the first step starts the buffer at the gradient, as torch.optim does
+        state = {key: value for key, value in state.items() if key != "momentum_buffer"}
+    return optim.SGD._update(None, param, grad, state, hp)  # type: ignore[arg-type]
 
 
-def _adam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-          hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    beta1, beta2 = hp["betas"]
-    return optim.adam(param, grad, state["exp_avg"], state["exp_avg_sq"],
-                      state.get("max_exp_avg_sq"), step=step, lr=hp["lr"], beta1=beta1,
-                      beta2=beta2, eps=hp["eps"], weight_decay=hp["weight_decay"],
-                      decoupled_weight_decay=hp["decoupled_weight_decay"],
-                      maximize=hp["maximize"])
+def _class_update(cls: type[optim.Optimizer]) -> Update:
+    """The optimizer class's own ``_update`` (hyperparameters mapped to the math function's
+    arguments in one place for the class and the functional form), with the step count
+    passed as a number where the class reads it from ``state["step"]``."""
 
+    def update(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
+               hp: Mapping[str, Any]) -> dict[str, Tensor]:
+        return cls._update(None, param, grad, {**state, "step": step}, hp)  # type: ignore[arg-type]
 
-def _rmsprop(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-             hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    return optim.rmsprop(param, grad, state["square_avg"], state.get("momentum_buffer"),
-                         state.get("grad_avg"), lr=hp["lr"], alpha=hp["alpha"], eps=hp["eps"],
-                         weight_decay=hp["weight_decay"], momentum=hp["momentum"],
-                         maximize=hp["maximize"])
-
-
-def _adagrad(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-             hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    return optim.adagrad(param, grad, state["sum"], step=step, lr=hp["lr"],
-                         lr_decay=hp["lr_decay"], weight_decay=hp["weight_decay"],
-                         eps=hp["eps"], maximize=hp["maximize"])
-
-
-def _nadam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-           hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    beta1, beta2 = hp["betas"]
-    return optim.nadam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["mu_product"],
-                       step=step, lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
-                       weight_decay=hp["weight_decay"], momentum_decay=hp["momentum_decay"],
-                       decoupled_weight_decay=hp["decoupled_weight_decay"],
-                       maximize=hp["maximize"])
-
-
-def _radam(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-           hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    beta1, beta2 = hp["betas"]
-    return optim.radam(param, grad, state["exp_avg"], state["exp_avg_sq"], step=step,
-                       lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
-                       weight_decay=hp["weight_decay"],
-                       decoupled_weight_decay=hp["decoupled_weight_decay"],
-                       maximize=hp["maximize"])
-
-
-def _adamax(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-            hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    beta1, beta2 = hp["betas"]
-    return optim.adamax(param, grad, state["exp_avg"], state["exp_inf"], step=step,
-                        lr=hp["lr"], beta1=beta1, beta2=beta2, eps=hp["eps"],
-                        weight_decay=hp["weight_decay"], maximize=hp["maximize"])
-
-
-def _sign_sgd(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-              hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    return optim.sign_sgd(param, grad, state.get("momentum_buffer"), lr=hp["lr"],
-                          momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                          maximize=hp["maximize"])
-
-
-def _lion(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-          hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    beta1, beta2 = hp["betas"]
-    return optim.lion(param, grad, state["exp_avg"], lr=hp["lr"], beta1=beta1, beta2=beta2,
-                      weight_decay=hp["weight_decay"], maximize=hp["maximize"])
+    return update
 
 
 def _nonzero(value: Any) -> bool:
@@ -518,12 +459,12 @@ adam = FunctionalOptimizer(
     "adam", optim.Adam, dict(_ADAM_HP, decoupled_weight_decay=False), dict(amsgrad=False),
     lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0,
                **({"max_exp_avg_sq": 0.0} if o["amsgrad"] else {})},
-    _adam)
+    _class_update(optim.Adam))
 """Adam (:class:`descent.Adam`); ``init(params, amsgrad=True)`` for AMSGrad."""
 
 adamw = FunctionalOptimizer(
     "adamw", optim.AdamW, dict(_ADAM_HP, weight_decay=1e-2, decoupled_weight_decay=True),
-    dict(amsgrad=False), adam.buffers, _adam)
+    dict(amsgrad=False), adam.buffers, _class_update(optim.AdamW))
 """AdamW (:class:`descent.AdamW`): Adam with decoupled weight decay 1e-2 by default."""
 
 rmsprop = FunctionalOptimizer(
@@ -533,7 +474,7 @@ rmsprop = FunctionalOptimizer(
     lambda o: {"square_avg": 0.0,
                **({"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {}),
                **({"grad_avg": 0.0} if o["centered"] else {})},
-    _rmsprop)
+    _class_update(optim.RMSprop))
 """RMSprop (:class:`descent.RMSprop`); ``init(params, momentum=..., centered=...)``."""
 
 adagrad = FunctionalOptimizer(
@@ -541,35 +482,36 @@ adagrad = FunctionalOptimizer(
     dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
     dict(initial_accumulator_value=0.0),
     lambda o: {"sum": o["initial_accumulator_value"]},
-    _adagrad)
+    _class_update(optim.Adagrad))
 """Adagrad (:class:`descent.Adagrad`); ``init(params, initial_accumulator_value=...)``."""
 
 nadam = FunctionalOptimizer(
     "nadam", optim.NAdam,
     dict(_ADAM_HP, lr=2e-3, momentum_decay=4e-3, decoupled_weight_decay=False), {},
-    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _nadam, scalars=("mu_product",))
+    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _class_update(optim.NAdam),
+    scalars=("mu_product",))
 """NAdam (:class:`descent.NAdam`); the state adds the 0-dim ``mu_product``."""
 
 radam = FunctionalOptimizer(
     "radam", optim.RAdam, dict(_ADAM_HP, decoupled_weight_decay=False), {},
-    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _radam)
+    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _class_update(optim.RAdam))
 """RAdam (:class:`descent.RAdam`)."""
 
 adamax = FunctionalOptimizer(
     "adamax", optim.Adamax, dict(_ADAM_HP, lr=2e-3), {},
-    lambda o: {"exp_avg": 0.0, "exp_inf": 0.0}, _adamax)
+    lambda o: {"exp_avg": 0.0, "exp_inf": 0.0}, _class_update(optim.Adamax))
 """Adamax (:class:`descent.Adamax`)."""
 
 sign_sgd = FunctionalOptimizer(
     "sign_sgd", optim.SignSGD, dict(lr=1e-3, momentum=0.0, weight_decay=0.0, maximize=False),
     dict(momentum=0.0),
     lambda o: {"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {},
-    _sign_sgd)
+    _class_update(optim.SignSGD))
 """signSGD / Signum (:class:`descent.SignSGD`); ``init(params, momentum=...)`` for Signum."""
 
 lion = FunctionalOptimizer(
     "lion", optim.Lion, dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False), {},
-    lambda o: {"exp_avg": 0.0}, _lion)
+    lambda o: {"exp_avg": 0.0}, _class_update(optim.Lion))
 """Lion (:class:`descent.Lion`)."""
 
 ALGORITHMS: dict[str, FunctionalOptimizer] = {

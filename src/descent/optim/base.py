@@ -165,7 +165,10 @@ class Optimizer(torch.optim.Optimizer):
         """New values of ``"param"`` and of state entries, from the current ones.
 
         ``state["step"]``, where the algorithm counts steps, already counts this
-        update. Must not mutate its inputs: the caller writes the results back.
+        update (a tensor or a number). Must not mutate its inputs: the caller writes the
+        results back. Must read nothing but its arguments: :mod:`descent.functional` calls
+        it without an optimizer instance, so the class and the functional form map
+        hyperparameters to the math function's arguments in this one place.
         """
         raise NotImplementedError
 
