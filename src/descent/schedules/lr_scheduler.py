@@ -247,7 +247,21 @@ def _flag(owner: str, name: str, value: Any) -> bool:
     return value
 
 
-class CyclicLR(BaseScheduler):
+class _MomentumCycler(BaseScheduler):
+    """Base of the schedulers that cycle momentum (or beta1) inversely to the lr."""
+
+    def _cycle_momentum(self, owner: str, optimizer: Any, base_momentum: Any,
+                        max_momentum: Any, groups: int, keys: list[str],
+                        bases: dict[str, list[float]]) -> None:
+        """Check the momentum bounds per group and add the momentum option to ``keys``."""
+        self._momentum_key = _momentum_key(owner, optimizer)
+        self.base_momentums = _checks.per_group(owner, "base_momentum", base_momentum, groups)
+        self.max_momentums = _checks.per_group(owner, "max_momentum", max_momentum, groups)
+        keys.append(self._momentum_key)
+        bases[self._momentum_key] = self.max_momentums
+
+
+class CyclicLR(_MomentumCycler):
     r"""Cyclical learning rates (triangular, triangular2, exp_range), momentum cycled against them.
 
     See :class:`~descent.schedules.Cyclic` for the formula. With ``cycle_momentum=True``
@@ -277,12 +291,8 @@ class CyclicLR(BaseScheduler):
         keys = ["lr"]
         bases: dict[str, list[float]] = {"lr": self.base_lrs_arg}
         if self.cycle_momentum:
-            self._momentum_key = _momentum_key(owner, optimizer)
-            self.base_momentums = _checks.per_group(owner, "base_momentum", base_momentum,
-                                                    groups)
-            self.max_momentums = _checks.per_group(owner, "max_momentum", max_momentum, groups)
-            keys.append(self._momentum_key)
-            bases[self._momentum_key] = self.max_momentums
+            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups,
+                                 keys, bases)
         self._bind(optimizer, last_epoch, keys=keys, base_values=bases)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -306,7 +316,7 @@ class CyclicLR(BaseScheduler):
         return config
 
 
-class OneCycleLR(BaseScheduler):
+class OneCycleLR(_MomentumCycler):
     r"""The 1cycle policy: lr up to ``max_lr`` then far below, momentum the other way.
 
     See :class:`~descent.schedules.OneCycle`. Per group, the lr starts at
@@ -354,12 +364,8 @@ class OneCycleLR(BaseScheduler):
         keys = ["lr"]
         bases = {"lr": [m / self.div_factor for m in self.max_lrs]}
         if self.cycle_momentum:
-            self._momentum_key = _momentum_key(owner, optimizer)
-            self.base_momentums = _checks.per_group(owner, "base_momentum", base_momentum,
-                                                    groups)
-            self.max_momentums = _checks.per_group(owner, "max_momentum", max_momentum, groups)
-            keys.append(self._momentum_key)
-            bases[self._momentum_key] = self.max_momentums
+            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups,
+                                 keys, bases)
         self._bind(optimizer, last_epoch, keys=keys, base_values=bases, overwrite_initial=True)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
