@@ -1,12 +1,14 @@
-"""descent.engine: flat buffers give the per-tensor reference's results, and keep its semantics.
+"""descent.engine: every path gives the per-tensor reference's results and keeps its semantics.
 
-References are independent of the flat path: the same optimizer run in ``"per_tensor"``
-mode (each parameter updated on its own by the algorithm's math function), and for
-DDP a plain model. Timings are never asserted here (see ``bench/``).
+References are independent of the multi-tensor paths: the same optimizer run in
+``"per_tensor"`` mode (each parameter updated on its own by the algorithm's math
+function), and for DDP a plain model. Timings are never asserted here (see ``bench/``).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import socket
 import warnings
@@ -19,7 +21,6 @@ from torch import nn
 
 import descent
 from descent import engine
-from descent.engine import kernels
 from optim_table import OPTIMIZERS, OptimizerInfo, case_id, config_cases
 
 STEPS = 8
@@ -68,11 +69,11 @@ def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
-def test_eager_flat_path_is_bit_identical_to_per_tensor(info: OptimizerInfo,
-                                                        config: dict[str, Any],
-                                                        dtype: torch.dtype) -> None:
-    """Same kernels on flat buffers: the same bits, for the params and for every state entry."""
-    ours, ours_opt = run(info, config, "eager", dtype)
+def test_foreach_path_is_bit_identical_to_per_tensor(info: OptimizerInfo,
+                                                     config: dict[str, Any],
+                                                     dtype: torch.dtype) -> None:
+    """The math on lists runs the same kernels per tensor: the same bits, params and state."""
+    ours, ours_opt = run(info, config, "foreach", dtype)
     reference, reference_opt = run(info, config, "per_tensor", dtype)
     for a, b in zip(ours, reference, strict=True):
         assert torch.equal(a, b)
@@ -82,13 +83,13 @@ def test_eager_flat_path_is_bit_identical_to_per_tensor(info: OptimizerInfo,
 
 
 FUSED_CASES = [(info, config) for info, config in config_cases()
-               if kernels.fused_kernel(info.cls) is not None]
+               if info.cls.fused_kernel is not None]
 
 
 @pytest.mark.parametrize(("info", "config"), FUSED_CASES, ids=case_id)
 def test_torch_fused_kernels_match_the_math_functions(info: OptimizerInfo,
                                                       config: dict[str, Any]) -> None:
-    """torch's fused kernel on flat buffers vs descent's math per tensor: float64, <= 1e-12."""
+    """torch's fused kernel vs descent's math per tensor: float64, <= 1e-12."""
     ours, ours_opt = run(info, config, "fused")
     reference, reference_opt = run(info, config, "per_tensor")
     assert relative_difference(ours, reference) <= 1e-12
@@ -99,16 +100,20 @@ def test_fused_kernels_cover_the_rules_torch_has() -> None:
     assert {info.name for info, _ in FUSED_CASES} == {"Adam", "AdamW", "SGD", "Adagrad"}
 
 
+@functools.wraps(descent.optim.adam)  # the same arguments, which the engine reads off it
+def _doubled_adam(param: Any, grad: Any, **arguments: Any) -> None:
+    descent.optim.adam(param, grad.mul(2.0), **arguments)
+
+
 class Scaled(descent.Adam):
     """A subclass with its own rule: must not get Adam's fused kernel."""
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, state: Any,
-                group: Any) -> dict[str, torch.Tensor]:
-        return super()._update(param, 2 * grad, state, group)
+    math = staticmethod(_doubled_adam)
 
 
-def test_subclass_overriding_update_does_not_get_the_fused_kernel() -> None:
-    assert kernels.fused_kernel(Scaled) is None
+def test_subclass_with_its_own_math_does_not_get_the_fused_kernel() -> None:
+    assert Scaled.fused_kernel is None
+    assert Scaled.math_arguments == descent.Adam.math_arguments
     params = make_params()
     opt = Scaled(params, lr=0.1)
     engine.set_mode(opt, "fused")
@@ -124,75 +129,6 @@ def test_subclass_overriding_update_does_not_get_the_fused_kernel() -> None:
         opt.step()
         reference_opt.step()
     assert relative_difference(params, reference) <= 1e-12
-
-
-@pytest.mark.parametrize("name", ["NAdam", "RAdam"])
-def test_compiled_path_matches_per_tensor(name: str) -> None:
-    """torch.compile of the math function (float64): <= 1e-12 from the reference.
-
-    NAdam has scalar state (``mu_product``); RAdam branches on the step count and changes
-    branch at step 6, so both of its variants run.
-    """
-    info = next(i for i in OPTIMIZERS if i.name == name)
-    config = {"lr": 0.01, "weight_decay": 0.1}
-    ours, ours_opt = run(info, config, "compiled")
-    reference, reference_opt = run(info, config, "per_tensor")
-    assert relative_difference(ours, reference) <= 1e-12
-    assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= 1e-12
-
-
-def test_scheduler_changing_lr_every_step_does_not_recompile() -> None:
-    from torch._dynamo.utils import counters
-
-    params = make_params()
-    opt = descent.NAdam(params, lr=0.01, weight_decay=0.1)
-    engine.set_mode(opt, "compiled")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
-    for step in range(2):
-        give_grads(params, step)
-        opt.step()
-        scheduler.step()
-    compiled_before = counters["stats"]["unique_graphs"]
-    for step in range(2, 9):
-        give_grads(params, step)
-        opt.step()
-        scheduler.step()
-    assert counters["stats"]["unique_graphs"] == compiled_before
-    assert opt.lr == pytest.approx(0.01 / 10)
-
-
-def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(kernels, "run_compiled", broken)
-    monkeypatch.setattr(engine, "_compile_failed", set())
-    info = next(i for i in OPTIMIZERS if i.name == "RMSprop")
-    with pytest.warns(RuntimeWarning, match="torch.compile failed for RMSprop"):
-        ours, _ = run(info, {"lr": 0.01}, "compiled")
-    reference, _ = run(info, {"lr": 0.01}, "per_tensor")
-    for a, b in zip(ours, reference, strict=True):
-        assert torch.equal(a, b)
-
-
-# ---------------------------------------------------------------------- layout
-
-
-def test_params_and_state_live_in_one_flat_buffer() -> None:
-    params = make_params()
-    opt = descent.Adam(params, lr=0.1)
-    for param in params:
-        param.grad = torch.ones_like(param)
-    opt.step()
-    storages = {p.untyped_storage().data_ptr() for p in params}
-    assert len(storages) == 1
-    total = sum(p.numel() for p in params)
-    assert params[0].untyped_storage().nbytes() == total * 8
-    grads = {p.grad.untyped_storage().data_ptr() for p in params}
-    assert len(grads) == 1 and grads != storages
-    exp_avgs = {opt.state[p]["exp_avg"].untyped_storage().data_ptr() for p in params}
-    assert len(exp_avgs) == 1
-    assert all(opt.state[p]["exp_avg"].shape == p.shape for p in params)
 
 
 def test_params_without_grad_keep_their_values_and_state() -> None:
@@ -223,38 +159,10 @@ def test_params_without_grad_keep_their_values_and_state() -> None:
     assert opt.state[params[0]]["step"].item() == 4
 
 
-def test_state_dict_holds_compact_tensors_and_round_trips() -> None:
-    info = next(i for i in OPTIMIZERS if i.name == "Adam")
-    params, opt = run(info, {"lr": 0.01, "amsgrad": True}, "auto", steps=4)
-    state = opt.state_dict()["state"]
-    for entry in state.values():
-        for value in entry.values():
-            assert value._base is None
-            assert value.untyped_storage().nbytes() == value.numel() * value.element_size()
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    state_bytes = sum(v.numel() * v.element_size() for e in state.values() for v in e.values())
-    assert buffer.tell() < 2 * state_bytes + 20_000
-    # resume into a fresh optimizer (flat again after its first step) and continue
-    resumed = [nn.Parameter(p.detach().clone()) for p in params]
-    resumed_opt = descent.Adam(resumed, lr=0.01, amsgrad=True)
-    buffer.seek(0)
-    resumed_opt.load_state_dict(torch.load(buffer, weights_only=True))
-    for step in range(4, STEPS):
-        give_grads(params, step)
-        give_grads(resumed, step)
-        opt.step()
-        resumed_opt.step()
-    for a, b in zip(params, resumed, strict=True):
-        assert torch.equal(a, b)
-    live = opt.state[params[0]]["exp_avg"]
-    assert live._base is not None  # the optimizer's own state is still the flat view
-
-
-def test_load_state_dict_into_a_stepped_optimizer_replaces_the_flat_state() -> None:
+def test_load_state_dict_into_a_stepped_optimizer_replaces_its_state() -> None:
     info = next(i for i in OPTIMIZERS if i.name == "NAdam")
-    params, opt = run(info, {"lr": 0.01}, "eager", steps=3)
-    saved = opt.state_dict()
+    params, opt = run(info, {"lr": 0.01}, "foreach", steps=3)
+    saved = copy.deepcopy(opt.state_dict())  # as torch's, it holds the live state tensors
     snapshot = [p.detach().clone() for p in params]
     for step in range(3, 6):
         give_grads(params, step)
@@ -280,7 +188,7 @@ def two_runs(change: Any, info_name: str = "Adam") -> tuple[list, list]:
     """The engine and the reference, each with ``change(params, opt)`` after step 3."""
     info = next(i for i in OPTIMIZERS if i.name == info_name)
     results = []
-    for mode in ("eager", "per_tensor"):
+    for mode in ("foreach", "per_tensor"):
         params = make_params()
         opt = info.cls(params, lr=0.05)
         engine.set_mode(opt, mode)
@@ -328,13 +236,13 @@ def test_swap_tensors_is_detected() -> None:
 
 
 def test_model_to_another_dtype_keeps_training_with_converted_state() -> None:
-    """After ``model.to(float64)`` the engine moves params and state to float64 buffers.
+    """After ``model.to(float64)`` the engine moves the state to float64 with the params.
 
     Reference: the per-tensor path with its state converted by hand to the parameter's
     new dtype (as torch's ``load_state_dict`` would cast it).
     """
     results = []
-    for mode in ("eager", "per_tensor"):
+    for mode in ("foreach", "per_tensor"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
         opt = descent.Adam(model, lr=0.05)
@@ -366,7 +274,7 @@ def test_model_to_another_dtype_keeps_training_with_converted_state() -> None:
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_gradient_accumulation_matches_per_tensor(set_to_none: bool) -> None:
     results = []
-    for mode in ("eager", "per_tensor"):
+    for mode in ("foreach", "per_tensor"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 1))
         opt = descent.SGD(model, lr=0.1, momentum=0.9)
@@ -379,11 +287,6 @@ def test_gradient_accumulation_matches_per_tensor(set_to_none: bool) -> None:
                 model(x).square().mean().backward()
             opt.step()
         results.append([p.detach().clone() for p in model.parameters()])
-        if mode == "eager" and not set_to_none:
-            opt.zero_grad(set_to_none=False)
-            grads = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
-            assert len(grads) == 1  # zeroed in place as views of the flat gradient
-            assert all(not p.grad.any() for p in model.parameters())
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
 
@@ -395,19 +298,6 @@ def test_zero_grad_set_to_none_leaves_none() -> None:
     opt.step()
     opt.zero_grad()
     assert all(p.grad is None for p in params)
-
-
-def test_grad_whose_storage_was_swapped_is_read_again() -> None:
-    params = make_params()
-    opt = descent.SGD(params, lr=1.0)
-    engine.set_mode(opt, "eager")
-    for param in params:
-        param.grad = torch.zeros_like(param)
-    opt.step()
-    before = params[0].detach().clone()
-    params[0].grad.data = torch.ones_like(params[0])  # same tensor object, new storage
-    opt.step()
-    assert torch.equal(params[0], before - 1)
 
 
 def test_sparse_gradient_is_refused_with_the_params_name() -> None:
@@ -435,7 +325,7 @@ def test_numpy_complex_strided_and_shared_params_are_updated_where_they_are() ->
     copies = [p.detach().clone().requires_grad_() for p in params]
     copies[4].data = copies[3].data
     opt, reference = descent.Adam(params, lr=0.1), descent.Adam(copies, lr=0.1)
-    engine.set_mode(opt, "eager")  # flat buffers with the per-tensor path's own kernel
+    engine.set_mode(opt, "foreach")
     engine.set_mode(reference, "per_tensor")
     for step in range(3):
         for p, q in zip(params, copies, strict=True):
@@ -450,16 +340,30 @@ def test_numpy_complex_strided_and_shared_params_are_updated_where_they_are() ->
     assert tied_a.data_ptr() == tied_b.data_ptr()
 
 
-def test_non_elementwise_optimizers_get_no_engine() -> None:
-    class Normalised(descent.SGD):
+def test_non_elementwise_optimizers_run_per_tensor_on_plain_tensors() -> None:
+    seen: list[type] = []
+
+    def normalised_sgd(param: torch.Tensor, grad: torch.Tensor, *, lr: float) -> None:
+        seen.append(type(param))
+        param.sub_(grad / grad.norm().clamp_min(1e-12), alpha=lr)
+
+    class Normalised(descent.Optimizer):
+        """SGD on the gradient's direction, a rule that is not elementwise."""
+
+        lr: float = descent.optim.base.hyper(default=0.1)
+        math = staticmethod(normalised_sgd)
         elementwise = False
 
     params = make_params()
-    opt = Normalised(params, lr=0.1)
-    give_grads(params, 0)
-    opt.step()
-    assert engine.existing_engine(opt) is None
-    assert engine.existing_engine(descent.SGD(make_params())) is None  # made lazily
+    expected = [p.detach() - 0.1 * g / g.norm() for p, g in
+                zip(params, [torch.full_like(p, 2.0) for p in params], strict=True)]
+    for param in params:
+        param.grad = torch.full_like(param, 2.0)
+    Normalised(params).step()
+    assert seen == [torch.nn.Parameter] * len(params) or set(seen) <= {torch.Tensor,
+                                                                       torch.nn.Parameter}
+    for param, value in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.detach(), value, rtol=1e-15, atol=1e-15)
 
 
 def test_two_dtypes_in_one_group_make_two_buckets() -> None:
@@ -472,7 +376,8 @@ def test_two_dtypes_in_one_group_make_two_buckets() -> None:
         give_grads(reference, step)
         opt.step()
         reference_opt.step()
-    assert len(list(engine.existing_engine(opt).buckets())) == 2
+    layout = next(iter(opt.__dict__["_descent_engine"].layouts.values()))
+    assert len(layout.buckets) == 2
     for a, b in zip(params, reference, strict=True):
         assert torch.equal(a, b)
 
@@ -500,8 +405,8 @@ def test_default_mode_context_and_per_optimizer_mode() -> None:
     opt = descent.SGD(make_params())
     with engine.default_mode("per_tensor"):
         assert engine.mode_of(opt) == "per_tensor"
-        engine.set_mode(opt, "eager")
-        assert engine.mode_of(opt) == "eager"
+        engine.set_mode(opt, "foreach")
+        assert engine.mode_of(opt) == "foreach"
     engine.set_mode(opt, None)
     assert engine.mode_of(opt) == engine.get_default_mode()
 
@@ -530,8 +435,8 @@ def test_ddp_single_process_matches_a_plain_model() -> None:
             model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
             trained = DistributedDataParallel(model) if wrap else model
             opt = descent.AdamW(model, lr=0.01)
-            # flat buffers under DDP against the per-tensor path, with the same kernel
-            engine.set_mode(opt, "eager" if wrap else "per_tensor")
+            # lists under DDP against the per-tensor path, with the same kernels
+            engine.set_mode(opt, "foreach" if wrap else "per_tensor")
             generator = torch.Generator().manual_seed(5)
             for _ in range(5):
                 opt.zero_grad()
@@ -556,41 +461,15 @@ def test_ddp_engine_emits_no_warnings_about_grad_layout() -> None:
     assert model.weight.grad.stride() == model.weight.stride()
 
 
-def loose_params(opt: Any) -> list[int]:
-    flat = engine.existing_engine(opt)
-    return [i for layout in flat._layouts.values() for i in layout.loose]
-
-
-def test_params_stay_flat_after_load_state_dict_and_under_a_new_optimizer() -> None:
-    """Params already in a flat buffer (this optimizer's or another's) are flattened again."""
-    info = next(i for i in OPTIMIZERS if i.name == "Adam")
-    params, opt = run(info, {"lr": 0.01}, "eager", steps=3)
-    opt.load_state_dict(opt.state_dict())
-    give_grads(params, 3)
-    opt.step()
-    assert loose_params(opt) == []
-    second = descent.Adam(params, lr=0.01)
-    give_grads(params, 4)
-    second.step()
-    assert loose_params(second) == []
-    reference, _ = run(info, {"lr": 0.01}, "per_tensor", steps=4)
-    reference_second = descent.Adam(reference, lr=0.01)
-    engine.set_mode(reference_second, "per_tensor")
-    give_grads(reference, 4)
-    reference_second.step()
-    for a, b in zip(params, reference, strict=True):
-        assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("mode", ["per_tensor", "auto"])
 def test_step_between_forward_and_backward_is_caught_by_autograd(mode: str) -> None:
-    """Updates through the flat buffer count in each parameter's version, as in torch."""
+    """In-place updates count in each parameter's version, as in torch."""
     weight = nn.Parameter(torch.randn(3))
     other = nn.Parameter(torch.randn(3))
     opt = descent.SGD([weight, other], lr=0.1)
     engine.set_mode(opt, mode)
     weight.grad, other.grad = torch.ones(3), None
-    opt.step()  # builds the flat buffers
+    opt.step()
     loss = (weight * weight).sum()  # saves weight for backward
     before = (weight._version, other._version)
     weight.grad = torch.ones(3)
@@ -599,3 +478,63 @@ def test_step_between_forward_and_backward_is_caught_by_autograd(mode: str) -> N
     assert other._version == before[1]  # no gradient: not updated, version unchanged
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+# ---------------------------------------------------------------------- users' tensors stay theirs
+
+
+@pytest.mark.parametrize("mode", ["auto", "foreach", "per_tensor"])
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
+def test_parameters_keep_their_storage_and_gradients_are_never_written(
+        info: OptimizerInfo, mode: str) -> None:
+    params = make_params(torch.float32)
+    pointers = [p.data_ptr() for p in params]
+    opt = info.cls(params, **info.configs[-1])
+    engine.set_mode(opt, mode)
+    for step in range(4):
+        give_grads(params, step)
+        grads = [p.grad for p in params]
+        values = [None if g is None else g.clone() for g in grads]
+        opt.step()
+        for param, grad, value in zip(params, grads, values, strict=True):
+            assert param.grad is grad
+            assert value is None or torch.equal(grad, value)
+    for param, pointer in zip(params, pointers, strict=True):
+        assert param.data_ptr() == pointer
+        assert param._base is None
+        assert param.untyped_storage().nbytes() == param.numel() * param.element_size()
+
+
+def small_trained_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = descent.AdamW(model, lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 6)).square().mean().backward()
+        opt.step()
+    return model
+
+
+def test_safetensors_save_model_writes_every_tensor(tmp_path: Any) -> None:
+    from safetensors.torch import load_model, save_model
+
+    model = small_trained_model()
+    save_model(model, str(tmp_path / "model.safetensors"))
+    restored = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    missing, unexpected = load_model(restored, str(tmp_path / "model.safetensors"))
+    assert not missing and not unexpected
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_pickled_model_and_submodule_state_dicts_hold_only_their_own_tensors() -> None:
+    import pickle
+
+    model = small_trained_model()
+    fresh = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert len(pickle.dumps(model)) <= 1.05 * len(pickle.dumps(fresh))
+    buffer = io.BytesIO()
+    torch.save(model[2].state_dict(), buffer)
+    own = sum(t.numel() * t.element_size() for t in model[2].state_dict().values())
+    assert buffer.tell() < own + 2_000

@@ -166,7 +166,8 @@ def test_closure_gradients_are_read_after_the_closure() -> None:
     reference.loss_and_backward(x, y)
     assert loss == pytest.approx(float(np.mean((np.tanh(x @ reference.W1) @ reference.W2
                                                 - y) ** 2)))
-    np.testing.assert_allclose(net.W1, reference.W1 - 0.1 * reference.dW1, rtol=1e-15)
+    np.testing.assert_allclose(net.W1, reference.W1 - 0.1 * reference.dW1, rtol=1e-15,
+                               atol=1e-18)
 
 
 def test_module_without_zero_grad_has_its_gradient_arrays_zeroed() -> None:

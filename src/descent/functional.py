@@ -17,8 +17,11 @@ and every hyperparameter may be a tensor (for instance a learning rate with
 
 The update is the one written in :mod:`descent.optim`: ``step`` calls the same math
 function, with the same arguments, as the optimizer classes (:func:`descent.optim.adam`,
-...), so its results equal bit for bit those of the classes' per-tensor path (the
-engine's fused and flat-buffer kernels may round the last bits differently).
+...), on :class:`~descent.engine.TensorList` arguments in *pure* mode (each in-place
+operation runs out of place), so its results equal bit for bit those of the classes'
+per-tensor path (torch's fused kernels may round the last bits differently). Every
+algorithm in the registry (:func:`descent.optim.registry.algorithms`) that has a math
+function has its functional form here, under its lower-case name.
 
 **State.** A dict: ``"step"``, a 0-dim tensor counting the steps taken (the
 torch.optim dtype: float32, or float64 under a float64 default dtype), and one entry
@@ -60,15 +63,16 @@ tensor([ 0.9000, -1.9000])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import optim
-from .optim.base import scalar_dtype
+from .engine import TensorList, call_math
+from .optim.base import Optimizer, scalar_dtype
+from .optim.registry import algorithms
 
 Tree = Any
 """A tensor, or a list, tuple or dict of trees."""
@@ -116,30 +120,55 @@ def _structure(tree: Tree) -> Any:
 # ---------------------------------------------------------------------- the algorithms
 
 
-Update = Callable[[Tensor, Tensor, Mapping[str, Any], float, Mapping[str, Any]],
-                  dict[str, Tensor]]
-
-
-@dataclass(frozen=True)
 class FunctionalOptimizer:
     """One algorithm as a pair of pure functions, :meth:`init` and :meth:`step`.
 
-    Instances live in this module under the algorithm's name (``functional.adam``,
-    ``functional.sgd``, ...). ``hyperparameters`` lists what :meth:`step` takes, with
-    the defaults of the matching optimizer class; ``init_options`` what :meth:`init`
-    takes.
+    Made from an optimizer class's declaration (no second copy of anything):
+    :attr:`hyperparameters` are the hyperparameters the class's math function takes,
+    with the class's defaults; :attr:`init_options` those that decide which buffers
+    the state holds or how they start (``amsgrad``, ``momentum``,
+    ``initial_accumulator_value``, ...).
     """
 
-    name: str
-    optimizer: type[optim.Optimizer]
-    hyperparameters: Mapping[str, Any]
-    init_options: Mapping[str, Any]
-    buffers: Callable[[Mapping[str, Any]], dict[str, float]]
-    update: Update
-    scalars: tuple[str, ...] = ()
+    def __init__(self, name: str, optimizer: type[Optimizer]) -> None:
+        self.name = name
+        self.optimizer = optimizer
 
     def __repr__(self) -> str:
         return f"descent.functional.{self.name}"
+
+    @cached_property
+    def _defaults(self) -> dict[str, Any]:
+        return {name: spec.default for name, spec in self.optimizer.hyperparameters.items()}
+
+    @cached_property
+    def hyperparameters(self) -> dict[str, Any]:
+        """What :meth:`step` takes, with the class's defaults."""
+        specs = self.optimizer.hyperparameters
+        return {name: self._defaults[name] for name in self.optimizer.math_arguments
+                if name in specs and specs[name].init}
+
+    @cached_property
+    def init_options(self) -> dict[str, Any]:
+        """What :meth:`init` takes, with the class's defaults."""
+        names: list[str] = []
+        for entry in self.optimizer.keeps:
+            for name in ((entry.when,) if entry.when else ()) + entry.uses:
+                if name not in names:
+                    names.append(name)
+        return {name: self._defaults[name] for name in names}
+
+    @cached_property
+    def scalars(self) -> tuple[str, ...]:
+        """Scalar state besides the step count (NAdam's ``mu_product``)."""
+        return tuple(entry.name for entry in self.optimizer.keeps
+                     if entry.scalar and entry.name != "step")
+
+    def buffers(self, options: Mapping[str, Any]) -> list[str]:
+        """The per-parameter buffers of a state made with these init options."""
+        group = {**self._defaults, **options}
+        return [entry.name for entry in self.optimizer.keeps
+                if not entry.scalar and entry.applies(_truth_group(group, entry))]
 
     # -------------------------------------------------------------- init
 
@@ -152,13 +181,15 @@ class FunctionalOptimizer:
         owner = f"{self!r}.init"
         options = self._options(owner, options, self.init_options)
         leaves = self._tensors(owner, "params", params)
+        group = {**self._defaults, **options}
         state: dict[str, Any] = {"step": torch.zeros((), dtype=scalar_dtype())}
-        for key in self.scalars:
-            state[key] = torch.ones((), dtype=scalar_dtype())
-        for key, fill in self.buffers(options).items():
-            state[key] = _rebuild(params, iter([
-                torch.full_like(leaf, fill, memory_format=torch.preserve_format)
-                for _, leaf in leaves]))
+        for entry in self.optimizer.keeps:
+            if entry.scalar and entry.name != "step":
+                state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())  # type: ignore[arg-type]
+        for name in self.buffers(options):
+            entry = next(e for e in self.optimizer.keeps if e.name == name)
+            state[name] = _rebuild(params, iter([_initial(entry, leaf, group)
+                                                 for _, leaf in leaves]))
         return state
 
     # -------------------------------------------------------------- step
@@ -173,7 +204,8 @@ class FunctionalOptimizer:
         """
         owner = f"{self!r}.step"
         hp = self._options(owner, hyperparameters, self.hyperparameters)
-        self._check_combination(owner, hp)
+        group = {**self._defaults, **hp}
+        self.optimizer._check_options(group, "")
         param_leaves = self._tensors(owner, "params", params)
         grad_leaves = self._tensors(owner, "grads", grads)
         if _structure(grads) != _structure(params):
@@ -191,36 +223,66 @@ class FunctionalOptimizer:
 
         count = state["step"] + 1
         step = _step_number(owner, count)
-        scalars = {key: state[key] for key in self.scalars}
+        options = {name: _scalar(value) for name, value in group.items()}
+        lazy = {entry.name for entry in self.optimizer.keeps if entry.lazy}
         new_leaves: list[Tensor] = []
         new_buffers: dict[str, list[Tensor]] = {key: [] for key in buffer_leaves}
-        new_scalars = dict(scalars)
+        new_scalars: dict[str, Tensor] = {}
         for index, ((_, param), (_, grad)) in enumerate(zip(param_leaves, grad_leaves,
                                                              strict=True)):
-            leaf_state = {key: leaves[index] for key, leaves in buffer_leaves.items()}
-            new = _update_leaf(self.update, param, grad, {**leaf_state, **scalars}, step, hp)
-            new_leaves.append(new["param"])
+            scalars = {key: state[key].clone() for key in self.scalars}
+            buffers = {key: leaves[index] for key, leaves in buffer_leaves.items()
+                       if not (key in lazy and step == 1)}
+            new = self._update_leaf(param, grad, buffers, scalars, step, options)
+            new_leaves.append(new.pop("param"))
             for key in new_buffers:
                 new_buffers[key].append(new[key])
-            for key in self.scalars:
-                new_scalars[key] = new[key].to(scalars[key].dtype)
-
+            if index == 0:
+                new_scalars = {key: scalars[key].to(state[key].dtype) for key in scalars}
         new_state: dict[str, Any] = {"step": count, **new_scalars}
         for key, leaves in new_buffers.items():
             new_state[key] = _rebuild(params, iter(leaves))
+        for key in self.scalars:
+            new_state.setdefault(key, state[key])
         return _rebuild(params, iter(new_leaves)), new_state
+
+    def _update_leaf(self, param: Tensor, grad: Tensor, buffers: dict[str, Tensor],
+                     scalars: dict[str, Tensor], step: float,
+                     options: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The math on one tensor, pure; complex tensors are updated as real pairs."""
+        is_complex = param.is_complex()
+        real = torch.view_as_real if is_complex else _identity
+        back = torch.view_as_complex if is_complex else _identity
+        if self.optimizer.elementwise:  # pure lists: every in-place operation out of place
+            param_in: Any = TensorList([real(param)], pure=True)
+            grad_in: Any = TensorList([real(grad)], pure=True)
+            state_in: dict[str, Any] = {key: TensorList([real(value)], pure=True)
+                                        for key, value in buffers.items()}
+            created = call_math(self.optimizer, param_in, grad_in, state_in, scalars, step,
+                                options)
+            result = {"param": param_in.tensors[0],
+                      **{key: value.tensors[0] for key, value in state_in.items()}}
+        else:  # the math updates plain tensors in place: give it copies
+            param_in = real(param).clone()
+            state_in = {key: real(value).clone() for key, value in buffers.items()}
+            created = call_math(self.optimizer, param_in, real(grad), state_in, scalars, step,
+                                options)
+            result = {"param": param_in, **state_in}
+        for key, value in created.items():
+            result[key] = value.tensors[0] if isinstance(value, TensorList) else value
+        return {key: back(value) for key, value in result.items()}
 
     # -------------------------------------------------------------- optimizer state
 
-    def state_from_optimizer(self, optimizer: optim.Optimizer, params: Tree) -> dict[str, Any]:
+    def state_from_optimizer(self, optimizer: Optimizer, params: Tree) -> dict[str, Any]:
         """The state that continues ``optimizer``'s run for ``params``, as a copy.
 
         ``params`` is a tree of tensors ``optimizer`` updates (for instance
         ``dict(model.named_parameters())``); ``optimizer`` is an instance of
         :attr:`optimizer`. Its options that decide the buffers (``amsgrad``,
         ``momentum``, ...) are read from the params' groups. All params must have taken
-        the same number of steps, since the functional state has one count (SGD, SignSGD
-        and Lion keep no count: theirs is 1 once they have state).
+        the same number of steps, since the functional state has one count (rules that
+        keep no count, such as SGD, count 1 once they have state).
         """
         owner = f"{self!r}.state_from_optimizer"
         entries, group = self._optimizer_entries(owner, optimizer, params)
@@ -249,7 +311,7 @@ class FunctionalOptimizer:
                     [entry[key].detach().clone() for entry in entries]))
         return state
 
-    def load_into_optimizer(self, state: Mapping[str, Any], optimizer: optim.Optimizer,
+    def load_into_optimizer(self, state: Mapping[str, Any], optimizer: Optimizer,
                             params: Tree) -> None:
         """Write a functional ``state`` into ``optimizer``'s state for ``params`` (copies).
 
@@ -274,7 +336,7 @@ class FunctionalOptimizer:
                 entry = {}
             optimizer.state[param] = entry
 
-    def _optimizer_entries(self, owner: str, optimizer: optim.Optimizer, params: Tree
+    def _optimizer_entries(self, owner: str, optimizer: Optimizer, params: Tree
                            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if type(optimizer) is not self.optimizer:
             raise TypeError(f"{owner}: optimizer has type {type(optimizer).__name__}; "
@@ -306,20 +368,13 @@ class FunctionalOptimizer:
             raise TypeError(f"{owner}: unexpected argument(s) {unknown}; expected some of "
                             f"{sorted(defaults)}")
         options = {**defaults, **given}
-        checks = self.optimizer.hyperparameters
+        specs = self.optimizer.hyperparameters
         for name, value in options.items():
             if _holds_tensor(value):
                 _check_tensor_hyperparameter(owner, name, value)
             else:
-                options[name] = checks[name](owner, name, value)
+                options[name] = specs[name].validate(owner, "", value)
         return options
-
-    def _check_combination(self, owner: str, hp: Mapping[str, Any]) -> None:
-        if hp.get("nesterov") and not _holds_tensor(hp["momentum"]) and (
-                hp["momentum"] <= 0 or (not _holds_tensor(hp["dampening"])
-                                        and hp["dampening"] != 0)):
-            raise ValueError(f"{owner}: nesterov=True needs momentum > 0 and dampening == 0, "
-                             f"got momentum={hp['momentum']!r}, dampening={hp['dampening']!r}")
 
     def _tensors(self, owner: str, name: str, tree: Tree) -> list[tuple[str, Tensor]]:
         leaves = _leaves(tree, name)
@@ -342,13 +397,15 @@ class FunctionalOptimizer:
                 raise TypeError(f"{owner}: state[{key!r}] has type "
                                 f"{type(state.get(key)).__name__}; expected a 0-dim tensor")
         present = set(state) - {"step", *self.scalars}
-        base = set(self.buffers(self.init_options))
+        decided = {name: hp[name] for name in self.init_options if name in hp}
         possible = set(self.buffers({name: _truthy(value)
                                      for name, value in self.init_options.items()}))
-        expected = base | (present & possible)
-        for name in set(self.init_options) & set(hp):
-            toggled = set(self.buffers({**self.init_options, name: _truthy(hp[name])})) - base
-            wanted = set(self.buffers({**self.init_options, name: hp[name]})) - base
+        expected = set(self.buffers(self.init_options)) | (present & possible)
+        for name, value in decided.items():
+            toggled = set(self.buffers({**self.init_options, name: _truthy(value)})) - \
+                set(self.buffers(self.init_options))
+            wanted = set(self.buffers({**self.init_options, name: value})) - \
+                set(self.buffers(self.init_options))
             expected = (expected - toggled) | wanted
         if present != expected:
             raise ValueError(f"{owner}: state has buffers {sorted(present)}, expected "
@@ -375,6 +432,29 @@ class FunctionalOptimizer:
         shared = {name: hp[name] for name in self.init_options if name in hp}
         args = "".join(f", {name}={value!r}" for name, value in shared.items())
         return f"make the state with {self!r}.init(params{args})"
+
+
+def _identity(tensor: Tensor) -> Tensor:
+    return tensor
+
+
+def _initial(entry: Any, leaf: Tensor, group: Mapping[str, Any]) -> Tensor:
+    if callable(entry.init):
+        return entry.init(leaf, group)
+    return torch.full_like(leaf, entry.init, memory_format=torch.preserve_format)
+
+
+def _truth_group(group: Mapping[str, Any], entry: Any) -> Mapping[str, Any]:
+    if entry.when is None or not _holds_tensor(group.get(entry.when)):
+        return group
+    return {**group, entry.when: True}  # a tensor option counts as set
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor hyperparameter as a 0-dim tensor (broadcasts like a number)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dim() > 0:
+        return value.reshape(())
+    return value
 
 
 def _step_number(owner: str, count: Tensor) -> float:
@@ -408,116 +488,25 @@ def _check_tensor_hyperparameter(owner: str, name: str, value: Any) -> None:
                             "real floating-point tensor")
 
 
-def _update_leaf(update: Update, param: Tensor, grad: Tensor, state: dict[str, Any],
-                 step: float, hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Run ``update`` on one tensor; complex tensors are updated as real pairs."""
-    if not param.is_complex():
-        return update(param, grad, state, step, hp)
-    real = {key: torch.view_as_real(value) if value.is_complex() else value
-            for key, value in state.items()}
-    new = update(torch.view_as_real(param), torch.view_as_real(grad), real, step, hp)
-    return {key: torch.view_as_complex(value) if key == "param" or state[key].is_complex()
-            else value for key, value in new.items()}
+def _functional_forms() -> dict[str, FunctionalOptimizer]:
+    return {cls.registry_name: FunctionalOptimizer(cls.registry_name, cls)
+            for cls in algorithms().values() if cls.math is not None}
 
 
-def _sgd(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-         hp: Mapping[str, Any]) -> dict[str, Tensor]:
-    if step == 1:  # the first step starts the buffer at the gradient, as torch.optim does
-        state = {key: value for key, value in state.items() if key != "momentum_buffer"}
-    return optim.SGD._update(None, param, grad, state, hp)  # type: ignore[arg-type]
+ALGORITHMS: dict[str, FunctionalOptimizer] = _functional_forms()
+"""Every functional algorithm by name (``"adam"``, ``"sgd"``, ...)."""
 
 
-def _class_update(cls: type[optim.Optimizer]) -> Update:
-    """The optimizer class's own ``_update`` (hyperparameters mapped to the math function's
-    arguments in one place for the class and the functional form), with the step count
-    passed as a number where the class reads it from ``state["step"]``."""
-
-    def update(param: Tensor, grad: Tensor, state: Mapping[str, Any], step: float,
-               hp: Mapping[str, Any]) -> dict[str, Tensor]:
-        return cls._update(None, param, grad, {**state, "step": step}, hp)  # type: ignore[arg-type]
-
-    return update
+def __getattr__(name: str) -> FunctionalOptimizer:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise AttributeError(f"module 'descent.functional' has no attribute {name!r}; the "
+                             f"algorithms are {sorted(ALGORITHMS)}") from None
 
 
-def _nonzero(value: Any) -> bool:
-    return _holds_tensor(value) or value != 0
+def __dir__() -> list[str]:
+    return sorted([*globals(), *ALGORITHMS])
 
 
-_ADAM_HP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False)
-
-sgd = FunctionalOptimizer(
-    "sgd", optim.SGD,
-    dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-         maximize=False),
-    dict(momentum=0.0),
-    lambda o: {"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {},
-    _sgd)
-"""SGD (:class:`descent.SGD`); ``init(params, momentum=...)`` keeps a momentum buffer
-when momentum is not 0."""
-
-adam = FunctionalOptimizer(
-    "adam", optim.Adam, dict(_ADAM_HP, decoupled_weight_decay=False), dict(amsgrad=False),
-    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0,
-               **({"max_exp_avg_sq": 0.0} if o["amsgrad"] else {})},
-    _class_update(optim.Adam))
-"""Adam (:class:`descent.Adam`); ``init(params, amsgrad=True)`` for AMSGrad."""
-
-adamw = FunctionalOptimizer(
-    "adamw", optim.AdamW, dict(_ADAM_HP, weight_decay=1e-2, decoupled_weight_decay=True),
-    dict(amsgrad=False), adam.buffers, _class_update(optim.AdamW))
-"""AdamW (:class:`descent.AdamW`): Adam with decoupled weight decay 1e-2 by default."""
-
-rmsprop = FunctionalOptimizer(
-    "rmsprop", optim.RMSprop,
-    dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False),
-    dict(momentum=0.0, centered=False),
-    lambda o: {"square_avg": 0.0,
-               **({"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {}),
-               **({"grad_avg": 0.0} if o["centered"] else {})},
-    _class_update(optim.RMSprop))
-"""RMSprop (:class:`descent.RMSprop`); ``init(params, momentum=..., centered=...)``."""
-
-adagrad = FunctionalOptimizer(
-    "adagrad", optim.Adagrad,
-    dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False),
-    dict(initial_accumulator_value=0.0),
-    lambda o: {"sum": o["initial_accumulator_value"]},
-    _class_update(optim.Adagrad))
-"""Adagrad (:class:`descent.Adagrad`); ``init(params, initial_accumulator_value=...)``."""
-
-nadam = FunctionalOptimizer(
-    "nadam", optim.NAdam,
-    dict(_ADAM_HP, lr=2e-3, momentum_decay=4e-3, decoupled_weight_decay=False), {},
-    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _class_update(optim.NAdam),
-    scalars=("mu_product",))
-"""NAdam (:class:`descent.NAdam`); the state adds the 0-dim ``mu_product``."""
-
-radam = FunctionalOptimizer(
-    "radam", optim.RAdam, dict(_ADAM_HP, decoupled_weight_decay=False), {},
-    lambda o: {"exp_avg": 0.0, "exp_avg_sq": 0.0}, _class_update(optim.RAdam))
-"""RAdam (:class:`descent.RAdam`)."""
-
-adamax = FunctionalOptimizer(
-    "adamax", optim.Adamax, dict(_ADAM_HP, lr=2e-3), {},
-    lambda o: {"exp_avg": 0.0, "exp_inf": 0.0}, _class_update(optim.Adamax))
-"""Adamax (:class:`descent.Adamax`)."""
-
-sign_sgd = FunctionalOptimizer(
-    "sign_sgd", optim.SignSGD, dict(lr=1e-3, momentum=0.0, weight_decay=0.0, maximize=False),
-    dict(momentum=0.0),
-    lambda o: {"momentum_buffer": 0.0} if _nonzero(o["momentum"]) else {},
-    _class_update(optim.SignSGD))
-"""signSGD / Signum (:class:`descent.SignSGD`); ``init(params, momentum=...)`` for Signum."""
-
-lion = FunctionalOptimizer(
-    "lion", optim.Lion, dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False), {},
-    lambda o: {"exp_avg": 0.0}, _class_update(optim.Lion))
-"""Lion (:class:`descent.Lion`)."""
-
-ALGORITHMS: dict[str, FunctionalOptimizer] = {
-    algorithm.name: algorithm for algorithm in
-    (sgd, adam, adamw, rmsprop, adagrad, nadam, radam, adamax, sign_sgd, lion)}
-"""Every functional algorithm by name."""
-
-__all__ = ["ALGORITHMS", "FunctionalOptimizer", "adagrad", "adam", "adamax", "adamw", "lion",
-           "nadam", "radam", "rmsprop", "sgd", "sign_sgd"]
+__all__ = ["ALGORITHMS", "FunctionalOptimizer"]

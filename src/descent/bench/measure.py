@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 import descent
-from descent import engine
 
 from .cases import Algorithm, Case
 
@@ -132,19 +131,20 @@ def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
         torch_optimizer = algorithm.torch_make(torch_params, variant)
         torch_optimizer.step()
         contenders[f"torch {variant}"] = torch_optimizer.step
-    flat = engine.existing_engine(optimizer)
-    buckets = list(flat.buckets()) if flat is not None else []
+    state_buffers = max(1, (algorithm.bytes_per_param - 12) // 8)
+    flat_param = torch.zeros(case.numel)
+    flat_grad = torch.zeros(case.numel)
+    flat_states = [torch.zeros(case.numel) for _ in range(state_buffers)]
 
     def stream() -> None:
-        # The step's own traffic, with no arithmetic to speak of: read the gradient, read
-        # and write the parameter and each state buffer (12 + 8 bytes per state buffer).
-        for bucket in buckets:
-            bucket.flat_param.add_(bucket.flat_grad, alpha=0.0)
-            for buffer in bucket.states.values():
-                buffer.mul_(1.0)
+        # The step's traffic over one buffer per tensor kind, with no arithmetic to speak
+        # of: read the gradient, read and write the parameter and each state buffer.
+        flat_param.add_(flat_grad, alpha=0.0)
+        for buffer in flat_states:
+            buffer.mul_(1.0)
     contenders["streaming"] = stream
     timings = interleaved(contenders, repetitions, prepare)
-    streamed = sum(bucket.total * (12 + 8 * len(bucket.states)) for bucket in buckets)
+    streamed = case.numel * (12 + 8 * state_buffers)
     bandwidth = streamed / timings.pop("streaming").median
     contenders.clear()
     gc.collect()

@@ -1,45 +1,39 @@
-"""descent's engine: how an optimizer's update is applied fast.
+"""descent's engine: how an optimizer's update rule is applied, fast, to the user's tensors.
 
-An optimizer says *what* an update is (its ``_update``, which calls the algorithm's pure
-math function); the engine decides *how* it runs. For an elementwise algorithm it keeps
-the parameters, gradients and state of each param group in flat contiguous buffers (one
-per dtype and device, see :mod:`descent.engine.flat`) and applies the update to whole
-buffers at once:
+An optimizer says *what* its update is (its ``math``, one function written once, that
+updates a parameter and its state in place); the engine decides *how* it runs:
 
-* with torch's fused kernel where torch has one for the rule (Adam, AdamW, SGD, Adagrad);
-* else through ``torch.compile`` of the same ``_update`` when a bucket is large enough
-  that compiling pays (:data:`COMPILE_MIN_NUMEL` elements), one loop over memory;
-* else eagerly: the pure function's tensor operations on the flat buffers.
+* ``"fused"``: torch's fused kernel for the rule, where torch has one (Adam, AdamW, SGD,
+  Adagrad; CPU and CUDA): one pass over memory, in C++;
+* ``"foreach"``: the rule's math on :class:`TensorList` arguments holding every
+  parameter of a bucket (same device and dtype), so each tensor operation is one
+  multi-tensor (``_foreach``) call for all of them;
+* ``"per_tensor"``: the rule's math on one parameter at a time (the reference path; also
+  how rules that are not elementwise, such as those with matrix operations, always run).
 
-Algorithms that are not elementwise (``elementwise = False`` on the class) and
-parameters that cannot be flattened (complex, sparse, non-dense strides, empty) are
-updated one tensor at a time, exactly as the per-tensor reference path does.
-
-Modes (:data:`MODES`), per optimizer with :func:`set_mode` or for the process with
+The choice is made by :func:`choose_path`, the policy in one function. Modes
+(:data:`MODES`), per optimizer with :func:`set_mode` or for the process with
 :func:`default_mode` / the ``DESCENT_ENGINE`` environment variable:
 
 ``"auto"`` (default)
-    flat buffers; torch's fused kernel where torch has one for the rule (any size: on a
-    small model it is the cheapest way to run the step), else compiled kernels for
-    buckets of :data:`COMPILE_MIN_NUMEL` elements or more; eager otherwise.
+    fused where torch has a kernel for the rule, foreach otherwise.
 ``"per_tensor"``
-    the reference: the update applied to each parameter separately, no flat buffers.
-``"eager"``
-    flat buffers, the pure function's eager operations only (no fused, no compiled
-    kernels): bit-identical to ``"per_tensor"`` for elementwise rules.
+    the reference: the math applied to each parameter separately.
+``"foreach"``
+    the math on lists (never a fused kernel).
 ``"fused"``
-    flat buffers, fused kernels where torch has them, eager otherwise (never compiles).
-``"compiled"``
-    flat buffers, always compiled (falls back to eager, with a warning, when
-    compilation fails).
+    as ``"auto"``.
 
-Semantics kept: a parameter without a gradient this step is not touched, nor its state;
-``optimizer.state`` keeps torch.optim's layout (its tensors are views of the flat
-buffers); a parameter whose storage was re-bound by the user (``model.to(...)``,
-``p.data = ...``, ``torch.utils.swap_tensors``) is detected by its data pointer before
-every step and the group's buffers are rebuilt from the parameters' current values,
-with their state (converted to the parameter's new dtype and device if it changed);
-each updated parameter's autograd version is incremented, as an in-place update would.
+**Users' tensors stay theirs.** The engine never changes a parameter's storage or
+``.data`` and never writes into ``.grad``: it reads the parameters and gradients where
+they are, each step, and updates the parameters in place, as ``torch.optim`` does. So
+models stay what they were for every other library (safetensors, accelerate, FSDP2,
+ZeroRedundancyOptimizer's bucket views, ``torch.compile``, pickling); a parameter
+re-bound between steps (``p.data = ...``, ``model.to(...)``, ``swap_tensors``) is simply
+read where it now is (its state is moved to its new dtype and device, as a parameter
+that changed dtype must be). Semantics kept from torch.optim: a parameter without a
+gradient this step is not touched, nor its state; ``optimizer.state`` has torch.optim's
+layout; in-place updates count in each parameter's autograd version.
 """
 
 from __future__ import annotations
@@ -48,30 +42,44 @@ import contextlib
 import operator
 import os
 import threading
-import warnings
-from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
-from torch.autograd.graph import increment_version
+from torch import Tensor
 
-from . import kernels
-from .flat import Bucket, flattenable, is_flat_storage
+from ._torch import FusedKernel, foreach
+from .tensors import TensorList
 
 #: The engine's modes (see the module docstring).
-MODES = ("auto", "per_tensor", "eager", "fused", "compiled")
+MODES = ("auto", "per_tensor", "foreach", "fused")
 
-#: In ``"auto"`` mode, a bucket with at least this many elements is compiled when torch
-#: has no fused kernel for the rule. Below it, compiling (seconds, once per process and
-#: variant) costs more than it saves: eager flat updates take microseconds there.
-COMPILE_MIN_NUMEL = 1 << 20
-
-_COMPILE_DTYPES = (torch.float32, torch.float64)
 _ENGINE_ATTRIBUTE = "_descent_engine"
 _MODE_ATTRIBUTE = "_descent_engine_mode"
-_compile_failed: set[type] = set()
 _default = threading.local()
+
+
+class Rule(Protocol):
+    """What the engine needs of an optimizer (descent.Optimizer provides it)."""
+
+    param_groups: list[dict[str, Any]]
+    state: Any
+    hyperparameters: Mapping[str, Any]
+    math: Callable[..., Any] | None
+    math_arguments: tuple[str, ...]
+    fused_kernel: FusedKernel | None
+    elementwise: bool
+
+    @property
+    def scalar_state(self) -> frozenset[str]: ...
+
+    def _init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def describe_param(self, group_index: int, index: int) -> str: ...
+
+
+# ---------------------------------------------------------------------- modes
 
 
 def _check_mode(mode: Any, where: str) -> str:
@@ -81,14 +89,12 @@ def _check_mode(mode: Any, where: str) -> str:
     return mode
 
 
-def _environment_mode() -> str:
-    return _check_mode(os.environ.get("DESCENT_ENGINE", "auto"), "DESCENT_ENGINE")
-
-
 def get_default_mode() -> str:
     """The mode optimizers use unless :func:`set_mode` gave them one."""
     mode = getattr(_default, "mode", None)
-    return mode if mode is not None else _environment_mode()
+    if mode is not None:
+        return mode
+    return _check_mode(os.environ.get("DESCENT_ENGINE", "auto"), "DESCENT_ENGINE")
 
 
 @contextlib.contextmanager
@@ -110,11 +116,7 @@ def default_mode(mode: str) -> Iterator[None]:
 
 
 def set_mode(optimizer: torch.optim.Optimizer, mode: str | None) -> None:
-    """Give ``optimizer`` its own engine mode (``None``: follow the default again).
-
-    Switching away from a flat mode leaves the parameters in the flat buffers (they
-    are ordinary tensors either way); switching back rebuilds nothing that is intact.
-    """
+    """Give ``optimizer`` its own engine mode (``None``: follow the default again)."""
     if mode is not None:
         _check_mode(mode, "descent.engine.set_mode")
     optimizer.__dict__[_MODE_ATTRIBUTE] = mode
@@ -126,151 +128,266 @@ def mode_of(optimizer: torch.optim.Optimizer) -> str:
     return mode if mode is not None else get_default_mode()
 
 
-def engine_for(optimizer: Any) -> Engine | None:
-    """The engine that applies ``optimizer``'s updates, or None for the per-tensor path."""
-    if not getattr(optimizer, "elementwise", False) or mode_of(optimizer) == "per_tensor":
-        return None
-    engine = optimizer.__dict__.get(_ENGINE_ATTRIBUTE)
-    if engine is None:
-        engine = optimizer.__dict__[_ENGINE_ATTRIBUTE] = Engine(optimizer)
-    return engine
+# ---------------------------------------------------------------------- policy
 
 
-def existing_engine(optimizer: Any) -> Engine | None:
-    """``optimizer``'s engine if one was already made (no new one is created)."""
-    return optimizer.__dict__.get(_ENGINE_ATTRIBUTE)
+def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
+    """How one bucket of parameters is updated: ``"fused"``, ``"foreach"`` or
+    ``"per_tensor"``. The whole policy of the engine is this function."""
+    if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
+        return "per_tensor"
+    if mode in ("auto", "fused") and rule.fused_kernel is not None and bucket.fusable:
+        return "fused"
+    return "foreach"
 
 
-class _GroupLayout:
-    """A param group's buckets and the params updated one by one (``loose``)."""
+# ---------------------------------------------------------------------- layout
 
-    def __init__(self, optimizer: Any, group: dict[str, Any]) -> None:
-        self.params = list(group["params"])
-        self.state = optimizer.state
-        by_kind: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        self.loose: list[int] = []
-        storages = [param.untyped_storage().data_ptr() for param in self.params]
-        shared = {pointer for pointer, count in Counter(storages).items()
-                  if count > 1 and not is_flat_storage(pointer)}
-        for i, param in enumerate(self.params):
-            if storages[i] not in shared and flattenable(
-                    param, optimizer.state.get(param), optimizer.scalar_state):
-                by_kind.setdefault((param.dtype, param.device), []).append(i)
-            else:
-                self.loose.append(i)
-        self.buckets = [Bucket(optimizer, group, indices) for indices in by_kind.values()]
 
-    def valid(self, optimizer: Any, group: dict[str, Any]) -> bool:
-        params = group["params"]
-        return (optimizer.state is self.state and len(params) == len(self.params)
-                and all(map(operator.is_, params, self.params))
-                and all(bucket.intact() for bucket in self.buckets))
+@dataclass
+class Bucket:
+    """Parameters of one group that share device and dtype (and so one kernel call)."""
+
+    indices: list[int]
+    params: list[Tensor]
+    is_complex: bool
+    fusable: bool
+    is_sparse: bool = False
+
+
+@dataclass
+class _Layout:
+    params: list[Tensor]
+    pointers: list[int]
+    buckets: list[Bucket] = field(default_factory=list)
+
+
+def _layout(params: Sequence[Tensor]) -> _Layout:
+    by_kind: dict[tuple[Any, ...], list[int]] = {}
+    for i, param in enumerate(params):
+        kind = (param.device, param.dtype, param.layout, param.is_contiguous())
+        by_kind.setdefault(kind, []).append(i)
+    buckets = []
+    for (device, dtype, tensor_layout, contiguous), indices in by_kind.items():
+        is_complex = dtype.is_complex
+        buckets.append(Bucket(indices, [params[i] for i in indices], is_complex,
+                              fusable=contiguous and not is_complex
+                              and device.type in ("cpu", "cuda")
+                              and tensor_layout == torch.strided,
+                              is_sparse=tensor_layout != torch.strided))
+    return _Layout(list(params), list(map(Tensor.data_ptr, params)), buckets)
 
 
 class Engine:
-    """Applies one optimizer's updates on flat buffers (created by :func:`engine_for`)."""
+    """Applies one optimizer's updates (created on its first step)."""
 
-    def __init__(self, optimizer: Any) -> None:
-        self.optimizer = optimizer
-        self._layouts: dict[int, _GroupLayout] = {}
+    def __init__(self) -> None:
+        self.layouts: dict[int, _Layout] = {}
 
-    def reset(self) -> None:
-        """Forget the layouts (after ``load_state_dict``); the next step rebuilds them."""
-        self._layouts.clear()
-
-    def layout(self, group: dict[str, Any]) -> _GroupLayout:
-        """The group's current layout, (re)built if a parameter or the state changed."""
-        layout = self._layouts.get(id(group))
-        if layout is None or not layout.valid(self.optimizer, group):
-            layout = self._layouts[id(group)] = _GroupLayout(self.optimizer, group)
+    def layout(self, group: dict[str, Any]) -> _Layout:
+        """The group's layout, rebuilt if a parameter was added, removed or re-bound."""
+        params = group["params"]
+        layout = self.layouts.get(id(group))
+        if (layout is None or len(layout.params) != len(params)
+                or not all(map(operator.is_, params, layout.params))
+                or list(map(Tensor.data_ptr, params)) != layout.pointers):
+            layout = self.layouts[id(group)] = _layout(params)
         return layout
 
-    def buckets(self) -> Iterator[Bucket]:
-        """Every bucket of every group this engine has laid out."""
-        for layout in self._layouts.values():
-            yield from layout.buckets
 
-    def adopt_grads(self) -> None:
-        """Point present gradients at the flat gradient buffer (``zero_grad(False)``)."""
-        groups = {id(group): group for group in self.optimizer.param_groups}
-        for key, layout in self._layouts.items():
-            group = groups.get(key)
-            if group is not None and layout.valid(self.optimizer, group):
-                for bucket in layout.buckets:
-                    bucket.adopt_grads()
+def _engine(optimizer: Any) -> Engine:
+    engine = optimizer.__dict__.get(_ENGINE_ATTRIBUTE)
+    if engine is None:
+        engine = optimizer.__dict__[_ENGINE_ATTRIBUTE] = Engine()
+    return engine
 
-    def step_group(self, group: dict[str, Any], group_index: int) -> None:
-        """Update every parameter of ``group`` that has a gradient."""
-        optimizer = self.optimizer
-        layout = self.layout(group)
-        if layout.loose:
-            optimizer._step_per_tensor(group, group_index, layout.loose)
-        mode = mode_of(optimizer)
+
+def forget(optimizer: Any) -> None:
+    """Drop the engine's cached layouts (after ``load_state_dict``)."""
+    optimizer.__dict__.pop(_ENGINE_ATTRIBUTE, None)
+
+
+# ---------------------------------------------------------------------- stepping
+
+
+def step(optimizer: Rule) -> None:
+    """Update every parameter of every group of ``optimizer`` that has a gradient."""
+    mode = mode_of(optimizer)  # type: ignore[arg-type]
+    engine = _engine(optimizer)
+    for group_index, group in enumerate(optimizer.param_groups):
+        if not group["params"]:
+            continue
+        layout = engine.layout(group)
+        options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
-            present = bucket.gather_grads(
-                lambda i, b=bucket: optimizer._describe_param(group, group_index,
-                                                              b.indices[i]))
-            if not bucket.uniform_keys():
-                todo = [i for i, has in enumerate(present) if has and bucket.keys[i] is None]
-                if todo:
-                    bucket.init_state(optimizer, group, todo)
-            runs = bucket.runs(present)
-            for start, end in runs:
-                bucket.step_counts(start, end)
-                param, grad, state = bucket.run_buffers(start, end)
-                created = self._apply(mode, bucket, param, grad, state, group)
-                bucket.finish_run(optimizer, start, end, state, created)
-            # Updates went through the flat buffer, so autograd has not seen them: count
-            # them in each updated parameter's version, as an in-place update would be.
-            if len(runs) == 1 and runs[0] == (0, len(bucket.params)):
-                increment_version(bucket.params)
-            elif runs:
-                increment_version([p for start, end in runs for p in bucket.params[start:end]])
-
-    def _apply(self, mode: str, bucket: Bucket, param: torch.Tensor, grad: torch.Tensor,
-               state: dict[str, Any], group: dict[str, Any]) -> dict[str, torch.Tensor]:
-        optimizer = self.optimizer
-        cls = type(optimizer)
-        if mode in ("fused", "auto"):
-            kernel = kernels.fused_kernel(cls)
-            if kernel is not None and kernels.run_fused(kernel, param, grad, state, group):
-                return {}
-        if self._should_compile(mode, bucket, has_fused=kernels.fused_kernel(cls) is not None):
-            try:
-                options = {key: value for key, value in group.items() if key != "params"}
-                return kernels.run_compiled(optimizer, param, grad, state, options)
-            except Exception as error:
-                _compile_failed.add(cls)
-                warnings.warn(f"descent.engine: torch.compile failed for {cls.__name__} "
-                              f"({type(error).__name__}: {error}); updating with eager "
-                              "operations on the flat buffers instead", RuntimeWarning,
-                              stacklevel=5)
-        return kernels.run_eager(optimizer, param, grad, state, group)
-
-    def _should_compile(self, mode: str, bucket: Bucket, has_fused: bool) -> bool:
-        if type(self.optimizer) in _compile_failed or bucket.dtype not in _COMPILE_DTYPES:
-            return False
-        if mode == "compiled":
-            return True
-        # A rule with a fused kernel runs eagerly on the steps the kernel cannot take
-        # (SGD's first step creates its momentum buffer): not worth a compilation.
-        if mode != "auto" or has_fused or bucket.total < COMPILE_MIN_NUMEL:
-            return False
-        from .compiled import compiler_available
-        return compiler_available()
+            _step_bucket(optimizer, group, group_index, bucket, options,
+                         choose_path(mode, optimizer, bucket))
 
 
-def compact_state(entry: dict[str, Any]) -> dict[str, Any]:
-    """A copy of one parameter's state in which views of flat buffers are compact clones.
+def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
+    """The group's hyperparameters, one-element tensors (``lr=torch.tensor(0.01)``, of
+    any shape torch accepts) read as Python numbers."""
+    options = {}
+    for name in names:
+        value = group[name]
+        if isinstance(value, Tensor):
+            value = value.item()
+        elif isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value):
+            value = tuple(v.item() if isinstance(v, Tensor) else v for v in value)
+        options[name] = value
+    return options
 
-    Saving a view saves its whole storage (with ``torch.save``) or is refused
-    (safetensors); a clone holds only the parameter's own elements.
+
+def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucket: Bucket,
+                 options: dict[str, Any], path: str) -> None:
+    params = bucket.params
+    grads = [param.grad for param in params]
+    present = [i for i, grad in enumerate(grads) if grad is not None]
+    if not present:
+        return
+    for i in present:
+        grad = grads[i]
+        if grad.is_sparse or grad.layout != torch.strided:  # type: ignore[union-attr]
+            raise TypeError(f"{optimizer.describe_param(group_index, bucket.indices[i])} has a "
+                            f"sparse gradient; {type(optimizer).__name__} takes dense gradients "
+                            "(descent.SparseAdam takes sparse ones)")
+    state_map = optimizer.state
+    entries = []
+    for i in present:
+        param = params[i]
+        entry = state_map.get(param)
+        if not entry:
+            entry = optimizer._init_state(param, group)
+            if entry:
+                state_map[param] = entry
+        elif _needs_move(entry, param, optimizer.scalar_state):
+            _move_state(entry, param, optimizer.scalar_state)
+        entries.append(entry)
+    scalar_keys = sorted(optimizer.scalar_state)
+    for run in _runs(present, entries, scalar_keys, single=path == "per_tensor"):
+        _step_run(optimizer, [params[i] for i in run.indices], [grads[i] for i in run.indices],
+                  run.entries, options, scalar_keys, bucket.is_complex, path)
+
+
+@dataclass
+class _Run:
+    indices: list[int]
+    entries: list[dict[str, Any]]
+
+
+def _runs(present: list[int], entries: list[dict[str, Any]], scalar_keys: list[str],
+          single: bool) -> list[_Run]:
+    """Parameters that can share one call: same state keys, same scalar state values."""
+    if single:
+        return [_Run([i], [entry]) for i, entry in zip(present, entries, strict=True)]
+    runs: dict[Any, _Run] = {}
+    for i, entry in zip(present, entries, strict=True):
+        signature = (frozenset(entry), tuple(float(entry[key]) for key in scalar_keys
+                                             if key in entry))
+        run = runs.get(signature)
+        if run is None:
+            runs[signature] = _Run([i], [entry])
+        else:
+            run.indices.append(i)
+            run.entries.append(entry)
+    return list(runs.values())
+
+
+def _step_run(optimizer: Rule, params: list[Tensor], grads: list[Tensor],
+              entries: list[dict[str, Any]], options: dict[str, Any], scalar_keys: list[str],
+              is_complex: bool, path: str) -> None:
+    first = entries[0]
+    steps = [entry["step"] for entry in entries] if "step" in first else []
+    if steps:
+        if len(steps) == 1:
+            steps[0].add_(1)
+        else:
+            foreach("add_")(steps, 1)
+    originals = params
+    if is_complex:
+        params = [torch.view_as_real(p) for p in params]
+        grads = [torch.view_as_real(g) for g in grads]
+    tensor_keys = [key for key in first if key not in scalar_keys]
+    lists = {key: [_real(entry[key]) for entry in entries] for key in tensor_keys}
+    if path == "fused":
+        assert optimizer.fused_kernel is not None
+        device_steps = [s.to(params[0].device) for s in steps] \
+            if params[0].device.type != "cpu" else steps
+        lr = float(options["lr"])
+        if optimizer.fused_kernel(params, grads, lists, device_steps, options, lr):
+            return
+    scalars = {key: first[key] for key in scalar_keys if key in first and key != "step"}
+    step_count = float(steps[0]) if steps else None
+    wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
+                                           else operator.itemgetter(0))
+    created = call_math(optimizer, wrap(params), wrap(grads),
+                        {key: wrap(values) for key, values in lists.items()}, scalars,
+                        step_count, options)
+    for key in scalars:
+        for entry in entries[1:]:
+            entry[key].copy_(scalars[key])
+    if created:
+        state_map = optimizer.state
+        for key, values in created.items():
+            tensors = values.tensors if isinstance(values, TensorList) else [values]
+            for entry, tensor in zip(entries, tensors, strict=True):
+                entry[key] = torch.view_as_complex(tensor) if is_complex else tensor
+        for param, entry in zip(originals, entries, strict=True):
+            state_map[param] = entry
+
+
+def _real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
+              scalars: Mapping[str, Tensor], step_count: float | None,
+              options: Mapping[str, Any]) -> dict[str, Any]:
+    """Call ``rule.math`` with its keyword arguments; return the state entries it created.
+
+    ``param``, ``grad`` and the values of ``state`` (per-element state, absent or None
+    for an entry not created yet) are :class:`TensorList` for elementwise rules, plain
+    tensors otherwise; ``scalars`` is the shared scalar state (updated in place);
+    ``options`` holds the hyperparameters.
     """
-    return {key: value.clone() if torch.is_tensor(value) and value._base is not None
+    arguments: dict[str, Any] = {}
+    for name in rule.math_arguments:
+        if name == "step":
+            arguments[name] = step_count
+        elif name in options:
+            arguments[name] = options[name]
+        elif name in scalars:
+            arguments[name] = scalars[name]
+        else:
+            arguments[name] = state.get(name)
+    return rule.math(param, grad, **arguments) or {}
+
+
+def _needs_move(entry: Mapping[str, Any], param: Tensor, scalar_keys: frozenset[str]) -> bool:
+    for key, value in entry.items():
+        if key not in scalar_keys and isinstance(value, Tensor):
+            return value.dtype != param.dtype or value.device != param.device
+    return False
+
+
+def _move_state(entry: dict[str, Any], param: Tensor, scalar_keys: frozenset[str]) -> None:
+    """State of a parameter re-bound to another dtype or device, moved along with it."""
+    for key, value in entry.items():
+        if key not in scalar_keys and isinstance(value, Tensor):
+            entry[key] = value.to(dtype=param.dtype, device=param.device)
+
+
+def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain-dict copy of one parameter's state in which views are compact clones.
+
+    Saving a view saves its whole storage (``torch.save``) or is refused (safetensors);
+    a clone holds only the entry's own elements.
+    """
+    return {key: value.clone() if isinstance(value, Tensor) and value._base is not None
             else value for key, value in entry.items()}
 
 
 __all__ = [
-    "COMPILE_MIN_NUMEL", "MODES", "Engine", "compact_state", "default_mode",
-    "engine_for", "existing_engine", "get_default_mode", "mode_of", "set_mode",
+    "MODES", "Bucket", "Rule", "TensorList", "call_math", "choose_path", "compact_state",
+    "default_mode", "forget", "get_default_mode", "mode_of", "set_mode", "step",
 ]

@@ -1,4 +1,9 @@
-"""descent's optimizers: one module per algorithm family, each with its math function."""
+"""descent's optimizers: one module per algorithm family, each with its math function.
+
+Every algorithm is also listed by :func:`descent.optim.registry.algorithms`, which
+finds the classes the modules define; the exports below are for type checkers and
+``from descent.optim import Adam``.
+"""
 
 from .adagrad import Adagrad, adagrad
 from .adam import Adam, AdamW, adam

@@ -1,15 +1,15 @@
-"""The first line of every update rule: the sign of the objective and weight decay."""
+"""The first lines of every update rule: the sign of the objective and weight decay."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from ..engine import TensorList
 
 
-def regularize(param: Tensor, grad: Tensor, *, lr: Any, weight_decay: Any,
-               decoupled: bool = False, maximize: bool = False) -> tuple[Tensor, Tensor]:
-    r"""Return the parameter and gradient an update rule starts from.
+def regularize(param: TensorList, grad: TensorList, *, lr: Any, weight_decay: Any,
+               decoupled: bool = False, maximize: bool = False) -> TensorList:
+    r"""Apply decoupled weight decay to ``param`` in place; return the gradient to use.
 
     .. math::
 
@@ -18,13 +18,13 @@ def regularize(param: Tensor, grad: Tensor, *, lr: Any, weight_decay: Any,
         \theta &\leftarrow \theta\,(1 - \eta\lambda) \quad
             \text{(decoupled: Loshchilov \& Hutter 2019)}
 
-    Pure: returns new tensors, or the inputs themselves when nothing applies.
+    The user's gradient is never written: a changed gradient is a new list.
     """
     if maximize:
         grad = -grad
     if weight_decay != 0:
         if decoupled:
-            param = param * (1 - lr * weight_decay)
+            param.mul_(1 - lr * weight_decay)
         else:
-            grad = grad + weight_decay * param
-    return param, grad
+            grad = grad.add(param, alpha=weight_decay)
+    return grad

@@ -1,22 +1,21 @@
-"""Adamax: Adam with the infinity norm."""
+"""Adamax."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from . import _validate as check
+from ..engine import TensorList
 from ._regularize import regularize
-from .base import Optimizer, scalar_dtype
+from ._spec import State, hyper
+from .base import Optimizer
 
 
-def adamax(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_inf: Tensor, *, step: Any,
-           lr: Any, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
-           maximize: bool = False) -> dict[str, Tensor]:
-    r"""One Adamax step; returns the new ``param``, ``exp_avg`` and ``exp_inf``.
+def adamax(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_inf: TensorList,
+           step: float, lr: Any, betas: tuple[Any, Any], eps: float, weight_decay: float,
+           maximize: bool) -> None:
+    r"""One Adamax step, in place.
 
     .. math::
 
@@ -25,12 +24,11 @@ def adamax(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_inf: Tensor, *, ste
         u \leftarrow \max(\beta_2 u, |g| + \epsilon) \\
         \theta &\leftarrow \theta - \frac{\eta}{1-\beta_1^t} \frac{m}{u}
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                             maximize=maximize)
-    exp_avg = torch.lerp(exp_avg, grad, 1 - beta1)
-    exp_inf = torch.maximum(beta2 * exp_inf, torch.abs(grad) + eps)
-    step_size = lr / (1 - beta1**step)
-    return {"exp_avg": exp_avg, "exp_inf": exp_inf, "param": param - step_size * exp_avg / exp_inf}
+    beta1, beta2 = betas
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_inf.mul_(beta2).maximum_(grad.abs().add_(eps))
+    param.addcdiv_(exp_avg, exp_inf, value=-lr / (1 - beta1**step))
 
 
 class Adamax(Optimizer):
@@ -45,38 +43,23 @@ class Adamax(Optimizer):
         \theta &\leftarrow \theta - \frac{\eta}{1-\beta_1^t}\frac{m_t}{u_t}
 
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
-    Algorithm 2 (epsilon inside the max, as in torch.optim).
-
-    Defaults (torch.optim.Adamax's): ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, maximize=False``. Differences from torch: none in results.
+    Algorithm 2 (epsilon inside the max, as in torch.optim). Differences from torch:
+    none in results.
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "betas": check.betas, "eps": check.non_negative,
-        "weight_decay": check.non_negative, "foreach": check.FOREACH, "maximize": check.flag,
-        "differentiable": check.DIFFERENTIABLE, "capturable": check.CAPTURABLE,
-    }
+    lr: float | Tensor = hyper(default=2e-3)
+    betas: tuple[float, float] = hyper(default=(0.9, 0.999))
+    eps: float = hyper(default=1e-8)
+    weight_decay: float = hyper(default=0.0)
+    foreach: bool | None = hyper(default=None)
+    maximize: bool = hyper(default=False, kw_only=True)
+    differentiable: bool = hyper(default=False, kw_only=True)
+    capturable: bool = hyper(default=False, kw_only=True)
 
-    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, foreach: bool | None = None, *,
-                 maximize: bool = False, differentiable: bool = False,
-                 capturable: bool = False) -> None:
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
-            maximize=maximize, differentiable=differentiable, capturable=capturable))
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"step": torch.zeros((), dtype=scalar_dtype()),
-                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_inf": torch.zeros_like(param, memory_format=torch.preserve_format)}
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        beta1, beta2 = group["betas"]
-        return adamax(param, grad, state["exp_avg"], state["exp_inf"],
-                      step=float(state["step"]), lr=group["lr"], beta1=beta1, beta2=beta2,
-                      eps=group["eps"], weight_decay=group["weight_decay"],
-                      maximize=group["maximize"])
+    keeps = (State("step", scalar=True, doc="steps taken"),
+             State("exp_avg", doc="first moment m"),
+             State("exp_inf", doc="exponentially weighted infinity norm u"))
+    math = staticmethod(adamax)
 
 
 __all__ = ["Adamax", "adamax"]

@@ -1,36 +1,53 @@
 """The base class every descent optimizer derives from.
 
-A descent optimizer is a ``torch.optim.Optimizer`` whose subclass says only three
-things: which hyperparameters it takes (and how to check them), what state a
-parameter starts with, and how one update is computed. The update itself is a
-plain function of tensors (the algorithm's math, written once, in the
-algorithm's module); this class applies it to each parameter that has a
-gradient and writes the results back in place.
+A descent optimizer is a ``torch.optim.Optimizer`` whose subclass declares three things
+(see :mod:`descent.optim._spec`): its hyperparameters (``lr: float = hyper(...)``), the
+state each parameter keeps (``keeps = (State("exp_avg"), ...)``) and its math, one
+function that updates a parameter and its state in place (``math = staticmethod(adam)``).
+Everything else is derived here or in the engine: the constructor, the checks of every
+param group, the state before the first step, ``load_state_dict``'s checks, and how the
+math is applied (:mod:`descent.engine`: torch's fused kernel where one exists for the
+rule, the math on lists of tensors, or one tensor at a time).
 
-Everything else is shared here: accepting tensors, named parameters, group
-dicts or modules; checking every group's hyperparameters; the ``lr`` property;
-and a ``load_state_dict`` that checks the whole state dict before it changes
-anything.
+Beyond ``torch.optim.Optimizer``:
+
+* ``params`` may also be an ``nn.Module`` or a list of modules (their named
+  parameters are used, so errors and state dicts carry names), or NumPy containers
+  (:mod:`descent.interop.arrays`);
+* every param group's hyperparameters are checked, not only the defaults, and a
+  parameter given twice or a dtype the algorithm cannot update is refused with an
+  error that names it;
+* a hyperparameter read on the optimizer (``opt.lr``) is the value all groups share;
+  set on it (``opt.lr = 1e-4``), it is checked and set in every group;
+* :meth:`load_state_dict` checks the optimizer type, the groups, and every state
+  tensor's key, shape and dtype before changing anything.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from typing_extensions import dataclass_transform
 
-from ..engine import compact_state, engine_for, existing_engine
+from .. import engine
+from ..engine._torch import FusedKernel
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
-from . import _validate
 from ._params import as_param_groups, param_label, split_group
+from ._spec import Hyper, State, format_default, hyper
 
 FORMAT_VERSION = 1
 """Version of the ``state_dict`` layout descent writes under the ``"descent"`` key."""
 
 _TOP_LEVEL_KEYS = frozenset({"state", "param_groups", "descent"})
+
+Params = Any
+"""What an optimizer takes as ``params``: tensors, ``named_parameters()``, param-group
+dicts, modules or NumPy containers."""
 
 
 def scalar_dtype() -> torch.dtype:
@@ -41,38 +58,61 @@ def scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+@dataclass_transform(field_specifiers=(hyper,))
 class Optimizer(torch.optim.Optimizer):
     """Base class of descent optimizers (a ``torch.optim.Optimizer``).
 
-    Subclasses set :attr:`hyperparameters` (each group option and its check) and
-    implement :meth:`_init_state` and :meth:`_update`. ``_update`` computes the new
-    values of the parameter and of its state from the current ones by calling the
-    algorithm's math function; it mutates nothing. The base class applies it to every
-    parameter whose ``.grad`` is not None and copies the results back in place.
-
-    Beyond ``torch.optim.Optimizer``:
-
-    * ``params`` may also be an ``nn.Module`` or a list of modules (their named
-      parameters are used, so errors and state dicts carry names);
-    * every param group's hyperparameters are checked, not only the defaults, and a
-      parameter given twice, an empty group, or a dtype the algorithm cannot update
-      is refused with an error that names it;
-    * :attr:`lr` reads or sets the learning rate of all groups at once;
-    * :meth:`load_state_dict` checks the optimizer type, the groups, and every state
-      tensor's key, shape and dtype before changing anything.
+    Subclasses declare hyperparameters with :func:`~descent.optim._spec.hyper`, their
+    per-parameter state in :attr:`keeps` and their update in :attr:`math`; see the
+    module docstring. A subclass may still define ``__init__`` itself (and call
+    ``Optimizer.__init__(self, params, defaults)``) when its constructor does more.
     """
 
-    #: Each hyperparameter a param group carries, with the check its value must pass.
-    hyperparameters: ClassVar[dict[str, _validate.Check]] = {}
+    if TYPE_CHECKING:
+        params: Params = hyper(doc="the parameters to optimize")
+
+    #: Every hyperparameter of the class, by name, in constructor order.
+    hyperparameters: ClassVar[dict[str, Hyper]] = {}
+    #: The state each parameter keeps (torch.optim's keys where torch has the algorithm).
+    keeps: ClassVar[tuple[State, ...]] = ()
+    #: The update rule: ``math(param, grad, *, <state>, step, <hyperparameters>)``.
+    math: ClassVar[Callable[..., Any] | None] = None
+    #: torch's fused kernel for exactly this rule, if torch has one (descent.engine._torch).
+    fused_kernel: ClassVar[FusedKernel | None] = None
+    #: Whether the update treats every element independently: then the math receives
+    #: :class:`~descent.engine.TensorList` arguments and runs on many tensors at once;
+    #: otherwise it receives one parameter's tensors at a time.
+    elementwise: ClassVar[bool] = True
     #: Whether complex parameters are updated (as pairs of reals, like torch.optim).
     supports_complex: ClassVar[bool] = True
-    #: Whether the update treats every element independently (so it can run on flat buffers).
-    elementwise: ClassVar[bool] = True
-    #: State entries that are 0-dim scalars rather than tensors shaped like the parameter.
-    scalar_state: ClassVar[frozenset[str]] = frozenset({"step"})
+    #: Names of the math function's keyword arguments: state entries, "step" and
+    #: hyperparameters (derived from its signature).
+    math_arguments: ClassVar[tuple[str, ...]] = ()
+    #: The algorithm's name in :mod:`descent.functional` and the registry's lower-case
+    #: lookups (the class name in lower case unless the class sets it).
+    registry_name: ClassVar[str] = ""
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
-        self._check_hyperparameters(defaults, "")
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared: dict[str, Hyper] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Hyper):
+                    declared[name] = value
+        cls.hyperparameters = declared
+        if "registry_name" not in vars(cls):
+            cls.registry_name = cls.__name__.lower()
+        if "math" in vars(cls) and "fused_kernel" not in vars(cls):
+            cls.fused_kernel = None  # a fused kernel belongs to the math it was checked against
+        if cls.math is not None:
+            cls.math_arguments = _math_arguments(cls)
+        if declared and "__init__" not in vars(cls):
+            cls.__init__ = _make_init(cls)  # type: ignore[method-assign]
+        if declared and cls.__doc__:
+            cls.__doc__ = _document(cls)
+
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        defaults = self._check_hyperparameters(defaults, "")
         # NumPy containers become tensors sharing their memory (descent.interop.arrays).
         params, self._gradient_sources = array_containers(type(self).__name__, params)
         super().__init__(as_param_groups(type(self).__name__, params), defaults)
@@ -92,7 +132,7 @@ class Optimizer(torch.optim.Optimizer):
             group["param_names"] = []  # an empty group takes the others' naming
         for name, default in self.defaults.items():
             group.setdefault(name, default)
-        self._check_hyperparameters(group, f"param_groups[{index}]: ")
+        group.update(self._check_hyperparameters(group, f"param_groups[{index}]: "))
 
         existing = {id(p): (gi, pi) for gi, g in enumerate(self.param_groups)
                     for pi, p in enumerate(g["params"])}
@@ -122,128 +162,89 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{owner}: {label} has dtype {param.dtype}; expected a "
                             "floating-point tensor (an in-place update would truncate integers)")
 
-    def _check_hyperparameters(self, group: Mapping[str, Any], where: str) -> None:
+    def _check_hyperparameters(self, group: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Check every hyperparameter of ``group``; return the checked values by name."""
         owner = type(self).__name__
-        for name, check in self.hyperparameters.items():
+        checked = {}
+        for name, spec in self.hyperparameters.items():
             if name not in group:
                 raise ValueError(f"{owner}: {where}missing hyperparameter {name!r}")
-            check(owner, f"{where}{name}", group[name])
-        self._check_options(group, where)
+            checked[name] = spec.validate(owner, where, group[name])
+        self._check_options({**group, **checked}, where)
+        return checked
 
-    def _check_options(self, group: Mapping[str, Any], where: str) -> None:
+    @classmethod
+    def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
         """Checks that involve several hyperparameters together (overridden by subclasses)."""
 
-    # ------------------------------------------------------------------ lr
+    # ------------------------------------------------------------------ state
+
+    def _init_state(self, param: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        """State of a parameter before its first update (torch.optim's layout), from
+        :attr:`keeps`."""
+        state: dict[str, Any] = {}
+        for entry in self.keeps:
+            if entry.lazy or not entry.applies(group):
+                continue
+            if entry.scalar:
+                state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())
+            elif callable(entry.init):
+                state[entry.name] = entry.init(param, group)
+            else:
+                state[entry.name] = torch.full_like(param, entry.init,
+                                                    memory_format=torch.preserve_format)
+        return state
+
+    def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
+        """The keys a parameter of ``group`` has in its state once it has stepped."""
+        return frozenset(entry.name for entry in self.keeps if entry.applies(group))
 
     @property
-    def lr(self) -> float:
-        """The learning rate shared by all param groups.
+    def scalar_state(self) -> frozenset[str]:
+        """Names of the state entries that are 0-dim scalars (``step``, ...)."""
+        return frozenset(entry.name for entry in self.keeps if entry.scalar)
 
-        Reading it when groups have different learning rates raises a ``ValueError``
-        (read ``opt.param_groups[i]["lr"]`` instead). Setting it sets every group.
-        """
-        values = [group["lr"] for group in self.param_groups]
-        if any(value != values[0] for value in values[1:]):
-            raise ValueError(f"{type(self).__name__}: param groups have different learning "
-                             f"rates {values}; read opt.param_groups[i]['lr'] for group i")
-        return values[0]
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        _validate.non_negative(type(self).__name__, "lr", value)
-        for group in self.param_groups:
-            group["lr"] = value
-
-    # ------------------------------------------------------------------ update
-
-    def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """State of a parameter before its first update (torch.optim's layout)."""
-        raise NotImplementedError
-
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """New values of ``"param"`` and of state entries, from the current ones.
-
-        ``state["step"]``, where the algorithm counts steps, already counts this
-        update (a tensor or a number). Must not mutate its inputs: the caller writes the
-        results back. Must read nothing but its arguments: :mod:`descent.functional` calls
-        it without an optimizer instance, so the class and the functional form map
-        hyperparameters to the math function's arguments in this one place.
-        """
-        raise NotImplementedError
+    # ------------------------------------------------------------------ step
 
     @torch.no_grad()
     def step(self, closure: Any = None, *, grads: Mapping[str, Any] | None = None) -> Any:
         """Update every parameter that has a gradient; return ``closure()``'s loss if given.
 
         ``grads`` gives the gradients of parameters passed as a dict of NumPy arrays.
+        Gradients are read, never written; parameters keep their storage.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         refresh_gradients(self, grads)  # NumPy containers' gradients (descent.interop.arrays)
-        for index, group in enumerate(self.param_groups):
-            self._step_group(group, index)
+        engine.step(self)
         return loss
 
-    def _step_group(self, group: dict[str, Any], group_index: int) -> None:
-        """Update the group's params: through the engine (flat buffers) or one by one."""
-        engine = engine_for(self)
-        if engine is not None:
-            engine.step_group(group, group_index)
-        else:
-            self._step_per_tensor(group, group_index, range(len(group["params"])))
-
-    def _describe_param(self, group: Mapping[str, Any], group_index: int, index: int) -> str:
-        return f"{type(self).__name__}: {param_label(group, group_index, index)}"
-
-    def _step_per_tensor(self, group: dict[str, Any], group_index: int,
-                         indices: Iterable[int]) -> None:
-        """The reference path: the update applied to each listed parameter on its own."""
-        params = group["params"]
-        for i in indices:
-            param = params[i]
-            grad = param.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise TypeError(
-                    f"{self._describe_param(group, group_index, i)} has a sparse "
-                    "gradient; descent optimizers take dense gradients "
-                    "(torch.optim.SparseAdam handles sparse ones)")
-            state = self.state.get(param) or self._init_state(param, group)
-            apply_update(self, param, grad, state, group)
-            if state:
-                self.state[param] = state
+    def describe_param(self, group_index: int, index: int) -> str:
+        """How errors name parameter ``index`` of group ``group_index``."""
+        label = param_label(self.param_groups[group_index], group_index, index)
+        return f"{type(self).__name__}: {label}"
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; NumPy containers' gradients are zeroed too (their
-        ``zero_grad()`` when they have one).
-
-        With ``set_to_none=False``, gradients of parameters in the engine's flat buffers
-        are zeroed as views of its flat gradient buffer, so that the next backward
-        accumulates straight into it and the step reads it in place.
-        """
-        engine = existing_engine(self)
-        if engine is not None and not set_to_none:
-            engine.adopt_grads()
+        ``zero_grad()`` when they have one)."""
         super().zero_grad(set_to_none)
         zero_container_grads(self)
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ state dicts
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state dict plus ``"descent": {"optimizer", "format_version"}``.
 
-        State tensors that are views of the engine's flat buffers are returned as
-        compact copies (each holding only its parameter's elements), so saving the state
-        dict never saves a whole flat buffer per view; this copies the state once.
+        As in torch.optim, the state tensors are the optimizer's own (not copies): save
+        or copy the result before the next step changes them. Each parameter's state is
+        a plain dict, and a tensor that is a view of a larger one is replaced by a
+        compact copy, so saving never writes more than the state itself.
         """
         state_dict = super().state_dict()
-        if existing_engine(self) is not None:
-            state_dict["state"] = {key: compact_state(entry)
-                                   for key, entry in state_dict["state"].items()}
+        state_dict["state"] = {key: engine.compact_state(entry)
+                               for key, entry in state_dict["state"].items()}
         state_dict["descent"] = {"optimizer": type(self).__name__,
                                  "format_version": FORMAT_VERSION}
         return state_dict
@@ -264,18 +265,17 @@ class Optimizer(torch.optim.Optimizer):
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
         super().load_state_dict(payload)
-        engine = existing_engine(self)
-        if engine is not None:
-            engine.reset()  # the loaded state moves into flat buffers at the next step
+        engine.forget(self)  # the engine lays the loaded state out again at the next step
         # torch casts every floating state tensor but `step` to the parameter's dtype;
         # scalar state such as NAdam's mu_product keeps its own dtype, as when it was saved.
         saved_ids = [i for group in payload["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
+        scalar_state = self.scalar_state
         for saved_id, param in zip(saved_ids, params, strict=True):
             saved = payload["state"].get(saved_id, {})
-            for key in self.scalar_state & saved.keys():
+            for key in scalar_state & saved.keys():
                 if torch.is_tensor(saved[key]):
-                    self.state[param][key] = saved[key].to(device=param.device)
+                    self.state[param][key] = saved[key].to(device="cpu")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -284,11 +284,6 @@ class Optimizer(torch.optim.Optimizer):
                 value = param_state.get(key)
                 if value is not None and not torch.is_tensor(value):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
-
-    def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
-        """The keys a parameter's state has after its first update under ``group``."""
-        probe = torch.zeros(1)
-        return frozenset(self._init_state(probe, dict(group)))
 
     def _check_state_dict(self, state_dict: Any) -> None:
         owner = type(self).__name__
@@ -366,8 +361,9 @@ class Optimizer(torch.optim.Optimizer):
                 parts.append(f"unknown {sorted(keys - expected)}")
             raise ValueError(f"{where}: {' and '.join(parts)} keys "
                              f"(expected {sorted(expected)} for this group's options)")
+        scalar_state = self.scalar_state
         for key, value in entry.items():
-            if key in self.scalar_state:
+            if key in scalar_state:
                 number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
                 if (isinstance(number, bool) or not isinstance(number, int | float)
                         or not math.isfinite(number) or (key == "step" and number < 0)):
@@ -385,27 +381,67 @@ class Optimizer(torch.optim.Optimizer):
                                  f"dtype {param.dtype}")
 
 
-def apply_update(optimizer: Optimizer, param: torch.Tensor, grad: torch.Tensor,
-                 state: dict[str, Any], group: Mapping[str, Any]) -> None:
-    """Run ``optimizer``'s update for one parameter and write the results back in place.
+# ---------------------------------------------------------------------- derived pieces
 
-    Counts the step (``state["step"] += 1``) where the algorithm has one. Complex
-    parameters and their state are viewed as real pairs, as in torch.optim.
-    """
-    if "step" in state:
-        state["step"] += 1
-    is_complex = param.is_complex()
-    if is_complex:
-        param, grad = torch.view_as_real(param), torch.view_as_real(grad)
-        view = {key: torch.view_as_real(value) if torch.is_tensor(value) and value.is_complex()
-                else value for key, value in state.items()}
-    else:
-        view = state
-    new = optimizer._update(param, grad, view, group)
-    for key, value in new.items():
-        target = param if key == "param" else view.get(key)
-        if target is None:
-            value = value.detach().clone()
-            state[key] = torch.view_as_complex(value) if is_complex else value
-        else:
-            target.copy_(value)
+
+def _math_arguments(cls: type[Optimizer]) -> tuple[str, ...]:
+    """The keyword arguments of ``cls.math``, each checked to be a state entry, ``step``
+    or a hyperparameter of the class."""
+    assert cls.math is not None
+    signature = inspect.signature(cls.math)
+    names = [name for name, parameter in signature.parameters.items()
+             if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    known = {entry.name for entry in cls.keeps} | set(cls.hyperparameters) | {"step"}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.math takes {unknown}, which are neither state "
+                        "entries, 'step' nor hyperparameters of the class")
+    return tuple(names)
+
+
+def _make_init(cls: type[Optimizer]) -> Callable[..., None]:
+    """The constructor: ``(self, params, <hyperparameters in declaration order>)``."""
+    kind = inspect.Parameter
+    arguments = [h for h in cls.hyperparameters.values() if h.init]
+    fixed = {h.name: h.default for h in cls.hyperparameters.values() if not h.init}
+    parameters = [kind("self", kind.POSITIONAL_OR_KEYWORD),
+                  kind("params", kind.POSITIONAL_OR_KEYWORD)]
+    for spec in [h for h in arguments if not h.kw_only] + [h for h in arguments if h.kw_only]:
+        parameters.append(kind(spec.name,
+                               kind.KEYWORD_ONLY if spec.kw_only else kind.POSITIONAL_OR_KEYWORD,
+                               default=kind.empty if spec.required else spec.default))
+    signature = inspect.Signature(parameters)
+    owner = cls.__name__
+
+    def __init__(self: Optimizer, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{owner}: {error}; its arguments are "
+                            f"{', '.join(list(signature.parameters)[1:])}") from None
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["self"]
+        params = values.pop("params")
+        Optimizer.__init__(self, params, {**values, **fixed})
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = f"Make a {owner} optimizer over ``params`` (see the class docstring)."
+    return __init__
+
+
+def _document(cls: type[Optimizer]) -> str:
+    """The class docstring with an "Args" section listing every constructor argument."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    lines = ["", "", "Args:",
+             "    params: the parameters to optimize: tensors, ``named_parameters()``, "
+             "param-group dicts, a module or a list of modules."]
+    for spec in cls.hyperparameters.values():
+        if spec.init:
+            lines.append(f"    {spec.name}: {spec.doc or 'see above'} "
+                         f"(default {format_default(spec.default)}).")
+    return doc + "\n".join(lines) + "\n"
+
+
+__all__ = ["FORMAT_VERSION", "Optimizer", "Params", "State", "hyper", "scalar_dtype"]

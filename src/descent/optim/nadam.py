@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ..engine import TensorList
 from . import _validate as check
 from ._regularize import regularize
-from .base import Optimizer, scalar_dtype
+from ._spec import State, hyper
+from .base import Optimizer
 
 
-def nadam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, mu_product: Tensor,
-          *, step: Any, lr: Any, beta1: float, beta2: float, eps: float,
-          weight_decay: float = 0.0, momentum_decay: float = 4e-3,
-          decoupled_weight_decay: bool = False, maximize: bool = False) -> dict[str, Tensor]:
-    r"""One NAdam step; returns the new ``param``, moments and ``mu_product``.
+def nadam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq: TensorList,
+          mu_product: Tensor, step: float, lr: Any, betas: tuple[Any, Any], eps: float,
+          weight_decay: float, momentum_decay: float, decoupled_weight_decay: bool,
+          maximize: bool) -> None:
+    r"""One NAdam step, in place (``mu_product``, a 0-dim tensor, too).
 
     .. math::
 
@@ -29,22 +29,21 @@ def nadam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, mu_p
         \theta &\leftarrow \theta - \eta\frac{1-\mu_t}{1-\Pi_t}\frac{g}{s}
             - \eta\frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}}\frac{m}{s}
 
-    ``mu_product`` (:math:`\Pi`) is a 0-dim tensor kept in the state's scalar dtype, as
-    torch.optim keeps it; its product is rounded in that dtype.
+    :math:`\Pi` is kept in the state's scalar dtype, as torch.optim keeps it; its
+    product is rounded in that dtype.
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                             decoupled=decoupled_weight_decay, maximize=maximize)
+    beta1, beta2 = betas
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
+                      decoupled=decoupled_weight_decay, maximize=maximize)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
-    mu_product = mu_product * mu
-    product = mu_product.to(torch.float64)
-    exp_avg = torch.lerp(exp_avg, grad, 1 - beta1)
-    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
-    denom = torch.sqrt(exp_avg_sq / (1 - beta2**step)) + eps
-    param = (param - (lr * (1.0 - mu) / (1.0 - product)) * grad / denom
-             - (lr * mu_next / (1.0 - product * mu_next)) * exp_avg / denom)
-    return {"param": param, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-            "mu_product": mu_product}
+    mu_product.mul_(mu)
+    product = float(mu_product)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = exp_avg_sq.div(1 - beta2**step).sqrt_().add_(eps)
+    param.addcdiv_(grad, denom, value=-lr * (1.0 - mu) / (1.0 - product))
+    param.addcdiv_(exp_avg, denom, value=-lr * mu_next / (1.0 - product * mu_next))
 
 
 class NAdam(Optimizer):
@@ -61,48 +60,27 @@ class NAdam(Optimizer):
             \left(\sqrt{v_t/(1-\beta_2^t)} + \epsilon\right)
 
     with :math:`\psi` = ``momentum_decay``. Reference: Dozat, "Incorporating Nesterov
-    Momentum into Adam", ICLR 2016 workshop.
-
-    Defaults (torch.optim.NAdam's): ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False``.
-    Differences from torch: none in results.
+    Momentum into Adam", ICLR 2016 workshop. Differences from torch: none in results.
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "betas": check.betas, "eps": check.non_negative,
-        "weight_decay": check.non_negative, "momentum_decay": check.non_negative,
-        "decoupled_weight_decay": check.flag, "foreach": check.FOREACH,
-        "maximize": check.flag, "capturable": check.CAPTURABLE,
-        "differentiable": check.DIFFERENTIABLE,
-    }
-    scalar_state = frozenset({"step", "mu_product"})
+    lr: float | Tensor = hyper(default=2e-3)
+    betas: tuple[float, float] = hyper(default=(0.9, 0.999))
+    eps: float = hyper(default=1e-8)
+    weight_decay: float = hyper(default=0.0)
+    momentum_decay: float = hyper(default=4e-3, check=check.non_negative,
+                                  doc=r"momentum decay :math:`\psi`")
+    decoupled_weight_decay: bool = hyper(default=False)
+    foreach: bool | None = hyper(default=None, kw_only=True)
+    maximize: bool = hyper(default=False, kw_only=True)
+    capturable: bool = hyper(default=False, kw_only=True)
+    differentiable: bool = hyper(default=False, kw_only=True)
 
-    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
-                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
-                 maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False) -> None:
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-            foreach=foreach, maximize=maximize, capturable=capturable,
-            differentiable=differentiable))
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"step": torch.zeros((), dtype=scalar_dtype()),
-                "mu_product": torch.ones((), dtype=scalar_dtype()),
-                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        beta1, beta2 = group["betas"]
-        return nadam(param, grad, state["exp_avg"], state["exp_avg_sq"], state["mu_product"],
-                     step=float(state["step"]), lr=group["lr"], beta1=beta1, beta2=beta2,
-                     eps=group["eps"], weight_decay=group["weight_decay"],
-                     momentum_decay=group["momentum_decay"],
-                     decoupled_weight_decay=group["decoupled_weight_decay"],
-                     maximize=group["maximize"])
+    keeps = (State("step", scalar=True, doc="steps taken"),
+             State("mu_product", scalar=True, init=1.0,
+                   doc=r"product :math:`\Pi_t` of the momentum coefficients"),
+             State("exp_avg", doc="first moment m"),
+             State("exp_avg_sq", doc="second moment v"))
+    math = staticmethod(nadam)
 
 
 __all__ = ["NAdam", "nadam"]

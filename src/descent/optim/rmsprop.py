@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ..engine import TensorList
 from . import _validate as check
 from ._regularize import regularize
-from .base import Optimizer, scalar_dtype
+from ._spec import State, hyper
+from .base import Optimizer
 
 
-def rmsprop(param: Tensor, grad: Tensor, square_avg: Tensor,
-            momentum_buffer: Tensor | None = None, grad_avg: Tensor | None = None, *, lr: Any,
-            alpha: float, eps: float, weight_decay: float = 0.0, momentum: float = 0.0,
-            maximize: bool = False) -> dict[str, Tensor]:
-    r"""One RMSprop step; ``grad_avg`` given means centered, ``momentum_buffer`` given means
-    momentum (pass zeros on the first step).
+def rmsprop(param: TensorList, grad: TensorList, *, square_avg: TensorList,
+            momentum_buffer: TensorList | None, grad_avg: TensorList | None, lr: Any,
+            alpha: float, eps: float, weight_decay: float, momentum: float,
+            maximize: bool) -> None:
+    r"""One RMSprop step, in place; ``grad_avg`` given means centered, ``momentum_buffer``
+    given means momentum.
 
     .. math::
 
@@ -29,21 +29,19 @@ def rmsprop(param: Tensor, grad: Tensor, square_avg: Tensor,
         b &\leftarrow \mu b + g / s, \quad \theta \leftarrow \theta - \eta b
             \quad\text{(momentum), else } \theta \leftarrow \theta - \eta\, g / s
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                             maximize=maximize)
-    square_avg = alpha * square_avg + (1 - alpha) * grad * grad
-    new = {"square_avg": square_avg}
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
+    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
     if grad_avg is not None:
-        grad_avg = new["grad_avg"] = torch.lerp(grad_avg, grad, 1 - alpha)
-        avg = torch.sqrt(square_avg - grad_avg * grad_avg) + eps
+        grad_avg.lerp_(grad, 1 - alpha)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
     else:
-        avg = torch.sqrt(square_avg) + eps
+        avg = square_avg.sqrt()
+    avg.add_(eps)
     if momentum_buffer is not None:
-        buf = new["momentum_buffer"] = momentum * momentum_buffer + grad / avg
-        new["param"] = param - lr * buf
+        momentum_buffer.mul_(momentum).addcdiv_(grad, avg)
+        param.add_(momentum_buffer, alpha=-lr)
     else:
-        new["param"] = param - lr * grad / avg
-    return new
+        param.addcdiv_(grad, avg, value=-lr)
 
 
 class RMSprop(Optimizer):
@@ -62,43 +60,33 @@ class RMSprop(Optimizer):
     References: Tieleman & Hinton, Lecture 6.5 of "Neural Networks for Machine Learning",
     2012; Graves, "Generating Sequences With Recurrent Neural Networks", 2013 (centered).
 
-    Defaults (torch.optim.RMSprop's): ``lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0,
-    momentum=0, centered=False, maximize=False``. Differences from torch: none in results;
-    ``foreach`` is accepted and ignored, ``capturable``/``differentiable`` are refused.
+    Differences from torch: none in results; ``foreach`` is accepted and ignored,
+    ``capturable``/``differentiable`` are refused.
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "alpha": check.non_negative, "eps": check.non_negative,
-        "weight_decay": check.non_negative, "momentum": check.non_negative,
-        "centered": check.flag, "capturable": check.CAPTURABLE, "foreach": check.FOREACH,
-        "maximize": check.flag, "differentiable": check.DIFFERENTIABLE,
-    }
+    lr: float | Tensor = hyper(default=1e-2)
+    alpha: float = hyper(default=0.99, check=check.non_negative,
+                         doc=r"decay rate :math:`\alpha` of the squared-gradient average")
+    eps: float = hyper(default=1e-8)
+    weight_decay: float = hyper(default=0.0, check=check.non_negative,
+                                doc=r"weight decay :math:`\lambda` (an L2 penalty)")
+    momentum: float = hyper(default=0.0)
+    centered: bool = hyper(default=False, check=check.flag,
+                           doc="divide by the estimated variance instead of the raw "
+                               "second moment")
+    capturable: bool = hyper(default=False)
+    foreach: bool | None = hyper(default=None)
+    maximize: bool = hyper(default=False)
+    differentiable: bool = hyper(default=False)
 
-    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
-                 differentiable: bool = False) -> None:
-        super().__init__(params, dict(
-            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-            centered=centered, capturable=capturable, foreach=foreach, maximize=maximize,
-            differentiable=differentiable))
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = {"step": torch.zeros((), dtype=scalar_dtype()),
-                 "square_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(param,
-                                                        memory_format=torch.preserve_format)
-        if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        return state
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        return rmsprop(param, grad, state["square_avg"], state.get("momentum_buffer"),
-                       state.get("grad_avg"), lr=group["lr"], alpha=group["alpha"],
-                       eps=group["eps"], weight_decay=group["weight_decay"],
-                       momentum=group["momentum"], maximize=group["maximize"])
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("square_avg", doc="average of squared gradients v"),
+        State("momentum_buffer", when="momentum",
+              doc="momentum buffer b"),
+        State("grad_avg", when="centered", doc="average gradient"),
+    )
+    math = staticmethod(rmsprop)
 
 
 __all__ = ["RMSprop", "rmsprop"]

@@ -7,15 +7,18 @@ from typing import Any
 
 from torch import Tensor
 
+from ..engine import TensorList
+from ..engine._torch import fused_sgd
 from . import _validate as check
 from ._regularize import regularize
+from ._spec import State, hyper
 from .base import Optimizer
 
 
-def sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None, *, lr: Any,
-        momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-        nesterov: bool = False, maximize: bool = False) -> dict[str, Tensor]:
-    r"""One SGD step; returns the new ``param`` (and ``momentum_buffer`` when momentum > 0).
+def sgd(param: TensorList, grad: TensorList, *, momentum_buffer: TensorList | None, lr: Any,
+        momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+        maximize: bool) -> dict[str, TensorList]:
+    r"""One SGD step, in place; returns the momentum buffer when this step created it.
 
     .. math::
 
@@ -24,21 +27,19 @@ def sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None, *, l
         d &= g + \mu\,b \text{ (Nesterov) or } b \\
         \theta &\leftarrow \theta - \eta\,d
 
-    ``momentum_buffer=None`` means the first step. Sutskever et al. 2013 (momentum and
-    Nesterov momentum in this form).
+    ``momentum_buffer=None`` with momentum > 0 means the first step. Sutskever et al.
+    2013 (momentum and Nesterov momentum in this form).
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                             maximize=maximize)
-    new: dict[str, Tensor] = {}
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
+    created = {}
     if momentum != 0:
         if momentum_buffer is None:
-            buf = grad
+            momentum_buffer = created["momentum_buffer"] = grad.clone()
         else:
-            buf = momentum * momentum_buffer + (1 - dampening) * grad
-        new["momentum_buffer"] = buf
-        grad = grad + momentum * buf if nesterov else buf
-    new["param"] = param - lr * grad
-    return new
+            momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    param.add_(grad, alpha=-lr)
+    return created
 
 
 class SGD(Optimizer):
@@ -55,10 +56,8 @@ class SGD(Optimizer):
             \theta - \eta\,b_t
 
     Reference: Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and
-    momentum in deep learning", ICML 2013.
-
-    Defaults (torch.optim.SGD's): ``lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-    nesterov=False, maximize=False``. Nesterov needs ``momentum > 0`` and ``dampening == 0``.
+    momentum in deep learning", ICML 2013. Nesterov needs ``momentum > 0`` and
+    ``dampening == 0``. Runs on torch's fused kernel (CPU and CUDA) after the first step.
 
     Differences from torch: none in results. ``foreach`` and ``fused`` are accepted and
     ignored (descent's engine chooses how the update runs); ``differentiable=True`` is
@@ -72,40 +71,29 @@ class SGD(Optimizer):
         opt.zero_grad()
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "momentum": check.non_negative, "dampening": check.finite,
-        "weight_decay": check.non_negative, "nesterov": check.flag, "maximize": check.flag,
-        "foreach": check.FOREACH, "differentiable": check.DIFFERENTIABLE, "fused": check.FUSED,
-    }
-    scalar_state = frozenset()
+    lr: float | Tensor = hyper(default=1e-3)
+    momentum: float = hyper(default=0.0)
+    dampening: float = hyper(default=0.0, check=check.finite,
+                             doc=r"dampening :math:`\tau` of the momentum")
+    weight_decay: float = hyper(default=0.0, check=check.non_negative,
+                                doc=r"weight decay :math:`\lambda` (an L2 penalty)")
+    nesterov: bool = hyper(default=False, check=check.flag, doc="use Nesterov momentum")
+    maximize: bool = hyper(default=False, kw_only=True)
+    foreach: bool | None = hyper(default=None, kw_only=True)
+    differentiable: bool = hyper(default=False, kw_only=True)
+    fused: bool | None = hyper(default=None, kw_only=True)
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False, foreach: bool | None = None,
-                 differentiable: bool = False, fused: bool | None = None) -> None:
-        super().__init__(params, dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, maximize=maximize, foreach=foreach,
-            differentiable=differentiable, fused=fused))
+    keeps = (State("momentum_buffer", lazy=True, when="momentum",
+                   doc="momentum buffer b, the first gradient at first"),)
+    math = staticmethod(sgd)
+    fused_kernel = staticmethod(fused_sgd)
 
-    def _check_options(self, group: Mapping[str, Any], where: str) -> None:
+    @classmethod
+    def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"SGD: {where}nesterov=True needs momentum > 0 and dampening == 0, got "
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-    def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
-        return frozenset({"momentum_buffer"} if group["momentum"] != 0 else ())
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        return sgd(param, grad, state.get("momentum_buffer"), lr=group["lr"],
-                   momentum=group["momentum"], dampening=group["dampening"],
-                   weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                   maximize=group["maximize"])
 
 
 __all__ = ["SGD", "sgd"]

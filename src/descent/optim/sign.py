@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from ..engine import TensorList
 from . import _validate as check
 from ._regularize import regularize
+from ._spec import State, hyper
 from .base import Optimizer
 
 
-def sign_sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None, *, lr: Any,
-             momentum: float = 0.0, weight_decay: float = 0.0,
-             maximize: bool = False) -> dict[str, Tensor]:
+def sign_sgd(param: TensorList, grad: TensorList, *, momentum_buffer: TensorList | None,
+             lr: Any, momentum: float, weight_decay: float, maximize: bool) -> None:
     r"""One signSGD step, or Signum when ``momentum_buffer`` is given (zeros at first).
 
     .. math::
@@ -23,19 +22,17 @@ def sign_sgd(param: Tensor, grad: Tensor, momentum_buffer: Tensor | None = None,
         m &\leftarrow \beta m + (1-\beta) g \quad\text{(Signum; } m = g \text{ for signSGD)} \\
         \theta &\leftarrow \theta(1 - \eta\lambda) - \eta\,\operatorname{sign}(m)
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                             maximize=maximize)
-    new: dict[str, Tensor] = {}
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
+                      maximize=maximize)
     direction = grad
     if momentum_buffer is not None:
-        direction = new["momentum_buffer"] = torch.lerp(momentum_buffer, grad, 1 - momentum)
-    new["param"] = param - lr * torch.sign(direction)
-    return new
+        direction = momentum_buffer.lerp_(grad, 1 - momentum)
+    param.add_(direction.sign(), alpha=-lr)
 
 
-def lion(param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr: Any, beta1: float, beta2: float,
-         weight_decay: float = 0.0, maximize: bool = False) -> dict[str, Tensor]:
-    r"""One Lion step; returns the new ``param`` and ``exp_avg``.
+def lion(param: TensorList, grad: TensorList, *, exp_avg: TensorList, lr: Any,
+         betas: tuple[Any, Any], weight_decay: float, maximize: bool) -> None:
+    r"""One Lion step, in place.
 
     .. math::
 
@@ -43,10 +40,12 @@ def lion(param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr: Any, beta1: float,
         \theta &\leftarrow \theta - \eta\,(\operatorname{sign}(c) + \lambda\theta) \\
         m &\leftarrow \beta_2 m + (1-\beta_2) g
     """
-    param, grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                             maximize=maximize)
-    update = torch.sign(torch.lerp(exp_avg, grad, 1 - beta1))
-    return {"param": param - lr * update, "exp_avg": torch.lerp(exp_avg, grad, 1 - beta2)}
+    beta1, beta2 = betas
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
+                      maximize=maximize)
+    update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign()
+    param.add_(update, alpha=-lr)
+    exp_avg.lerp_(grad, 1 - beta2)
 
 
 class SignSGD(Optimizer):
@@ -62,35 +61,22 @@ class SignSGD(Optimizer):
     Optimisation for Non-Convex Problems", ICML 2018 (Algorithm 1 is signSGD, Algorithm 3
     is Signum).
 
-    Defaults: ``lr=1e-3, momentum=0, weight_decay=0, maximize=False``. Weight decay is
-    decoupled (applied to the parameter, not mixed into the sign), so it keeps its size
-    whatever the gradient's scale. torch.optim has no counterpart. Complex parameters are
-    refused: the sign of a complex number is not the paper's sign.
+    Weight decay is decoupled (applied to the parameter, not mixed into the sign), so it
+    keeps its size whatever the gradient's scale. torch.optim has no counterpart.
+    Complex parameters are refused: the sign of a complex number is not the paper's sign.
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "momentum": check.unit_interval,
-        "weight_decay": check.non_negative, "maximize": check.flag,
-    }
+    lr: float | Tensor = hyper(default=1e-3)
+    momentum: float = hyper(default=0.0, check=check.unit_interval,
+                            doc=r"momentum :math:`\beta` (Signum when > 0)")
+    weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
+    maximize: bool = hyper(default=False, kw_only=True)
+
+    keeps = (State("momentum_buffer", when="momentum",
+                   doc="momentum m (Signum)"),)
+    math = staticmethod(sign_sgd)
     supports_complex = False
-    scalar_state = frozenset()
-
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      maximize=maximize))
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        if group["momentum"] > 0:
-            return {"momentum_buffer": torch.zeros_like(param,
-                                                        memory_format=torch.preserve_format)}
-        return {}
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        return sign_sgd(param, grad, state.get("momentum_buffer"), lr=group["lr"],
-                        momentum=group["momentum"], weight_decay=group["weight_decay"],
-                        maximize=group["maximize"])
+    registry_name = "sign_sgd"
 
 
 class Lion(Optimizer):
@@ -105,31 +91,18 @@ class Lion(Optimizer):
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023,
     Algorithm 2. The update has the same size in every coordinate, so Lion wants a
     learning rate 3-10x smaller and a weight decay 3-10x larger than AdamW's.
-
-    Defaults (the paper's): ``lr=1e-4, betas=(0.9, 0.99), weight_decay=0, maximize=False``.
-    torch.optim has no counterpart. Complex parameters are refused.
+    Defaults are the paper's. torch.optim has no counterpart. Complex parameters are
+    refused.
     """
 
-    hyperparameters = {
-        "lr": check.non_negative, "betas": check.betas, "weight_decay": check.non_negative,
-        "maximize": check.flag,
-    }
+    lr: float | Tensor = hyper(default=1e-4)
+    betas: tuple[float, float] = hyper(default=(0.9, 0.99))
+    weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
+    maximize: bool = hyper(default=False, kw_only=True)
+
+    keeps = (State("exp_avg", doc="momentum m"),)
+    math = staticmethod(lion)
     supports_complex = False
-    scalar_state = frozenset()
-
-    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                      maximize=maximize))
-
-    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
-
-    def _update(self, param: Tensor, grad: Tensor, state: Mapping[str, Any],
-                group: Mapping[str, Any]) -> dict[str, Tensor]:
-        beta1, beta2 = group["betas"]
-        return lion(param, grad, state["exp_avg"], lr=group["lr"], beta1=beta1, beta2=beta2,
-                    weight_decay=group["weight_decay"], maximize=group["maximize"])
 
 
 __all__ = ["Lion", "SignSGD", "lion", "sign_sgd"]
