@@ -302,10 +302,30 @@ def test_zero_grad_set_to_none_leaves_none() -> None:
 
 def test_sparse_gradient_is_refused_with_the_params_name() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
-    opt = descent.SGD(model, lr=0.1)
+    opt = descent.Adam(model, lr=0.1)
     model[0].weight.grad = torch.eye(2).to_sparse()
     with pytest.raises(TypeError, match=r"0\.weight.*sparse gradient"):
         opt.step()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_takes_sparse_gradients_as_torch_does(momentum: float) -> None:
+    results = []
+    for cls in (descent.SGD, torch.optim.SGD):
+        torch.manual_seed(0)
+        embedding = nn.Embedding(10, 3, sparse=True).double()
+        dense = nn.Linear(3, 1).double()
+        opt = cls([*embedding.parameters(), *dense.parameters()], lr=0.1, momentum=momentum)
+        for step in range(4):
+            opt.zero_grad()
+            index = torch.tensor([step, (step * 3) % 10, 7])
+            dense(embedding(index)).square().sum().backward()
+            assert embedding.weight.grad.is_sparse
+            opt.step()
+        results.append([p.detach().clone() for p in (*embedding.parameters(),
+                                                      *dense.parameters())])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
 
 
 # ---------------------------------------------------------------------- what stays per tensor

@@ -70,6 +70,7 @@ class Rule(Protocol):
     math_arguments: tuple[str, ...]
     fused_kernel: FusedKernel | None
     elementwise: bool
+    supports_sparse: bool
 
     @property
     def scalar_state(self) -> frozenset[str]: ...
@@ -245,12 +246,13 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
     present = [i for i, grad in enumerate(grads) if grad is not None]
     if not present:
         return
-    for i in present:
-        grad = grads[i]
-        if grad.is_sparse or grad.layout != torch.strided:  # type: ignore[union-attr]
-            raise TypeError(f"{optimizer.describe_param(group_index, bucket.indices[i])} has a "
-                            f"sparse gradient; {type(optimizer).__name__} takes dense gradients "
-                            "(descent.SparseAdam takes sparse ones)")
+    sparse = [i for i in present if grads[i].layout != torch.strided]  # type: ignore[union-attr]
+    if sparse:
+        if not optimizer.supports_sparse:
+            raise TypeError(f"{optimizer.describe_param(group_index, bucket.indices[sparse[0]])} "
+                            f"has a sparse gradient; {type(optimizer).__name__} takes dense "
+                            "gradients (SGD, Adagrad and SparseAdam take sparse ones)")
+        path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
     state_map = optimizer.state
     entries = []
     for i in present:

@@ -191,8 +191,7 @@ class TensorList:
 
     def clone(self) -> TensorList:
         """A copy of every tensor (new state a rule creates on its first step)."""
-        return TensorList([t.clone(memory_format=torch.preserve_format) if self.pure
-                           else t.detach().clone(memory_format=torch.preserve_format)
+        return TensorList([t.clone() if self.pure else t.detach().clone()
                            for t in self.tensors], pure=self.pure)
 
     def copy_(self, source: TensorList) -> TensorList:

@@ -85,6 +85,8 @@ class Optimizer(torch.optim.Optimizer):
     elementwise: ClassVar[bool] = True
     #: Whether complex parameters are updated (as pairs of reals, like torch.optim).
     supports_complex: ClassVar[bool] = True
+    #: Whether sparse gradients are accepted (the math then runs per tensor with them).
+    supports_sparse: ClassVar[bool] = False
     #: Names of the math function's keyword arguments: state entries, "step" and
     #: hyperparameters (derived from its signature).
     math_arguments: ClassVar[tuple[str, ...]] = ()

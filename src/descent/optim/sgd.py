@@ -58,6 +58,8 @@ class SGD(Optimizer):
     Reference: Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and
     momentum in deep learning", ICML 2013. Nesterov needs ``momentum > 0`` and
     ``dampening == 0``. Runs on torch's fused kernel (CPU and CUDA) after the first step.
+    Sparse gradients (``nn.Embedding(sparse=True)``) are accepted, as in torch, and
+    update their parameters one at a time.
 
     Differences from torch: none in results. ``foreach`` and ``fused`` are accepted and
     ignored (descent's engine chooses how the update runs); ``differentiable=True`` is
@@ -87,6 +89,7 @@ class SGD(Optimizer):
                    doc="momentum buffer b, the first gradient at first"),)
     math = staticmethod(sgd)
     fused_kernel = staticmethod(fused_sgd)
+    supports_sparse = True
 
     @classmethod
     def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
