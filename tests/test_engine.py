@@ -558,3 +558,157 @@ def test_pickled_model_and_submodule_state_dicts_hold_only_their_own_tensors() -
     torch.save(model[2].state_dict(), buffer)
     own = sum(t.numel() * t.element_size() for t in model[2].state_dict().values())
     assert buffer.tell() < own + 2_000
+
+
+# ---------------------------------------------------------------------- generated kernels
+
+needs_compiler = pytest.mark.skipif(descent.engine.cpu.compiler() is None,
+                                    reason="needs a C compiler")
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
+def test_generated_kernels_match_per_tensor(info: OptimizerInfo, config: dict[str, Any],
+                                            dtype: torch.dtype) -> None:
+    """One C loop generated from the math vs the math per tensor: params and state."""
+    ours, ours_opt = run(info, config, "compiled", dtype)
+    reference, reference_opt = run(info, config, "per_tensor", dtype)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    assert relative_difference(ours, reference) <= tolerance
+    assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= \
+        tolerance
+
+
+def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    original = descent.engine.cpu.Kernel.__call__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", counting)
+    return calls
+
+
+@needs_compiler
+def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Any) -> None:
+    """While a kernel is being built, auto steps run the math on lists; then the kernel."""
+    import threading
+
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
+    release = threading.Event()
+    original = descent.engine.cpu._build
+
+    def held_build(code: str) -> Any:
+        assert release.wait(timeout=60)
+        return original(code + "\n/* held */\n")  # a source no other test has built
+
+    monkeypatch.setattr(descent.engine.cpu, "_build", held_build)
+    monkeypatch.setattr(descent.engine.cpu, "_builds", {})  # nothing built yet
+    monkeypatch.setattr(descent.engine, "GENERATED_MIN_NUMEL", 0)
+    calls = count_kernel_calls(monkeypatch)
+    params, reference = make_params(seed=3), make_params(seed=3)
+    opt = descent.Adamax(params, lr=0.01, weight_decay=0.25)
+    reference_opt = descent.Adamax(reference, lr=0.01, weight_decay=0.25)
+    engine.set_mode(reference_opt, "per_tensor")
+    for step in range(2):
+        give_grads(params, step)
+        give_grads(reference, step)
+        opt.step()  # the build is held: these steps cannot have waited for it
+        reference_opt.step()
+    assert calls[0] == 0
+    release.set()
+    descent.engine.cpu._builder.submit(lambda: None).result()  # the build queue has drained
+    for step in range(2, 5):
+        give_grads(params, step)
+        give_grads(reference, step)
+        opt.step()
+        reference_opt.step()
+    assert calls[0] >= 1
+    assert relative_difference(params, reference) <= 1e-12
+
+
+def test_without_a_compiler_the_math_runs_on_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: None)
+    calls = count_kernel_calls(monkeypatch)
+    info = next(i for i in OPTIMIZERS if i.name == "NAdam")
+    ours, _ = run(info, {"lr": 0.01}, "compiled")
+    reference, _ = run(info, {"lr": 0.01}, "foreach")
+    assert calls[0] == 0
+    for a, b in zip(ours, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_a_failed_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(code: str) -> Any:
+        raise OSError("compiler crashed")
+
+    monkeypatch.setattr(descent.engine.cpu, "_build", broken)
+    monkeypatch.setattr(descent.engine.cpu, "_builds", {})
+    monkeypatch.setattr(descent.engine.cpu, "_warned", set())
+    params, reference = make_params(seed=4), make_params(seed=4)
+    opt = descent.RMSprop(params, lr=0.01, alpha=0.5)
+    engine.set_mode(opt, "compiled")
+    reference_opt = descent.RMSprop(reference, lr=0.01, alpha=0.5)
+    engine.set_mode(reference_opt, "foreach")
+    with pytest.warns(RuntimeWarning, match="building a generated kernel failed"):
+        for step in range(3):
+            give_grads(params, step)
+            give_grads(reference, step)
+            opt.step()
+            reference_opt.step()
+    for a, b in zip(params, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_generated_kernels_skip_strided_params_and_grads() -> None:
+    """A transposed gradient or a strided parameter is updated by the math on lists."""
+    base = torch.randn(6, 4, dtype=torch.float64)
+    strided = base[:, ::2].clone().t().requires_grad_()  # non-contiguous parameter
+    plain = nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    params = [strided, plain]
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    opt, reference = descent.Adam(params, lr=0.1), descent.Adam(copies, lr=0.1)
+    engine.set_mode(opt, "compiled")
+    engine.set_mode(reference, "per_tensor")
+    for _ in range(3):
+        for p, q in zip(params, copies, strict=True):
+            grad = torch.randn(q.shape[::-1], dtype=torch.float64).t()  # transposed
+            p.grad, q.grad = grad, grad.clone()
+        opt.step()
+        reference.step()
+    assert relative_difference(params, copies) <= 1e-12
+
+
+TRITON_CASES = [(info, config) for info, config in config_cases()][::3]
+
+
+@pytest.mark.parametrize(("info", "config"), TRITON_CASES, ids=case_id)
+def test_generated_triton_kernels_match_per_tensor_in_the_interpreter(
+        info: OptimizerInfo, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any) -> None:
+    """The CUDA backend's generated source, run by Triton's CPU interpreter (float64)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
+    cuda_backend = descent.engine.cuda
+    monkeypatch.setattr(descent.engine, "_backend", lambda device: cuda_backend)
+    monkeypatch.setattr(cuda_backend, "_builds", {})
+    calls = [0]
+    original = cuda_backend.Kernel.__call__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cuda_backend.Kernel, "__call__", counting)
+    ours, ours_opt = run(info, config, "compiled", steps=4)
+    reference, reference_opt = run(info, config, "per_tensor", steps=4)
+    assert calls[0] > 0
+    assert relative_difference(ours, reference) <= 1e-12
+    assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= 1e-12

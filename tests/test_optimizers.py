@@ -56,9 +56,10 @@ def max_relative_difference(a: nn.Module, b: nn.Module) -> float:
     return worst
 
 
-# The engine's paths: the per-tensor reference, "foreach" (the math on lists of tensors)
-# and "auto", the default (torch's fused kernels where they exist, foreach otherwise).
-ENGINE_MODES = ["per_tensor", "foreach", "auto"]
+# The engine's paths: the per-tensor reference, "foreach" (the math on lists of tensors),
+# "auto", the default (torch's fused kernels where they exist at this size, foreach
+# otherwise) and "compiled" (the kernel generated from the math; needs a C compiler).
+ENGINE_MODES = ["per_tensor", "foreach", "auto", "compiled"]
 
 
 def parity_run(info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype,

@@ -1,44 +1,61 @@
 """descent's engine: how an optimizer's update rule is applied, fast, to the user's tensors.
 
 An optimizer says *what* its update is (its ``math``, one function written once, that
-updates a parameter and its state in place); the engine decides *how* it runs:
+updates a parameter and its state in place); the engine decides *how* it runs, for each
+*bucket* of parameters (those of one param group that share device and dtype):
 
+* ``"generated"``: one loop over all elements of all tensors of the bucket, generated
+  from the rule's own math (:mod:`.trace` records it, :mod:`.cpu` writes and builds the
+  C kernel in the background); every rule, one pass over memory, threads across tensors;
 * ``"fused"``: torch's fused kernel for the rule, where torch has one (Adam, AdamW, SGD,
-  Adagrad; CPU and CUDA): one pass over memory, in C++;
+  Adagrad; CPU and CUDA);
 * ``"foreach"``: the rule's math on :class:`TensorList` arguments holding every
-  parameter of a bucket (same device and dtype), so each tensor operation is one
-  multi-tensor (``_foreach``) call for all of them;
+  parameter of the bucket, so each tensor operation is one multi-tensor call;
 * ``"per_tensor"``: the rule's math on one parameter at a time (the reference path; also
-  how rules that are not elementwise, such as those with matrix operations, always run).
+  how rules that are not elementwise always run, and parameters with sparse gradients).
 
-The choice is made by :func:`choose_path`, the policy in one function. Modes
-(:data:`MODES`), per optimizer with :func:`set_mode` or for the process with
-:func:`default_mode` / the ``DESCENT_ENGINE`` environment variable:
+:func:`choose_path` is the whole policy. Modes (:data:`MODES`), per optimizer with
+:func:`set_mode` or for the process with :func:`default_mode` / ``DESCENT_ENGINE``:
 
 ``"auto"`` (default)
-    fused where torch has a kernel for the rule, foreach otherwise.
+    generated kernels once built (the first steps use the next choice while the
+    compiler works in the background, so no step waits for it), for buckets of at least
+    :data:`GENERATED_MIN_NUMEL` elements; else torch's fused kernel where the rule has
+    one; else foreach.
 ``"per_tensor"``
     the reference: the math applied to each parameter separately.
 ``"foreach"``
-    the math on lists (never a fused kernel).
+    the math on lists (never a kernel of torch's or a generated one).
 ``"fused"``
-    as ``"auto"``.
+    torch's fused kernel where the rule has one, else foreach.
+``"compiled"``
+    generated kernels at every size, waiting for the build (for tests and benchmarks).
+
+Where a path cannot apply (no C compiler, a dtype or layout the kernel does not take,
+a fused kernel that refuses its arguments), the next one runs: a result is never wrong
+because a fast path was unavailable.
 
 **Users' tensors stay theirs.** The engine never changes a parameter's storage or
 ``.data`` and never writes into ``.grad``: it reads the parameters and gradients where
 they are, each step, and updates the parameters in place, as ``torch.optim`` does. So
 models stay what they were for every other library (safetensors, accelerate, FSDP2,
-ZeroRedundancyOptimizer's bucket views, ``torch.compile``, pickling); a parameter
-re-bound between steps (``p.data = ...``, ``model.to(...)``, ``swap_tensors``) is simply
-read where it now is (its state is moved to its new dtype and device, as a parameter
-that changed dtype must be). Semantics kept from torch.optim: a parameter without a
-gradient this step is not touched, nor its state; ``optimizer.state`` has torch.optim's
-layout; in-place updates count in each parameter's autograd version.
+ZeroRedundancyOptimizer's bucket views, ``torch.compile``, pickling). A parameter
+re-bound between steps (``p.data = ...``, ``model.to(...)``, ``swap_tensors``) is read
+where it now is, its state moved to its new dtype and device. Semantics kept from
+torch.optim: a parameter without a gradient this step is not touched, nor its state;
+``optimizer.state`` has torch.optim's layout; in-place updates count in each
+parameter's autograd version.
+
+**Host cost.** For each bucket the engine keeps the lists of state tensors and one
+buffer per scalar state entry (each parameter's ``step`` is a 0-dim view of it, so all
+steps are counted by one operation); ``optimizer.state`` counts its writes
+(:mod:`.state`), so these are rebuilt only when the state was written, not at every step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import os
 import threading
@@ -46,18 +63,30 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._torch import FusedKernel, foreach
+from . import cpu, cuda
+from ._torch import FusedKernel
+from .state import StateTable, tracked
 from .tensors import TensorList
+from .trace import NotTraceable, trace
 
 #: The engine's modes (see the module docstring).
-MODES = ("auto", "per_tensor", "foreach", "fused")
+MODES = ("auto", "per_tensor", "foreach", "fused", "compiled")
+
+#: In ``"auto"`` mode, buckets with fewer elements are not given generated kernels: one
+#: call of torch's fused kernel (or a few multi-tensor calls) costs less there than
+#: recording the math and handing addresses to a kernel.
+GENERATED_MIN_NUMEL = 1 << 15
 
 _ENGINE_ATTRIBUTE = "_descent_engine"
 _MODE_ATTRIBUTE = "_descent_engine_mode"
 _default = threading.local()
+_grad_of = operator.attrgetter("grad")
+_is_none = functools.partial(operator.is_, None)
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 class Rule(Protocol):
@@ -129,38 +158,72 @@ def mode_of(optimizer: torch.optim.Optimizer) -> str:
     return mode if mode is not None else get_default_mode()
 
 
-# ---------------------------------------------------------------------- policy
-
-
-def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
-    """How one bucket of parameters is updated: ``"fused"``, ``"foreach"`` or
-    ``"per_tensor"``. The whole policy of the engine is this function."""
-    if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
-        return "per_tensor"
-    if mode in ("auto", "fused") and rule.fused_kernel is not None and bucket.fusable:
-        return "fused"
-    return "foreach"
-
-
 # ---------------------------------------------------------------------- layout
 
 
 @dataclass
 class Bucket:
-    """Parameters of one group that share device and dtype (and so one kernel call)."""
+    """Parameters of one group that share device and dtype, and what the engine keeps for
+    them between steps."""
 
     indices: list[int]
     params: list[Tensor]
-    is_complex: bool
-    fusable: bool
-    is_sparse: bool = False
+    device: torch.device
+    dtype: torch.dtype
+    contiguous: bool
+    shares_storage: bool
+    is_sparse: bool
+    offsets: np.ndarray
+    # Kept between steps while ``optimizer.state`` is unchanged (see `_adopt`):
+    table: Any = None
+    changes: int = -1
+    entries: list[Any] = field(default_factory=list)
+    keys: frozenset[str] | None = None
+    lists: dict[str, list[Tensor]] = field(default_factory=dict)
+    scalars: dict[str, Tensor] = field(default_factory=dict)
+    device_steps: tuple[Tensor, list[Tensor]] | None = None
+    dense_state: bool = True
+    launch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_complex(self) -> bool:
+        return self.dtype.is_complex
+
+    @property
+    def numel(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def fusable(self) -> bool:
+        """Whether torch's fused kernels take these tensors."""
+        return (self.contiguous and not self.is_complex and not self.is_sparse
+                and self.device.type in ("cpu", "cuda"))
+
+    @property
+    def real_dtype(self) -> torch.dtype:
+        """The dtype the math sees (complex tensors are viewed as pairs of reals)."""
+        return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(
+            self.dtype, self.dtype)
+
+    @property
+    def generable(self) -> bool:
+        """Whether a generated kernel can update these tensors."""
+        return (self.contiguous and not self.shares_storage and not self.is_sparse
+                and _backend(self.device).supports(self.real_dtype))
 
 
 @dataclass
 class _Layout:
     params: list[Tensor]
     pointers: list[int]
-    buckets: list[Bucket] = field(default_factory=list)
+    buckets: list[Bucket]
+
+
+def _pointer(tensor: Tensor) -> int:
+    try:
+        return tensor.data_ptr()
+    except RuntimeError:  # no storage (sparse, meta, some tensor subclasses)
+        return id(tensor)
 
 
 def _layout(params: Sequence[Tensor]) -> _Layout:
@@ -170,13 +233,22 @@ def _layout(params: Sequence[Tensor]) -> _Layout:
         by_kind.setdefault(kind, []).append(i)
     buckets = []
     for (device, dtype, tensor_layout, contiguous), indices in by_kind.items():
-        is_complex = dtype.is_complex
-        buckets.append(Bucket(indices, [params[i] for i in indices], is_complex,
-                              fusable=contiguous and not is_complex
-                              and device.type in ("cpu", "cuda")
-                              and tensor_layout == torch.strided,
-                              is_sparse=tensor_layout != torch.strided))
-    return _Layout(list(params), list(map(Tensor.data_ptr, params)), buckets)
+        members = [params[i] for i in indices]
+        storages = [_storage(p) for p in members]
+        numels = [p.numel() * (2 if dtype.is_complex else 1) for p in members]
+        buckets.append(Bucket(
+            indices, members, device, dtype, contiguous,
+            shares_storage=len(set(storages)) < len(storages),
+            is_sparse=tensor_layout != torch.strided,
+            offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64)))
+    return _Layout(list(params), list(map(_pointer, params)), buckets)
+
+
+def _storage(tensor: Tensor) -> int:
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except RuntimeError:
+        return id(tensor)
 
 
 class Engine:
@@ -185,14 +257,15 @@ class Engine:
     def __init__(self) -> None:
         self.layouts: dict[int, _Layout] = {}
 
-    def layout(self, group: dict[str, Any]) -> _Layout:
+    def layout(self, optimizer: Rule, group: dict[str, Any]) -> _Layout:
         """The group's layout, rebuilt if a parameter was added, removed or re-bound."""
         params = group["params"]
         layout = self.layouts.get(id(group))
         if (layout is None or len(layout.params) != len(params)
                 or not all(map(operator.is_, params, layout.params))
-                or list(map(Tensor.data_ptr, params)) != layout.pointers):
+                or list(map(_pointer, params)) != layout.pointers):
             layout = self.layouts[id(group)] = _layout(params)
+            _move_rebound_state(optimizer, params)
         return layout
 
 
@@ -204,8 +277,28 @@ def _engine(optimizer: Any) -> Engine:
 
 
 def forget(optimizer: Any) -> None:
-    """Drop the engine's cached layouts (after ``load_state_dict``)."""
+    """Drop what the engine keeps for ``optimizer`` (after ``load_state_dict``)."""
     optimizer.__dict__.pop(_ENGINE_ATTRIBUTE, None)
+
+
+# ---------------------------------------------------------------------- policy
+
+
+def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
+    """How ``bucket`` is updated this step: ``"generated"``, ``"fused"``, ``"foreach"`` or
+    ``"per_tensor"``. The whole policy of the engine is this function; a path returned
+    here may still decline at run time (no kernel built yet, arguments it does not
+    take), and then the next one in this order runs."""
+    if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
+        return "per_tensor"
+    wants_generated = mode == "compiled" or (mode == "auto"
+                                             and bucket.numel >= GENERATED_MIN_NUMEL)
+    if wants_generated and bucket.generable:
+        return "generated"
+    if mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None \
+            and bucket.fusable:
+        return "fused"
+    return "foreach"
 
 
 # ---------------------------------------------------------------------- stepping
@@ -215,14 +308,16 @@ def step(optimizer: Rule) -> None:
     """Update every parameter of every group of ``optimizer`` that has a gradient."""
     mode = mode_of(optimizer)  # type: ignore[arg-type]
     engine = _engine(optimizer)
+    if not isinstance(optimizer.state, StateTable):
+        optimizer.state = tracked(optimizer.state)
     for group_index, group in enumerate(optimizer.param_groups):
         if not group["params"]:
             continue
-        layout = engine.layout(group)
+        layout = engine.layout(optimizer, group)
         options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
             _step_bucket(optimizer, group, group_index, bucket, options,
-                         choose_path(mode, optimizer, bucket))
+                         choose_path(mode, optimizer, bucket), mode)
 
 
 def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,106 +335,210 @@ def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, An
 
 
 def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucket: Bucket,
-                 options: dict[str, Any], path: str) -> None:
-    params = bucket.params
-    grads = [param.grad for param in params]
-    present = [i for i, grad in enumerate(grads) if grad is not None]
-    if not present:
-        return
-    sparse = [i for i in present if grads[i].layout != torch.strided]  # type: ignore[union-attr]
-    if sparse:
-        if not optimizer.supports_sparse:
-            raise TypeError(f"{optimizer.describe_param(group_index, bucket.indices[sparse[0]])} "
-                            f"has a sparse gradient; {type(optimizer).__name__} takes dense "
-                            "gradients (SGD, Adagrad and SparseAdam take sparse ones)")
-        path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
-    state_map = optimizer.state
-    entries = []
-    for i in present:
-        param = params[i]
-        entry = state_map.get(param)
-        if not entry:
-            entry = optimizer._init_state(param, group)
-            if entry:
-                state_map[param] = entry
-        elif _needs_move(entry, param, optimizer.scalar_state):
-            _move_state(entry, param, optimizer.scalar_state)
-        entries.append(entry)
-    scalar_keys = sorted(optimizer.scalar_state)
-    for run in _runs(present, entries, scalar_keys, single=path == "per_tensor"):
-        _step_run(optimizer, [params[i] for i in run.indices], [grads[i] for i in run.indices],
-                  run.entries, options, scalar_keys, bucket.is_complex, path)
+                 options: dict[str, Any], path: str, mode: str) -> None:
+    grads = list(map(_grad_of, bucket.params))
+    missing = any(map(_is_none, grads))
+    if missing or any(map(_is_sparse, grads)):
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        if not present:
+            return
+        sparse = [i for i in present if grads[i].layout != torch.strided]  # type: ignore[union-attr]
+        if sparse:
+            if not optimizer.supports_sparse:
+                label = optimizer.describe_param(group_index, bucket.indices[sparse[0]])
+                raise TypeError(f"{label} has a sparse gradient; {type(optimizer).__name__} "
+                                "takes dense gradients (SGD, Adagrad and SparseAdam take "
+                                "sparse ones)")
+            path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
+    else:
+        present = None
+    table = optimizer.state
+    if bucket.table is not table or bucket.changes != table.changes or (
+            any(map(_is_none, bucket.entries)) if present is None
+            else any(bucket.entries[i] is None for i in present)):
+        _adopt(optimizer, group, bucket, present)
+    if path == "per_tensor":
+        runs = [[i] for i in (present if present is not None else range(len(grads)))]
+    else:
+        runs = _runs(bucket, present)
+    for run in runs:
+        _step_run(optimizer, bucket, run, grads, options, path, mode)
 
 
-@dataclass
-class _Run:
-    indices: list[int]
-    entries: list[dict[str, Any]]
+def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
+           present: list[int] | None) -> None:
+    """(Re)build what the bucket keeps: every parameter's entry (created for the params
+    stepping now), the lists of state tensors and one buffer per scalar state entry, whose
+    0-dim views become the entries' values."""
+    table = optimizer.state
+    scalar_keys = optimizer.scalar_state
+    stepping = range(len(bucket.params)) if present is None else present
+    for i in stepping:
+        param = bucket.params[i]
+        if not table.get(param):
+            fresh = optimizer._init_state(param, group)
+            if fresh:
+                table[param] = fresh
+    # None: not stepped yet; {}: stepped (or stepping now) and keeping nothing (yet)
+    entries: list[Any] = [table.get(param) for param in bucket.params]
+    for i in stepping:
+        if entries[i] is None:
+            entries[i] = {}
+    key_sets = {frozenset(entry) for entry in entries if entry is not None}
+    bucket.keys = key_sets.pop() if len(key_sets) == 1 and None not in entries else None
+    for key in scalar_keys:
+        holders = [i for i, entry in enumerate(entries) if entry and key in entry]
+        if not holders:
+            bucket.scalars.pop(key, None)
+            continue
+        values = [entries[i][key] for i in holders]
+        dtype = values[0].dtype if isinstance(values[0], Tensor) else torch.float32
+        buffer = torch.zeros(len(bucket.params), dtype=dtype)
+        buffer[holders] = torch.tensor([float(value) for value in values], dtype=dtype)
+        for i in holders:
+            entries[i][key] = buffer[i]
+        bucket.scalars[key] = buffer
+    real = torch.view_as_real if bucket.is_complex else _identity
+    bucket.dense_state = all(value.is_contiguous() for entry in entries if entry
+                             for key, value in entry.items()
+                             if key not in scalar_keys and isinstance(value, Tensor))
+    bucket.lists = {}
+    if bucket.keys is not None:
+        for key in bucket.keys - scalar_keys:
+            bucket.lists[key] = [real(entry[key]) for entry in entries]
+    bucket.entries = entries
+    bucket.device_steps = None
+    bucket.table = table
+    bucket.changes = table.changes
 
 
-def _runs(present: list[int], entries: list[dict[str, Any]], scalar_keys: list[str],
-          single: bool) -> list[_Run]:
+def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
     """Parameters that can share one call: same state keys, same scalar state values."""
-    if single:
-        return [_Run([i], [entry]) for i, entry in zip(present, entries, strict=True)]
-    runs: dict[Any, _Run] = {}
-    for i, entry in zip(present, entries, strict=True):
-        signature = (frozenset(entry), tuple(float(entry[key]) for key in scalar_keys
+    scalars = bucket.scalars
+    if present is None and bucket.keys is not None and all(
+            bool((buffer == buffer[0]).all()) for buffer in scalars.values()):
+        return [list(range(len(bucket.params)))]
+    values = {key: buffer.tolist() for key, buffer in scalars.items()}
+    runs: dict[Any, list[int]] = {}
+    for i in present if present is not None else range(len(bucket.params)):
+        entry = bucket.entries[i]
+        signature = (frozenset(entry), tuple(values[key][i] for key in sorted(values)
                                              if key in entry))
-        run = runs.get(signature)
-        if run is None:
-            runs[signature] = _Run([i], [entry])
-        else:
-            run.indices.append(i)
-            run.entries.append(entry)
+        runs.setdefault(signature, []).append(i)
     return list(runs.values())
 
 
-def _step_run(optimizer: Rule, params: list[Tensor], grads: list[Tensor],
-              entries: list[dict[str, Any]], options: dict[str, Any], scalar_keys: list[str],
-              is_complex: bool, path: str) -> None:
+def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
+              options: dict[str, Any], path: str, mode: str) -> None:
+    whole = len(run) == len(bucket.params)
+    entries = bucket.entries if whole else [bucket.entries[i] for i in run]
     first = entries[0]
-    steps = [entry["step"] for entry in entries] if "step" in first else []
-    if steps:
-        if len(steps) == 1:
-            steps[0].add_(1)
+    scalar_keys = optimizer.scalar_state
+    steps = bucket.scalars.get("step") if "step" in first else None
+    if steps is not None:
+        if whole:
+            steps.add_(1)
         else:
-            foreach("add_")(steps, 1)
-    originals = params
-    if is_complex:
-        params = [torch.view_as_real(p) for p in params]
-        grads = [torch.view_as_real(g) for g in grads]
+            steps[run] += 1
+    real = torch.view_as_real if bucket.is_complex else _identity
+    params = [real(p) for p in bucket.params] if bucket.is_complex else bucket.params
+    grad_list = [real(g) for g in grads] if bucket.is_complex else grads
     tensor_keys = [key for key in first if key not in scalar_keys]
-    lists = {key: [_real(entry[key]) for entry in entries] for key in tensor_keys}
-    if path == "fused":
-        assert optimizer.fused_kernel is not None
-        device_steps = [s.to(params[0].device) for s in steps] \
-            if params[0].device.type != "cpu" else steps
-        lr = float(options["lr"])
-        if optimizer.fused_kernel(params, grads, lists, device_steps, options, lr):
-            return
-    scalars = {key: first[key] for key in scalar_keys if key in first and key != "step"}
-    step_count = float(steps[0]) if steps else None
-    wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
-                                           else operator.itemgetter(0))
-    created = call_math(optimizer, wrap(params), wrap(grads),
-                        {key: wrap(values) for key, values in lists.items()}, scalars,
-                        step_count, options)
-    for key in scalars:
-        for entry in entries[1:]:
-            entry[key].copy_(scalars[key])
-    if created:
-        state_map = optimizer.state
-        for key, values in created.items():
-            tensors = values.tensors if isinstance(values, TensorList) else [values]
-            for entry, tensor in zip(entries, tensors, strict=True):
-                entry[key] = torch.view_as_complex(tensor) if is_complex else tensor
-        for param, entry in zip(originals, entries, strict=True):
-            state_map[param] = entry
+    if whole and bucket.keys is not None:
+        lists = bucket.lists
+    else:
+        lists = {key: [real(entry[key]) for entry in entries] for key in tensor_keys}
+        params = [params[i] for i in run]
+        grad_list = [grad_list[i] for i in run]
+    step_count = float(steps[run[0]]) if steps is not None else None
+    shared = {key: bucket.scalars[key][run[0]] for key in scalar_keys
+              if key in first and key != "step"}
+
+    if path in ("generated", "fused") and not (
+            bucket.dense_state and all(map(Tensor.is_contiguous, grad_list))):
+        path = "foreach"  # kernels index every tensor like its parameter: dense ones only
+    if path == "generated" and _run_generated(optimizer, bucket, run, whole, params,
+                                              grad_list, lists, shared, step_count, options,
+                                              wait=mode == "compiled"):
+        path = "done"
+    elif path in ("generated", "fused") and optimizer.fused_kernel is not None \
+            and bucket.fusable and optimizer.fused_kernel(
+                params, grad_list, lists, _step_tensors(bucket, run, whole), options,
+                float(options["lr"])):
+        return
+    if path != "done":
+        wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
+                                               else operator.itemgetter(0))
+        created = call_math(optimizer, wrap(params), wrap(grad_list),
+                            {key: wrap(values) for key, values in lists.items()}, shared,
+                            step_count, options)
+        if created:
+            _keep_created(optimizer, bucket, run, created)
+    for key in shared:  # the run shared one value; every member gets it
+        buffer = bucket.scalars[key]
+        if whole:
+            buffer.fill_(buffer[run[0]].item())
+        else:
+            buffer[run] = buffer[run[0]].item()
 
 
-def _real(tensor: Tensor) -> Tensor:
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+def _run_generated(optimizer: Rule, bucket: Bucket, run: list[int], whole: bool,
+                   params: list[Tensor], grads: list[Tensor], lists: dict[str, list[Tensor]],
+                   shared: dict[str, Tensor], step_count: float | None,
+                   options: dict[str, Any], wait: bool) -> bool:
+    """Run the bucket's generated kernel; False (nothing changed) if there is none yet or
+    these tensors do not suit it. Scalar state the math updates (``shared``) is updated
+    by the trace, which runs the math's scalar part for real."""
+    names = sorted(lists)
+    before = {key: value.clone() for key, value in shared.items()}
+    try:
+        program, scalars = trace(optimizer, names, shared, step_count, options)
+    except NotTraceable:
+        for key, value in before.items():
+            shared[key].copy_(value)
+        return False
+    backend = _backend(bucket.device)
+    kernel = backend.kernel(program, bucket.real_dtype, bucket.device, wait=wait)
+    if kernel is None:
+        for key, value in before.items():
+            shared[key].copy_(value)
+        return False
+    offsets = bucket.offsets if whole else np.concatenate(
+        [[0], np.cumsum(np.diff(bucket.offsets)[run])]).astype(np.int64)
+    columns = {"param": params, "grad": grads, **lists}
+    kernel([columns[name] for name in program.inputs], offsets, scalars, bucket.launch)
+    torch.autograd.graph.increment_version(params)
+    return True
+
+
+def _step_tensors(bucket: Bucket, run: list[int], whole: bool) -> list[Tensor]:
+    """The run's step counts as tensors a fused kernel reads (on the parameters' device)."""
+    steps = bucket.scalars.get("step")
+    if steps is None:
+        return []
+    if bucket.device.type == "cpu":
+        views = [bucket.entries[i]["step"] for i in run]
+        return views
+    if bucket.device_steps is None:
+        device_buffer = steps.to(bucket.device)
+        bucket.device_steps = (device_buffer, list(device_buffer.unbind()))
+    device_buffer, device_views = bucket.device_steps
+    device_buffer.copy_(steps, non_blocking=True)
+    return device_views if whole else [device_views[i] for i in run]
+
+
+def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int],
+                  created: dict[str, Any]) -> None:
+    """Store state the math created on its first step (SGD's momentum buffer)."""
+    back = torch.view_as_complex if bucket.is_complex else _identity
+    table = optimizer.state
+    for key, values in created.items():
+        tensors = values.tensors if isinstance(values, TensorList) else [values]
+        for i, tensor in zip(run, tensors, strict=True):
+            param = bucket.params[i]
+            entry = table[param]  # creates the entry if the rule keeps nothing else
+            entry[key] = back(tensor)
+            bucket.entries[i] = entry
 
 
 def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
@@ -365,18 +564,36 @@ def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
     return rule.math(param, grad, **arguments) or {}
 
 
-def _needs_move(entry: Mapping[str, Any], param: Tensor, scalar_keys: frozenset[str]) -> bool:
-    for key, value in entry.items():
-        if key not in scalar_keys and isinstance(value, Tensor):
-            return value.dtype != param.dtype or value.device != param.device
-    return False
+def _identity(tensor: Tensor) -> Tensor:
+    return tensor
 
 
-def _move_state(entry: dict[str, Any], param: Tensor, scalar_keys: frozenset[str]) -> None:
-    """State of a parameter re-bound to another dtype or device, moved along with it."""
-    for key, value in entry.items():
-        if key not in scalar_keys and isinstance(value, Tensor):
-            entry[key] = value.to(dtype=param.dtype, device=param.device)
+class _Backend(Protocol):
+    """Where generated kernels come from for a device (:mod:`.cpu` or :mod:`.cuda`)."""
+
+    def supports(self, dtype: torch.dtype) -> bool: ...
+
+    def kernel(self, program: Any, dtype: torch.dtype, device: torch.device,
+               wait: bool = False) -> Any: ...
+
+
+def _backend(device: torch.device) -> _Backend:
+    """The generated-kernel backend for ``device``."""
+    return cuda if device.type == "cuda" else cpu  # type: ignore[return-value]
+
+
+def _move_rebound_state(optimizer: Rule, params: Sequence[Tensor]) -> None:
+    """State of parameters re-bound to another dtype or device, moved along with them."""
+    table = optimizer.state
+    scalar_keys = optimizer.scalar_state
+    for param in params:
+        entry = table.get(param) if isinstance(table, Mapping) else None
+        if not entry:
+            continue
+        for key, value in list(entry.items()):
+            if key not in scalar_keys and isinstance(value, Tensor) and (
+                    value.dtype != param.dtype or value.device != param.device):
+                entry[key] = value.to(dtype=param.dtype, device=param.device)
 
 
 def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -390,6 +607,7 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "MODES", "Bucket", "Rule", "TensorList", "call_math", "choose_path", "compact_state",
-    "default_mode", "forget", "get_default_mode", "mode_of", "set_mode", "step",
+    "GENERATED_MIN_NUMEL", "MODES", "Bucket", "Rule", "StateTable", "TensorList", "call_math",
+    "choose_path", "compact_state", "default_mode", "forget", "get_default_mode", "mode_of",
+    "set_mode", "step",
 ]

@@ -36,6 +36,7 @@ from typing_extensions import dataclass_transform
 
 from .. import engine
 from ..engine._torch import FusedKernel
+from ..engine.state import tracked
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
 from ._params import as_param_groups, param_label, split_group
 from ._spec import Hyper, State, format_default, hyper
@@ -118,6 +119,7 @@ class Optimizer(torch.optim.Optimizer):
         # NumPy containers become tensors sharing their memory (descent.interop.arrays).
         params, self._gradient_sources = array_containers(type(self).__name__, params)
         super().__init__(as_param_groups(type(self).__name__, params), defaults)
+        self.state = tracked(self.state)
 
     # ------------------------------------------------------------------ groups
 
@@ -267,6 +269,7 @@ class Optimizer(torch.optim.Optimizer):
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
         super().load_state_dict(payload)
+        self.state = tracked(self.state)
         engine.forget(self)  # the engine lays the loaded state out again at the next step
         # torch casts every floating state tensor but `step` to the parameter's dtype;
         # scalar state such as NAdam's mu_product keeps its own dtype, as when it was saved.
@@ -281,6 +284,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = tracked(self.state)
         for param_state in self.state.values():
             for key in self.scalar_state:
                 value = param_state.get(key)
