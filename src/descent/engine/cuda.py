@@ -27,6 +27,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -121,7 +122,7 @@ def source(program: Program, dtype: torch.dtype) -> str:
         "import triton.language as tl",
         "",
         "",
-        "@triton.jit",
+        "@triton.jit(do_not_specialize=['n'])",
         "def descent_kernel(table, n, chunk_tensor, chunk_start, numels, BLOCK: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    t = tl.load(chunk_tensor + pid)",
@@ -231,6 +232,7 @@ class Kernel:
 
 
 _builds: dict[tuple[Any, ...], Future[Kernel]] = {}
+_warned: set[tuple[Any, ...]] = set()
 _builder = ThreadPoolExecutor(1, thread_name_prefix="descent-triton")
 _lock = threading.Lock()
 
@@ -261,7 +263,15 @@ def kernel(program: Program, dtype: torch.dtype, device: torch.device,
             future = _builds[key] = _builder.submit(_compile, program, dtype, device)
     if wait:
         future.exception()
-    if not future.done() or future.exception() is not None:
+    if not future.done():
+        return None
+    error = future.exception()
+    if error is not None:
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"descent.engine: compiling a generated CUDA kernel failed "
+                          f"({error!r}); the engine uses torch's fused kernel or the math on "
+                          "lists instead", RuntimeWarning, stacklevel=3)
         return None
     return future.result()
 
