@@ -269,8 +269,9 @@ def test_truncated_missing_and_pickled_files_are_named(tmp_path):
         read_checkpoint(path)
     tensors.write_bytes(data)
 
-    index.write_bytes(text[: len(text) // 2])
-    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json is not valid JSON"):
+    index.write_bytes(text[: len(text) // 2])  # the checksum is verified before parsing
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json fails its SHA-256 "
+                                                     r"checksum; the file is truncated"):
         read_checkpoint(path)
     index.write_bytes(pickle.dumps({"state": 1}))
     with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json is a pickle file"):
