@@ -429,6 +429,9 @@ def _check_document(index_path: Path, document: Any) -> None:
         raise _corrupt(index_path, f"tensor_file={entry!r} is invalid; expected name "
                                    "'tensors-<16 hex>.safetensors', size and count integers "
                                    ">= 0 and a 64-hex sha256")
+    if entry["name"] != f"tensors-{entry['sha256'][:16]}.safetensors":
+        raise _corrupt(index_path, f"tensor_file names {entry['name']!r}, which is not the "
+                                   f"name of its recorded sha256 {entry['sha256'][:16]}...")
     content = document["content"]
     if not isinstance(content, dict) or list(content) != list(CONTENT_KEYS):
         found = list(content) if isinstance(content, dict) else type(content).__name__
@@ -491,11 +494,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         content = decode_tree(document["content"], tensors, used=used)
     except (ValueError, TypeError, RuntimeError) as error:
         raise _corrupt(index_path, str(error)) from None
+    _check_content(path, content)
     unused = sorted(set(tensors) - used)
     if unused:
         raise CorruptCheckpointError(f"checkpoint: {tensor_path} holds tensors the index never "
                                      f"refers to: {unused[:5]}")
-    _check_content(path, content)
     return content
 
 

@@ -19,12 +19,13 @@ counters raises :class:`CorruptCheckpointError` there). A checkpoint that is int
 but does not fit the model (:class:`CheckpointMismatchError`) is an error, not a
 reason to fall back.
 
-Saving trusts nothing already on disk: every file of the checkpoint is written
-afresh (so saving a step again repairs a damaged checkpoint of that step), a damaged
-checkpoint directory in the way is moved aside to ``<name>.damaged-<hex>``, and
-anything else named like a checkpoint that is not a directory (a file, a link, a
-FIFO) is reported when listing and moved aside to ``<name>.stray-<hex>`` when its
-step is saved; each with a warning, and nothing deleted.
+Saving trusts nothing already on disk. Saving a step that already has an intact
+checkpoint (one that passes every check) replaces it in one step, writing every file
+afresh; a damaged checkpoint directory of that step is moved aside to
+``<name>.damaged-<hex>``, so that saving the step again repairs it; anything else named
+like a checkpoint that is not a directory (a file, a link, a FIFO) is reported when
+listing and moved aside to ``<name>.stray-<hex>`` when its step is saved. Each with a
+warning naming the new place; nothing is deleted, nothing written into.
 
 Under ``torch.distributed`` call :meth:`save` and :meth:`load_latest` on every rank:
 ``save`` consolidates ZeroRedundancyOptimizer state and gathers every rank's random
@@ -109,6 +110,7 @@ class CheckpointManager:
                                   "directory")
         self.keep_last, self.monitor, self.mode, self.prefix = keep_last, monitor, mode, prefix
         self._pattern = re.compile(rf"{re.escape(prefix)}-(\d{{9,}})")
+        self._reported: set[tuple[str, int]] = set()
 
     def path_for(self, step: int) -> Path:
         """The directory the checkpoint of ``step`` is written to."""
@@ -128,7 +130,8 @@ class CheckpointManager:
             mode = entry.lstat().st_mode
             if stat.S_ISDIR(mode):
                 found.append((int(match.group(1)), entry))
-            else:
+            elif (entry.name, mode) not in self._reported:  # once per manager and entry
+                self._reported.add((entry.name, mode))
                 warnings.warn(f"CheckpointManager: {entry} is named like a checkpoint but is "
                               f"{_kind(mode)}, not a checkpoint directory; it is ignored (and "
                               "moved aside if its step is saved)", stacklevel=3)
@@ -218,14 +221,18 @@ class CheckpointManager:
         return path
 
     def _clear_the_way(self, step: int, path: Path) -> None:
-        """Leave ``path`` absent or an intact checkpoint of ``step`` (rewritten in place)."""
+        """Leave ``path`` absent or an intact checkpoint of ``step`` (then rewritten in place).
+
+        An intact checkpoint passes every check of :meth:`latest`; anything else in the
+        way is moved aside, never written into or deleted.
+        """
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:
             return
         if stat.S_ISDIR(mode):
             try:
-                self._label_checked(step, path, read_index(path)["content"])
+                self._label_checked(step, path, read_checkpoint(path))
                 return
             except CorruptCheckpointError as error:
                 aside = _set_aside(path, "damaged")

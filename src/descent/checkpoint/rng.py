@@ -65,7 +65,7 @@ def check_rng_state(state: Mapping[str, Any]) -> tuple[Any, Any, torch.Tensor, l
                        int(numpy["position"]), int(numpy["has_gauss"]),
                        float(numpy["cached_gaussian"]))
         np.random.RandomState().set_state(numpy_state)
-    except (KeyError, TypeError, ValueError, OverflowError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"restore_rng_state: malformed Python or NumPy state ({error!r})"
                          ) from None
     torch_state = state["torch"]
