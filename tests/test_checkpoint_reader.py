@@ -37,7 +37,8 @@ from descent.checkpoint import (
 from descent.checkpoint import format as checkpoint_format
 from descent.checkpoint.format import INDEX_NAME
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and links")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and links")]
 
 
 def objects(seed: int = 0) -> tuple[nn.Module, Any, Any]:
