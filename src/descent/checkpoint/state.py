@@ -310,9 +310,11 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     pass only ``model`` to load weights for inference). With ``restore_rng`` the
     generators of this process are set to the states saved for its rank.
 
-    Raises :class:`CorruptCheckpointError` if a file is missing or damaged and
+    Raises :class:`CorruptCheckpointError` if a file is missing, damaged or refused by
+    the reader (see :mod:`descent.checkpoint.format`) and
     :class:`CheckpointMismatchError` if the checkpoint does not fit the objects
-    (naming the first mismatch); in either case nothing was changed.
+    (naming the first mismatch; descent schedulers check their saved state without
+    applying it first); in either case nothing was changed.
     """
     path = Path(path)
     content = read_checkpoint(path)
