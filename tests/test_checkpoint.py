@@ -269,8 +269,9 @@ def test_truncated_missing_and_pickled_files_are_named(tmp_path):
         read_checkpoint(path)
     tensors.write_bytes(data)
 
-    index.write_bytes(text[: len(text) // 2])
-    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json is not valid JSON"):
+    index.write_bytes(text[: len(text) // 2])  # the checksum is verified before parsing
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json fails its SHA-256 "
+                                                     r"checksum; the file is truncated"):
         read_checkpoint(path)
     index.write_bytes(pickle.dumps({"state": 1}))
     with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json is a pickle file"):
@@ -387,11 +388,16 @@ def test_manager_falls_back_when_the_latest_is_damaged(tmp_path):
     assert ckpt.trainer_state == {"step": 1} and ckpt.path == manager.path_for(1)
     assert opt2.state_dict()["state"][0]["step"].item() == 1
 
+    with pytest.warns(UserWarning, match=r"step-000000002 is in the way of the checkpoint of "
+                                         r"step 2 \(.*SHA-256.*\); moved it to "
+                                         r"step-000000002\.damaged-"):
+        manager.save(2, model=model2, optimizers=opt2, schedulers=sched2,
+                     trainer_state={"step": 2})  # the damaged one is kept aside
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        manager.save(2, model=model2, optimizers=opt2, schedulers=sched2,
-                     trainer_state={"step": 2})  # replaces the damaged one
         assert manager.latest() == manager.path_for(2)
+    (aside,) = tmp_path.glob("step-000000002.damaged-*")
+    assert tensor_file(aside).read_bytes() == bytes(data)  # nothing lost
     assert not (tmp_path / ".step-000000003.tmp-abc").exists()
     with pytest.raises(CheckpointMismatchError):  # a mismatch is not a reason to fall back
         manager.load_latest(model=nn.Linear(1, 1))

@@ -8,8 +8,11 @@ test_schedules_resume.py.
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,10 @@ from hypothesis import strategies as st
 
 import descent
 from descent import schedules as S
+
+# These tests step schedulers without an optimizer step on purpose (values, not the call
+# order); the step-order warning has its own tests in test_schedules.py.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 
 # ---------------------------------------------------------------------------- values
 
@@ -363,6 +370,58 @@ BAD_INPUT: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      "descent scheduler"),
     ("sequential other optimizer", lambda: S.SequentialLR(_sgd(), [S.StepLR(_sgd(), 3)], []),
      ValueError, "another optimizer"),
+    # values that would put a negative learning rate or momentum into the optimizer
+    ("negative eta_min", lambda: S.CosineAnnealingLR(_sgd(), T_max=2, eta_min=-0.1),
+     ValueError, "CosineAnnealingLR: eta_min=-0.1 is invalid; expected a finite number >= 0"),
+    ("negative restarts eta_min",
+     lambda: S.CosineAnnealingWarmRestarts(_sgd(), 5, eta_min=-1e-3), ValueError,
+     "CosineAnnealingWarmRestarts: eta_min=-0.001"),
+    ("negative base_lr", lambda: S.CyclicLR(_sgd(), base_lr=-0.01, max_lr=0.1), ValueError,
+     "CyclicLR: base_lr=-0.01"),
+    ("negative max_lr of a group", lambda: S.CyclicLR(_sgd(), 0.01, [0.1, -0.1]), ValueError,
+     r"CyclicLR: max_lr\[1\]=-0.1"),
+    ("negative one-cycle max_lr", lambda: S.OneCycleLR(_sgd(), -0.1, 10), ValueError,
+     "OneCycleLR: max_lr=-0.1"),
+    ("negative base_momentum", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, base_momentum=-0.8),
+     ValueError, "CyclicLR: base_momentum=-0.8"),
+    ("negative max_momentum of a group",
+     lambda: S.OneCycleLR(_sgd(), 0.1, 10, max_momentum=[0.9, -0.95]), ValueError,
+     r"OneCycleLR: max_momentum\[1\]=-0.95"),
+    ("nan momentum", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, max_momentum=math.nan), ValueError,
+     "max_momentum=nan"),
+    ("beta1 of one", lambda: S.OneCycleLR(_adam(), 0.1, 10, max_momentum=1.0), ValueError,
+     "max_momentum=1.0 is invalid; expected a finite number >= 0.0 and < 1.0"),
+    ("negative lr in a group", lambda: S.StepLR(_sgd((0.1, -0.1)), 3), ValueError,
+     r"base value of 'lr' in param_groups\[1\]=-0.1"),
+    ("negative lambda value", lambda: S.LambdaLR(_sgd(), lambda t: -1.0), ValueError,
+     r"lr=-0.1 for param_groups\[0\] at step 0; expected a finite number >= 0"),
+    # lengths are whole numbers of steps, as StepLR's step_size
+    ("fractional step_size_up", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2.5),
+     TypeError, r"CyclicLR: step_size_up=2.5 \(type float\) is invalid; expected an integer"),
+    ("fractional step_size_down",
+     lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2, step_size_down=1.5), TypeError,
+     "CyclicLR: step_size_down=1.5"),
+    ("fractional cyclic schedule", lambda: S.Cyclic(0.1, 1.0, 2.5), TypeError,
+     "Cyclic: step_size_up=2.5"),
+    # user functions named by the argument that holds them
+    ("lr_lambda not callable", lambda: S.LambdaLR(_sgd(), 5), TypeError,
+     "LambdaLR: lr_lambda=5 is not callable"),
+    ("lr_lambda element not callable", lambda: S.LambdaLR(_sgd(), [lambda t: 1.0, "x"]),
+     TypeError, r"LambdaLR: lr_lambda\[1\]='x' is not callable"),
+    ("lr_lambda result", lambda: S.LambdaLR(_sgd(), lambda t: "x"), TypeError,
+     "LambdaLR: lr_lambda=.*<lambda> returned 'x' at step 0"),
+    ("multiplicative not callable", lambda: S.MultiplicativeLR(_sgd(), None), TypeError,
+     "MultiplicativeLR: lr_lambda=None is not callable"),
+    ("multiplicative count", lambda: S.MultiplicativeLR(_sgd(), [lambda t: 1.0]), ValueError,
+     "MultiplicativeLR: lr_lambda has 1 functions; expected one per param group"),
+    ("multiplicative result", lambda: S.MultiplicativeLR(_sgd(), lambda t: None).step(),
+     TypeError, "MultiplicativeLR: lr_lambda=.*returned None at step 1"),
+    ("multiplicative negative", lambda: S.MultiplicativeLR(_sgd(), lambda t: -0.5).step(),
+     ValueError, r"lr=-0.05 for param_groups\[0\] at step 1"),
+    ("scheduler function result", lambda: S.Scheduler(_sgd(), lambda t: "x"), TypeError,
+     "Scheduler: schedule=.*returned 'x'"),
+    ("chain of torch", lambda: S.ChainedScheduler(
+        [torch.optim.lr_scheduler.StepLR(_sgd(), 3)]), TypeError, "torch's StepLR"),
 ]
 
 
@@ -422,3 +481,143 @@ def test_plot_bad_input(tmp_path: Any, schedules: Any, steps: int, error: type[E
 def test_plot_refuses_reduce_on_plateau(tmp_path: Any) -> None:
     with pytest.raises(TypeError, match="ReduceLROnPlateau depends on metrics"):
         S.plot(S.ReduceLROnPlateau(_sgd()), 10, tmp_path / "bad.png")
+
+
+# ---------------------------------------------------------------------------- stricter than torch
+
+
+def test_negative_values_torch_writes_are_refused() -> None:
+    """torch writes a negative lr into the optimizer here; descent refuses, changing nothing."""
+    reference = _sgd()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=2,
+                                                                 eta_min=-0.1)
+        for _ in range(2):
+            reference.step()
+            torch_sched.step()
+    assert reference.param_groups[0]["lr"] == pytest.approx(-0.1)
+    optimizer = _sgd()
+    before = [dict(g) for g in optimizer.param_groups]
+    with pytest.raises(ValueError, match=r"eta_min=-0\.1"):
+        S.CosineAnnealingLR(optimizer, T_max=2, eta_min=-0.1)
+    assert [dict(g) for g in optimizer.param_groups] == before
+
+    # a chain whose torch recursion crosses zero: the decay takes the lr below eta_min,
+    # then the cosine, rising again, scales the (negative) distance to eta_min up
+    def chain(module: Any, opt: Any) -> Any:
+        return module.ChainedScheduler([module.ExponentialLR(opt, gamma=0.5),
+                                        module.CosineAnnealingLR(opt, T_max=2, eta_min=0.02)])
+
+    reference = _sgd()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch_chain = chain(torch.optim.lr_scheduler, reference)
+        for _ in range(4):
+            reference.step()
+            torch_chain.step()
+    assert reference.param_groups[1]["lr"] == pytest.approx(-0.015)
+    optimizer = _sgd()
+    ours = chain(S, optimizer)
+    with pytest.raises(ValueError, match=r"ChainedScheduler: the schedule gives lr=-0.015.* "
+                                         r"for param_groups\[1\] at step 4"):
+        for _ in range(4):
+            before = ([dict(g) for g in optimizer.param_groups], ours.last_epoch)
+            optimizer.step()
+            ours.step()
+    assert ([dict(g) for g in optimizer.param_groups], ours.last_epoch) == before
+
+
+# ---------------------------------------------------------------------------- multiplicative
+
+
+@settings(max_examples=25, deadline=None)
+@given(order=st.permutations(list(range(0, 700, 37)) + [255, 256, 257, 511, 512, 699]))
+def test_multiplicative_is_the_left_to_right_product_in_any_order(order: list[int]) -> None:
+    def factor(t: int) -> float:
+        return 1.0 + math.sin(t) / 50
+
+    schedule = S.Multiplicative(factor, init=0.3)
+    products = [0.3]
+    for t in range(1, 700):
+        products.append(products[-1] * factor(t))
+    for step in order:  # jumps back and forth, across the cached partial products
+        assert schedule(step) == products[step]
+    assert [schedule(t) for t in range(700)] == products
+
+
+# ---------------------------------------------------------------------------- step order
+
+
+def _descent_sgd() -> descent.SGD:
+    return descent.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("make_optimizer", [_sgd, _descent_sgd], ids=["torch", "descent"])
+def test_stepping_the_scheduler_first_warns_like_torch(make_optimizer: Any) -> None:
+    optimizer = make_optimizer()
+    scheduler = S.StepLR(optimizer, step_size=2)
+    with pytest.warns(UserWarning, match=r"Detected call of `StepLR.step\(\)` before "
+                                         r"`optimizer.step\(\)`") as caught:
+        scheduler.step()
+    assert caught[0].filename == __file__  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler.step()  # only the first step is checked, as in torch
+
+    optimizer = make_optimizer()
+    scheduler = S.CosineAnnealingLR(optimizer, T_max=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            optimizer.step()
+            scheduler.step()
+    # torch's private flags are neither read nor set, and optimizer.step is not wrapped
+    assert not hasattr(optimizer, "_opt_called")
+    assert "step" not in vars(optimizer)
+    assert not hasattr(optimizer.step, "_wrapped_by_lr_sched")
+
+
+def test_step_order_is_watched_per_scheduler_through_one_hook() -> None:
+    optimizer = _sgd()
+    optimizer.step()  # before any scheduler: not a step the schedule could use
+    first = S.ExponentialLR(optimizer, gamma=0.9)
+    second = S.Scheduler(optimizer, S.Constant(0.5), key="momentum", relative=False)
+    hooks = len(optimizer._optimizer_step_post_hooks)
+    third = S.LinearLR(optimizer, total_iters=4)
+    assert len(optimizer._optimizer_step_post_hooks) == hooks  # one hook per optimizer
+    with pytest.warns(UserWarning, match="ExponentialLR.step"):
+        first.step()
+    optimizer.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second.step()
+        third.step()
+    with pytest.warns(UserWarning, match="MultiplicativeLR.step"):  # built after that step
+        S.MultiplicativeLR(optimizer, lambda t: 0.9).step()
+
+
+def test_torch_sequential_start_is_not_a_first_step() -> None:
+    """torch's SequentialLR steps the first scheduler it holds when it starts; that is not
+    the user's step and does not warn."""
+    optimizer = _sgd()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scheduler = torch.optim.lr_scheduler.SequentialLR(
+            optimizer, [S.LinearLR(optimizer, total_iters=3), S.StepLR(optimizer, 2)], [3])
+        optimizer.step()
+        scheduler.step()
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+@pytest.mark.parametrize("name", ["descent.schedules", "descent.schedules.functions",
+                                  "descent.schedules.scheduler", "descent.schedules.lr_scheduler",
+                                  "descent.schedules.plateau"])
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the examples step in the right order
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -24,6 +24,10 @@ from torch.optim import lr_scheduler as torch_sched
 
 from descent import schedules as S
 
+# These tests step schedulers without an optimizer step on purpose (values, not the call
+# order); the step-order warning has its own tests in test_schedules.py.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+
 STEPS = 120
 LRS = (0.1, 0.03)
 
@@ -38,6 +42,10 @@ def new_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
 
 def _poly_decay(t: int) -> float:
     return (1 - min(t, 100) / 100) ** 2 + 0.01
+
+
+def _wobble(t: int) -> float:
+    return 1.0 + 0.05 * math.sin(t) - 0.01
 
 
 Factory = Callable[[Any], Any]
@@ -104,6 +112,21 @@ ENTRIES: list[tuple[str, str, Factory]] = [
      lambda o: S.Scheduler(o, S.Linear(0.99, 0.999, 40), key="betas[1]", relative=False)),
     ("Scheduler-weight_decay", "adam",
      lambda o: S.Scheduler(o, S.Cosine(100, final=0.1), key="weight_decay")),
+    ("MultiplicativeLR", "sgd", lambda o: S.MultiplicativeLR(o, lr_lambda=_wobble)),
+    ("MultiplicativeLR-per-group", "sgd",
+     lambda o: S.MultiplicativeLR(o, lr_lambda=[_wobble, lambda t: 0.97])),
+    ("ChainedScheduler", "sgd", lambda o: S.ChainedScheduler(
+        [S.ConstantLR(o, factor=0.1, total_iters=20), S.ExponentialLR(o, gamma=0.97)])),
+    ("ChainedScheduler-cosine-floor", "sgd", lambda o: S.ChainedScheduler(
+        [S.LinearLR(o, start_factor=0.05, total_iters=15),
+         S.CosineAnnealingLR(o, T_max=30, eta_min=1e-4), S.MultiplicativeLR(o, _wobble)])),
+    ("ChainedScheduler-cyclic-momentum", "adam", lambda o: S.ChainedScheduler(
+        [S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=9),
+         S.ExponentialLR(o, gamma=0.99)])),
+    ("ChainedScheduler-sequential", "sgd", lambda o: S.ChainedScheduler(
+        [S.SequentialLR(o, [S.LinearLR(o, start_factor=0.1, total_iters=10),
+                            S.CosineAnnealingLR(o, T_max=50, eta_min=1e-3)], milestones=[10]),
+         S.StepLR(o, step_size=25, gamma=0.5)])),
 ]
 
 ORDERS = ["build-both-then-load-both", "load-optimizer-then-build-scheduler",

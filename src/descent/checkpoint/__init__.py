@@ -10,15 +10,19 @@ The API, smallest first:
 * :class:`CheckpointManager`: a run's checkpoint directory. ``save(step, ...)``
   writes ``step-000000120/`` and keeps the last K plus the best by a monitored
   metric; ``load_latest(...)`` resumes from the newest valid checkpoint, falling back
-  to the previous one when the newest is damaged. Safe under ``torch.distributed``
-  (call it on every rank). This is what trainers use.
+  to the previous one when the newest is damaged (or refused by the caller's
+  ``check``, such as a trainer's check of its loop counters). Saving trusts nothing on
+  disk: what is in the way is moved aside, never written into. Safe under
+  ``torch.distributed`` (call it on every rank). This is what trainers use.
 * :func:`capture_rng_state` / :func:`restore_rng_state`: Python, NumPy, torch and
   CUDA generator states (saved in every checkpoint by default).
 * :func:`read_checkpoint`: verify a checkpoint and return its raw content tree.
 * Errors: :class:`CheckpointError` (a ``ValueError``), split into
   :class:`CorruptCheckpointError` (missing, truncated, corrupted, pickled, newer
-  format) and :class:`CheckpointMismatchError` (an intact checkpoint that does not fit
-  the model, optimizer or scheduler it is loaded into).
+  format, not a regular file, oversized, beyond the parsing limits, or a structure
+  no checkpoint can have: see "What a reader refuses, and why" in
+  :mod:`descent.checkpoint.format`) and :class:`CheckpointMismatchError` (an intact
+  checkpoint that does not fit the model, optimizer or scheduler it is loaded into).
 
 How a trainer resumes exactly. Save at optimizer-step boundaries (after
 ``optimizer.step()``, ``scheduler.step()`` and ``zero_grad()``), with a trainer

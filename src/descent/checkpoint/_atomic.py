@@ -7,11 +7,13 @@ that names them. Two cases:
   sibling directory ``.<name>.tmp-<random>`` in the same parent, each file flushed
   and fsynced, the temporary directory fsynced, then renamed to ``<name>`` (the
   commit) and the parent directory fsynced;
-* the directory already holds a checkpoint: the new data files are written under
-  names that differ from the ones the current index names (the caller makes them
-  content-addressed), fsynced and renamed into place; the new index is written to a
-  temporary file, fsynced, and renamed over the old index (the commit); then the
-  files the new index does not name are removed.
+* the directory already holds a checkpoint: every new data file is written to a
+  temporary file, fsynced and renamed into place, also when a file of that name is
+  already there (what is on disk is never trusted: a damaged file of the same name is
+  replaced, not kept). The names are content-addressed by the caller, so a name the
+  current index also uses receives the very bytes that index expects. Then the new
+  index is written to a temporary file, fsynced, and renamed over the old index (the
+  commit); then the files the new index does not name are removed.
 
 Either way, a crash at any instant leaves the old checkpoint or the new one, never a
 mixture: before the commit the old index still names old files, which are untouched;
@@ -61,8 +63,9 @@ def write_directory(path: Path, files: Mapping[str, bytes], index_name: str,
     """Write ``files`` and then ``index`` into the directory ``path`` atomically.
 
     ``path`` must be absent or already hold ``index_name``; the caller checks that.
-    No name in ``files`` may equal a data file the current index names (the old
-    checkpoint must survive until the commit), which content-addressed names ensure.
+    A name in ``files`` may equal a data file the current index names only if the
+    bytes are the same (the old checkpoint must survive until the commit), which
+    content-addressed names ensure.
     """
     parent = path.parent
     if not path.exists():
@@ -83,13 +86,14 @@ def write_directory(path: Path, files: Mapping[str, bytes], index_name: str,
     created: list[Path] = []
     try:
         for name, data in files.items():
-            if (path / name).exists():
-                continue  # a content-addressed name: the same bytes are already there
             temporary = path / _temporary_name(name, "tmp")
             created.append(temporary)
             _write_file(temporary, data)
+            replaces = os.path.lexists(path / name)  # then the old index may name it: keep it
             os.replace(temporary, path / name)
-            created[-1] = path / name
+            created.pop()
+            if not replaces:
+                created.append(path / name)
         temporary_index = path / _temporary_name(index_name, "tmp")
         created.append(temporary_index)
         _write_file(temporary_index, index)

@@ -11,9 +11,21 @@ would otherwise be mistaken for the latest.
 :meth:`CheckpointManager.load_latest` verifies checkpoints from the newest down and
 loads the first that passes every check, warning about each damaged one it skips;
 so a crash during a write, which can at worst leave a stray temporary directory,
-and a damaged newest checkpoint both fall back to the one before. A checkpoint that
-is intact but does not fit the model (:class:`CheckpointMismatchError`) is an error,
-not a reason to fall back.
+and a damaged newest checkpoint both fall back to the one before. Damaged means
+anything :func:`~descent.checkpoint.read_checkpoint` refuses (see
+:mod:`descent.checkpoint.format`), a step label that differs from the directory's
+name, or a refusal by the caller's own ``check`` (a trainer validating its loop
+counters raises :class:`CorruptCheckpointError` there). A checkpoint that is intact
+but does not fit the model (:class:`CheckpointMismatchError`) is an error, not a
+reason to fall back.
+
+Saving trusts nothing already on disk. Saving a step that already has an intact
+checkpoint (one that passes every check) replaces it in one step, writing every file
+afresh; a damaged checkpoint directory of that step is moved aside to
+``<name>.damaged-<hex>``, so that saving the step again repairs it; anything else named
+like a checkpoint that is not a directory (a file, a link, a FIFO) is reported when
+listing and moved aside to ``<name>.stray-<hex>`` when its step is saved. Each with a
+warning naming the new place; nothing is deleted, nothing written into.
 
 Under ``torch.distributed`` call :meth:`save` and :meth:`load_latest` on every rank:
 ``save`` consolidates ZeroRedundancyOptimizer state and gathers every rank's random
@@ -37,19 +49,26 @@ Example (a loop that survives being killed)::
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
+import stat
+import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import distributed
 from ._atomic import remove_directory
-from .format import CorruptCheckpointError, read_checkpoint, read_index
+from ._read import describe_kind
+from .format import INDEX_NAME, CorruptCheckpointError, read_checkpoint, read_index
 from .rng import capture_rng_state
 from .state import Checkpoint, _named, load_checkpoint, save_checkpoint
+
+Check = Callable[[Mapping[str, Any]], None]
+"""A caller's check of a checkpoint's content; raises CorruptCheckpointError to skip it."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,7 @@ class CheckpointManager:
                                   "directory")
         self.keep_last, self.monitor, self.mode, self.prefix = keep_last, monitor, mode, prefix
         self._pattern = re.compile(rf"{re.escape(prefix)}-(\d{{9,}})")
+        self._reported: set[tuple[str, int]] = set()
 
     def path_for(self, step: int) -> Path:
         """The directory the checkpoint of ``step`` is written to."""
@@ -99,14 +119,29 @@ class CheckpointManager:
     # ------------------------------------------------------------------ listing
 
     def _candidates(self) -> list[tuple[int, Path]]:
+        """Directories named like checkpoints, oldest first; warns about other such entries."""
         if not self.directory.is_dir():
             return []
         found = []
         for entry in self.directory.iterdir():
             match = self._pattern.fullmatch(entry.name)
-            if match and entry.is_dir():
+            if not match:
+                continue
+            mode = entry.lstat().st_mode
+            if stat.S_ISDIR(mode):
                 found.append((int(match.group(1)), entry))
+            elif (entry.name, mode) not in self._reported:  # once per manager and entry
+                self._reported.add((entry.name, mode))
+                warnings.warn(f"CheckpointManager: {entry} is named like a checkpoint but is "
+                              f"{_kind(mode)}, not a checkpoint directory; it is ignored (and "
+                              "moved aside if its step is saved)", stacklevel=3)
         return sorted(found)
+
+    def _label_checked(self, step: int, path: Path, content: Mapping[str, Any]) -> None:
+        if content["step"] != step:
+            raise CorruptCheckpointError(f"checkpoint: {path / INDEX_NAME} has the step label "
+                                         f"{content['step']!r}, but the directory is named for "
+                                         f"step {step}")
 
     def records(self) -> list[CheckpointRecord]:
         """Committed checkpoints whose index is intact, oldest first (tensors not checked)."""
@@ -114,9 +149,10 @@ class CheckpointManager:
         for step, path in self._candidates():
             try:
                 content = read_index(path)["content"]
+                self._label_checked(step, path, content)
             except CorruptCheckpointError:
                 continue
-            records.append(CheckpointRecord(path, step, _plain_metrics(content.get("metrics"))))
+            records.append(CheckpointRecord(path, step, _plain_metrics(content["metrics"])))
         return records
 
     def best(self) -> CheckpointRecord | None:
@@ -130,11 +166,20 @@ class CheckpointManager:
         sign = 1 if self.mode == "min" else -1
         return min(scored, key=lambda item: (sign * item[0], -item[1]))[2]
 
-    def latest(self) -> Path | None:
-        """The newest checkpoint that passes every check, or None; warns about damaged ones."""
+    def latest(self, check: Check | None = None) -> Path | None:
+        """The newest checkpoint that passes every check, or None; warns about damaged ones.
+
+        ``check``, if given, is called with the content of each checkpoint that passes
+        the reader's checks (the tree :func:`~descent.checkpoint.read_checkpoint`
+        returns); raising :class:`CorruptCheckpointError` there skips that checkpoint
+        like a damaged one (a trainer refuses impossible loop counters this way).
+        """
         for step, path in reversed(self._candidates()):
             try:
-                read_checkpoint(path)
+                content = read_checkpoint(path)
+                self._label_checked(step, path, content)
+                if check is not None:
+                    check(content)
             except CorruptCheckpointError as error:
                 warnings.warn(f"CheckpointManager: skipping the checkpoint of step {step}: "
                               f"{error}", stacklevel=2)
@@ -168,16 +213,35 @@ class CheckpointManager:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_for(step)
-        if path.exists():
-            try:
-                read_index(path)
-            except CorruptCheckpointError:
-                shutil.rmtree(path)
+        self._clear_the_way(step, path)
         save_checkpoint(path, model=model, optimizers=optimizers, schedulers=schedulers,
                         trainer_state=trainer_state, extra=extra, step=step,
                         metrics=_plain_metrics(metrics), rng=rng_states)
         self._prune(step)
         return path
+
+    def _clear_the_way(self, step: int, path: Path) -> None:
+        """Leave ``path`` absent or an intact checkpoint of ``step`` (then rewritten in place).
+
+        An intact checkpoint passes every check of :meth:`latest`; anything else in the
+        way is moved aside, never written into or deleted.
+        """
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            try:
+                self._label_checked(step, path, read_checkpoint(path))
+                return
+            except CorruptCheckpointError as error:
+                aside = _set_aside(path, "damaged")
+                reason = error
+        else:
+            aside = _set_aside(path, "stray")
+            reason = f"it is {_kind(mode)}"
+        warnings.warn(f"CheckpointManager: {path} is in the way of the checkpoint of step "
+                      f"{step} ({reason}); moved it to {aside.name}", stacklevel=3)
 
     def _prune(self, step: int) -> None:
         records = self.records()
@@ -197,19 +261,31 @@ class CheckpointManager:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def load_latest(self, *, model: Any = None, optimizers: Any = None, schedulers: Any = None,
-                    restore_rng: bool = True) -> Checkpoint | None:
+                    restore_rng: bool = True, check: Check | None = None) -> Checkpoint | None:
         """Load the newest valid checkpoint into the given objects; None if there is none.
 
-        Damaged checkpoints are skipped with a warning (falling back to the previous
-        one). Arguments and errors as for :func:`descent.load_checkpoint`. Under
-        ``torch.distributed`` call it on every rank.
+        Damaged checkpoints, and those ``check`` refuses (see :meth:`latest`), are
+        skipped with a warning (falling back to the previous one). Arguments and errors
+        as for :func:`descent.load_checkpoint`. Under ``torch.distributed`` call it on
+        every rank.
         """
-        chosen = self.latest() if distributed.is_main_process() else None
+        chosen = self.latest(check) if distributed.is_main_process() else None
         chosen = distributed.broadcast_object(None if chosen is None else str(chosen))
         if chosen is None:
             return None
         return load_checkpoint(chosen, model=model, optimizers=optimizers,
                                schedulers=schedulers, restore_rng=restore_rng)
+
+
+def _kind(mode: int) -> str:
+    return "a file" if stat.S_ISREG(mode) else describe_kind(mode)
+
+
+def _set_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to a sibling that no listing takes for a checkpoint; return it."""
+    aside = path.with_name(f"{path.name}.{why}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, aside)
+    return aside
 
 
 def _finite(value: Any) -> bool:

@@ -54,15 +54,18 @@ def check_rng_state(state: Mapping[str, Any]) -> tuple[Any, Any, torch.Tensor, l
                          f"{sorted(state) if isinstance(state, Mapping) else ''}")
     try:
         python = state["python"]
+        gauss_next = python["gauss_next"]
+        if gauss_next is not None and not isinstance(gauss_next, float):
+            raise TypeError(f"gauss_next={gauss_next!r} is not a float or None")
         python_state = (int(python["version"]), tuple(int(x) for x in python["state"]),
-                        python["gauss_next"])
+                        gauss_next)
         random.Random().setstate(python_state)  # validates without touching the global one
         numpy = state["numpy"]
         numpy_state = (str(numpy["kind"]), np.asarray(numpy["keys"], dtype=np.uint32),
                        int(numpy["position"]), int(numpy["has_gauss"]),
                        float(numpy["cached_gaussian"]))
         np.random.RandomState().set_state(numpy_state)
-    except (KeyError, TypeError, ValueError, OverflowError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"restore_rng_state: malformed Python or NumPy state ({error!r})"
                          ) from None
     torch_state = state["torch"]
@@ -70,7 +73,13 @@ def check_rng_state(state: Mapping[str, Any]) -> tuple[Any, Any, torch.Tensor, l
             and torch_state.shape == torch.get_rng_state().shape):
         raise ValueError("restore_rng_state: state['torch'] must be a uint8 tensor shaped like "
                          f"torch.get_rng_state(), got {type(torch_state).__name__}")
-    return python_state, numpy_state, torch_state, list(state.get("cuda") or [])
+    cuda_states = state.get("cuda") or []
+    if not isinstance(cuda_states, list | tuple) or not all(
+            isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.dim() == 1
+            for item in cuda_states):
+        raise ValueError("restore_rng_state: state['cuda'] must be a list of uint8 tensors "
+                         "(one per device, from torch.cuda.get_rng_state_all())")
+    return python_state, numpy_state, torch_state, list(cuda_states)
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:

@@ -47,13 +47,8 @@ import torch
 from torch import nn
 
 from ..distributed import is_zero_optimizer
-from .format import (
-    CheckpointMismatchError,
-    CorruptCheckpointError,
-    read_checkpoint,
-    write_checkpoint,
-)
-from .rng import capture_rng_state, check_rng_state, restore_rng_state
+from .format import CheckpointMismatchError, read_checkpoint, write_checkpoint
+from .rng import capture_rng_state, restore_rng_state
 
 
 @dataclass(frozen=True)
@@ -287,6 +282,11 @@ def _check_scheduler(path: Path, label: str, scheduler: Any, saved: Mapping[str,
     if isinstance(current, Mapping) and isinstance(state, Mapping) and set(current) != set(state):
         raise CheckpointMismatchError(f"{where}: the saved state has keys {sorted(state)}, the "
                                       f"scheduler's has {sorted(current)}")
+    if hasattr(scheduler, "_check_state_dict"):  # a descent scheduler: check without applying
+        try:
+            scheduler._check_state_dict(state)
+        except (ValueError, TypeError) as error:
+            raise CheckpointMismatchError(f"{where}: {error}") from None
 
 
 def _rng_for_this_process(path: Path, states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -310,9 +310,11 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     pass only ``model`` to load weights for inference). With ``restore_rng`` the
     generators of this process are set to the states saved for its rank.
 
-    Raises :class:`CorruptCheckpointError` if a file is missing or damaged and
+    Raises :class:`CorruptCheckpointError` if a file is missing, damaged or refused by
+    the reader (see :mod:`descent.checkpoint.format`) and
     :class:`CheckpointMismatchError` if the checkpoint does not fit the objects
-    (naming the first mismatch); in either case nothing was changed.
+    (naming the first mismatch; descent schedulers check their saved state without
+    applying it first); in either case nothing was changed.
     """
     path = Path(path)
     content = read_checkpoint(path)
@@ -338,12 +340,8 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
             _check_scheduler(path, f"schedulers[{name!r}]", scheduler,
                              content["schedulers"][name])
     rng_state = None
-    if restore_rng and content["rng"] is not None:
+    if restore_rng and content["rng"] is not None:  # checked by read_checkpoint
         rng_state = _rng_for_this_process(path, content["rng"])
-        try:
-            check_rng_state(rng_state)
-        except ValueError as error:
-            raise CorruptCheckpointError(f"checkpoint {path}: {error}") from None
 
     # everything checked: apply
     for name, module in models.items():

@@ -5,7 +5,8 @@
 * :class:`Scheduler`: binds a schedule to any optimizer's param groups (lr, momentum,
   ``betas[0]``, weight_decay, ...), with exact, order-independent resume.
 * torch's schedulers under their names (``StepLR``, ``CosineAnnealingLR``, ``OneCycleLR``,
-  ..., ``ReduceLROnPlateau``): switching from torch is a change of import.
+  ``MultiplicativeLR``, ``SequentialLR``, ``ChainedScheduler``, ..., ``ReduceLROnPlateau``):
+  switching from torch is a change of import.
 * :func:`plot`: draw schedules to a PNG.
 
 Example::
@@ -31,6 +32,7 @@ from .functions import (
     Join,
     Lambda,
     Linear,
+    Multiplicative,
     MultiStep,
     Offset,
     OneCycle,
@@ -44,6 +46,7 @@ from .functions import (
     warmup_cosine,
 )
 from .lr_scheduler import (
+    ChainedScheduler,
     ConstantLR,
     CosineAnnealingLR,
     CosineAnnealingWarmRestarts,
@@ -51,6 +54,7 @@ from .lr_scheduler import (
     ExponentialLR,
     LambdaLR,
     LinearLR,
+    MultiplicativeLR,
     MultiStepLR,
     OneCycleLR,
     PolynomialLR,
@@ -62,10 +66,11 @@ from .plot import plot
 from .scheduler import FORMAT_VERSION, BaseScheduler, Scheduler
 
 __all__ = [
-    "FORMAT_VERSION", "BaseScheduler", "Constant", "ConstantLR", "Cosine", "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts", "CosineRestarts", "Cyclic", "CyclicLR", "Exponential",
-    "ExponentialLR", "InverseSqrt", "Join", "Lambda", "LambdaLR", "Linear", "LinearLR",
-    "MultiStep", "MultiStepLR", "Offset", "OneCycle", "OneCycleLR", "Polynomial",
+    "FORMAT_VERSION", "BaseScheduler", "ChainedScheduler", "Constant", "ConstantLR", "Cosine",
+    "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CosineRestarts", "Cyclic", "CyclicLR",
+    "Exponential", "ExponentialLR", "InverseSqrt", "Join", "Lambda", "LambdaLR", "Linear",
+    "LinearLR", "MultiStep", "MultiStepLR", "Multiplicative", "MultiplicativeLR", "Offset",
+    "OneCycle", "OneCycleLR", "Polynomial",
     "PolynomialLR", "Product", "ReduceLROnPlateau", "Scale", "Schedule", "Scheduler",
     "SequentialLR", "Step", "StepLR", "Warmup", "WarmupStableDecay", "plot", "warmup_cosine",
 ]

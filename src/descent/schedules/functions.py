@@ -1,10 +1,12 @@
 r"""Schedules: pure, closed-form functions of the step count.
 
 A :class:`Schedule` maps a step count :math:`t = 0, 1, 2, \dots` to a number (a learning
-rate, a momentum, a weight decay, or a factor that multiplies one). It holds no state and
-is never recursive: ``schedule(t)`` depends on ``t`` and on the schedule's arguments only,
-so the value at step 10,000 is the same whether it is reached by 10,000 steps or by
-resuming from a checkpoint. Schedules are immutable and compare and print by value.
+rate, a momentum, a weight decay, or a factor that multiplies one). ``schedule(t)``
+depends on ``t`` and on the schedule's arguments only, so the value at step 10,000 is
+the same whether it is reached by 10,000 steps or by resuming from a checkpoint.
+Schedules are immutable and compare and print by value. All are closed forms except
+:class:`Multiplicative`, a product of per-step factors: it caches partial products,
+and computes each value by the same multiplications however the step is reached.
 
 Building blocks (values written for ``t`` the step, ``T`` a length in steps):
 
@@ -12,6 +14,7 @@ Building blocks (values written for ``t`` the step, ``T`` a length in steps):
   :class:`Linear`, :class:`Polynomial`, :class:`Cosine`, :class:`CosineRestarts` (SGDR),
   :class:`OneCycle`, :class:`Cyclic`, :class:`WarmupStableDecay`, :class:`InverseSqrt`,
   :class:`Lambda` (a user-supplied function);
+* :class:`Multiplicative`: a product of per-step factors (torch's ``MultiplicativeLR``);
 * combinators: :class:`Warmup` (linear warmup, then any schedule), :class:`Join`
   (schedules one after another, each restarting its count at a boundary), :class:`Scale`,
   :class:`Offset` and :class:`Product` (also written ``2.0 * s``, ``s + 0.1``, ``s * r``);
@@ -67,7 +70,8 @@ class Schedule:
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{f.name}={_describe(getattr(self, f.name))}"
-                              for f in dataclasses.fields(self))  # type: ignore[arg-type]
+                              for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                              if f.repr)
         return f"{type(self).__name__}({arguments})"
 
 
@@ -306,6 +310,10 @@ class OneCycle(Schedule):
     :math:`p` the fraction of the phase done. With ``three_phase=True`` the phases are
     ``initial -> peak -> initial -> final``, the first two symmetric. Valid for
     ``0 <= t <= total_steps``; later steps raise ``ValueError`` (as torch's ``OneCycleLR``).
+    At step ``total_steps``, one past the last phase, the last phase is extrapolated as
+    torch does, but not beyond ``final``: with cosine annealing (which turns back) that is
+    torch's value, with linear annealing it is ``final`` where torch goes past it (to a
+    negative learning rate, when ``final`` is small).
 
     For the learning rate: ``initial = max_lr / div_factor``, ``peak = max_lr``,
     ``final = initial / final_div_factor``. For the momentum that moves against it:
@@ -361,9 +369,12 @@ class OneCycle(Schedule):
             if step <= end_step or index == len(phases) - 1:
                 pct = (step - start_step) / (end_step - start_step)
                 if self.anneal_strategy == "cos":
-                    return end_value + (start_value - end_value) / 2.0 * (
+                    value = end_value + (start_value - end_value) / 2.0 * (
                         math.cos(math.pi * pct) + 1)
-                return (end_value - start_value) * pct + start_value
+                else:
+                    value = (end_value - start_value) * pct + start_value
+                low, high = sorted((start_value, end_value))
+                return min(max(value, low), high)
             start_step = end_step
         raise AssertionError("unreachable: the last phase always matches")
 
@@ -380,7 +391,8 @@ def _triangular2(x: float) -> float:
 class Cyclic(Schedule):
     r"""Cyclical values between ``base_value`` and ``max_value`` (CLR).
 
-    A cycle is ``step_size_up`` steps up and ``step_size_down`` steps down. With
+    A cycle is ``step_size_up`` steps up and ``step_size_down`` steps down (whole numbers
+    of steps, at least 1; ``step_size_down`` defaults to ``step_size_up``). With
     :math:`c = \lfloor 1 + t/L \rfloor` the cycle number (:math:`L` the cycle length),
     :math:`x = 1 + t/L - c` the position in it and :math:`r` the fraction of it spent going up,
 
@@ -398,8 +410,8 @@ class Cyclic(Schedule):
 
     base_value: float
     max_value: float
-    step_size_up: float = 2000
-    step_size_down: float | None = None
+    step_size_up: int = 2000
+    step_size_down: int | None = None
     mode: str = "triangular"
     gamma: float = 1.0
     scale_fn: Callable[[float], float] | None = None
@@ -409,11 +421,10 @@ class Cyclic(Schedule):
         owner = "Cyclic"
         _set(self, "base_value", _checks.real(owner, "base_value", self.base_value))
         _set(self, "max_value", _checks.real(owner, "max_value", self.max_value))
-        up = _checks.real(owner, "step_size_up", self.step_size_up, minimum=0.0,
-                          open_minimum=True)
+        up = _checks.integer(owner, "step_size_up", self.step_size_up, minimum=1)
         _set(self, "step_size_up", up)
-        down = up if self.step_size_down is None else _checks.real(
-            owner, "step_size_down", self.step_size_down, minimum=0.0, open_minimum=True)
+        down = up if self.step_size_down is None else _checks.integer(
+            owner, "step_size_down", self.step_size_down, minimum=1)
         _set(self, "step_size_down", down)
         _set(self, "gamma", _checks.real(owner, "gamma", self.gamma, minimum=0.0))
         if self.scale_fn is None:
@@ -528,28 +539,102 @@ class InverseSqrt(Schedule):
         return self.peak * math.sqrt(self.warmup_steps / step)
 
 
+def _call(label: str, fn: Callable[[int], Any], step: int) -> float:
+    """``float(fn(step))``, or a ``TypeError`` naming the function's argument ``label``."""
+    value = fn(step)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{label}={_describe(fn)} returned {value!r} at step {step}; expected "
+                        "a real number") from None
+
+
+def _require_callable(label: str, fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"{label}={fn!r} is not callable; expected a function of the step")
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Lambda(Schedule):
     """A user-supplied function of the step: :math:`v_t = f(t)`.
 
     ``fn`` must be a pure function of the step for resume to be exact. Schedulers built on
     it save the step count, never the function: rebuild it from code on resume.
+    ``label`` names the function in error messages (a scheduler passes its own argument's
+    name, such as ``"LambdaLR: lr_lambda"``); it is not part of the schedule's value.
     """
 
     fn: Callable[[int], float]
+    label: str = dataclasses.field(default="Lambda: fn", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not callable(self.fn):
-            raise TypeError(f"Lambda: fn={self.fn!r} is not callable; expected a function "
-                            "of the step")
+        _require_callable(self.label, self.fn)
 
     def _value(self, step: int) -> float:
-        value = self.fn(step)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TypeError(f"Lambda: fn={self!r} returned {value!r} at step {step}; expected "
-                            "a real number") from None
+        return _call(self.label, self.fn, step)
+
+
+_PREFIX_EVERY = 256
+
+
+class _Recurrence(Schedule):
+    r"""A schedule defined step by step: :math:`v_{-1} = \text{init}`, :math:`v_t = a_t(v_{t-1})`.
+
+    The value at any step is the same sequence of operations from ``init``, whether it is
+    reached step by step or directly (on resume), so it is exact. Values at every
+    256th step and the last value asked for are kept, so that stepping forward costs one
+    update and a jump at most 256.
+    """
+
+    init: float
+
+    def _advance(self, step: int, value: float) -> float:
+        """:math:`a_t`: the value at ``step`` from the value at ``step - 1``."""
+        raise NotImplementedError
+
+    def _start_cache(self) -> None:
+        _set(self, "_prefix", [self.init])  # values at steps -1, 255, 511, ...
+        _set(self, "_last", (-1, self.init))
+
+    def _value(self, step: int) -> float:
+        prefix: list[float] = self._prefix  # type: ignore[attr-defined]
+        known = min((step + 1) // _PREFIX_EVERY, len(prefix) - 1)
+        start, value = known * _PREFIX_EVERY - 1, prefix[known]
+        last_step, last_value = self._last  # type: ignore[attr-defined]
+        if start < last_step <= step:
+            start, value = last_step, last_value
+        for t in range(start + 1, step + 1):
+            value = self._advance(t, value)
+            if (t + 1) % _PREFIX_EVERY == 0 and (t + 1) // _PREFIX_EVERY == len(prefix):
+                prefix.append(value)
+        _set(self, "_last", (step, value))
+        return value
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Multiplicative(_Recurrence):
+    r"""``init`` times a factor per step: :math:`v_0 = v_{\text{init}}`, :math:`v_t = v_{t-1} f(t)`.
+
+    .. math:: v_t = v_{\text{init}} \prod_{i=1}^{t} f(i)
+
+    multiplied left to right, as torch's ``MultiplicativeLR`` does step by step (so the
+    values are the same floats). ``fn`` must be a pure function of the step. Reaching
+    step :math:`t` directly (a resume) costs :math:`t` calls of ``fn`` once.
+    """
+
+    fn: Callable[[int], float]
+    init: float = 1.0
+    label: str = dataclasses.field(default="Multiplicative: fn", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _require_callable(self.label, self.fn)
+        _set(self, "init", _checks.real("Multiplicative", "init", self.init))
+        self._start_cache()
+
+    def _advance(self, step: int, value: float) -> float:
+        return value if step == 0 else value * _call(self.label, self.fn, step)
 
 
 # ---------------------------------------------------------------------------- combinators

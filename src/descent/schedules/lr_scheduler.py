@@ -14,10 +14,29 @@ the difference is that torch's rounding errors accumulate, and that torch compos
 other changes of ``group["lr"]`` while descent overwrites them: to combine schedules,
 compose them (:mod:`descent.schedules.functions`) instead of stacking schedulers.
 
-Differences from torch, all raising errors where torch would misbehave later:
-``milestones`` must be strictly increasing (torch counts repeated milestones twice);
-``total_iters``, ``T_max``, step sizes and ``total_steps`` must be >= 1; a OneCycle phase
-of zero length is refused when built, not at the step that divides by zero.
+``MultiplicativeLR`` is the one that is not a closed form (a product of per-step
+factors, see :class:`~descent.schedules.Multiplicative`); ``ChainedScheduler`` chains
+the others step by step as torch's does, from the step count alone.
+
+Differences from torch, all raising errors where torch would misbehave later (each one
+stricter than torch):
+
+* ``milestones`` must be strictly increasing (torch counts repeated milestones twice);
+* ``total_iters``, ``T_max``, ``T_0``, ``step_size``, ``step_size_up``,
+  ``step_size_down`` and ``total_steps`` must be whole numbers >= 1 (torch accepts a
+  fractional ``CyclicLR`` step size, and computes a cycle of fractional length);
+* ``eta_min`` (``CosineAnnealingLR``, ``CosineAnnealingWarmRestarts``), ``base_lr`` and
+  ``max_lr`` (``CyclicLR``, ``OneCycleLR``) and ``base_momentum`` / ``max_momentum``
+  must be >= 0, and momentum bounds < 1 where they drive Adam's ``betas[0]`` (torch
+  accepts them and writes a negative learning rate or momentum into the optimizer:
+  ``CosineAnnealingLR(T_max=2, eta_min=-0.1)`` ends at lr -0.1);
+* no scheduler writes a negative or non-finite value: a ``lr_lambda`` that returns
+  one raises ``ValueError`` at that step, naming it, and changes nothing;
+* a OneCycle phase of zero length is refused when built, not at the step that divides
+  by zero;
+* ``ChainedScheduler`` takes descent's schedulers only (a torch scheduler's state is the
+  optimizer's current lr, which no step count can restore).
+
 TinyTorch's ``StepLR`` sets :math:`\eta_0\gamma^{\lfloor (k-1)/s\rfloor}` after ``k`` calls
 of ``step()``, decaying one call later than torch; descent follows torch:
 :math:`\eta_t = \eta_0\gamma^{\lfloor t/s\rfloor}`.
@@ -25,8 +44,15 @@ of ``step()``, decaying one call later than torch; descent follows torch:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import ReduceLROnPlateau as TorchReduceLROnPlateau
 
 from . import _checks
 from .functions import (
@@ -38,11 +64,16 @@ from .functions import (
     Join,
     Lambda,
     Linear,
+    Multiplicative,
     MultiStep,
     OneCycle,
     Polynomial,
     Schedule,
     Step,
+    _call,
+    _describe,
+    _Recurrence,
+    _require_callable,
 )
 from .scheduler import BaseScheduler, _param_groups
 
@@ -54,6 +85,13 @@ class _ShapeScheduler(BaseScheduler):
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
         return self._shape * base
+
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        """torch multiplies the current value by the shape's change over the step."""
+        previous = 1.0 if step == 0 else self._shape(step - 1)
+        current = self._shape(step)
+        return schedule(step) if previous == 0 else value * (current / previous)
 
 
 class StepLR(_ShapeScheduler):
@@ -182,11 +220,22 @@ class CosineAnnealingLR(BaseScheduler):
     def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0,
                  last_epoch: int = -1) -> None:
         self.T_max = _checks.integer("CosineAnnealingLR", "T_max", T_max, minimum=1)
-        self.eta_min = _checks.real("CosineAnnealingLR", "eta_min", eta_min)
+        self.eta_min = _checks.real("CosineAnnealingLR", "eta_min", eta_min, minimum=0.0)
         self._bind(optimizer, last_epoch)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
         return Cosine(self.T_max, init=base, final=self.eta_min, after_end="continue")
+
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        """torch's recursion: the distance to ``eta_min`` scaled by the cosine's change."""
+        if step == 0:
+            return value
+        if (step - 1 - self.T_max) % (2 * self.T_max) == 0:  # leaving the minimum
+            return value + (base - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2
+        ratio = ((1 + math.cos(math.pi * step / self.T_max))
+                 / (1 + math.cos(math.pi * (step - 1) / self.T_max)))
+        return self.eta_min + (value - self.eta_min) * ratio
 
     def _config(self) -> dict[str, Any]:
         return {"T_max": self.T_max, "eta_min": self.eta_min}
@@ -210,7 +259,7 @@ class CosineAnnealingWarmRestarts(BaseScheduler):
         owner = "CosineAnnealingWarmRestarts"
         self.T_0 = _checks.integer(owner, "T_0", T_0, minimum=1)
         self.T_mult = _checks.integer(owner, "T_mult", T_mult, minimum=1)
-        self.eta_min = _checks.real(owner, "eta_min", eta_min)
+        self.eta_min = _checks.real(owner, "eta_min", eta_min, minimum=0.0)
         self._bind(optimizer, last_epoch)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -247,16 +296,34 @@ def _flag(owner: str, name: str, value: Any) -> bool:
     return value
 
 
+def _per_group_named(owner: str, name: str, value: Any, groups: int) -> list[tuple[str, Any]]:
+    """``(label, value)`` for each group of a per-group argument (a scalar or one per group)."""
+    if isinstance(value, list | tuple):
+        if len(value) != groups:
+            raise ValueError(f"{owner}: {name} has {len(value)} values; expected one per "
+                             f"param group ({groups})")
+        return [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return [(name, value)] * groups
+
+
 class _MomentumCycler(BaseScheduler):
     """Base of the schedulers that cycle momentum (or beta1) inversely to the lr."""
 
     def _cycle_momentum(self, owner: str, optimizer: Any, base_momentum: Any,
                         max_momentum: Any, groups: int, keys: list[str],
                         bases: dict[str, list[float]]) -> None:
-        """Check the momentum bounds per group and add the momentum option to ``keys``."""
+        """Check the momentum bounds per group and add the momentum option to ``keys``.
+
+        The bounds are >= 0, and < 1 where they drive ``betas[0]`` (Adam's own bounds).
+        """
         self._momentum_key = _momentum_key(owner, optimizer)
-        self.base_momentums = _checks.per_group(owner, "base_momentum", base_momentum, groups)
-        self.max_momentums = _checks.per_group(owner, "max_momentum", max_momentum, groups)
+        below_one = 1.0 if self._momentum_key == "betas[0]" else None
+        self.base_momentums = [
+            _checks.real(owner, name, value, minimum=0.0, maximum=below_one, open_maximum=True)
+            for name, value in _per_group_named(owner, "base_momentum", base_momentum, groups)]
+        self.max_momentums = [
+            _checks.real(owner, name, value, minimum=0.0, maximum=below_one, open_maximum=True)
+            for name, value in _per_group_named(owner, "max_momentum", max_momentum, groups)]
         keys.append(self._momentum_key)
         bases[self._momentum_key] = self.max_momentums
 
@@ -280,8 +347,11 @@ class CyclicLR(_MomentumCycler):
                  max_momentum: float | list[float] = 0.9, last_epoch: int = -1) -> None:
         owner = "CyclicLR"
         groups = len(_param_groups(owner, optimizer))
-        self.base_lrs_arg = _checks.per_group(owner, "base_lr", base_lr, groups)
-        self.max_lrs = _checks.per_group(owner, "max_lr", max_lr, groups)
+        self.base_lrs_arg = _checks.per_group(owner, "base_lr", base_lr, groups, minimum=0.0)
+        self.max_lrs = _checks.per_group(owner, "max_lr", max_lr, groups, minimum=0.0)
+        step_size_up = _checks.integer(owner, "step_size_up", step_size_up, minimum=1)
+        if step_size_down is not None:
+            step_size_down = _checks.integer(owner, "step_size_down", step_size_down, minimum=1)
         self._shape = Cyclic(0.0, 1.0, step_size_up, step_size_down, mode, gamma, scale_fn,
                              scale_mode)
         self.mode = self._shape.mode
@@ -348,7 +418,7 @@ class OneCycleLR(_MomentumCycler):
             raise ValueError(f"{owner}: total_steps=None with epochs={epochs!r} and "
                              f"steps_per_epoch={steps_per_epoch!r}; give total_steps, or both "
                              "epochs and steps_per_epoch")
-        self.max_lrs = _checks.per_group(owner, "max_lr", max_lr, groups)
+        self.max_lrs = _checks.per_group(owner, "max_lr", max_lr, groups, minimum=0.0)
         self.div_factor = _checks.real(owner, "div_factor", div_factor, minimum=0.0,
                                        open_minimum=True)
         self.final_div_factor = _checks.real(owner, "final_div_factor", final_div_factor,
@@ -387,6 +457,22 @@ class OneCycleLR(_MomentumCycler):
         return config
 
 
+def _lr_lambdas(owner: str, optimizer: Any, lr_lambda: Any) -> list[tuple[Callable[[int], float],
+                                                                          str]]:
+    """``(function, label)`` per group from ``lr_lambda`` (one function, or one per group)."""
+    groups = len(_param_groups(owner, optimizer))
+    if isinstance(lr_lambda, list | tuple):
+        if len(lr_lambda) != groups:
+            raise ValueError(f"{owner}: lr_lambda has {len(lr_lambda)} functions; expected "
+                             f"one per param group ({groups})")
+        pairs = [(fn, f"{owner}: lr_lambda[{i}]") for i, fn in enumerate(lr_lambda)]
+    else:
+        pairs = [(lr_lambda, f"{owner}: lr_lambda")] * groups
+    for fn, label in pairs:
+        _require_callable(label, fn)
+    return pairs
+
+
 class LambdaLR(BaseScheduler):
     r"""Each group's lr is its base value times ``lr_lambda(t)``: :math:`\eta_t = \eta_0 f(t)`.
 
@@ -401,16 +487,9 @@ class LambdaLR(BaseScheduler):
 
     def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float]
                  | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
-        groups = len(_param_groups("LambdaLR", optimizer))
-        if isinstance(lr_lambda, list | tuple):
-            if len(lr_lambda) != groups:
-                raise ValueError(f"LambdaLR: lr_lambda has {len(lr_lambda)} functions; expected "
-                                 f"one per param group ({groups})")
-            functions = list(lr_lambda)
-        else:
-            functions = [lr_lambda] * groups
-        self.lr_lambdas = functions
-        self._shapes = [Lambda(fn) for fn in functions]
+        pairs = _lr_lambdas("LambdaLR", optimizer, lr_lambda)
+        self.lr_lambdas = [fn for fn, _ in pairs]
+        self._shapes = [Lambda(fn, label=label) for fn, label in pairs]
         self._bind(optimizer, last_epoch)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -418,6 +497,51 @@ class LambdaLR(BaseScheduler):
 
     def _config(self) -> dict[str, Any]:
         return {"lr_lambda": [repr(shape) for shape in self._shapes]}
+
+
+class MultiplicativeLR(BaseScheduler):
+    r"""Multiply each group's lr by ``lr_lambda(t)`` at every step :math:`t \ge 1`.
+
+    .. math:: \eta_t = \eta_0 \prod_{i=1}^{t} f(i)
+
+    with the products taken left to right as torch's ``MultiplicativeLR`` takes them step
+    by step, so the values are the same floats. ``lr_lambda`` is a pure function of the
+    step or a list of them, one per group. Unlike the other schedulers this one is not a
+    closed form: the value at step :math:`t` is reached through the :math:`t` factors
+    (see :class:`~descent.schedules.Multiplicative`), so a resume at step :math:`t`
+    calls ``lr_lambda`` :math:`t` times once; it is exact, in any order. As for
+    :class:`LambdaLR`, state dicts hold the functions' names, never the functions.
+    ``step(epoch)`` goes to that step's product (torch multiplies the current lr by
+    ``lr_lambda(epoch)`` once).
+
+    Example::
+
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> MultiplicativeLR(opt, lr_lambda=lambda t: 0.5).value_at(3)
+        [0.125]
+    """
+
+    def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float]
+                 | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
+        self._pairs = _lr_lambdas("MultiplicativeLR", optimizer, lr_lambda)
+        self.lr_lambdas = [fn for fn, _ in self._pairs]
+        self._bind(optimizer, last_epoch)
+
+    def _build(self, key: str, group_index: int, base: float) -> Schedule:
+        fn, label = self._pairs[group_index]
+        return Multiplicative(fn, init=base, label=label)
+
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        """torch multiplies the current value by ``lr_lambda(step)`` (from step 1)."""
+        if step == 0:
+            return value
+        fn, label = self._pairs[group_index]
+        return value * _call(label, fn, step)
+
+    def _config(self) -> dict[str, Any]:
+        return {"lr_lambda": [_describe(fn) for fn in self.lr_lambdas]}
 
 
 class SequentialLR(BaseScheduler):
@@ -460,7 +584,141 @@ class SequentialLR(BaseScheduler):
                                if s._explicit_bases else base) for s in self._schedulers)
         return Join(parts, self.milestones)
 
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        """torch's: the active scheduler's step, which restarts (at its step 0) at a milestone."""
+        index = bisect_right(self.milestones, step)
+        start = self.milestones[index - 1] if index else 0
+        if step == start:
+            return schedule(step)
+        part = self._schedulers[index]
+        part_base = (part.base_values[key][group_index] if part._explicit_bases else base)
+        assert isinstance(schedule, Join)
+        return part._chain_step(key, group_index, schedule.schedules[index], part_base,
+                                step - start, value)
+
     def _config(self) -> dict[str, Any]:
         return {"milestones": list(self.milestones),
                 "schedulers": [{"scheduler": type(s).__name__, **s._config()}
                                for s in self._schedulers]}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Chain(_Recurrence):
+    """The value of one option of one group under a chain: each update in turn, every step."""
+
+    updates: tuple[Callable[[int, float], float], ...]
+    init: float
+
+    def __post_init__(self) -> None:
+        self._start_cache()
+
+    def _advance(self, step: int, value: float) -> float:
+        for update in self.updates:
+            value = update(step, value)
+        return value
+
+
+class ChainedScheduler(BaseScheduler):
+    r"""Apply several schedulers one after another at every step, as torch's does.
+
+    Each step, every scheduler in turn updates the value the one before it left, in
+    torch's step-by-step form: ``StepLR``, ``MultiStepLR``, ``ConstantLR``, ``LinearLR``,
+    ``ExponentialLR``, ``PolynomialLR`` and ``MultiplicativeLR`` multiply it by their
+    change over the step, ``CosineAnnealingLR`` scales its distance to ``eta_min``, and the
+    others (``LambdaLR``, ``CyclicLR``, ``OneCycleLR``, ``CosineAnnealingWarmRestarts``,
+    :class:`~descent.schedules.Scheduler`) set it from the step alone, discarding what
+    the schedulers before them did, exactly as in torch. With :math:`u_{k,t}` the update
+    of scheduler :math:`k` at step :math:`t`:
+
+    .. math:: \eta_{-1} = \eta_0, \qquad
+              \eta_t = u_{K,t}(\cdots u_{1,t}(\eta_{t-1}))
+
+    The chain computes this from its own step count and the base values only (never
+    from the optimizer's current lr), so resuming is exact in any order, like the other
+    schedulers: a value is always the same sequence of operations from the base value;
+    a resume at step :math:`t` replays :math:`t` steps once. Values agree with torch's
+    chain to float64 rounding. The schedulers given are parts: their own step counts
+    are not used. Options other than the lr (a cycled momentum) are chained the same way.
+
+    Example (torch's)::
+
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> chain = ChainedScheduler([ConstantLR(opt, factor=0.1, total_iters=2),
+        ...                           ExponentialLR(opt, gamma=0.9)])
+        >>> [round(chain.value_at(t)[0], 6) for t in range(4)]
+        [0.1, 0.09, 0.81, 0.729]
+    """
+
+    def __init__(self, schedulers: Sequence[BaseScheduler], optimizer: Any = None) -> None:
+        owner = "ChainedScheduler"
+        if not isinstance(schedulers, list | tuple) or not schedulers:
+            raise ValueError(f"{owner}: schedulers={schedulers!r} is invalid; expected a "
+                             "non-empty list of schedulers")
+        for i, scheduler in enumerate(schedulers):
+            name = type(scheduler).__name__
+            if isinstance(scheduler, TorchReduceLROnPlateau):
+                raise ValueError(f"{owner}: schedulers[{i}] is a {name}, which cannot be "
+                                 "chained: it steps on a metric (as in torch)")
+            if isinstance(scheduler, LRScheduler) and not isinstance(scheduler, BaseScheduler):
+                raise TypeError(f"{owner}: schedulers[{i}] is torch's {name}; a chain computes "
+                                "its values from the step count, which a torch scheduler "
+                                f"cannot give (use descent.schedules.{name}, with the same "
+                                "arguments)")
+            if not isinstance(scheduler, BaseScheduler):
+                raise TypeError(f"{owner}: schedulers[{i}] is a {name}; expected a descent "
+                                "scheduler (descent.schedules)")
+        optimizer = schedulers[0].optimizer if optimizer is None else optimizer
+        for i, scheduler in enumerate(schedulers):
+            if scheduler.optimizer is not optimizer:
+                raise ValueError(f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) is "
+                                 "bound to another optimizer")
+        keys = list(dict.fromkeys(key for s in schedulers for key in s.keys))
+        keys.sort(key=lambda key: key != "lr")
+        self._schedulers = list(schedulers)
+        self._bind(optimizer, -1, keys=keys)
+
+    def _build(self, key: str, group_index: int, base: float) -> Schedule:
+        updates = []
+        for scheduler in self._schedulers:
+            if key not in scheduler.keys:
+                continue
+            part_base = (scheduler.base_values[key][group_index] if scheduler._explicit_bases
+                         else base)
+            schedule = scheduler._build(key, group_index, part_base)
+            updates.append(functools.partial(scheduler._chain_step, key, group_index, schedule,
+                                             part_base))
+        return _Chain(tuple(updates), base)
+
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        assert isinstance(schedule, _Chain)
+        return schedule._advance(step, value)
+
+    def _config(self) -> dict[str, Any]:
+        return {"schedulers": [{"scheduler": type(s).__name__, **s._config()}
+                               for s in self._schedulers]}
+
+    def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
+        return "descent" not in state_dict and "_schedulers" in state_dict
+
+    def _read_torch_state(self, owner: str,
+                          state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
+        """torch's chain state: its schedulers' states, which must agree on the step."""
+        parts = state["_schedulers"]
+        if not isinstance(parts, list | tuple) or len(parts) != len(self._schedulers):
+            raise ValueError(f"{owner}: _schedulers holds "
+                             f"{len(parts) if isinstance(parts, list | tuple) else parts!r} "
+                             f"states; this chain has {len(self._schedulers)} schedulers")
+        read = []
+        for i, (scheduler, part) in enumerate(zip(self._schedulers, parts, strict=True)):
+            if not isinstance(part, Mapping) or "base_lrs" not in part:
+                raise ValueError(f"{owner}: _schedulers[{i}] is not a torch scheduler state")
+            read.append(scheduler._read_torch_state(f"{owner}: _schedulers[{i}]", part))
+        steps = {step for step, _ in read}
+        if len(steps) != 1:
+            raise ValueError(f"{owner}: the chained schedulers were saved at different steps "
+                             f"{sorted(steps)}")
+        return read[0]
+

@@ -10,12 +10,24 @@ descent's optimizers and torch.optim's alike.
 Because :math:`s_g(t)` is a closed-form function of :math:`t`, resuming is exact in any
 order: build the optimizer and the scheduler, load both state dicts (either first), and
 every group holds the value an uninterrupted run has at that step.
+
+Values written are finite and >= 0: a schedule that gives a negative or non-finite
+learning rate, momentum or other option at some step raises ``ValueError`` naming the
+option, the group and the step, and writes nothing (torch writes such values).
+
+As torch does, the first :meth:`~BaseScheduler.step` warns if the optimizer has not
+stepped since the scheduler was built (the first value of the schedule would be
+skipped). descent learns of optimizer steps through the public
+``optimizer.register_step_post_hook`` (one hook per optimizer, registered when the first
+descent scheduler is bound to it), not by wrapping ``optimizer.step`` as torch does.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -107,6 +119,32 @@ def _param_groups(owner: str, optimizer: Any) -> list[dict[str, Any]]:
     return groups
 
 
+_OPTIMIZER_STEPS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""Completed ``step()`` calls of each optimizer a descent scheduler is bound to."""
+
+
+def _count_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    _OPTIMIZER_STEPS[optimizer] = _OPTIMIZER_STEPS.get(optimizer, 0) + 1
+
+
+def _optimizer_steps(optimizer: Any) -> int | None:
+    """How often ``optimizer`` has stepped since descent started counting (None: it cannot).
+
+    Counting starts the first time this is called for an optimizer: a step post hook is
+    registered through torch's public ``register_step_post_hook``.
+    """
+    if optimizer not in _OPTIMIZER_STEPS:
+        register = getattr(optimizer, "register_step_post_hook", None)
+        if not callable(register):
+            return None
+        try:
+            _OPTIMIZER_STEPS[optimizer] = 0
+        except TypeError:  # not weakly referenceable
+            return None
+        register(_count_step)
+    return _OPTIMIZER_STEPS[optimizer]
+
+
 def _plain(value: Any) -> Any:
     """A comparable, printable form of a config value (torch's Counter milestones included)."""
     if isinstance(value, Counter):
@@ -171,8 +209,11 @@ class BaseScheduler(LRScheduler):
                         "last_epoch=-1 and load the scheduler's state dict")
                 bases[key.spec] = [float(g[key.initial_name]) for g in groups]
             for gi, value in enumerate(bases[key.spec]):
-                _checks.real(owner, f"base value of {key.spec!r} in param_groups[{gi}]", value)
+                _checks.real(owner, f"base value of {key.spec!r} in param_groups[{gi}]", value,
+                             minimum=0.0)
         self.optimizer = optimizer
+        self._optimizer_steps_at_bind = _optimizer_steps(optimizer)
+        self._first_step_done = False
         self._explicit_bases = base_values is not None
         self._keys = parsed
         self.keys = tuple(key.spec for key in parsed)
@@ -196,6 +237,21 @@ class BaseScheduler(LRScheduler):
         """The scheduler's arguments, as saved in (and checked against) state dicts."""
         raise NotImplementedError
 
+    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
+                    step: int, value: float) -> float:
+        """torch's step-by-step form of this scheduler: the value at ``step`` from ``value``.
+
+        ``schedule`` is this scheduler's schedule of option ``key`` in group
+        ``group_index``, built from ``base``; ``value`` is what the option holds before
+        this scheduler's update at ``step`` (``base`` before step 0).
+        :class:`~descent.schedules.ChainedScheduler` chains these updates the way torch's
+        ``ChainedScheduler`` does. Here: torch computes the value from the base and the
+        step alone, so ``value`` is not used (``LambdaLR``, ``CyclicLR``, ``OneCycleLR``,
+        ``CosineAnnealingWarmRestarts``); schedulers that torch computes from the current
+        value override it.
+        """
+        return schedule(step)
+
     # ------------------------------------------------------------------ values
 
     def _build_all(self, bases: Mapping[str, list[float]]) -> dict[str, list[Schedule]]:
@@ -209,10 +265,10 @@ class BaseScheduler(LRScheduler):
         for key, per_group in schedules.items():
             values[key] = [schedule(step) for schedule in per_group]
             for gi, value in enumerate(values[key]):
-                if not math.isfinite(value):
+                if not (math.isfinite(value) and value >= 0):
                     raise ValueError(f"{owner}: the schedule gives {key}={value!r} for "
                                      f"param_groups[{gi}] at step {step}; expected a finite "
-                                     "number")
+                                     "number >= 0")
         return values
 
     def _commit(self, step: int, values: Mapping[str, list[float]]) -> None:
@@ -276,11 +332,34 @@ class BaseScheduler(LRScheduler):
         """Advance the step count by one (or set it to ``epoch``) and write the new values.
 
         Call it once per optimizer step (after ``optimizer.step()``), not per micro-batch:
-        with gradient accumulation, step the scheduler when the optimizer steps.
+        with gradient accumulation, step the scheduler when the optimizer steps. The first
+        call warns, as torch's schedulers do, if the optimizer has not stepped since the
+        scheduler was built.
         """
         target = self._step + 1 if epoch is None else _checks.integer(
             type(self).__name__, "epoch", epoch, minimum=0)
         self._commit(target, self._values_from(self._schedules, target))
+        if not self._first_step_done:
+            self._first_step_done = True
+            self._warn_if_optimizer_has_not_stepped()
+
+    def _initial_step(self) -> None:
+        """The step torch's ``SequentialLR`` gives the first scheduler it holds on start.
+
+        It is not the user's first step, so it is not checked for the step order.
+        """
+        target = self._step + 1
+        self._commit(target, self._values_from(self._schedules, target))
+
+    def _warn_if_optimizer_has_not_stepped(self) -> None:
+        before = self._optimizer_steps_at_bind
+        if before is not None and _OPTIMIZER_STEPS.get(self.optimizer, before) == before:
+            warnings.warn(
+                f"Detected call of `{type(self).__name__}.step()` before `optimizer.step()`: "
+                "call `optimizer.step()` first, then `scheduler.step()`; stepping the "
+                "scheduler first skips the first value of the schedule. See "
+                "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+                UserWarning, stacklevel=3)
 
     def get_lr(self) -> list[float]:
         """The values of the first driven option at the current step.
@@ -321,19 +400,31 @@ class BaseScheduler(LRScheduler):
         same name are compared). On error a ``ValueError`` or ``TypeError`` says what is
         wrong and nothing changes.
         """
+        step, bases, schedules = self._checked_state(state_dict)
+        self.base_values = bases
+        self._schedules = schedules
+        self._set_step(step, schedules)
+
+    def _check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Raise what :meth:`load_state_dict` would raise, without changing anything."""
+        self._checked_state(state_dict)
+
+    def _checked_state(self, state_dict: Any) -> tuple[int, dict[str, list[float]],
+                                                         dict[str, list[Schedule]]]:
         owner = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
-        if "descent" not in state_dict and "base_lrs" in state_dict:
+        if self._is_torch_state(state_dict):
             step, bases = self._read_torch_state(owner, state_dict)
         else:
             step, bases = self._read_state(owner, state_dict)
         schedules = self._build_all(bases)
         if step >= 0:
             self._values_from(schedules, step)  # raises, changing nothing, if invalid
-        self.base_values = bases
-        self._schedules = schedules
-        self._set_step(step, schedules)
+        return step, bases, schedules
+
+    def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
+        return "descent" not in state_dict and "base_lrs" in state_dict
 
     def _read_state(self, owner: str, state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
         missing = _STATE_KEYS - set(state)
@@ -383,7 +474,7 @@ class BaseScheduler(LRScheduler):
         if not isinstance(values, list | tuple) or len(values) != groups:
             raise ValueError(f"{owner}: {name}={values!r} is invalid; expected a list of "
                              f"{groups} numbers, one per param group")
-        return [_checks.real(owner, f"{name}[{i}]", v) for i, v in enumerate(values)]
+        return [_checks.real(owner, f"{name}[{i}]", v, minimum=0.0) for i, v in enumerate(values)]
 
     def _compare_config(self, owner: str, saved: Any) -> None:
         config = self._config()
@@ -408,7 +499,7 @@ def _as_schedule(owner: str, name: str, value: Any) -> Schedule:
     if isinstance(value, Schedule):
         return value
     if callable(value):
-        return Lambda(value)
+        return Lambda(value, label=f"{owner}: {name}")
     raise TypeError(f"{owner}: {name}={value!r} has type {type(value).__name__}; expected a "
                     "Schedule or a function of the step")
 
@@ -435,7 +526,7 @@ class Scheduler(BaseScheduler):
         >>> sched = Scheduler(opt, warmup_cosine(total_steps=100, warmup_steps=10))
         >>> [round(v, 6) for v in (sched.value_at(5)[0], sched.value_at(10)[0])]
         [0.0005, 0.001]
-        >>> sched.step(); opt.param_groups[0]["lr"]
+        >>> opt.step(); sched.step(); opt.param_groups[0]["lr"]
         0.0001
 
     State dicts hold the step count, the base values and the schedule's description;
