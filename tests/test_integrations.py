@@ -184,39 +184,6 @@ def test_models_trained_by_descent_save_like_models_trained_by_the_reference(
 
 # ---------------------------------------------------------------------- torch.compile
 
-# Known failures of the engine's default mode under a compiler that functionalizes the
-# graph (aot_eager, inductor). torch.optim calls its fused kernels through
-# torch.compiler.disable; descent's engine traces into them.
-FUSED_TRACED = ("descent's engine calls torch's fused kernel inside the traced graph "
-                "(torch.optim wraps it in torch.compiler.disable): {}")
-FUSED_ADAM = FUSED_TRACED.format(
-    "AOT functionalization asserts 'mutating a non-functional tensor with a functional "
-    "tensor' on torch._fused_adam(w)_, the parameters being static graph attributes")
-FUSED_NO_FAKE = FUSED_TRACED.format(
-    "torch._fused_{}_ has no fake/meta kernel, so AOT tracing raises NotImplementedError")
-NADAM_FLOAT_GUARD = (
-    "the engine passes `step` to the math as a Python float and NAdam's math graph-breaks "
-    "at float(mu_product); from the third step dynamo traces `step` as a dynamic float and "
-    "its float guard fails ('Guard failed on the same frame it was created', a torch bug "
-    "this triggers) or, with inductor and maximize=True, the compiled step is silently "
-    "wrong (parameters 1e-5 off after 6 steps)")
-
-
-def compile_failure(name: str, config: dict[str, Any],
-                    backend: str) -> tuple[str, type[BaseException]] | None:
-    """Why compiling steps of ``name`` with ``config`` in the default mode fails, if it
-    does, and the exception that shows it."""
-    if backend == "eager":
-        return None
-    if name in ("Adam", "AdamW") and not config.get("amsgrad", False):
-        return FUSED_ADAM, torch._dynamo.exc.BackendCompilerFailed
-    if name in ("SGD", "Adagrad"):
-        return FUSED_NO_FAKE.format(name.lower()), torch._dynamo.exc.BackendCompilerFailed
-    if name == "NAdam":
-        return NADAM_FLOAT_GUARD, AssertionError
-    return None
-
-
 def steps_through(info: OptimizerInfo, config: dict[str, Any], mode: str | None,
                   wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> list[torch.Tensor]:
     """Parameters after three calls of ``wrap(a function that steps)`` and three of
@@ -260,13 +227,7 @@ def quiet_dynamo() -> Iterator[None]:
 
 def compile_case(name: str, config: dict[str, Any], backend: str, mode: str | None = None,
                  slow: bool = False) -> Any:
-    failure = compile_failure(name, config, backend) if mode is None else None
-    marks = []
-    if failure is not None:
-        reason, error = failure
-        marks.append(pytest.mark.xfail(strict=True, raises=error, reason=reason))
-    if slow:
-        marks.append(pytest.mark.slow)
+    marks = [pytest.mark.slow] if slow else []
     label = ",".join(filter(None, [name, case_id(config), backend, mode]))
     return pytest.param(name, config, backend, mode, marks=marks, id=label)
 
@@ -279,7 +240,6 @@ COMPILE_CASES = [
     compile_case("AdamW", ADAMW_OPTIONS, "aot_eager"),
     compile_case("NAdam", NADAM_OPTIONS, "aot_eager"),
     compile_case("SGD", SGD_OPTIONS, "aot_eager"),
-    # the rule's own math on lists, where the default mode fails, compiles
     compile_case("AdamW", ADAMW_OPTIONS, "aot_eager", mode="foreach"),
 ] + [
     compile_case("SGD", SGD_OPTIONS, "eager", slow=True),

@@ -351,20 +351,7 @@ def test_zero_with_bucket_views_matches_one_process_and_ranks_agree(two_processe
 
 # ---------------------------------------------------------------------- FSDP2
 
-FUSED_DTENSOR = ("descent's default mode picks torch's fused kernel for DTensor "
-                 "parameters (CPU, strided, contiguous), and torch.{} has no DTensor "
-                 "sharding strategy: NotImplementedError at the step")
-
-
-def fsdp_case(name: str) -> Any:
-    marks = []
-    if name in ("SGD", "Adagrad"):
-        marks.append(pytest.mark.xfail(strict=True, raises=ScenarioError,
-                                       reason=FUSED_DTENSOR.format(f"_fused_{name.lower()}_")))
-    return pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", [fsdp_case(name) for name in FSDP])
+@pytest.mark.parametrize("name", list(FSDP))
 def test_fsdp2_trains_like_torch_and_like_one_process(two_processes, name):
     tensors, reports = two_processes
     no_error(reports, f"fsdp/{name}/torch")

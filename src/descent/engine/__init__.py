@@ -174,6 +174,7 @@ class Bucket:
     shares_storage: bool
     is_sparse: bool
     offsets: np.ndarray
+    sharded: bool = False  # DTensor parameters: updated through their local shards
     # Kept between steps while ``optimizer.state`` is unchanged (see `_adopt`):
     table: Any = None
     changes: int = -1
@@ -188,6 +189,29 @@ class Bucket:
     @property
     def is_complex(self) -> bool:
         return self.dtype.is_complex
+
+    @property
+    def needs_view(self) -> bool:
+        """Whether the math sees other tensors than the parameters themselves."""
+        return self.sharded or self.dtype.is_complex
+
+    def view(self, tensor: Tensor) -> Tensor:
+        """``tensor`` as the math sees it: a DTensor's local shard, complex as real pairs."""
+        if self.sharded:
+            tensor = _local(tensor)
+        return torch.view_as_real(tensor) if self.dtype.is_complex else tensor
+
+    def unview(self, tensor: Tensor, param: Tensor) -> Tensor:
+        """New state made by the math, as ``param``'s state: complex, or a DTensor."""
+        if self.dtype.is_complex:
+            tensor = torch.view_as_complex(tensor)
+        if self.sharded:
+            dtensor = _dtensor_type()
+            assert dtensor is not None
+            tensor = dtensor.from_local(tensor, param.device_mesh,  # type: ignore[attr-defined]
+                                        param.placements, run_check=False,  # type: ignore[attr-defined]
+                                        shape=param.shape, stride=param.stride())
+        return tensor
 
     @property
     def numel(self) -> int:
@@ -219,29 +243,61 @@ class _Layout:
     buckets: list[Bucket]
 
 
+@functools.cache
+def _dtensor_type() -> type | None:
+    """torch's DTensor class, if torch.distributed has it."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - builds without torch.distributed
+        return None
+    return DTensor
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """A DTensor's local shard (the same storage), any other tensor itself.
+
+    Elementwise rules update each element from the same element of the gradient and the
+    state, so sharded parameters (FSDP2) are updated through their local shards, with
+    every path of the engine, as plain tensors.
+    """
+    local = getattr(tensor, "_local_tensor", None)
+    return local if local is not None and isinstance(tensor, _dtensor_type() or ()) else tensor
+
+
 def _pointer(tensor: Tensor) -> int:
     try:
-        return tensor.data_ptr()
+        return _local(tensor).data_ptr()
     except RuntimeError:  # no storage (sparse, meta, some tensor subclasses)
         return id(tensor)
+
+
+def _pointers(params: Sequence[Tensor]) -> list[int]:
+    """Every parameter's data address (C-level loop for plain tensors)."""
+    try:
+        return list(map(Tensor.data_ptr, params))
+    except RuntimeError:
+        return list(map(_pointer, params))
 
 
 def _layout(params: Sequence[Tensor]) -> _Layout:
     by_kind: dict[tuple[Any, ...], list[int]] = {}
     for i, param in enumerate(params):
-        kind = (param.device, param.dtype, param.layout, param.is_contiguous())
+        local = _local(param)
+        kind = (local.device, local.dtype, local.layout, local.is_contiguous(),
+                local is not param)
         by_kind.setdefault(kind, []).append(i)
     buckets = []
-    for (device, dtype, tensor_layout, contiguous), indices in by_kind.items():
+    for (device, dtype, tensor_layout, contiguous, sharded), indices in by_kind.items():
         members = [params[i] for i in indices]
-        storages = [_storage(p) for p in members]
-        numels = [p.numel() * (2 if dtype.is_complex else 1) for p in members]
+        storages = [_storage(_local(p)) for p in members]
+        numels = [_local(p).numel() * (2 if dtype.is_complex else 1) for p in members]
         buckets.append(Bucket(
             indices, members, device, dtype, contiguous,
             shares_storage=len(set(storages)) < len(storages),
             is_sparse=tensor_layout != torch.strided,
-            offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64)))
-    return _Layout(list(params), list(map(_pointer, params)), buckets)
+            offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64),
+            sharded=sharded))
+    return _Layout(list(params), _pointers(params), buckets)
 
 
 def _storage(tensor: Tensor) -> int:
@@ -263,7 +319,7 @@ class Engine:
         layout = self.layouts.get(id(group))
         if (layout is None or len(layout.params) != len(params)
                 or not all(map(operator.is_, params, layout.params))
-                or list(map(_pointer, params)) != layout.pointers):
+                or _pointers(params) != layout.pointers):
             layout = self.layouts[id(group)] = _layout(params)
             _move_rebound_state(optimizer, params)
         return layout
@@ -304,8 +360,14 @@ def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
 # ---------------------------------------------------------------------- stepping
 
 
+@torch.compiler.disable
 def step(optimizer: Rule) -> None:
-    """Update every parameter of every group of ``optimizer`` that has a gradient."""
+    """Update every parameter of every group of ``optimizer`` that has a gradient.
+
+    Under ``torch.compile`` the step runs as it does outside (the compiler leaves it out
+    of the graph): its kernels are already fused, and the step reads Python numbers
+    (step counts, scalar state) that a traced graph would have to guard on.
+    """
     mode = mode_of(optimizer)  # type: ignore[arg-type]
     engine = _engine(optimizer)
     if not isinstance(optimizer.state, StateTable):
@@ -398,14 +460,14 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
         for i in holders:
             entries[i][key] = buffer[i]
         bucket.scalars[key] = buffer
-    real = torch.view_as_real if bucket.is_complex else _identity
-    bucket.dense_state = all(value.is_contiguous() for entry in entries if entry
+    view = bucket.view if bucket.needs_view else _identity
+    bucket.dense_state = all(view(value).is_contiguous() for entry in entries if entry
                              for key, value in entry.items()
                              if key not in scalar_keys and isinstance(value, Tensor))
     bucket.lists = {}
     if bucket.keys is not None:
         for key in bucket.keys - scalar_keys:
-            bucket.lists[key] = [real(entry[key]) for entry in entries]
+            bucket.lists[key] = [view(entry[key]) for entry in entries]
     bucket.entries = entries
     bucket.device_steps = None
     bucket.table = table
@@ -440,14 +502,14 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
             steps.add_(1)
         else:
             steps[run] += 1
-    real = torch.view_as_real if bucket.is_complex else _identity
-    params = [real(p) for p in bucket.params] if bucket.is_complex else bucket.params
-    grad_list = [real(g) for g in grads] if bucket.is_complex else grads
+    view = bucket.view if bucket.needs_view else _identity
+    params = list(map(view, bucket.params)) if bucket.needs_view else bucket.params
+    grad_list = list(map(view, grads)) if bucket.needs_view else grads
     tensor_keys = [key for key in first if key not in scalar_keys]
     if whole and bucket.keys is not None:
         lists = bucket.lists
     else:
-        lists = {key: [real(entry[key]) for entry in entries] for key in tensor_keys}
+        lists = {key: [view(entry[key]) for entry in entries] for key in tensor_keys}
         params = [params[i] for i in run]
         grad_list = [grad_list[i] for i in run]
     step_count = float(steps[run[0]]) if steps is not None else None
@@ -530,14 +592,13 @@ def _step_tensors(bucket: Bucket, run: list[int], whole: bool) -> list[Tensor]:
 def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int],
                   created: dict[str, Any]) -> None:
     """Store state the math created on its first step (SGD's momentum buffer)."""
-    back = torch.view_as_complex if bucket.is_complex else _identity
     table = optimizer.state
     for key, values in created.items():
         tensors = values.tensors if isinstance(values, TensorList) else [values]
         for i, tensor in zip(run, tensors, strict=True):
             param = bucket.params[i]
             entry = table[param]  # creates the entry if the rule keeps nothing else
-            entry[key] = back(tensor)
+            entry[key] = bucket.unview(tensor, param) if bucket.needs_view else tensor
             bucket.entries[i] = entry
 
 
