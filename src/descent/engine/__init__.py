@@ -18,8 +18,9 @@ updates a parameter and its state in place); the engine decides *how* it runs, f
 :func:`set_mode` or for the process with :func:`default_mode` / ``DESCENT_ENGINE``:
 
 ``"auto"`` (default)
-    generated kernels once built (the first steps use the next choice while the
-    compiler works in the background, so no step waits for it), for buckets of at least
+    on CUDA, torch's fused kernel where the rule has one; otherwise generated kernels
+    once built (the first steps use the next choice while the compiler works in the
+    background, so no step waits for it), for buckets of at least
     :data:`GENERATED_MIN_NUMEL` elements; else torch's fused kernel where the rule has
     one; else foreach.
 ``"per_tensor"``
@@ -174,6 +175,7 @@ class Bucket:
     shares_storage: bool
     is_sparse: bool
     offsets: np.ndarray
+    pointers: np.ndarray  # each parameter's (local shard's) data address
     sharded: bool = False  # DTensor parameters: updated through their local shards
     # Kept between steps while ``optimizer.state`` is unchanged (see `_adopt`):
     table: Any = None
@@ -185,6 +187,8 @@ class Bucket:
     device_steps: tuple[Tensor, list[Tensor]] | None = None
     dense_state: bool = True
     launch: dict[str, Any] = field(default_factory=dict)
+    state_pointers: dict[str, np.ndarray] = field(default_factory=dict)
+    complete: bool = False  # every parameter has an entry (stepped at least once)
 
     @property
     def is_complex(self) -> bool:
@@ -239,7 +243,6 @@ class Bucket:
 @dataclass
 class _Layout:
     params: list[Tensor]
-    pointers: list[int]
     buckets: list[Bucket]
 
 
@@ -271,12 +274,12 @@ def _pointer(tensor: Tensor) -> int:
         return id(tensor)
 
 
-def _pointers(params: Sequence[Tensor]) -> list[int]:
-    """Every parameter's data address (C-level loop for plain tensors)."""
+def _pointers(tensors: Sequence[Tensor]) -> np.ndarray:
+    """Every tensor's data address (a C-level loop for plain tensors)."""
     try:
-        return list(map(Tensor.data_ptr, params))
+        return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
     except RuntimeError:
-        return list(map(_pointer, params))
+        return np.fromiter(map(_pointer, tensors), np.int64, len(tensors))
 
 
 def _layout(params: Sequence[Tensor]) -> _Layout:
@@ -296,8 +299,8 @@ def _layout(params: Sequence[Tensor]) -> _Layout:
             shares_storage=len(set(storages)) < len(storages),
             is_sparse=tensor_layout != torch.strided,
             offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64),
-            sharded=sharded))
-    return _Layout(list(params), _pointers(params), buckets)
+            pointers=_pointers(members), sharded=sharded))
+    return _Layout(list(params), buckets)
 
 
 def _storage(tensor: Tensor) -> int:
@@ -319,7 +322,8 @@ class Engine:
         layout = self.layouts.get(id(group))
         if (layout is None or len(layout.params) != len(params)
                 or not all(map(operator.is_, params, layout.params))
-                or _pointers(params) != layout.pointers):
+                or not all(np.array_equal(_pointers(bucket.params), bucket.pointers)
+                           for bucket in layout.buckets)):
             layout = self.layouts[id(group)] = _layout(params)
             _move_rebound_state(optimizer, params)
         return layout
@@ -347,14 +351,15 @@ def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
     take), and then the next one in this order runs."""
     if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
         return "per_tensor"
+    fused = mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None \
+        and bucket.fusable
+    if fused and mode == "auto" and bucket.device.type == "cuda":
+        return "fused"  # on an H200 torch's fused kernels beat generated ones (BENCHMARKS.md)
     wants_generated = mode == "compiled" or (mode == "auto"
                                              and bucket.numel >= GENERATED_MIN_NUMEL)
     if wants_generated and bucket.generable:
         return "generated"
-    if mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None \
-            and bucket.fusable:
-        return "fused"
-    return "foreach"
+    return "fused" if fused else "foreach"
 
 
 # ---------------------------------------------------------------------- stepping
@@ -400,7 +405,12 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
                  options: dict[str, Any], path: str, mode: str) -> None:
     grads = list(map(_grad_of, bucket.params))
     missing = any(map(_is_none, grads))
-    if missing or any(map(_is_sparse, grads)):
+    if not missing:
+        try:  # sparse gradients have no strides: this check finds them too
+            dense = all(map(Tensor.is_contiguous, grads))
+        except RuntimeError:
+            dense = False
+    if missing or (not dense and any(map(_is_sparse, grads))):
         present = [i for i, grad in enumerate(grads) if grad is not None]
         if not present:
             return
@@ -412,11 +422,14 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
                                 "takes dense gradients (SGD, Adagrad and SparseAdam take "
                                 "sparse ones)")
             path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
+        dense = all(grads[i].is_contiguous() for i in present)  # type: ignore[union-attr]
     else:
         present = None
+    if not dense and path in ("generated", "fused"):
+        path = "foreach"  # kernels index every gradient like its parameter: dense ones only
     table = optimizer.state
     if bucket.table is not table or bucket.changes != table.changes or (
-            any(map(_is_none, bucket.entries)) if present is None
+            not bucket.complete if present is None
             else any(bucket.entries[i] is None for i in present)):
         _adopt(optimizer, group, bucket, present)
     if path == "per_tensor":
@@ -468,6 +481,10 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
     if bucket.keys is not None:
         for key in bucket.keys - scalar_keys:
             bucket.lists[key] = [view(entry[key]) for entry in entries]
+    bucket.state_pointers = {}
+    if bucket.dense_state and bucket.generable:
+        bucket.state_pointers = {key: _pointers(values) for key, values in bucket.lists.items()}
+    bucket.complete = None not in entries
     bucket.entries = entries
     bucket.device_steps = None
     bucket.table = table
@@ -516,9 +533,8 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
     shared = {key: bucket.scalars[key][run[0]] for key in scalar_keys
               if key in first and key != "step"}
 
-    if path in ("generated", "fused") and not (
-            bucket.dense_state and all(map(Tensor.is_contiguous, grad_list))):
-        path = "foreach"  # kernels index every tensor like its parameter: dense ones only
+    if path in ("generated", "fused") and not bucket.dense_state:
+        path = "foreach"  # kernels index every state tensor like its parameter
     if path == "generated" and _run_generated(optimizer, bucket, run, whole, params,
                                               grad_list, lists, shared, step_count, options,
                                               wait=mode == "compiled"):
@@ -567,8 +583,17 @@ def _run_generated(optimizer: Rule, bucket: Bucket, run: list[int], whole: bool,
         return False
     offsets = bucket.offsets if whole else np.concatenate(
         [[0], np.cumsum(np.diff(bucket.offsets)[run])]).astype(np.int64)
-    columns = {"param": params, "grad": grads, **lists}
-    kernel([columns[name] for name in program.inputs], offsets, scalars, bucket.launch)
+    columns = []
+    for name in program.inputs:
+        if name == "param":
+            columns.append(bucket.pointers if whole else bucket.pointers[run])
+        elif name == "grad":
+            columns.append(_pointers(grads))
+        elif whole and name in bucket.state_pointers:
+            columns.append(bucket.state_pointers[name])
+        else:
+            columns.append(_pointers(lists[name]))
+    kernel(np.concatenate(columns), len(params), offsets, scalars, bucket.launch, bucket.device)
     torch.autograd.graph.increment_version(params)
     return True
 

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .trace import Op, Program
 
@@ -182,15 +181,15 @@ class Kernel:
         self.function = function
         self.inputs = inputs
 
-    def __call__(self, tensors: Sequence[Sequence[Tensor]], offsets: np.ndarray,
-                 scalars: Sequence[float], cache: dict[str, Any] | None = None) -> None:
-        """Run on aligned lists of contiguous tensors (one list per program input).
+    def __call__(self, pointers: np.ndarray, n: int, offsets: np.ndarray,
+                 scalars: Sequence[float], cache: dict[str, Any] | None = None,
+                 device: Any = None) -> None:
+        """Run on ``n`` contiguous tensors per program input.
 
-        ``offsets`` holds the running element counts of the tensors (``n + 1`` entries).
+        ``pointers`` holds their data addresses, input by input (``inputs * n`` entries,
+        in the order of the program's inputs); ``offsets`` the running element counts of
+        the tensors (``n + 1`` entries); ``scalars`` this step's scalar slots.
         """
-        n = len(tensors[0])
-        pointers = np.fromiter((t.data_ptr() for column in tensors for t in column),
-                               dtype=np.int64, count=n * len(tensors))
         values = np.asarray(scalars, dtype=np.float64)
         total = int(offsets[-1])
         arguments = (offsets.ctypes.data, n, pointers.ctypes.data, values.ctypes.data)

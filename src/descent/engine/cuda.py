@@ -82,8 +82,9 @@ def _expression(op: Op, v: list[str], c: str) -> str:
         return f"{a[0]} - {s[0]}"
     if name == "mul_s":
         return f"{a[0]} * {s[0]}"
-    if name == "div_s":
-        return _divide(a[0], f"{s[0]} + tl.zeros_like({a[0]})", c)
+    if name == "div_s":  # float32: div_rn takes two blocks (the form measured on an H200)
+        return _divide(a[0], f"{s[0]} + tl.zeros_like({a[0]})" if c == "tl.float32" else s[0],
+                       c)
     if name == "addcmul":
         return f"{a[0]} + {s[0]} * {a[1]} * {a[2]}"
     if name == "addcdiv":
@@ -104,7 +105,7 @@ def _expression(op: Op, v: list[str], c: str) -> str:
     if name == "neg":
         return f"-{a[0]}"
     if name == "reciprocal":
-        return _divide(f"1.0 + tl.zeros_like({a[0]})", a[0], c)
+        return _divide(f"1.0 + tl.zeros_like({a[0]})" if c == "tl.float32" else "1.0", a[0], c)
     if name == "zero":
         return f"tl.zeros([BLOCK], dtype={c})"
     raise ValueError(f"descent.engine.cuda: no Triton form for operation {name!r}")
@@ -197,15 +198,15 @@ class Kernel:
         self.function = function
         self.inputs = inputs
 
-    def __call__(self, tensors: Sequence[Sequence[Tensor]], offsets: np.ndarray,
-                 scalars: Sequence[float], cache: dict[str, Any]) -> None:
-        """Run on aligned lists of contiguous tensors (one list per program input).
+    def __call__(self, pointers: np.ndarray, n: int, offsets: np.ndarray,
+                 scalars: Sequence[float], cache: dict[str, Any],
+                 device: torch.device) -> None:
+        """Run on ``n`` contiguous tensors per program input, on ``device``.
 
-        ``offsets`` holds the running element counts of the tensors; ``cache`` is kept by
-        the caller per bucket (launch tables built once per layout live there).
+        ``pointers`` holds their data addresses, input by input; ``offsets`` the running
+        element counts of the tensors; ``cache`` is kept by the caller per bucket (launch
+        tables built once per layout live there).
         """
-        n = len(tensors[0])
-        device = tensors[0][0].device
         key = (n, offsets.tobytes())
         if cache.get("key") != key:
             numels = np.diff(offsets)
@@ -222,9 +223,7 @@ class Kernel:
         if staging is None or staging.device.numel() < size:
             staging = cache["staging"] = _Staging(size, device)
         table = np.empty(size, dtype=np.int64)
-        table[: self.inputs * n] = np.fromiter(
-            (t.data_ptr() for column in tensors for t in column), dtype=np.int64,
-            count=self.inputs * n)
+        table[: self.inputs * n] = pointers
         table[self.inputs * n:] = np.asarray(scalars, dtype=np.float64).view(np.int64)
         on_device = staging.upload(table)
         self.function[cache["grid"]](on_device, n, cache["chunk_tensor"],
@@ -242,9 +241,10 @@ def _compile(program: Program, dtype: torch.dtype, device: torch.device) -> Kern
     kernel = Kernel(function, len(program.inputs))
     if device.type == "cuda":  # compile now, on a side stream, with a one-chunk launch
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
-            dummy = [[torch.zeros(1, dtype=dtype, device=device)]
-                     for _ in range(len(program.inputs))]
-            kernel(dummy, np.array([0, 1], dtype=np.int64), [0.0] * program.slots, {})
+            dummy = [torch.zeros(1, dtype=dtype, device=device) for _ in program.inputs]
+            pointers = np.array([t.data_ptr() for t in dummy], dtype=np.int64)
+            kernel(pointers, 1, np.array([0, 1], dtype=np.int64), [0.0] * program.slots, {},
+                   device)
             torch.cuda.current_stream(device).synchronize()
     return kernel
 
