@@ -88,9 +88,10 @@ def test_on_exception_sees_the_error_and_it_is_re_raised():
         raise RuntimeError("boom")
 
     x, y = toy_data()
+    model = mlp()
     with pytest.raises(RuntimeError, match="boom"):
-        SupervisedTrainer(descent.SGD(mlp(), lr=0.1), callbacks=[recorder]).train(
-            mlp(), x, y, failing_loss)
+        SupervisedTrainer(descent.SGD(model, lr=0.1), callbacks=[recorder]).train(
+            model, x, y, failing_loss)
     assert recorder.events[-1] == "exception RuntimeError"
     assert "train_end" not in recorder.events
 
@@ -141,9 +142,10 @@ def test_early_stopping_restores_the_best_weights_of_a_real_run():
 
 def test_early_stopping_names_a_missing_metric_and_bad_arguments():
     x, y = toy_data()
+    model = mlp()
     with pytest.raises(ValueError, match=r"monitor='val_loss' is not among the epoch metrics"):
-        SupervisedTrainer(descent.SGD(mlp(), lr=0.1), epochs=1,
-                          callbacks=[EarlyStopping()]).train(mlp(), x, y, nn.CrossEntropyLoss())
+        SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1,
+                          callbacks=[EarlyStopping()]).train(model, x, y, nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="patience=0"):
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode='up'"):
