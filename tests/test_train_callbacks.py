@@ -249,15 +249,30 @@ def test_history_is_a_mapping_with_padding_and_round_trip():
     assert copy["loss"] == [1.0, 0.5]
 
 
-def test_history_plots_to_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_history_plot_returns_the_figure_and_leaves_the_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
     x, y = toy_data()
     model = mlp()
     history = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=16, epochs=3,
                                 metrics=["accuracy"]).train(
         model, x, y, nn.CrossEntropyLoss(), validation_split=0.25)
-    path = history.plot(tmp_path / "curves.png", title="toy")
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")             # a user's backend, which plotting must not switch
+    try:
+        figure = history.plot(tmp_path / "curves.png", title="toy")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(backend)
+    path = tmp_path / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
+    # loss and accuracy panels, each with its validation curve and per-step values
+    assert [axis.get_title() for axis in figure.axes] == ["loss", "accuracy"]
+    assert [line.get_label() for line in figure.axes[0].lines] == [
+        "loss (per step)", "loss", "val_loss"]
+    assert figure.axes[0].lines[1].get_ydata().tolist() == history["loss"]
+    unsaved = history.plot(keys=["loss"])          # no path: drawn, returned, not saved
+    assert len(unsaved.axes) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "curves.png"]
     with pytest.raises(ValueError, match="were not recorded"):
         history.plot(tmp_path / "x.png", keys=["perplexity"])

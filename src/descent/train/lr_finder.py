@@ -272,6 +272,7 @@ def _steepest(sweep: _Sweep) -> float | None:
 def _axes(ax: Axes | None) -> tuple[Figure, Axes]:
     """``ax`` and its figure, or a new figure (not registered with pyplot) and its axes."""
     try:
+        import matplotlib  # noqa: F401  (a clear error when it is missing)
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'descent[demo]'") from None
