@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -606,6 +607,16 @@ class Trainer:
         """Count a step of optimizer ``name``; return its number."""
         self.state.step += 1
         return self.state.step
+
+    def _weighted_loss(self, loss: torch.Tensor, index: int, count: float,
+                       weight: float) -> tuple[torch.Tensor, float]:
+        """What to back-propagate for a micro-batch's mean ``loss`` (``weight``: its share
+        of the window), and the loss as a float. A micro-batch that counts nothing (all
+        its targets padding) has a mean of 0/0: it adds nothing, and is not a non-finite
+        loss (its backward still runs, with zeros, so that DDP synchronises)."""
+        if not count:
+            return loss.nan_to_num(0.0) * 0.0, math.nan
+        return loss * weight, self._note_loss(loss, index)
 
     def _note_loss(self, loss: torch.Tensor, index: int) -> float:
         """The loss as a float; a non-finite one is remembered for the coming step check."""

@@ -32,7 +32,10 @@ class Meter:
         self.window_weight = 0.0
 
     def add(self, metrics: Mapping[str, float], weight: float) -> None:
-        """Add one micro-batch's ``metrics``, each weighted by ``weight``."""
+        """Add one micro-batch's ``metrics``, each weighted by ``weight`` (a micro-batch
+        of weight 0, one that counted nothing, is left out)."""
+        if not weight:
+            return
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
             self.weights[key] = self.weights.get(key, 0.0) + weight
@@ -50,7 +53,9 @@ class Meter:
         return {key: s / w for key, s, w in zip(keys, sums, weights, strict=True) if w}
 
     def add_window(self, loss: float, weight: float) -> None:
-        """Add one micro-batch's loss to the open window's."""
+        """Add one micro-batch's loss to the open window's (unless its weight is 0)."""
+        if not weight:
+            return
         self.window_sum += loss * weight
         self.window_weight += weight
 

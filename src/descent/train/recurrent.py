@@ -186,8 +186,8 @@ class RecurrentTrainer(SupervisedTrainer):
                 with self.autocast():
                     output, hidden = self.forward_chunk(model, inputs[:, start:stop], hidden)
                     loss = self.compute_loss(output, target[:, start:stop])
-                value = self._note_loss(loss, index)
-                self.backward(loss * weight, model=model, sync=sync)
+                weighted, value = self._weighted_loss(loss, index, counts[number], weight)
+                self.backward(weighted, model=model, sync=sync)
             hidden = detach(hidden)
             logs = {}
             with torch.no_grad():
@@ -198,7 +198,8 @@ class RecurrentTrainer(SupervisedTrainer):
             self.meter.add({"loss": value}, counts[number])
             self.meter.add(logs, steps)
             self.meter.add_window(value, counts[number])
-            for key, item in (("loss", value * counts[number]), ("loss_weight", counts[number]),
+            for key, item in (("loss", value * counts[number] if counts[number] else 0.0),
+                              ("loss_weight", counts[number]),
                               *((k, v * steps) for k, v in logs.items())):
                 sums[key] = sums.get(key, 0.0) + item
             if not per_sequence:

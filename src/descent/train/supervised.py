@@ -279,18 +279,18 @@ class SupervisedTrainer(Trainer):
             with self.autocast():
                 output = self.forward(model, inputs)
                 loss = self.compute_loss(output, target)
-            value = self._note_loss(loss, index)
-            self.backward(loss * window.weight(index), model=model, sync=sync)
+            counted = window.counts[index - window.first]
+            weighted, value = self._weighted_loss(loss, index, counted, window.weight(index))
+            self.backward(weighted, model=model, sync=sync)
         state.window += 1
         logs = {"loss": value}
         with torch.no_grad():
             for name, metric in self.metrics.items():
                 logs[name] = float(metric(detach(output), target))
-        weight = window.counts[index - window.first]
-        self.meter.add({"loss": value}, weight)
+        self.meter.add({"loss": value}, counted)
         self.meter.add({key: item for key, item in logs.items() if key != "loss"},
                        batch_length(target))
-        self.meter.add_window(value, weight)
+        self.meter.add_window(value, counted)
         if state.window == window.size:
             self._finish_window(self.optimizer, self.scheduler)
         return logs
