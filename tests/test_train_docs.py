@@ -52,6 +52,7 @@ def test_docs_example_runs(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("module", ["descent.train.data", "descent.train.supervised",
+                                    "descent.train.groups", "descent.train.metrics",
                                     "descent.data.text", "descent.data.mixture"])
 def test_docstring_examples_run(module):
     import doctest
