@@ -203,7 +203,7 @@ def test_param_groups_train_like_hand_made_groups():
 
 
 def test_param_groups_refuses_bad_arguments():
-    with pytest.raises(ValueError, match="weight_decay=-0.1; expected a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"weight_decay=-0\.1; expected a finite number >= 0"):
         descent.param_groups(Net(), -0.1)
     with pytest.raises(TypeError, match=r"no_decay\[1\]=3; expected a name pattern"):
         descent.param_groups(Net(), 0.1, no_decay=["*bias", 3])

@@ -44,8 +44,9 @@ class ParamGroups(list[dict[str, Any]]):
             count = sum(p.numel() for p in group["params"])
             shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)"
                                             if len(names) > 6 else "")
-            lines.append(f"weight_decay={group['weight_decay']:g}: {len(names)} tensors, "
-                         f"{count:,} values: {shown}")
+            tensors = f"{len(names)} tensor{'' if len(names) == 1 else 's'}"
+            lines.append(f"weight_decay={group['weight_decay']:g}: {tensors}, {count:,} values: "
+                         f"{shown}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -86,8 +87,8 @@ def param_groups(model: nn.Module, weight_decay: float, *,
     ...                             torch.nn.Linear(4, 2))
     >>> groups = descent.param_groups(model, weight_decay=0.1, verbose=False)
     >>> print(groups)
-    weight_decay=0.1: 1 tensors, 8 values: 2.weight
-    weight_decay=0: 4 tensors, 62 values: 0.weight, 1.weight, 1.bias, 2.bias
+    weight_decay=0.1: 1 tensor, 8 values: 2.weight
+    weight_decay=0: 4 tensors, 50 values: 0.weight, 1.weight, 1.bias, 2.bias
     >>> optimizer = descent.AdamW(groups, lr=1e-3)
     """
     owner = "param_groups"
