@@ -177,7 +177,6 @@ class Trainer:
         self.stop_training = False
         self.batches_per_epoch: int | None = None
         self.window: Window | None = None
-        self._names: dict[int, str] = {}
         self._step_logs: dict[str, float] = {}
 
     # ------------------------------------------------------------------ the loop
@@ -237,7 +236,7 @@ class Trainer:
         if self.device is not None:
             model.to(self.device)
         self.guard.set_device_type(self._find_device_type(model))
-        self._names = self._parameter_names()
+        self.guard.names = self._parameter_names()
         for name, optimizer in self.distribution.shard(self.optimizers()).items():
             setattr(self, self._optimizer_attributes[name], optimizer)
         stopped = False
@@ -567,7 +566,6 @@ class Trainer:
         logs = self.guard.step(
             optimizer, scheduler,
             before_step=lambda: self._call("on_before_optimizer_step", optimizer, name),
-            label=lambda param: self._label(optimizer, param),
             where=(f"optimizer step {self._next_step_number(name)} ({name}, epoch "
                    f"{self.state.epoch}, batch {self.state.batch})"))
         if logs is None:
@@ -640,16 +638,6 @@ class Trainer:
         """Modules whose parameter names label errors, by prefix."""
         model = getattr(self, "model", None)
         return {"": model} if isinstance(model, nn.Module) else {}
-
-    def _label(self, optimizer: Any, param: torch.Tensor) -> str:
-        name = self._names.get(id(param))
-        if name is not None:
-            return name
-        for g, group in enumerate(optimizer.param_groups):
-            for i, candidate in enumerate(group["params"]):
-                if candidate is param:
-                    return f"param_groups[{g}]['params'][{i}]"
-        return "<unknown parameter>"
 
     def _next_step_number(self, name: str) -> int:
         """The number the coming step of optimizer ``name`` will have (1-based)."""

@@ -134,14 +134,18 @@ class Checkpointing:
         """Load the newest usable checkpoint (all of it, or nothing); return its stop flag.
         With no checkpoint there, nothing changes (and False is returned)."""
         assert self.manager is not None
-        outcome = self._choose(trainer) if distributed.is_main_process() else None
-        chosen, error = distributed.broadcast_object(outcome) or (None, None)
+        chosen: str | None = None
+        error: tuple[str, str] | None = None
+        content: Mapping[str, Any] | None = None
+        if distributed.is_main_process():
+            chosen, error, content = self._choose(trainer)
+        chosen, error = distributed.broadcast_object((chosen, error))
         if error is not None:
             kind, message = error
             raise (CorruptCheckpointError if kind == "corrupt" else ValueError)(message)
         if chosen is None:
             return False
-        payload = read_checkpoint(chosen)["trainer_state"]
+        payload = (content if content is not None else read_checkpoint(chosen))["trainer_state"]
         state = {**payload["trainer"], **payload["ranks"][distributed.get_rank()]["trainer"]}
 
         def load_tensors() -> None:
@@ -152,16 +156,19 @@ class Checkpointing:
         self.saved_step = trainer.state.step
         return bool(payload["stop_training"])
 
-    def _choose(self, trainer: Trainer) -> tuple[str | None, tuple[str, str] | None]:
-        """``(path, None)`` of the newest usable checkpoint (``(None, None)``: none there),
-        or ``(None, (kind, message))`` for an error every rank raises."""
+    def _choose(self, trainer: Trainer) -> tuple[str | None, tuple[str, str] | None,
+                                                 Mapping[str, Any] | None]:
+        """``(path, None, content)`` of the newest usable checkpoint (all None: there is
+        none), or ``(None, (kind, message), None)`` for an error every rank raises."""
         assert self.manager is not None
-        latest = self.manager.latest()
+        latest = self.manager.latest()      # the newest whose files pass every check
         if latest is None:
-            return None, None
+            return None, None, None
+        records = self.manager.records()
+        newest = next((record.step for record in records if record.path == latest), -1)
+        candidates = [latest] + [record.path for record in reversed(records)
+                                 if record.step < newest]
         refusals = []
-        candidates = [latest] + [record.path for record in reversed(self.manager.records())
-                                 if record.path != latest and record.step < _step_of(latest)]
         for path in candidates:
             try:
                 content = read_checkpoint(path)
@@ -172,15 +179,11 @@ class Checkpointing:
                 refusals.append(str(error))
                 continue
             except ValueError as error:
-                return None, ("mismatch", str(error))
-            return str(path), None
+                return None, ("mismatch", str(error)), None
+            return str(path), None, content
         return None, ("corrupt", f"{self.owner}.train(resume=True): no checkpoint in "
                                  f"{self.manager.directory} can be resumed: "
-                                 + "; ".join(refusals))
-
-
-def _step_of(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
+                                 + "; ".join(refusals)), None
 
 
 def _check_payload(trainer: Trainer, path: Path, content: Mapping[str, Any]) -> None:

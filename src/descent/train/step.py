@@ -63,6 +63,7 @@ class StepGuard:
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device = ""
         self.nonfinite_loss: tuple[int, int, float] | None = None
+        self.names: dict[int, str] = {}
         self.set_device_type("cpu")
 
     # ------------------------------------------------------------------ forward and backward
@@ -99,14 +100,13 @@ class StepGuard:
 
     def step(self, optimizer: Any, scheduler: Any = None, *,
              before_step: Callable[[], None] = lambda: None,
-             label: Callable[[torch.Tensor], str] = lambda p: "a parameter",
              where: str = "the optimizer step") -> dict[str, float] | None:
         """Check, clip and apply one step of ``optimizer``; then step ``scheduler``.
 
-        ``before_step`` runs when the step will happen (the callbacks); ``label`` names
-        a parameter in errors, ``where`` the step. Returns the step's logs (``grad_norm``
-        when clipping by norm) or None if the step was skipped (then raises under
-        ``nonfinite="raise"``, unless a ``GradScaler`` overflowed).
+        ``before_step`` runs when the step will happen (the callbacks); ``where`` names
+        the step in errors. Returns the step's logs (``grad_norm`` when clipping by norm)
+        or None if the step was skipped (then raises under ``nonfinite="raise"``, unless
+        a ``GradScaler`` overflowed).
         """
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
@@ -114,7 +114,7 @@ class StepGuard:
                   if p.grad is not None]
         bad = _nonfinite(params)
         if bad or self.nonfinite_loss is not None:
-            self._refuse(optimizer, [label(p) for p in bad], where)
+            self._refuse(optimizer, [self.label(optimizer, p) for p in bad], where)
             return None
         before_step()
         logs: dict[str, float] = {}
@@ -134,6 +134,18 @@ class StepGuard:
                     warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING, UserWarning)
                 scheduler.step()
         return logs
+
+    def label(self, optimizer: Any, param: torch.Tensor) -> str:
+        """How errors name ``param``: its name in the model (:attr:`names`, by ``id``), or
+        its place in ``optimizer``'s param groups."""
+        name = self.names.get(id(param))
+        if name is not None:
+            return name
+        for g, group in enumerate(optimizer.param_groups):
+            for i, candidate in enumerate(group["params"]):
+                if candidate is param:
+                    return f"param_groups[{g}]['params'][{i}]"
+        return "<unknown parameter>"
 
     def _refuse(self, optimizer: Any, labels: list[str], where: str) -> None:
         """Drop the window's gradients; raise :class:`NonFiniteError` unless skipping."""
