@@ -41,13 +41,21 @@ def test_lr_find_sweeps_smooths_stops_and_suggests_by_its_rule(tmp_path):
     assert 10 < n < 60 and result.stopped.startswith("diverged at lr")
     # the planned exponential sweep, from start_lr, 60 steps to end_lr
     assert result.lrs == pytest.approx([1e-5 * 1e7 ** (i / 59) for i in range(n)], rel=1e-9)
-    # smoothing: a bias-corrected exponential moving average (beta 0.98), recomputed here
-    average, smoothed = 0.0, []
-    for i, loss in enumerate(result.losses):
-        average = 0.98 * average + 0.02 * loss
-        smoothed.append(average / (1 - 0.98 ** (i + 1)))
+    # the stop: the bias-corrected running mean (beta 0.9) passed 4 x its lowest, and only
+    # at the last step
+    def running_mean(values):
+        average, out = 0.0, []
+        for i, loss in enumerate(values):
+            average = 0.9 * average + 0.1 * loss
+            out.append(average / (1 - 0.9 ** (i + 1)))
+        return out
+
+    running = running_mean(result.losses)
+    assert running[-1] > 4 * min(running)
+    assert all(running[i] <= 4 * min(running[:i + 1]) for i in range(n - 1))
+    # the curve: the same mean run forward, then backward (no lag), recomputed here
+    smoothed = running_mean(running[::-1])[::-1]
     assert result.smoothed == pytest.approx(smoothed, rel=1e-12)
-    assert result.smoothed[-1] > 4 * min(result.smoothed)         # the divergence stop
     lowest = min(range(n), key=smoothed.__getitem__)
     assert result.suggestion == pytest.approx(result.lrs[lowest] / 10)
     assert result.rule == "a tenth of the learning rate at which the smoothed loss was lowest"
@@ -116,7 +124,7 @@ def test_lr_find_keeps_param_group_ratios_and_stops_on_nonfinite_loss():
     ({"start_lr": 0.0}, "start_lr=0.0; expected a finite number > 0"),
     ({"start_lr": 1.0, "end_lr": 0.1}, "expected start_lr < end_lr"),
     ({"steps": 1}, "steps=1; expected at least 2"),
-    ({"smoothing": 1.0}, r"smoothing=1.0; expected a number in \[0, 1\)"),
+    ({"smoothing": 1.0}, r"smoothing=1\.0; expected a number in \[0, 1\)"),
     ({"diverge": 1.0}, "diverge=1.0; expected a number > 1"),
 ])
 def test_lr_find_refuses_bad_arguments(options, message):

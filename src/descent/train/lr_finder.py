@@ -7,10 +7,13 @@ exponentially from ``start_lr`` to ``end_lr``,
 .. math::  \eta_i = \eta_{\text{start}}
            \left(\eta_{\text{end}} / \eta_{\text{start}}\right)^{i/(n-1)},
 
-records each step's loss and an exponentially smoothed, bias-corrected copy of it
-(:math:`a_i = \beta a_{i-1} + (1-\beta) L_i`, :math:`\bar L_i = a_i / (1 - \beta^{i+1})`),
-and stops once the smoothed loss exceeds ``diverge`` times its lowest value, or a loss
-or gradient is not finite. Then it puts everything back as it was, bit for bit: the
+records each step's loss, and stops once the running average of the loss (bias-corrected
+exponential moving average, :math:`a_i = \beta a_{i-1} + (1-\beta) L_i`,
+:math:`\bar L_i = a_i / (1 - \beta^{i+1})`) exceeds ``diverge`` times its lowest value,
+or a loss or gradient is not finite. The curve it reports is that average run forward
+and then backward over the sweep, which removes the running average's lag (a moving
+average lags by about :math:`1/(1-\beta)` steps, which shifts its minimum towards
+higher rates). Then it puts everything back as it was, bit for bit: the
 model's parameters and buffers (and train/eval modes), the optimizer's state and
 learning rates, the scheduler, the trainer's counters, history and callbacks, and the
 random generators. (Smith, "Cyclical Learning Rates for Training Neural Networks",
@@ -57,7 +60,8 @@ class LRFinderResult:
 
     ``lrs``: the learning rate of each step (the first param group's); ``losses``: each
     step's training loss (the mean over its accumulation window, before the step);
-    ``smoothed``: the smoothed losses; ``suggestion``: the suggested learning rate
+    ``smoothed``: the losses smoothed without lag (the bias-corrected moving average run
+    forward, then backward); ``suggestion``: the suggested learning rate
     (:data:`RULE`), None if the loss never fell; ``steepest``: the rate of the steepest
     descent of the smoothed loss before its minimum (None if there is none); ``stopped``:
     why the sweep ended.
@@ -87,17 +91,17 @@ class LRFinderResult:
         leaving it as a cell's value). Needs matplotlib."""
         figure, axis = _axes(ax)
         axis.plot(self.lrs, self.losses, alpha=0.35, linewidth=0.8, label="loss")
-        axis.plot(self.lrs, self.smoothed, linewidth=1.6, label="smoothed loss")
+        axis.plot(self.lrs, self.smoothed, linewidth=1.6, label="smoothed (no lag)")
         if self.suggestion is not None:
             axis.axvline(self.suggestion, color="C2", linestyle="--",
                          label=f"suggestion {self.suggestion:.2g}")
         if self.lowest is not None:
             axis.axvline(self.lowest, color="C3", linestyle=":", alpha=0.6,
-                         label=f"lowest loss at {self.lowest:.2g}")
+                         label=f"lowest smoothed loss at {self.lowest:.2g}")
         axis.set_xscale("log")
         axis.set_xlabel("learning rate")
         axis.set_ylabel("training loss")
-        axis.set_title(title or f"learning-rate range test ({self.stopped})", fontsize=9)
+        axis.set_title(title or f"learning-rate range test\n{self.stopped}", fontsize=8)
         finite = [value for value in self.losses if math.isfinite(value)]
         if finite:   # keep the divergence from squashing the interesting part
             low, start = min(finite), finite[0]
@@ -105,6 +109,7 @@ class LRFinderResult:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(Path(path), dpi=110)
         return figure
 
@@ -141,14 +146,14 @@ class _Sweep(Callback):
                 trainer.stop_training = True
             elif self.smoothed[-1] > self.diverge * min(self.smoothed):
                 self.stopped = (f"diverged at lr {self.lrs[len(self.losses) - 1]:.3g}: "
-                                f"smoothed loss {self.smoothed[-1]:.4g} > {self.diverge:g} x "
-                                f"lowest {min(self.smoothed):.4g}")
+                                f"running mean loss {self.smoothed[-1]:.4g} > {self.diverge:g}"
+                                f" x its lowest {min(self.smoothed):.4g}")
                 trainer.stop_training = True
 
 
 def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
             loss: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            steps: int = 100, smoothing: float = 0.98, diverge: float = 4.0) -> LRFinderResult:
+            steps: int = 100, smoothing: float = 0.9, diverge: float = 4.0) -> LRFinderResult:
     """Run the learning-rate range test with ``trainer``'s strategy; restore everything.
 
     Args:
@@ -159,7 +164,8 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
         start_lr, end_lr: the first and last learning rate (0 < start < end). Param
             groups keep their ratios to the first group's rate.
         steps: optimizer steps of the sweep (at most; it may stop early), >= 2.
-        smoothing: :math:`\\beta` of the loss's exponential moving average, in [0, 1).
+        smoothing: :math:`\\beta` of the loss's exponential moving average, in [0, 1)
+            (0.9: about 10 steps).
         diverge: stop once the smoothed loss exceeds this many times its lowest (> 1).
 
     Returns:
@@ -212,8 +218,10 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
             sweep.stopped = f"non-finite loss or gradient at lr {sweep.lrs[-1]:.3g}"
     finally:
         saved.restore()
-    return LRFinderResult(sweep.lrs[:len(sweep.losses)], sweep.losses, sweep.smoothed,
-                          _suggest(sweep), _steepest(sweep), sweep.stopped)
+    lrs = sweep.lrs[:len(sweep.losses)]
+    smoothed = _backward(sweep.smoothed, float(smoothing))
+    return LRFinderResult(lrs, sweep.losses, smoothed, _suggest(lrs, smoothed),
+                          _steepest(lrs, smoothed), sweep.stopped)
 
 
 class _Snapshot:
@@ -251,22 +259,29 @@ class _Snapshot:
         restore_rng_state(self.rng)
 
 
-def _suggest(sweep: _Sweep) -> float | None:
-    if len(sweep.smoothed) < 2:
-        return None
-    lowest = min(range(len(sweep.smoothed)), key=sweep.smoothed.__getitem__)
-    if lowest == 0:
-        return None
-    return sweep.lrs[lowest] / 10
+def _backward(values: list[float], beta: float) -> list[float]:
+    """The bias-corrected moving average of ``values`` taken from the last to the first."""
+    average, out = 0.0, []
+    for count, value in enumerate(reversed(values), start=1):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** count))
+    return out[::-1]
 
 
-def _steepest(sweep: _Sweep) -> float | None:
-    lowest = min(range(len(sweep.smoothed)), key=sweep.smoothed.__getitem__, default=0)
-    slopes = [(sweep.smoothed[i + 1] - sweep.smoothed[i])
-              / (math.log(sweep.lrs[i + 1]) - math.log(sweep.lrs[i])) for i in range(lowest)]
+def _suggest(lrs: list[float], smoothed: list[float]) -> float | None:
+    if len(smoothed) < 2:
+        return None
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    return None if lowest == 0 else lrs[lowest] / 10
+
+
+def _steepest(lrs: list[float], smoothed: list[float]) -> float | None:
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__, default=0)
+    slopes = [(smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i]))
+              for i in range(lowest)]
     if not slopes or min(slopes) >= 0:
         return None
-    return sweep.lrs[min(range(len(slopes)), key=slopes.__getitem__)]
+    return lrs[min(range(len(slopes)), key=slopes.__getitem__)]
 
 
 def _axes(ax: Axes | None) -> tuple[Figure, Axes]:
