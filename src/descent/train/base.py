@@ -566,8 +566,8 @@ class Trainer:
         logs = self.guard.step(
             optimizer, scheduler,
             before_step=lambda: self._call("on_before_optimizer_step", optimizer, name),
-            where=(f"optimizer step {self._next_step_number(name)} ({name}, epoch "
-                   f"{self.state.epoch}, batch {self.state.batch})"))
+            where=lambda: (f"optimizer step {self._next_step_number(name)} ({name}, epoch "
+                           f"{self.state.epoch}, batch {self.state.batch})"))
         if logs is None:
             self.state.skipped += 1
             return False

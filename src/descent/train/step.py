@@ -100,11 +100,12 @@ class StepGuard:
 
     def step(self, optimizer: Any, scheduler: Any = None, *,
              before_step: Callable[[], None] = lambda: None,
-             where: str = "the optimizer step") -> dict[str, float] | None:
+             where: Callable[[], str] = lambda: "the optimizer step",
+             ) -> dict[str, float] | None:
         """Check, clip and apply one step of ``optimizer``; then step ``scheduler``.
 
-        ``before_step`` runs when the step will happen (the callbacks); ``where`` names
-        the step in errors. Returns the step's logs (``grad_norm`` when clipping by norm)
+        ``before_step`` runs when the step will happen (the callbacks); ``where()``
+        names the step in errors. Returns the step's logs (``grad_norm`` when clipping by norm)
         or None if the step was skipped (then raises under ``nonfinite="raise"``, unless
         a ``GradScaler`` overflowed).
         """
@@ -114,7 +115,7 @@ class StepGuard:
                   if p.grad is not None]
         bad = _nonfinite(params)
         if bad or self.nonfinite_loss is not None:
-            self._refuse(optimizer, [self.label(optimizer, p) for p in bad], where)
+            self._refuse(optimizer, [self.label(optimizer, p) for p in bad], where())
             return None
         before_step()
         logs: dict[str, float] = {}
