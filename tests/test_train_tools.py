@@ -53,8 +53,9 @@ def test_lr_find_sweeps_smooths_stops_and_suggests_by_its_rule(tmp_path):
     running = running_mean(result.losses)
     assert running[-1] > 4 * min(running)
     assert all(running[i] <= 4 * min(running[:i + 1]) for i in range(n - 1))
-    # the curve: the same mean run forward, then backward (no lag), recomputed here
-    smoothed = running_mean(running[::-1])[::-1]
+    # the curve: a centred mean over the 11 steps around each (fewer at the ends)
+    smoothed = [sum(result.losses[max(0, i - 5):i + 6]) / (min(n, i + 6) - max(0, i - 5))
+                for i in range(n)]
     assert result.smoothed == pytest.approx(smoothed, rel=1e-12)
     lowest = min(range(n), key=smoothed.__getitem__)
     assert result.suggestion == pytest.approx(result.lrs[lowest] / 10)

@@ -10,10 +10,12 @@ exponentially from ``start_lr`` to ``end_lr``,
 records each step's loss, and stops once the running average of the loss (bias-corrected
 exponential moving average, :math:`a_i = \beta a_{i-1} + (1-\beta) L_i`,
 :math:`\bar L_i = a_i / (1 - \beta^{i+1})`) exceeds ``diverge`` times its lowest value,
-or a loss or gradient is not finite. The curve it reports is that average run forward
-and then backward over the sweep, which removes the running average's lag (a moving
-average lags by about :math:`1/(1-\beta)` steps, which shifts its minimum towards
-higher rates). Then it puts everything back as it was, bit for bit: the
+or a loss or gradient is not finite. The curve it reports is a centred moving average
+instead: the mean of the losses of the :math:`2k+1` steps around each step
+(:math:`k = \operatorname{round}(1 / (2(1-\beta)))`, fewer at the ends), which has no
+lag (a running average lags by about :math:`1/(1-\beta)` steps, which shifts its
+minimum towards higher rates) and in which the divergence at the end moves only the
+last :math:`k` points. Then it puts everything back as it was, bit for bit: the
 model's parameters and buffers (and train/eval modes), the optimizer's state and
 learning rates, the scheduler, the trainer's counters, history and callbacks, and the
 random generators. (Smith, "Cyclical Learning Rates for Training Neural Networks",
@@ -60,8 +62,8 @@ class LRFinderResult:
 
     ``lrs``: the learning rate of each step (the first param group's); ``losses``: each
     step's training loss (the mean over its accumulation window, before the step);
-    ``smoothed``: the losses smoothed without lag (the bias-corrected moving average run
-    forward, then backward); ``suggestion``: the suggested learning rate
+    ``smoothed``: the losses smoothed without lag (a centred moving average, see the
+    module doc); ``suggestion``: the suggested learning rate
     (:data:`RULE`), None if the loss never fell; ``steepest``: the rate of the steepest
     descent of the smoothed loss before its minimum (None if there is none); ``stopped``:
     why the sweep ended.
@@ -91,7 +93,7 @@ class LRFinderResult:
         leaving it as a cell's value). Needs matplotlib."""
         figure, axis = _axes(ax)
         axis.plot(self.lrs, self.losses, alpha=0.35, linewidth=0.8, label="loss")
-        axis.plot(self.lrs, self.smoothed, linewidth=1.6, label="smoothed (no lag)")
+        axis.plot(self.lrs, self.smoothed, linewidth=1.6, label="smoothed (centred)")
         if self.suggestion is not None:
             axis.axvline(self.suggestion, color="C2", linestyle="--",
                          label=f"suggestion {self.suggestion:.2g}")
@@ -164,8 +166,9 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
         start_lr, end_lr: the first and last learning rate (0 < start < end). Param
             groups keep their ratios to the first group's rate.
         steps: optimizer steps of the sweep (at most; it may stop early), >= 2.
-        smoothing: :math:`\\beta` of the loss's exponential moving average, in [0, 1)
-            (0.9: about 10 steps).
+        smoothing: :math:`\\beta` of the loss's running average (the stop), in [0, 1);
+            the reported curve averages the :math:`2k+1` steps around each, with
+            :math:`k = \\operatorname{round}(1/(2(1-\\beta)))` (0.9: 11 steps).
         diverge: stop once the smoothed loss exceeds this many times its lowest (> 1).
 
     Returns:
@@ -219,7 +222,7 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
     finally:
         saved.restore()
     lrs = sweep.lrs[:len(sweep.losses)]
-    smoothed = _backward(sweep.smoothed, float(smoothing))
+    smoothed = _centred(sweep.losses, round(1 / (2 * (1 - smoothing))))
     return LRFinderResult(lrs, sweep.losses, smoothed, _suggest(lrs, smoothed),
                           _steepest(lrs, smoothed), sweep.stopped)
 
@@ -259,13 +262,10 @@ class _Snapshot:
         restore_rng_state(self.rng)
 
 
-def _backward(values: list[float], beta: float) -> list[float]:
-    """The bias-corrected moving average of ``values`` taken from the last to the first."""
-    average, out = 0.0, []
-    for count, value in enumerate(reversed(values), start=1):
-        average = beta * average + (1 - beta) * value
-        out.append(average / (1 - beta ** count))
-    return out[::-1]
+def _centred(values: list[float], k: int) -> list[float]:
+    """The mean of ``values[i - k : i + k + 1]`` (cut at the ends) for each ``i``."""
+    return [sum(values[max(0, i - k):i + k + 1]) / len(values[max(0, i - k):i + k + 1])
+            for i in range(len(values))]
 
 
 def _suggest(lrs: list[float], smoothed: list[float]) -> float | None:
