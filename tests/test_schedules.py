@@ -448,15 +448,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_plot_writes_png(tmp_path: Any) -> None:
     optimizer = _sgd()
     scheduler = S.OneCycleLR(optimizer, max_lr=[0.1, 0.05], total_steps=100)
-    target = S.plot({"warmup + cosine": S.warmup_cosine(100, 10), "one-cycle": scheduler},
+    figure = S.plot({"warmup + cosine": S.warmup_cosine(100, 10), "one-cycle": scheduler},
                     steps=100, path=tmp_path / "schedules.png", columns=2, title="schedules")
-    data = target.read_bytes()
+    data = (tmp_path / "schedules.png").read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert len(figure.axes) == 2                  # the figure is returned, one panel each
     assert scheduler.last_epoch == 0  # plotted with value_at, not stepped
-    single = S.plot(S.Cosine(50), 60, tmp_path / "one.png", log_scale=False)
-    assert single.read_bytes().startswith(PNG_MAGIC)
-    listed = descent.schedules.plot([S.Step(5), S.StepLR(_sgd(), 5)], 30, tmp_path / "l.png")
-    assert listed.exists()
+    S.plot(S.Cosine(50), 60, tmp_path / "one.png", log_scale=False)
+    assert (tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)
+    descent.schedules.plot([S.Step(5), S.StepLR(_sgd(), 5)], 30, tmp_path / "l.png")
+    assert (tmp_path / "l.png").exists()
 
 
 def test_plot_without_matplotlib(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,7 +170,7 @@ def test_wgan_gp_discriminator_loss_and_logs():
                                  batch_size=32, epochs=1, n_critic=5, loss="wgan-gp")
     history = trainer.train(real)
     assert set(history) >= {"d_loss", "wasserstein", "gradient_penalty"}
-    assert trainer.state.step == 0 and trainer.state.d_step == 2 and trainer.state.window == 2
+    assert trainer.state.step == 0 and trainer.state.d_step == 2 and trainer.state.critic_steps == 2
 
 
 def test_state_dict_carries_the_noise_stream():

@@ -88,9 +88,10 @@ def test_on_exception_sees_the_error_and_it_is_re_raised():
         raise RuntimeError("boom")
 
     x, y = toy_data()
+    model = mlp()
     with pytest.raises(RuntimeError, match="boom"):
-        SupervisedTrainer(descent.SGD(mlp(), lr=0.1), callbacks=[recorder]).train(
-            mlp(), x, y, failing_loss)
+        SupervisedTrainer(descent.SGD(model, lr=0.1), callbacks=[recorder]).train(
+            model, x, y, failing_loss)
     assert recorder.events[-1] == "exception RuntimeError"
     assert "train_end" not in recorder.events
 
@@ -141,9 +142,10 @@ def test_early_stopping_restores_the_best_weights_of_a_real_run():
 
 def test_early_stopping_names_a_missing_metric_and_bad_arguments():
     x, y = toy_data()
+    model = mlp()
     with pytest.raises(ValueError, match=r"monitor='val_loss' is not among the epoch metrics"):
-        SupervisedTrainer(descent.SGD(mlp(), lr=0.1), epochs=1,
-                          callbacks=[EarlyStopping()]).train(mlp(), x, y, nn.CrossEntropyLoss())
+        SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1,
+                          callbacks=[EarlyStopping()]).train(model, x, y, nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="patience=0"):
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode='up'"):
@@ -247,15 +249,30 @@ def test_history_is_a_mapping_with_padding_and_round_trip():
     assert copy["loss"] == [1.0, 0.5]
 
 
-def test_history_plots_to_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_history_plot_returns_the_figure_and_leaves_the_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
     x, y = toy_data()
     model = mlp()
     history = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=16, epochs=3,
                                 metrics=["accuracy"]).train(
         model, x, y, nn.CrossEntropyLoss(), validation_split=0.25)
-    path = history.plot(tmp_path / "curves.png", title="toy")
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")             # a user's backend, which plotting must not switch
+    try:
+        figure = history.plot(tmp_path / "curves.png", title="toy")
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(backend)
+    path = tmp_path / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
+    # loss and accuracy panels, each with its validation curve and per-step values
+    assert [axis.get_title() for axis in figure.axes] == ["loss", "accuracy"]
+    assert [line.get_label() for line in figure.axes[0].lines] == [
+        "loss (per step)", "loss", "val_loss"]
+    assert figure.axes[0].lines[1].get_ydata().tolist() == history["loss"]
+    unsaved = history.plot(keys=["loss"])          # no path: drawn, returned, not saved
+    assert len(unsaved.axes) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "curves.png"]
     with pytest.raises(ValueError, match="were not recorded"):
         history.plot(tmp_path / "x.png", keys=["perplexity"])

@@ -15,7 +15,11 @@ import torch
 from torch import nn
 
 import descent
-from descent.checkpoint import CheckpointManager, CheckpointMismatchError
+from descent.checkpoint import (
+    CheckpointManager,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+)
 from descent.train import Callback, EarlyStopping, SupervisedTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,3 +220,94 @@ def test_only_epoch_checkpoints_without_checkpoint_every(tmp_path):
     model, _, _, trainer = setup(tmp_path, checkpoint_every=None, keep_last=10)
     fit(model, trainer)
     assert [r.step for r in CheckpointManager(tmp_path).records()] == [4, 8, 12, 16]
+
+
+# ---------------------------------------------------------------- impossible counters
+
+
+def resign(path: Path, edit) -> None:
+    """Apply ``edit`` to the trainer payload of the checkpoint at ``path`` and sign the index
+    again as the format describes it (SHA-256 of the file with its own digest replaced by
+    64 zeros): a checkpoint whose files are intact and whose counters are not."""
+    import hashlib
+    import json
+
+    index = path / "checkpoint.json"
+    document = json.loads(index.read_text())
+    edit(document["content"]["trainer_state"])
+    document["sha256"] = "0" * 64
+    draft = (json.dumps(document, indent=1) + "\n").encode()
+    index.write_bytes(draft.replace(b"0" * 64, hashlib.sha256(draft).hexdigest().encode(), 1))
+
+
+def set_loop(**counters):
+    def edit(payload):
+        payload["trainer"]["loop"].update(counters)
+    return edit
+
+
+def bump_optimizer_step(payload):
+    payload["ranks"][0]["optimizer_steps"]["optimizer"] += 1
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (set_loop(window=2), "window=2; a checkpoint is only written with no accumulation window"),
+    (set_loop(window=3), "window=3; expected less than gradient_accumulation_steps=3"),
+    (set_loop(batch=999), "batch=999; expected at most the 10 batches of an epoch"),
+    (set_loop(epoch=5), "epoch=5; expected at most end_epoch=4"),
+    (bump_optimizer_step, "optimizer 'optimizer' has step 12.0 in its state, the trainer "
+                          "recorded step 13.0"),
+], ids=["open-window", "window", "batch", "epoch", "optimizer-step"])
+def test_impossible_counters_fall_back_to_the_previous_checkpoint(tmp_path, edit, named):
+    reference_model, _, _, reference = setup(None)
+    fit(reference_model, reference)
+    model, _, _, trainer = setup(tmp_path, crash=(3, 2))
+    with pytest.raises(RuntimeError):
+        fit(model, trainer)
+    records = CheckpointManager(tmp_path).records()
+    assert [r.step for r in records][-2:] == [10, 12]
+    resign(records[-1].path, edit)
+    assert CheckpointManager(tmp_path).latest() == records[-1].path   # the files are intact
+    model, _, _, trainer = setup(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, trainer, resume=True)
+    messages = [str(w.message) for w in caught if "skipping the checkpoint" in str(w.message)]
+    assert len(messages) == 1 and named in messages[0] and "step-000000012" in messages[0]
+    assert same_parameters(model, reference_model)       # resumed from step 10, exactly
+
+
+def test_when_every_checkpoint_is_impossible_the_resume_refuses_and_changes_nothing(tmp_path):
+    model, _, _, trainer = setup(tmp_path, crash=(1, 5))
+    with pytest.raises(RuntimeError):
+        fit(model, trainer)
+    records = CheckpointManager(tmp_path).records()
+    for record in records:
+        resign(record.path, set_loop(batch=999))
+    model, optimizer, _, trainer = setup(tmp_path)
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CorruptCheckpointError, match=r"no checkpoint in .* can be resumed: "
+                                                         r".*batch=999"):
+            fit(model, trainer, resume=True)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert trainer.state.step == 0 and not optimizer.state
+    assert [r.step for r in CheckpointManager(tmp_path).records()] == [r.step for r in records]
+
+
+def test_another_configuration_is_an_error_not_a_fallback(tmp_path):
+    model, _, _, trainer = setup(tmp_path, crash=(1, 5))
+    with pytest.raises(RuntimeError):
+        fit(model, trainer)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 2))
+    trainer = SupervisedTrainer(descent.Adam(model, lr=1e-2), batch_size=16, epochs=4,
+                                gradient_accumulation_steps=3, checkpoint_dir=tmp_path,
+                                checkpoint_every=2, metrics=["accuracy"],
+                                callbacks=[EarlyStopping("val_loss", patience=20), Crash(None)])
+    with pytest.raises(ValueError, match=r"was written with \{'batches_per_epoch': 10, "
+                                         r"'batches_per_window': 3\}; this trainer has "
+                                         r"\{'batches_per_epoch': 5, .*same data, batch size"):
+        fit(model, trainer, resume=True)
+    assert trainer.state.step == 0

@@ -99,8 +99,9 @@ def train(kind, workdir, result, stall_commit, say, pause=0.0):
     _atomic._commit = reporting_commit
     if kind.endswith("-without-rng"):  # the control: resume without the generator states
         import functools
-        import descent.train.base as base
-        base.load_checkpoint = functools.partial(base.load_checkpoint, restore_rng=False)
+        import descent.train.checkpointing as checkpointing
+        checkpointing.load_checkpoint = functools.partial(checkpointing.load_checkpoint,
+                                                          restore_rng=False)
         kind = kind.removesuffix("-without-rng")
     options = dict(checkpoint_dir=workdir, checkpoint_every=2, keep_last=2)
     if workdir == "-":  # the same run without checkpoints

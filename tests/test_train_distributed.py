@@ -75,6 +75,40 @@ def sequences():
     return x, 0.3 * x.cumsum(1)[..., :1]
 
 
+def uneven_data():
+    """46 samples: 23 per rank, in micro-batches of 4, 4, 4, 4, 4 and 3."""
+    generator = torch.Generator().manual_seed(13)
+    x = torch.randn(46, 6, generator=generator, dtype=torch.float64)
+    return x, torch.stack([x[:, :3].sum(1), x[:, 3:].prod(1)], 1)
+
+
+def padded_tokens():
+    """30 token sequences of random lengths, targets padded with -100: the ranks' batches
+    hold different numbers of tokens."""
+    generator = torch.Generator().manual_seed(14)
+    x = torch.randint(0, 5, (30, 6), generator=generator)
+    y = torch.randint(0, 5, (30, 6), generator=generator)
+    lengths = torch.randint(1, 7, (30,), generator=generator)
+    y[torch.arange(6)[None, :] >= lengths[:, None]] = -100
+    return x, y
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.embed(tokens))).transpose(1, 2)
+
+
+def build_tokens():
+    torch.manual_seed(0)
+    model = Tokens().double()
+    return model, descent.Adam(model, lr=1e-2)
+
+
 def build_recurrent():
     torch.manual_seed(0)
     model = Tagger().double()
@@ -133,6 +167,39 @@ def run(name, accumulation, zero, out, rank, **options):
         (out / f"{name}.json").write_text(json.dumps(report))
 
 
+def run_uneven(out, rank):
+    model, optimizer, scheduler = build()
+    trainer = SupervisedTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS,
+                                gradient_accumulation_steps=3, scheduler=scheduler)
+    history = trainer.train(model, *uneven_data(), nn.MSELoss())
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  out / "uneven.safetensors")
+        (out / "uneven.json").write_text(json.dumps({"loss": history["loss"]}))
+
+
+def run_tokens(out, rank):
+    model, optimizer = build_tokens()
+    trainer = SupervisedTrainer(optimizer, batch_size=3, epochs=EPOCHS,
+                                gradient_accumulation_steps=2, normalize_by="targets")
+    x, y = padded_tokens()
+    tokens = []
+
+    class Count(Callback):
+        def on_batch_begin(self, trainer, batch):
+            window = trainer.window
+            tokens.append(window.counts[batch - window.first])
+
+    trainer.callbacks.append(Count())
+    history = trainer.train(model, x, y, nn.CrossEntropyLoss(ignore_index=-100))
+    gathered = dist.all_gather_object(tokens)
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  out / "tokens.safetensors")
+        (out / "tokens.json").write_text(json.dumps({"loss": history["loss"],
+                                                     "tokens": gathered}))
+
+
 def run_recurrent(out, rank):
     model, optimizer, scheduler = build_recurrent()
     trainer = RecurrentTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS, bptt_steps=4,
@@ -151,8 +218,9 @@ def run_adversarial(out, rank, directory, crash):
     g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     d = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
     trainer = AdversarialTrainer(g, d, descent.Adam(g, lr=2e-3), descent.Adam(d, lr=2e-3),
-                                 latent_dim=4, batch_size=8, epochs=2, n_critic=2,
-                                 loss="wgan-gp", callbacks=[Interrupt(crash)],
+                                 latent_dim=4, batch_size=4, epochs=2, n_critic=2,
+                                 gradient_accumulation_steps=2, loss="wgan-gp",
+                                 callbacks=[Interrupt(crash)],
                                  checkpoint_dir=out / directory, checkpoint_every=2)
     trainer.train(points, resume=True)
     return trainer
@@ -183,6 +251,8 @@ def main():
     for name, (accumulation, zero) in CONFIGS.items():
         run(name, accumulation, zero, out, rank)
     run_recurrent(out, rank)
+    run_uneven(out, rank)
+    run_tokens(out, rank)
     model, optimizer, _ = build()
     model(torch.zeros(1, 6, dtype=torch.float64)).sum().backward()
     optimizer.step()
@@ -317,13 +387,49 @@ def test_recurrent_trainer_two_processes_equal_one_with_twice_the_batch(launched
 
 
 def test_adversarial_trainer_keeps_the_ranks_in_step(launched):
-    """The AdversarialTrainer averages gradients by hand (no DDP) and starts from rank 0's
-    networks: both ranks end with the same parameters."""
+    """The AdversarialTrainer averages gradients with descent.distributed (no DDP), in
+    windows of 2 micro-batches, and starts from rank 0's networks: both ranks end with
+    the same parameters."""
     gathered = load_file(launched / "gan.safetensors")
     assert torch.equal(gathered["rank0"], gathered["rank1"])
     report = json.loads((launched / "gan.json").read_text())
-    assert report == {"steps": 4, "d_steps": 8}  # 32 samples per rank, batches of 8, 2 epochs
+    assert report == {"steps": 4, "d_steps": 8}  # 32 samples per rank, windows of 2 x 4
     assert descent.checkpoint.CheckpointManager(launched / "ckpt-gan").records()
+
+
+def test_uneven_micro_batches_on_two_processes_equal_one_with_the_combined_batches(launched):
+    """46 samples: each rank's windows of 3 micro-batches hold 4 + 4 + 4 and 4 + 4 + 3
+    samples; one process with batches of 8 holds 8 + 8 + 8 and 8 + 8 + 6."""
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    model, optimizer, scheduler = namespace["build"]()
+    trainer = SupervisedTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
+                                gradient_accumulation_steps=3, scheduler=scheduler)
+    history = trainer.train(model, *namespace["uneven_data"](), nn.MSELoss())
+    final = load_file(launched / "uneven.safetensors")
+    assert max_relative_difference(final, model.state_dict()) <= 1e-12
+    assert max_relative_difference(final, namespace["build"]()[0].state_dict()) > 1e-2
+    report = json.loads((launched / "uneven.json").read_text())
+    assert report["loss"] == pytest.approx(history["loss"], rel=1e-12)
+
+
+def test_token_counts_are_summed_over_the_ranks(launched):
+    """Padded sequences, the loss normalised by non-padding tokens: the ranks' batches hold
+    different numbers of tokens, and the window's count is their sum, so 2 processes
+    with batch 3 equal 1 process with batch 6 (parameters and epoch losses)."""
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    model, optimizer = namespace["build_tokens"]()
+    trainer = SupervisedTrainer(optimizer, batch_size=6, epochs=EPOCHS,
+                                gradient_accumulation_steps=2, normalize_by="targets")
+    history = trainer.train(model, *namespace["padded_tokens"](),
+                            nn.CrossEntropyLoss(ignore_index=-100))
+    final = load_file(launched / "tokens.safetensors")
+    assert max_relative_difference(final, model.state_dict()) <= 1e-12
+    assert max_relative_difference(final, namespace["build_tokens"]()[0].state_dict()) > 1e-2
+    report = json.loads((launched / "tokens.json").read_text())
+    assert report["loss"] == pytest.approx(history["loss"], rel=1e-12)
+    assert report["tokens"][0] != report["tokens"][1]   # the ranks' counts differ
 
 
 def test_adversarial_trainer_resumes_exactly_across_processes(launched):

@@ -35,15 +35,21 @@ def test_readme_training_example_runs(index, tmp_path, capsys):
         assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["train_supervised", "train_recurrent", "train_adversarial"])
+@pytest.mark.parametrize("name", ["train_supervised", "train_recurrent", "train_adversarial",
+                                  "train_lr_find"])
 def test_docs_example_runs(name, tmp_path, capsys):
-    if name == "train_supervised":
+    if name in ("train_supervised", "train_lr_find"):
         pytest.importorskip("sklearn")
     runpy.run_path(str(ROOT / "docs" / "examples" / f"{name}.py"), run_name="__main__")
     out = capsys.readouterr().out
     if name == "train_supervised":
         accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
         assert accuracy >= 90.0 and (tmp_path / "runs" / "digits.csv").exists()
+    elif name == "train_lr_find":
+        suggestion = float(re.search(r"suggestion ([\d.e-]+)", out).group(1))
+        accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
+        assert 1e-4 < suggestion < 1e-1 and accuracy >= 95.0
+        assert (tmp_path / "runs" / "lr_find.png").exists()
     elif name == "train_recurrent":
         held_out, unigram = map(float, re.findall(r"(\d\.\d+)", out)[:2])
         assert held_out < 0.75 * unigram
@@ -52,6 +58,7 @@ def test_docs_example_runs(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("module", ["descent.train.data", "descent.train.supervised",
+                                    "descent.train.groups", "descent.train.metrics",
                                     "descent.data.text", "descent.data.mixture"])
 def test_docstring_examples_run(module):
     import doctest

@@ -190,13 +190,17 @@ class OutputOnly(Elman):
 
 def test_contract_and_shape_errors_are_clear():
     x, y = sequences()
-    trainer = RecurrentTrainer(descent.SGD(Elman(), lr=0.1), batch_size=2, bptt_steps=3)
+
+    def train(model, x, y):
+        RecurrentTrainer(descent.SGD(model, lr=0.1), batch_size=2, bptt_steps=3).train(
+            model, x, y, nn.MSELoss())
+
     with pytest.raises(TypeError, match=r"model\(x_chunk, hidden\) -> \(y_chunk, hidden\)"):
-        trainer.train(OutputOnly(), x, y, nn.MSELoss())
+        train(OutputOnly(), x, y)
     with pytest.raises(ValueError, match="batch first"):
-        trainer.train(Elman(), x[:, 0, 0], y[:, 0, 0], nn.MSELoss())
+        train(Elman(), x[:, 0, 0], y[:, 0, 0])
     with pytest.raises(ValueError, match="per-step targets"):
-        trainer.train(Elman(), x, y[:, :5], nn.MSELoss())
+        train(Elman(), x, y[:, :5])
     with pytest.raises(ValueError, match="bptt_steps=0"):
         RecurrentTrainer(descent.SGD(Elman(), lr=0.1), bptt_steps=0)
     with pytest.raises(ValueError, match="step_every='batch'"):

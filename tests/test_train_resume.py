@@ -141,7 +141,7 @@ def test_adversarial_resume_mid_epoch_is_exact():
     g, d, trainer = setup()
     with pytest.raises(KeyboardInterrupt):
         trainer.train(real)
-    assert trainer.state.window == 16 % 3      # the critic count carries across epochs
+    assert trainer.state.critic_steps == 16 % 3   # the critic count carries across epochs
     saved_g, saved_d = copy.deepcopy(g.state_dict()), copy.deepcopy(d.state_dict())
     saved = copy.deepcopy(trainer.state_dict())
     g, d, trainer = setup(seed=4)

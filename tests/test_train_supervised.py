@@ -435,7 +435,7 @@ def test_extension_points_are_called():
     ({"gradient_accumulation_steps": -1}, ValueError, "gradient_accumulation_steps=-1"),
     ({"clip_grad_norm": -1.0}, ValueError, "clip_grad_norm=-1.0"),
     ({"nonfinite": "ignore"}, ValueError, "nonfinite='ignore'"),
-    ({"precision": "fp16"}, ValueError, "precision='fp16'"),
+    ({"precision": "int8"}, ValueError, "precision='int8'"),
     ({"metrics": ["f1"]}, ValueError, "unknown metric 'f1'"),
     ({"scheduler": 3}, TypeError, "scheduler"),
     ({"callbacks": [print]}, TypeError, "callbacks[0]"),

@@ -33,4 +33,5 @@ history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.2
 
 print(f"validation accuracy {history['val_accuracy'][-1]:.2%} after {len(history.epochs)} "
       f"epochs, {trainer.state.step} optimizer steps")
-print("curves:", history.plot("runs/digits.png"))
+history.plot("runs/digits.png")           # returns the matplotlib figure, saved as a PNG
+print("curves: runs/digits.png")

@@ -39,6 +39,7 @@ from .train import (
     SupervisedTrainer,
     Trainer,
 )
+from .train import param_groups as param_groups
 
 __version__ = "0.1.0"
 

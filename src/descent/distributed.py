@@ -18,7 +18,10 @@ The pieces, in the order a loop uses them:
   and takes every ``world_size``-th index of it, so the ranks' batches together are
   exactly the batch one process would take with ``world_size`` times the batch size;
   it starts an epoch at any position, for exact resume;
-* :func:`average_metrics`: a weighted mean of per-rank metrics;
+* :func:`average_metrics`: a weighted mean of per-rank metrics; :func:`sum_over_ranks`:
+  sums of numbers (sample or token counts) over the ranks;
+* :func:`average_gradients`: the mean of every gradient over the ranks, for a loop that
+  cannot use DDP (several forward passes of a module before one backward);
 * :func:`zero_optimizer`: a descent optimizer wrapped in
   ``torch.distributed.optim.ZeroRedundancyOptimizer`` (optimizer state sharded across
   ranks), and :func:`consolidate_optimizer_state`, which gathers the state on rank 0
@@ -57,7 +60,7 @@ import gc
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -65,10 +68,12 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ResumableSampler", "all_gather_object", "average_metrics", "barrier", "broadcast_object",
+    "ResumableSampler", "all_gather_object", "average_gradients", "average_metrics", "barrier",
+    "broadcast_object", "broadcast_tensors",
     "consolidate_optimizer_state", "default_device", "destroy_process_group", "get_local_rank",
     "get_rank", "get_world_size", "gradient_sync", "init_process_group", "is_distributed",
-    "is_main_process", "is_zero_optimizer", "unwrap_model", "wrap_model", "zero_optimizer",
+    "is_main_process", "is_zero_optimizer", "sum_over_ranks", "unwrap_model", "wrap_model",
+    "zero_optimizer",
 ]
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -174,6 +179,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     torch.distributed.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Copy rank ``src``'s values of ``tensors`` into every rank's, in place (a no-op when
+    not distributed). Every rank must pass tensors of the same shapes, in the same order;
+    e.g. a module's parameters and buffers, so that every rank starts from rank 0's."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor, src=src)
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -372,14 +388,60 @@ def average_metrics(metrics: Mapping[str, float | torch.Tensor],
         raise ValueError(f"average_metrics: weight={weight!r}; expected a number >= 0")
     if not is_distributed():
         return dict(zip(names, values, strict=True))
-    device = default_device() if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
     packed = torch.tensor([value * weight for value in values] + [float(weight)],
-                          dtype=torch.float64, device=device)
+                          dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(packed)
     total = packed[-1].item()
     if total == 0:
         raise ValueError("average_metrics: the weights sum to 0 over all ranks")
     return {name: packed[i].item() / total for i, name in enumerate(names)}
+
+
+def _collective_device() -> torch.device:
+    return default_device() if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """Each of ``values`` summed over the ranks, in float64 (one all-reduce).
+
+    Every rank must pass as many values. Not distributed: the values as floats.
+
+    Example::
+
+        (tokens_in_window,) = sum_over_ranks([float((target != -100).sum())])
+    """
+    numbers = [float(value) for value in values]
+    if not is_distributed() or not numbers:
+        return numbers
+    packed = torch.tensor(numbers, dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(packed)
+    return packed.tolist()
+
+
+def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Replace every gradient of ``parameters`` by its mean over the ranks, in place.
+
+    What DDP does during ``backward()``, for a loop that cannot use DDP (a GAN's
+    discriminator runs forward two or three times before one backward). The gradients
+    of each dtype and device travel in one flat buffer (one all-reduce each). Every
+    rank must pass the same parameters, each with a gradient on every rank or on none.
+    Not distributed: nothing to do.
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    world_size = get_world_size()
+    buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for grad in grads:
+        buckets.setdefault((grad.dtype, grad.device), []).append(grad)
+    for bucket in buckets.values():
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        torch.distributed.all_reduce(flat)
+        flat.div_(world_size)
+        offset = 0
+        for grad in bucket:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
 
 
 # ---------------------------------------------------------------------- ZeRO

@@ -1,16 +1,19 @@
-"""Plot schedules and schedulers to a PNG (matplotlib, an optional dependency)."""
+"""Plot schedules and schedulers (matplotlib, an optional dependency)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _checks
 from .functions import Schedule
 from .plateau import ReduceLROnPlateau
 from .scheduler import BaseScheduler
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _curves(label: str, item: Any, steps: range) -> list[tuple[str, list[float]]]:
@@ -32,15 +35,18 @@ def _curves(label: str, item: Any, steps: range) -> list[tuple[str, list[float]]
 
 
 def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any], steps: int,
-         path: str | os.PathLike[str], *, title: str | None = None, log_scale: bool = False,
-         columns: int = 1) -> Path:
-    """Plot one or more schedules (or schedulers) over ``steps`` steps to the PNG ``path``.
+         path: str | os.PathLike[str] | None = None, *, title: str | None = None,
+         log_scale: bool = False, columns: int = 1) -> Figure:
+    """Plot one or more schedules (or schedulers) over ``steps`` steps; return the figure,
+    saved as an image (PNG for ``.png``) at ``path`` when one is given.
 
     ``schedules`` is a schedule, a scheduler, a list of them, or a dict from label to
     either. Schedulers are plotted with :meth:`~BaseScheduler.value_at` (they are not
     stepped), one curve per group and driven option. With a dict and ``columns > 1`` each
-    entry gets its own panel, on a grid ``columns`` wide. Returns the path written.
+    entry gets its own panel, on a grid ``columns`` wide.
 
+    The figure is made without pyplot: matplotlib's global backend and pyplot's figures
+    are left as they are (in a notebook, leave the figure as a cell's value to show it).
     Needs matplotlib (``pip install "descent[demo]"``); it is imported only here.
 
     Example::
@@ -66,17 +72,17 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
     curves = [(label, _curves(label, item, range(count))) for label, item in items]
 
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (a clear error when it is missing)
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("plot needs matplotlib, which is not installed; install it with "
                           "pip install matplotlib (or pip install \"descent[demo]\")") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     panels = curves if columns > 1 else [(title or "", [c for _, cs in curves for c in cs])]
     rows = -(-len(panels) // columns)
     cols = min(columns, len(panels))
-    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    figure = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="tight")
+    axes = figure.subplots(rows, cols, squeeze=False)
     x = list(range(count))
     for index, (panel_title, panel_curves) in enumerate(panels):
         axis = axes[index // cols][index % cols]
@@ -97,8 +103,6 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
         axes[index // cols][index % cols].axis("off")
     if title and columns > 1:
         figure.suptitle(title)
-    figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=110)
-    plt.close(figure)
-    return target
+    if path is not None:
+        figure.savefig(Path(path), dpi=110)
+    return figure

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,17 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (
-    LoopState,
-    Trainer,
-    check_choice,
-    check_optimizer,
-    check_positive_int,
-    check_scheduler,
-)
+from .. import distributed
+from .accumulation import Window, batch_length
+from .base import Trainer
 from .callbacks import Callback
+from .checks import check_choice, check_optimizer, check_positive_int, check_scheduler
 from .data import mixed_seed
 from .history import History
+from .state import LoopState
 
 LOSSES = ("nonsaturating", "wgan-gp")
 
@@ -29,17 +27,20 @@ LOSSES = ("nonsaturating", "wgan-gp")
 @dataclasses.dataclass
 class AdversarialLoopState(LoopState):
     """:class:`LoopState` where ``step`` counts generator steps, ``d_step``
-    discriminator steps, and ``window`` the discriminator steps since the last
+    discriminator steps, ``window`` the micro-batches accumulated towards the next
+    discriminator step, and ``critic_steps`` the discriminator steps since the last
     generator step (it carries across epochs)."""
 
     d_step: int = 0
+    critic_steps: int = 0
 
 
 class AdversarialTrainer(Trainer):
     r"""Alternating updates of a generator G and a discriminator (critic) D.
 
-    Every batch of real samples :math:`x` makes one discriminator step; after every
-    ``n_critic`` discriminator steps the generator takes one step (noise
+    Every batch of real samples :math:`x` (every window of
+    ``gradient_accumulation_steps`` micro-batches) makes one discriminator step; after
+    every ``n_critic`` discriminator steps the generator takes one step (noise
     :math:`z \sim \mathcal N(0, I)` of size ``latent_dim``, drawn from the trainer's
     seeded generator). With D's output a logit :math:`D(\cdot)`:
 
@@ -55,7 +56,15 @@ class AdversarialTrainer(Trainer):
       :math:`L_G = -D(G(z))`. Use ``n_critic=5`` and Adam with ``betas=(0.0, 0.9)``
       as in the paper.
 
-    All losses are batch means. Each network's gradients stay out of the other's
+    All losses are batch means. With ``gradient_accumulation_steps = N`` the real
+    micro-batches of a window, and as many generated samples, are weighted by their
+    share of the window's samples, and the window's noise (and WGAN-GP's
+    :math:`\epsilon`) is drawn for the whole window at once: a window equals one batch
+    of all its samples (for networks whose per-sample outputs do not depend on the
+    batch: no batch normalisation). The generator step takes as many generated
+    samples as the window held real ones, in micro-batches of the same sizes.
+
+    Each network's gradients stay out of the other's
     update: the discriminator step sees generated samples computed without gradients
     (G's gradients are never formed), and during the generator step D's parameters
     do not require gradients (D's ``.grad`` is untouched), so neither optimizer ever
@@ -67,8 +76,9 @@ class AdversarialTrainer(Trainer):
         discriminator: maps samples ``(n, ...)`` to scores ``(n,)`` or ``(n, 1)``.
         g_optimizer, d_optimizer: their optimizers.
         latent_dim: size of the noise vector.
-        batch_size: real samples per discriminator step.
+        batch_size: real samples per (micro-)batch.
         epochs: epochs (passes over the real data) per ``train()`` call.
+        gradient_accumulation_steps: micro-batches per discriminator step.
         n_critic: discriminator steps per generator step.
         loss: ``"nonsaturating"`` or ``"wgan-gp"``.
         gp_weight: :math:`\lambda` of the gradient penalty (WGAN-GP).
@@ -82,7 +92,8 @@ class AdversarialTrainer(Trainer):
             ``checkpoint_every``, ``checkpoint_each_epoch``, ``keep_last``,
             ``checkpoint_monitor``, ``checkpoint_mode``, and ``zero_redundancy``: see
             :class:`Trainer`. Under torch.distributed this trainer averages gradients
-            with an all-reduce instead of DDP (see :meth:`wrap_model`).
+            with :func:`descent.distributed.average_gradients` instead of DDP (see
+            :meth:`wrap_model`).
 
     Extension points: :meth:`sample_noise`, :meth:`discriminator_loss`,
     :meth:`generator_loss`, :meth:`gradient_penalty`, and the base ones.
@@ -106,7 +117,8 @@ class AdversarialTrainer(Trainer):
                  n_critic: int = 1, loss: str = "nonsaturating", gp_weight: float = 10.0,
                  g_scheduler: Any = None, d_scheduler: Any = None,
                  clip_grad_norm: float | None = None, callbacks: Iterable[Callback] = (),
-                 shuffle: bool = True, drop_last: bool = True, **options: Any) -> None:
+                 shuffle: bool = True, drop_last: bool = True,
+                 gradient_accumulation_steps: int = 1, **options: Any) -> None:
         super().__init__(epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm,
                          **options)
         owner = type(self).__name__
@@ -118,11 +130,13 @@ class AdversarialTrainer(Trainer):
         self.g_optimizer = check_optimizer(owner, "g_optimizer", g_optimizer)
         self.d_optimizer = check_optimizer(owner, "d_optimizer", d_optimizer)
         self._check_ownership()
-        self.g_scheduler = check_scheduler(owner, "g_scheduler", g_scheduler)
-        self.d_scheduler = check_scheduler(owner, "d_scheduler", d_scheduler)
+        self.g_scheduler = check_scheduler(owner, "g_scheduler", g_scheduler, g_optimizer)
+        self.d_scheduler = check_scheduler(owner, "d_scheduler", d_scheduler, d_optimizer)
         self.latent_dim = check_positive_int(owner, "latent_dim", latent_dim)
         self.batch_size = check_positive_int(owner, "batch_size", batch_size)
         self.n_critic = check_positive_int(owner, "n_critic", n_critic)
+        self.accumulation = check_positive_int(owner, "gradient_accumulation_steps",
+                                               gradient_accumulation_steps)
         self.loss = check_choice(owner, "loss", loss, LOSSES)
         if isinstance(gp_weight, bool) or not isinstance(gp_weight, int | float) \
                 or not gp_weight >= 0 or not math.isfinite(gp_weight):
@@ -131,29 +145,40 @@ class AdversarialTrainer(Trainer):
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.noise_generator = torch.Generator().manual_seed(mixed_seed(self.seed, -2))
         self.model = nn.ModuleDict({"generator": generator, "discriminator": discriminator})
+        self._draws: tuple[torch.Tensor, torch.Tensor | None, list[int]] | None = None
 
     _optimizer_attributes = {"g": "g_optimizer", "d": "d_optimizer"}
+    uses_ddp = False
+    state: AdversarialLoopState
 
-    def _new_state(self) -> AdversarialLoopState:
+    def new_state(self) -> AdversarialLoopState:
         return AdversarialLoopState()
+
+    def batches_per_window(self) -> int:
+        return self.accumulation
+
+    def check_counters(self, loop: Any) -> None:
+        super().check_counters(loop)
+        if loop.critic_steps >= self.n_critic:
+            raise ValueError(f"loop counter critic_steps={loop.critic_steps}; expected less "
+                             f"than n_critic={self.n_critic}")
+
+    def loop_plan(self) -> dict[str, Any]:
+        return {**super().loop_plan(), "n_critic": self.n_critic}
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """No DDP wrapper: a discriminator step runs D forward two or three times (real,
         generated, gradient penalty) before one backward, which DDP does not allow.
-        Under torch.distributed the ranks start from rank 0's parameters, each optimizer
-        step averages the gradients over the ranks with an all-reduce, and a fresh run
-        gives rank r > 0 its own noise stream (rank 0 keeps the single-process one), so
-        the ranks' generated samples differ as their real ones do."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self._sync_gradients_by_hand = True
-            rank = torch.distributed.get_rank()
-            state = self.state
+        Under torch.distributed the ranks start from rank 0's parameters
+        (:func:`descent.distributed.broadcast_tensors`), each optimizer step averages
+        the gradients over the ranks (:func:`descent.distributed.average_gradients`),
+        and a fresh run gives rank r > 0 its own noise stream (rank 0 keeps the
+        single-process one), so the ranks' generated samples differ as their real ones do."""
+        if self.distribution.active:
+            rank, state = distributed.get_rank(), self.state
             if rank > 0 and not state.running and state.step == 0 and state.d_step == 0:
                 self.noise_generator.manual_seed(mixed_seed(mixed_seed(self.seed, -2), rank))
-            with torch.no_grad():
-                for tensor in list(model.parameters()) + list(model.buffers()):
-                    torch.distributed.broadcast(tensor, src=0)
-        return model
+        return super().wrap_model(model)
 
     def _check_ownership(self) -> None:
         owner = type(self).__name__
@@ -180,6 +205,12 @@ class AdversarialTrainer(Trainer):
 
     def _next_step_number(self, name: str) -> int:
         return (self.state.d_step if name == "d" else self.state.step) + 1
+
+    def _count_step(self, name: str) -> int:
+        if name == "d":
+            self.state.d_step += 1
+            return self.state.d_step
+        return super()._count_step(name)
 
     def _named_modules(self) -> dict[str, nn.Module]:
         return {"generator.": self.generator, "discriminator.": self.discriminator}
@@ -250,35 +281,55 @@ class AdversarialTrainer(Trainer):
             return F.softplus(-fake_scores).mean()
         return -fake_scores.mean()
 
-    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor,
+                         epsilon: torch.Tensor | None = None) -> torch.Tensor:
         r""":math:`\mathbb E[(\lVert\nabla_{\hat x} D(\hat x)\rVert_2 - 1)^2]` on random
-        interpolates :math:`\hat x` of real and generated samples (without the weight)."""
+        interpolates :math:`\hat x` of real and generated samples (without the weight).
+
+        ``epsilon``: the interpolation weights, one per sample (None: drawn here from
+        the trainer's noise stream)."""
         shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-        epsilon = torch.rand(shape, generator=self.noise_generator).to(real)
+        if epsilon is None:
+            epsilon = torch.rand(shape, generator=self.noise_generator)
+        epsilon = epsilon.reshape(shape).to(real)
         mixed = (epsilon * real + (1 - epsilon) * fake).requires_grad_(True)
         scores = self.discriminator(mixed)
         (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
         return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
+    def count_batch(self, batch: Any) -> float:
+        """A batch's real samples (its weight within its window)."""
+        return float(batch_length(_real(batch)))
+
     def train_batch(self, model: nn.Module, batch: Any, index: int,
                     n_batches: int | None) -> dict[str, float]:
-        """One discriminator step on this batch; a generator step every ``n_critic``."""
-        real = batch[0] if isinstance(batch, tuple | list) else batch
-        n = real.shape[0]
+        """One micro-batch of the discriminator's window; after the window's last, a
+        discriminator step, and after every ``n_critic`` of those a generator step."""
+        real = _real(batch)
+        state, window = self.state, self.window
+        assert window is not None
+        if state.window == 0:
+            self._draw_window(window)
         logs = self.discriminator_step(real, index)
-        self.state.window += 1
-        if self.state.window >= self.n_critic:
-            logs.update(self.generator_step(n, index))
-            self.state.window = 0
-        self._meter.add(logs, n)
+        self.meter.add(logs, real.shape[0])
+        if state.window == 0 and state.critic_steps >= self.n_critic:
+            generated = int(sum(window.counts))
+            g_logs = self.generator_step(generated, index)
+            state.critic_steps = 0
+            self.meter.add(g_logs, generated)
+            logs.update(g_logs)
         return logs
 
     def discriminator_step(self, real: torch.Tensor, index: int) -> dict[str, float]:
-        """Update D on ``real`` and as many generated samples; return its logs."""
-        state = self.state
-        self.d_optimizer.zero_grad(set_to_none=True)
+        """Accumulate D's gradients on ``real`` and as many generated samples, weighted by
+        their share of the window; step D after the window's last micro-batch."""
+        state, window = self.state, self.window
+        assert window is not None and self._draws is not None
+        noise, epsilon, offsets = self._draws
+        position = index - window.first
+        rows = slice(offsets[position], offsets[position + 1])
         with torch.no_grad(), self.autocast():
-            fake = self.generator(self.sample_noise(real.shape[0]))
+            fake = self.generator(noise[rows])
         with self.autocast():
             real_scores = _scores(self.discriminator(real))
             fake_scores = _scores(self.discriminator(fake))
@@ -287,38 +338,59 @@ class AdversarialTrainer(Trainer):
             if self.loss == "wgan-gp":
                 logs["wasserstein"] = float((real_scores.mean() - fake_scores.mean()).detach())
                 if self.gp_weight:
-                    penalty = self.gradient_penalty(real, fake.to(real.dtype))
+                    penalty = self.gradient_penalty(
+                        real, fake.to(real.dtype), None if epsilon is None else epsilon[rows])
                     logs["gradient_penalty"] = float(penalty.detach())
                     loss = loss + self.gp_weight * penalty
         logs["d_loss"] = self._note_loss(loss, index)
-        self.backward(loss, model=self.discriminator, sync=True)
-        if self.optimizer_step(self.d_optimizer, self.d_scheduler, name="d"):
-            state.d_step += 1
-            self.history.log_step(state.d_step, {"d_loss": logs["d_loss"], **self._step_logs})
-        self._step_logs = {}
+        self.backward(loss * window.weight(index), model=self.discriminator, sync=True)
+        state.window += 1
+        self.meter.add_window(logs["d_loss"], real.shape[0])
+        if state.window == window.size:
+            self._finish_window(self.d_optimizer, self.d_scheduler, name="d", loss_key="d_loss")
+            state.critic_steps += 1
         return logs
 
     def generator_step(self, n: int, index: int) -> dict[str, float]:
-        """Update G on ``n`` generated samples, with D frozen; return its logs."""
-        state = self.state
-        self.g_optimizer.zero_grad(set_to_none=True)
+        """Update G on ``n`` generated samples, with D frozen; return its logs.
+
+        The samples come in micro-batches of the sizes of the discriminator's window
+        (when it held ``n`` samples), each loss weighted by its share."""
+        state, window = self.state, self.window
+        sizes = ([int(c) for c in window.counts] if window is not None
+                 and int(sum(window.counts)) == n else [n])
+        scale = window.scale if window is not None and len(sizes) == window.size \
+            else (lambda count: count / n)
+        noise = self.sample_noise(n)
         frozen = [p for p in self.discriminator.parameters() if p.requires_grad]
         for param in frozen:
             param.requires_grad_(False)
+        total = 0.0
         try:
-            with self.autocast():
-                fake_scores = _scores(self.discriminator(self.generator(self.sample_noise(n))))
-                loss = self.generator_loss(fake_scores)
-            value = self._note_loss(loss, index)
-            self.backward(loss, model=self.generator, sync=True)
+            for start, size in zip(itertools.accumulate([0, *sizes]), sizes, strict=False):
+                with self.autocast():
+                    generated = self.generator(noise[start:start + size])
+                    loss = self.generator_loss(_scores(self.discriminator(generated)))
+                total += self._note_loss(loss, index) * size
+                self.backward(loss * scale(size), model=self.generator, sync=True)
         finally:
             for param in frozen:
                 param.requires_grad_(True)
+        value = total / n
         if self.optimizer_step(self.g_optimizer, self.g_scheduler, name="g"):
             state.step += 1
             self.history.log_step(state.step, {"g_loss": value, **self._step_logs})
         self._step_logs = {}
         return {"g_loss": value}
+
+    def _draw_window(self, window: Window) -> None:
+        """The noise (and WGAN-GP's interpolation weights) of the whole window, drawn at
+        once so that a window of micro-batches draws what one batch would."""
+        n = int(sum(window.counts))
+        noise = self.sample_noise(n)
+        epsilon = (torch.rand(n, generator=self.noise_generator)
+                   if self.loss == "wgan-gp" and self.gp_weight else None)
+        self._draws = (noise, epsilon, list(itertools.accumulate([0, *map(int, window.counts)])))
 
     def _device(self) -> torch.device:
         if self.device is not None:
@@ -326,6 +398,11 @@ class AdversarialTrainer(Trainer):
         for param in self.generator.parameters():
             return param.device
         return torch.device("cpu")
+
+
+def _real(batch: Any) -> torch.Tensor:
+    """The real samples of a batch (the first element of a tuple or list)."""
+    return batch[0] if isinstance(batch, tuple | list) else batch
 
 
 def _scores(scores: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -87,42 +88,63 @@ def _format_logs(logs: Mapping[str, float]) -> str:
 
 
 class ProgressBar(Callback):
-    """One progress line per epoch, updated in place, with loss and metrics.
+    """Progress of each epoch, with its loss and metrics.
 
-    During the epoch the line shows the running (sample-weighted) means of the
-    training metrics; at its end, the epoch's metrics including validation.
-
-    Uses tqdm (``pip install descent[demo]``); without tqdm, prints one line per
-    epoch. Shown on the main process only.
+    On a terminal: one tqdm line per epoch, redrawn in place with the running
+    (sample-weighted) means of the training metrics, then the epoch's metrics including
+    validation. Anywhere else (a file, a pipe, a notebook's captured stream, CI logs):
+    one plain line per epoch when it ends, ``epoch 3/10: 47/47 batches, 2.1 s,
+    loss=0.31 accuracy=0.9``, and nothing in between (a bar redrawn ten times a second
+    fills a log file). Shown on the main process only.
 
     Args:
-        file: where to draw (default ``sys.stderr``).
-        leave: keep each finished epoch's line (True) or overwrite it (False).
+        file: where to write (default ``sys.stderr``).
+        leave: keep each finished epoch's bar (True) or clear it (False); terminal only.
+        dynamic: True to draw the bar even when ``file`` is not a terminal, False for
+            plain lines even on one; None (default) decides by ``file.isatty()``. The bar
+            needs tqdm (``pip install descent[demo]``); without it, plain lines.
     """
 
-    def __init__(self, file: TextIO | None = None, leave: bool = True) -> None:
+    def __init__(self, file: TextIO | None = None, leave: bool = True,
+                 dynamic: bool | None = None) -> None:
+        if dynamic is not None and not isinstance(dynamic, bool):
+            raise TypeError(f"ProgressBar: dynamic={dynamic!r}; expected None, True or False")
         self.file = file
         self.leave = leave
+        self.dynamic = dynamic
         self._bar: Any = None
         self._total_epochs = 0
+        self._batches = 0
+        self._started = 0.0
+
+    def _stream(self) -> TextIO:
+        return self.file or sys.stderr
+
+    def _draws_bar(self) -> bool:
+        if self.dynamic is not None:
+            return self.dynamic
+        try:
+            return bool(self._stream().isatty())
+        except (AttributeError, ValueError):
+            return False
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self._total_epochs = trainer.state.end_epoch
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
-        if not trainer.is_main_process:
+        self._bar, self._batches, self._started = None, trainer.state.batch, time.perf_counter()
+        if not trainer.is_main_process or not self._draws_bar():
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            self._bar = None
             return
-        total = trainer.batches_per_epoch
-        self._bar = tqdm(total=total, initial=trainer.state.batch, file=self.file or sys.stderr,
-                         leave=self.leave, dynamic_ncols=True, unit="batch",
-                         desc=f"epoch {epoch + 1}/{self._total_epochs}")
+        self._bar = tqdm(total=trainer.batches_per_epoch, initial=trainer.state.batch,
+                         file=self._stream(), leave=self.leave, dynamic_ncols=True,
+                         unit="batch", desc=f"epoch {epoch + 1}/{self._total_epochs}")
 
     def on_batch_end(self, trainer: Trainer, batch: int, logs: Mapping[str, float]) -> None:
+        self._batches += 1
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix_str(_format_logs(trainer.epoch_metrics()), refresh=False)
@@ -131,8 +153,11 @@ class ProgressBar(Callback):
         if not trainer.is_main_process:
             return
         if self._bar is None:
-            print(f"epoch {epoch + 1}/{self._total_epochs} {_format_logs(logs)}",
-                  file=self.file or sys.stderr)
+            total = trainer.batches_per_epoch
+            seconds = time.perf_counter() - self._started
+            print(f"epoch {epoch + 1}/{self._total_epochs}: {self._batches}"
+                  f"{'' if total is None else f'/{total}'} batches, {seconds:.1f} s, "
+                  f"{_format_logs(logs)}", file=self._stream(), flush=True)
             return
         self._bar.set_postfix_str(_format_logs(logs), refresh=False)
         self._bar.close()

@@ -145,14 +145,16 @@ class TensorBatches(Batches):
         if self.num_replicas > 1:
             order = shard_order(torch.arange(len(self.tensors[0])) if order is None else order,
                                 self.num_replicas, self.rank)
+        # the order on each tensor's device, once per epoch (indexing a CUDA tensor with
+        # CPU indices copies them, and waits for the GPU, at every batch)
+        orders = None if order is None else {t.device: order.to(t.device) for t in self.tensors}
         for index in range(start, len(self)):
             begin = index * self.batch_size
             end = min(begin + self.batch_size, n)
-            if order is None:
+            if orders is None:
                 yield tuple(t[begin:end] for t in self.tensors)
             else:
-                rows = order[begin:end]
-                yield tuple(t[rows] for t in self.tensors)
+                yield tuple(t[orders[t.device][begin:end]] for t in self.tensors)
 
 
 class DatasetBatches(Batches):

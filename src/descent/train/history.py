@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class History(Mapping[str, list[float]]):
@@ -21,7 +24,7 @@ class History(Mapping[str, list[float]]):
 
         history = trainer.train(model, x, y, torch.nn.CrossEntropyLoss())
         history["val_accuracy"][-1]      # last epoch's validation accuracy
-        history.plot("curves.png")       # loss curves (and any other metric) as a PNG
+        history.plot("curves.png")       # loss curves (and any other metric); a PNG
     """
 
     def __init__(self) -> None:
@@ -112,20 +115,22 @@ class History(Mapping[str, list[float]]):
 
     # ------------------------------------------------------------------ plotting
 
-    def plot(self, path: str | Path, keys: Sequence[str] | None = None, *,
-             title: str | None = None, per_step: bool = True) -> Path:
-        """Plot metrics to a PNG at ``path`` and return the path.
+    def plot(self, path: str | Path | None = None, keys: Sequence[str] | None = None, *,
+             title: str | None = None, per_step: bool = True) -> Figure:
+        """Draw the metrics; return the matplotlib figure, saved as an image at ``path``
+        when one is given.
 
         One panel per metric family: ``loss`` with ``val_loss``, ``accuracy`` with
         ``val_accuracy`` and so on (``keys`` picks the families; default: all). With
         ``per_step`` the per-step values of a metric are drawn faintly under its epoch
-        curve, against fractional epochs. Needs matplotlib (``pip install descent[demo]``).
+        curve, against fractional epochs. The figure is made without pyplot, so
+        matplotlib's global backend and pyplot's current figure are left alone (in a
+        notebook, leave it as a cell's value to show it). Needs matplotlib
+        (``pip install descent[demo]``).
         """
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            import matplotlib  # noqa: F401  (a clear error when it is missing)
+            from matplotlib.figure import Figure
         except ImportError as error:
             raise ImportError("History.plot needs matplotlib: pip install 'descent[demo]'"
                               ) from error
@@ -143,8 +148,8 @@ class History(Mapping[str, list[float]]):
             families = {k: families[k] for k in keys}
         if not families:
             raise ValueError("History.plot: nothing was recorded yet")
-        figure, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.4),
-                                    squeeze=False)
+        figure = Figure(figsize=(4.5 * len(families), 3.4), layout="tight")
+        axes = figure.subplots(1, len(families), squeeze=False)
         steps_per_epoch = self._steps_per_epoch()
         for axis, (family, members) in zip(axes[0], families.items(), strict=True):
             for key in members:
@@ -161,12 +166,11 @@ class History(Mapping[str, list[float]]):
             axis.legend(fontsize=7)
         if title:
             figure.suptitle(title)
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        return path
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, dpi=110)
+        return figure
 
     def _steps_per_epoch(self) -> float:
         if not self.epochs or not self.steps:

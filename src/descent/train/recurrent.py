@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import check_choice, check_positive_int, detach, window_size
+from .accumulation import Window, count
+from .base import detach
 from .callbacks import Callback
+from .checks import check_choice, check_positive_int
 from .data import Batches, to_device
 from .history import History
 from .supervised import Metric, SupervisedTrainer, split_batch
@@ -38,12 +40,19 @@ class RecurrentTrainer(SupervisedTrainer):
     * ``"chunk"`` (default, classic TBPTT): an optimizer step after each chunk, on the
       chunk's mean loss. With ``gradient_accumulation_steps = N`` a step takes N
       consecutive chunks of the same batch (a sequence's last window may be shorter;
-      it is stepped at the end of the sequence, each loss divided by the actual size).
+      it is stepped at the end of the sequence).
     * ``"sequence"``: gradients of all chunks are accumulated and one step is taken per
       batch of sequences; chunk ``c`` of length :math:`t_c` contributes
       :math:`(t_c/T)\,L_c`, so the step follows the gradient of the sequence's mean
       loss (truncated). With ``gradient_accumulation_steps = N`` a step takes N
       batches, as in :class:`SupervisedTrainer`.
+
+    In both modes each chunk's mean loss is weighted by its share of the window's
+    count (exact accumulation, :mod:`descent.train.accumulation`): with
+    ``normalize_by="samples"`` (default) a chunk counts its sequence steps,
+    batch x length; with ``"targets"`` the target values the loss averages over (e.g.
+    the tokens that are not ``ignore_index`` padding), so a window's step is the
+    gradient of the mean over every counted target it holds.
 
     For RNNs, pass ``clip_grad_norm`` (e.g. 1.0): exploding gradients are the rule,
     not the exception (Pascanu, Mikolov & Bengio 2013).
@@ -87,6 +96,16 @@ class RecurrentTrainer(SupervisedTrainer):
                            else check_positive_int(owner, "bptt_steps", bptt_steps))
         self.step_every = check_choice(owner, "step_every", step_every, STEP_EVERY)
 
+    def batches_per_window(self) -> int:
+        return self.accumulation if self.step_every == "sequence" else 1
+
+    def check_counters(self, loop: Any) -> None:
+        loop.check(batches_per_epoch=self.batches_per_epoch, accumulation=self.accumulation,
+                   accumulation_name="gradient_accumulation_steps")
+
+    def loop_plan(self) -> dict[str, Any]:
+        return {**super().loop_plan(), "step_every": self.step_every}
+
     def train(self, model: nn.Module, x: Any, y: Any = None,
               loss: Callable[..., torch.Tensor] | None = None, *,
               validation_data: Any = None, validation_split: float | None = None,
@@ -124,60 +143,85 @@ class RecurrentTrainer(SupervisedTrainer):
         step = self.bptt_steps or length
         return [(start, min(start + step, length)) for start in range(0, length, step)]
 
+    def count_batch(self, batch: Any) -> float:
+        """A batch of sequences' count: its sequence steps (``normalize_by="samples"``)
+        or targets (per-chunk windows count their chunks instead)."""
+        if self.step_every == "chunk":
+            return 1.0
+        return self._count(split_batch(type(self).__name__, batch)[1])
+
     def train_batch(self, model: nn.Module, batch: Any, index: int,
                     n_batches: int | None) -> dict[str, float]:
-        """Run the batch of sequences chunk by chunk, stepping per chunk or per window."""
+        """Run the batch of sequences chunk by chunk, stepping per chunk window or per
+        window of batches; each chunk's loss weighted by its share of its window's count."""
         owner = type(self).__name__
         inputs, target = split_batch(owner, batch)
         _check_sequences(owner, inputs, target)
-        length = inputs.shape[1]
-        spans = self.chunks(length)
-        state = self.state
-        per_sequence = self.step_every == "sequence"
-        if per_sequence:
-            size = window_size(state.window, index, n_batches, self.accumulation)
-            self._planned = size
+        spans = self.chunks(inputs.shape[1])
+        state, per_sequence = self.state, self.step_every == "sequence"
+        if not per_sequence and state.window:   # an interrupted batch restarts at chunk 0
+            self.optimizer.zero_grad(set_to_none=True)
+            self.meter.pop_window()
+            state.window = 0
+        counts = [self._count(target[:, start:stop]) for start, stop in spans]
+        window = self.window
         hidden = self.initial_hidden(model, inputs)
-        totals: dict[str, float] = {}
+        sums: dict[str, float] = {}
         for number, (start, stop) in enumerate(spans):
-            if not per_sequence:
-                size = window_size(state.window, number, len(spans), self.accumulation)
-                self._planned = size
-            fraction = (stop - start) / length
-            last_chunk = number == len(spans) - 1
             if per_sequence:
-                scale = fraction / size
-                sync = last_chunk and state.window + 1 == size
+                assert window is not None
+                weight = window.scale(counts[number])
+                sync = number == len(spans) - 1 and state.window + 1 == window.size
             else:
-                scale = 1.0 / size
-                sync = state.window + 1 == size
+                first = number - number % self.accumulation
+                if number == first:   # a new window of chunks: count it over the ranks
+                    members = counts[first:first + self.accumulation]
+                    window = Window(first, spans[first:first + self.accumulation], members,
+                                    self.distribution.sum(sum(members)),
+                                    self.distribution.replicas)
+                assert window is not None
+                weight = window.weight(number)
+                sync = number == first + window.size - 1
             with self.gradient_sync(model, sync):
                 with self.autocast():
                     output, hidden = self.forward_chunk(model, inputs[:, start:stop], hidden)
                     loss = self.compute_loss(output, target[:, start:stop])
-                value = self._note_loss(loss, index)
-                self.backward(loss * scale, model=model, sync=sync)
+                weighted, value = self._weighted_loss(loss, index, counts[number], weight)
+                self.backward(weighted, model=model, sync=sync)
             hidden = detach(hidden)
-            chunk_logs = {"loss": value}
+            logs = {}
             with torch.no_grad():
                 for name, metric in self.metrics.items():
-                    chunk_logs[name] = float(metric(_merge_time(detach(output)),
-                                                    _merge_time(target[:, start:stop])))
-            for key, item in chunk_logs.items():
-                totals[key] = totals.get(key, 0.0) + item * fraction
+                    logs[name] = float(metric(_merge_time(detach(output)),
+                                              _merge_time(target[:, start:stop])))
+            steps = inputs.shape[0] * (stop - start)
+            self.meter.add({"loss": value}, counts[number])
+            self.meter.add(logs, steps)
+            self.meter.add_window(value, counts[number])
+            for key, item in (("loss", value * counts[number] if counts[number] else 0.0),
+                              ("loss_weight", counts[number]),
+                              *((k, v * steps) for k, v in logs.items())):
+                sums[key] = sums.get(key, 0.0) + item
             if not per_sequence:
-                self._meter.add_window(value, inputs.shape[0] * (stop - start))
                 state.window += 1
-                if state.window == size:
-                    self._finish_window(self.optimizer, self.scheduler, size)
-        samples = inputs.shape[0]
-        self._meter.add(totals, samples * length)
+                if sync:
+                    self._finish_window(self.optimizer, self.scheduler)
         if per_sequence:
-            self._meter.add_window(totals["loss"], samples * length)
             state.window += 1
-            if state.window == size:
-                self._finish_window(self.optimizer, self.scheduler, size)
-        return totals
+            assert window is not None
+            if state.window == window.size:
+                self._finish_window(self.optimizer, self.scheduler)
+        total_steps = inputs.shape[0] * inputs.shape[1]
+        weight_sum = sums.pop("loss_weight")
+        logs = {"loss": sums.pop("loss") / weight_sum if weight_sum else float("nan")}
+        logs.update({key: value / total_steps for key, value in sums.items()})
+        return logs
+
+    def _count(self, target: torch.Tensor) -> float:
+        """A target chunk's count: batch x steps for "samples", else ``normalize_by``'s."""
+        if self.normalize_by == "samples":
+            return float(target.shape[0] * target.shape[1])
+        return count(type(self).__name__, self.normalize_by, self.loss_fn, target)
 
     def _check_batch_count(self, n_batches: int | None) -> None:
         if self.step_every == "sequence":
@@ -189,7 +233,7 @@ class RecurrentTrainer(SupervisedTrainer):
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
-        total = 0.0
+        totals: dict[str, float] = {}
         try:
             with torch.no_grad():
                 for batch in batches.epoch(0):
@@ -206,13 +250,18 @@ class RecurrentTrainer(SupervisedTrainer):
                         for name, metric in self.metrics.items():
                             values[name] = float(metric(_merge_time(output),
                                                         _merge_time(target[:, start:stop])))
-                        weight = inputs.shape[0] * (stop - start)
-                        total += weight
+                        steps = float(inputs.shape[0] * (stop - start))
+                        weights = {key: steps for key in values}
+                        if loss is not None:
+                            weights["loss"] = (steps if self.normalize_by == "samples" else
+                                               count(owner, self.normalize_by, loss,
+                                                     target[:, start:stop]))
                         for key, value in values.items():
-                            sums[key] = sums.get(key, 0.0) + value * weight
+                            sums[key] = sums.get(key, 0.0) + value * weights[key]
+                            totals[key] = totals.get(key, 0.0) + weights[key]
         finally:
             model.train(was_training)
-        return {key: value / total for key, value in sums.items()} if total else {}
+        return {key: value / totals[key] for key, value in sums.items() if totals[key]}
 
 
 def _merge_time(value: Any) -> Any:

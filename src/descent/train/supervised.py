@@ -9,15 +9,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .base import (
-    Trainer,
+from .accumulation import Counter, batch_length, check_normalize_by, count
+from .base import Trainer, detach
+from .callbacks import Callback
+from .checks import (
+    check_loss,
     check_optimizer,
+    check_optimizer_trains,
     check_positive_int,
     check_scheduler,
-    detach,
-    window_size,
 )
-from .callbacks import Callback
 from .data import Batches, split_validation, to_device
 from .history import History
 
@@ -88,31 +89,24 @@ def split_batch(owner: str, batch: Any) -> tuple[Any, Any]:
                                                  if isinstance(batch, tuple | list) else ""))
 
 
-def batch_length(value: Any) -> int:
-    """Number of samples in a (possibly nested) batch: the first dimension of its first tensor."""
-    if isinstance(value, torch.Tensor):
-        return int(value.shape[0]) if value.dim() else 1
-    if isinstance(value, Mapping):
-        return batch_length(next(iter(value.values())))
-    if isinstance(value, tuple | list):
-        return batch_length(value[0])
-    return 1
-
-
 class SupervisedTrainer(Trainer):
     r"""Minibatch training of a model on inputs ``x`` and targets ``y`` with a loss.
 
     Each epoch visits the training samples in a seeded order (:func:`epoch_permutation`
     of ``(seed, epoch)``) in batches of ``batch_size``. With
     ``gradient_accumulation_steps = N``, the batches of an epoch are grouped in windows
-    of N; each micro-batch's loss is divided by the **actual** size of its window
-    (the last window of an epoch may be shorter, and is stepped at the end of that
-    epoch, never carried over), so for a mean-reduced loss and equal micro-batches
+    of N micro-batches (the last window of an epoch may hold fewer; windows never
+    carry over into the next epoch), and each window makes one optimizer step. The
+    micro-batches' mean losses :math:`L_b` are weighted by their share of the window's
+    count :math:`c_b` (samples, or the targets the loss counts: ``normalize_by``), so
 
-    .. math::  \nabla \frac{1}{|W|}\sum_{b\in W} L_b = \nabla L_{\cup W},
+    .. math::  \nabla \sum_{b\in W} \frac{c_b}{\sum_{b'\in W} c_{b'}} L_b
+               = \nabla L_{\cup W},
 
-    the gradient of one batch made of the whole window. One optimizer step per
-    window; the scheduler steps once per optimizer step.
+    the gradient of one batch made of the whole window, for any micro-batch sizes (a
+    short last batch included) and any padding; under ``torchrun`` the count is summed
+    over the ranks, so R processes equal one with the combined batches
+    (:mod:`descent.train.accumulation`). The scheduler steps once per optimizer step.
 
     Args:
         optimizer: any optimizer with ``step``/``zero_grad``/``param_groups``/``state_dict``.
@@ -120,7 +114,8 @@ class SupervisedTrainer(Trainer):
         epochs: epochs per ``train()`` call.
         gradient_accumulation_steps: micro-batches per optimizer step.
         scheduler: stepped after every optimizer step; a plateau scheduler
-            (``step(metric)``) is stepped at epoch end with ``scheduler_monitor``.
+            (``step(metric)``) is stepped at epoch end with ``scheduler_monitor``. It
+            must drive ``optimizer`` (one built on another optimizer is refused).
         clip_grad_norm: clip the gradients' global norm before each step.
         callbacks: :class:`Callback` objects.
         metrics: names (``"accuracy"``), callables ``(output, target) -> number`` or a
@@ -129,6 +124,11 @@ class SupervisedTrainer(Trainer):
         shuffle: visit samples in a new seeded order each epoch (default True).
         drop_last: drop a last batch smaller than ``batch_size`` (default False).
         validation_batch_size: batch size for evaluation (default ``batch_size``).
+        normalize_by: what a micro-batch's mean loss is weighted by within its window:
+            ``"samples"`` (default), ``"targets"`` (the target values the loss averages
+            over: for ``CrossEntropyLoss``/``NLLLoss``, those not equal to its
+            ``ignore_index``, weighted by its class ``weight``), or a callable
+            ``count(target) -> number``. The epoch's ``loss`` is weighted the same way.
         **options: ``seed``, ``device``, ``precision``, ``nonfinite``,
             ``clip_grad_value``, ``scheduler_monitor``, and the checkpoint options
             ``checkpoint_dir``, ``checkpoint_every``, ``checkpoint_each_epoch``,
@@ -154,12 +154,13 @@ class SupervisedTrainer(Trainer):
                  clip_grad_norm: float | None = None, callbacks: Iterable[Callback] = (), *,
                  metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
                  shuffle: bool = True, drop_last: bool = False,
-                 validation_batch_size: int | None = None, **options: Any) -> None:
+                 validation_batch_size: int | None = None,
+                 normalize_by: str | Counter = "samples", **options: Any) -> None:
         super().__init__(epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm,
                          **options)
         owner = type(self).__name__
         self.optimizer = check_optimizer(owner, "optimizer", optimizer)
-        self.scheduler = check_scheduler(owner, "scheduler", scheduler)
+        self.scheduler = check_scheduler(owner, "scheduler", scheduler, optimizer)
         self.batch_size = check_positive_int(owner, "batch_size", batch_size)
         self.accumulation = check_positive_int(owner, "gradient_accumulation_steps",
                                                gradient_accumulation_steps)
@@ -169,7 +170,7 @@ class SupervisedTrainer(Trainer):
         self.validation_batch_size = check_positive_int(
             owner, "validation_batch_size",
             batch_size if validation_batch_size is None else validation_batch_size)
-        self._planned = 1
+        self.normalize_by = check_normalize_by(owner, normalize_by)
         self.loss_fn: Callable[..., torch.Tensor] | None = None
 
     def optimizers(self) -> dict[str, Any]:
@@ -177,6 +178,9 @@ class SupervisedTrainer(Trainer):
 
     def schedulers(self) -> dict[str, Any]:
         return {"optimizer": self.scheduler}
+
+    def batches_per_window(self) -> int:
+        return self.accumulation
 
     # ------------------------------------------------------------------ public
 
@@ -188,7 +192,7 @@ class SupervisedTrainer(Trainer):
 
         ``x``, ``y``: NumPy arrays or tensors of equal length; or ``x`` a ``Dataset`` or
         ``DataLoader`` of ``(input, target)`` pairs and ``y`` None. ``loss(output,
-        target)`` returns a scalar (e.g. ``torch.nn.CrossEntropyLoss()``).
+        target)`` returns a scalar (e.g. ``torch.nn.CrossEntropyLoss()``, an instance).
         ``validation_data``: ``(x_val, y_val)``, a Dataset or a DataLoader, evaluated
         after every epoch (metrics prefixed ``val_``). ``validation_split``: instead,
         hold out this fraction of ``(x, y)`` (a seeded random subset). ``epochs``:
@@ -208,9 +212,7 @@ class SupervisedTrainer(Trainer):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{owner}.train: model is a {type(model).__name__}; expected an "
                             "nn.Module")
-        if loss is None or not callable(loss):
-            raise TypeError(f"{owner}.train: loss={loss!r}; expected a callable "
-                            "(output, target) -> scalar tensor, e.g. torch.nn.CrossEntropyLoss()")
+        check_loss(owner, loss)
         if validation_split is not None:
             if validation_data is not None:
                 raise ValueError(f"{owner}.train: pass validation_data or validation_split, "
@@ -225,6 +227,7 @@ class SupervisedTrainer(Trainer):
                                     drop_last=self.drop_last)
         validation = (None if validation_data is None
                       else self._validation_batches(validation_data))
+        check_optimizer_trains(owner, "the optimizer", self.optimizer, (model, loss))
         self.loss_fn = loss
 
         def evaluate() -> dict[str, float]:
@@ -240,13 +243,16 @@ class SupervisedTrainer(Trainer):
         """Mean loss (if ``loss`` is given) and metrics of ``model`` on ``(x, y)``.
 
         Runs in eval mode without gradients, in batches of ``validation_batch_size``;
-        means are weighted by batch size. The model's train/eval mode is restored.
+        means are weighted by batch size (the loss by ``normalize_by``'s count). The
+        model's train/eval mode is restored.
         """
+        if loss is not None:
+            check_loss(type(self).__name__, loss)
         batches = self.make_batches(x, y, batch_size=self.validation_batch_size, shuffle=False,
                                     shard=False)
         if self.device is not None:
             model.to(self.device)
-        self._device_type = self._find_device_type(model)
+        self.guard.set_device_type(self._find_device_type(model))
         return self._evaluate_batches(model, batches, loss)
 
     # ------------------------------------------------------------------ extension points
@@ -256,36 +262,38 @@ class SupervisedTrainer(Trainer):
         assert self.loss_fn is not None
         return self.loss_fn(output, target)
 
+    def count_batch(self, batch: Any) -> float:
+        """The batch's count under ``normalize_by`` (its weight within its window)."""
+        owner = type(self).__name__
+        return count(owner, self.normalize_by, self.loss_fn, split_batch(owner, batch)[1])
+
     def train_batch(self, model: nn.Module, batch: Any, index: int,
                     n_batches: int | None) -> dict[str, float]:
-        """Forward, loss, backward of loss / window size; a step when the window is full."""
+        """Forward, loss, backward of the loss times its share of the window's count;
+        the optimizer step after the window's last batch."""
         inputs, target = split_batch(type(self).__name__, batch)
-        state = self.state
-        size = window_size(state.window, index, n_batches, self.accumulation)
-        self._planned = size
-        sync = state.window + 1 == size
+        state, window = self.state, self.window
+        assert window is not None
+        sync = state.window + 1 == window.size
         with self.gradient_sync(model, sync):
             with self.autocast():
                 output = self.forward(model, inputs)
                 loss = self.compute_loss(output, target)
-            value = self._note_loss(loss, index)
-            self.backward(loss / size, model=model, sync=sync)
+            counted = window.counts[index - window.first]
+            weighted, value = self._weighted_loss(loss, index, counted, window.weight(index))
+            self.backward(weighted, model=model, sync=sync)
         state.window += 1
         logs = {"loss": value}
         with torch.no_grad():
             for name, metric in self.metrics.items():
                 logs[name] = float(metric(detach(output), target))
-        samples = batch_length(target)
-        self._meter.add(logs, samples)
-        self._meter.add_window(value, samples)
-        if state.window == size:
-            self._finish_window(self.optimizer, self.scheduler, size)
+        self.meter.add({"loss": value}, counted)
+        self.meter.add({key: item for key, item in logs.items() if key != "loss"},
+                       batch_length(target))
+        self.meter.add_window(value, counted)
+        if state.window == window.size:
+            self._finish_window(self.optimizer, self.scheduler)
         return logs
-
-    def end_epoch(self, model: nn.Module) -> None:
-        """Step on a window the data ended early (normally every window is complete here)."""
-        if self.state.window > 0:
-            self._finish_window(self.optimizer, self.scheduler, self._planned)
 
     def _check_batch_count(self, n_batches: int | None) -> None:
         if n_batches is None and self.accumulation > 1:
@@ -312,7 +320,7 @@ class SupervisedTrainer(Trainer):
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
-        total = 0
+        totals: dict[str, float] = {}
         try:
             with torch.no_grad():
                 for batch in batches.epoch(0):
@@ -322,11 +330,14 @@ class SupervisedTrainer(Trainer):
                         values = {} if loss is None else {"loss": float(loss(output, target))}
                     for name, metric in self.metrics.items():
                         values[name] = float(metric(output, target))
-                    samples = batch_length(target)
-                    total += samples
+                    samples = float(batch_length(target))
+                    weights = {key: samples for key in values}
+                    if loss is not None:
+                        weights["loss"] = count(type(self).__name__, self.normalize_by, loss,
+                                                target)
                     for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + value * samples
+                        sums[key] = sums.get(key, 0.0) + value * weights[key]
+                        totals[key] = totals.get(key, 0.0) + weights[key]
         finally:
             model.train(was_training)
-        return {key: value / total for key, value in sums.items()} if total else {}
-
+        return {key: value / totals[key] for key, value in sums.items() if totals[key]}
