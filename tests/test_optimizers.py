@@ -365,3 +365,13 @@ def test_empty_groups_are_allowed_but_not_empty_params() -> None:
     named = descent.SGD(nn.Linear(2, 1), lr=0.1)
     named.add_param_group({"params": []})
     assert named.param_groups[1]["param_names"] == []
+
+
+def test_a_used_up_parameters_generator_is_named_in_the_error() -> None:
+    model = nn.Linear(2, 2)
+    params = model.parameters()
+    descent.SGD(params, lr=0.1)
+    with pytest.raises(ValueError, match=r"iterator that yields nothing.*used up.*list\("):
+        descent.SGD(params, lr=0.1)
+    with pytest.raises(ValueError, match=r"params is empty"):
+        descent.SGD([], lr=0.1)

@@ -14,7 +14,7 @@ so errors and state dicts can say which parameter they mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -82,6 +82,11 @@ def as_param_groups(owner: str, params: Any) -> list[dict[str, Any]]:
     else:
         items = _flatten_params(owner, params, "params")
     if not items:
+        if isinstance(params, Iterator):
+            raise ValueError(
+                f"{owner}: params is an iterator that yields nothing; it was probably used up "
+                "already (model.parameters() can be iterated only once). Pass "
+                "list(model.parameters()) and reuse the list, or pass the model itself")
         raise ValueError(f"{owner}: params is empty; expected at least one parameter to optimize")
     if all(isinstance(item, dict) for item in items):
         return [dict(group) for group in items]
