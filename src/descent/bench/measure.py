@@ -73,18 +73,24 @@ class StepResult:
     algorithm: Algorithm
     timings: dict[str, Timing]
     first_step: float
-    bandwidth: float  # bytes per second, in-place streaming over the same flat buffers
+    bandwidth: float  # bytes per second, in-place streaming over buffers of the same size
 
     @property
     def roofline(self) -> float:
         """Seconds a step would take at the measured bandwidth."""
         return self.algorithm.bytes_per_param * self.case.numel / self.bandwidth
 
-    def ratio(self, contender: str) -> float | None:
+    def ratio(self, contender: str | None) -> float | None:
         """How many times faster descent's step is than ``contender``'s."""
-        if contender not in self.timings:
+        if contender is None or contender not in self.timings:
             return None
         return self.timings[contender].median / self.timings["descent"].median
+
+    @property
+    def vs_best(self) -> float | None:
+        """descent against torch's fastest variant of the rule (fused, else foreach)."""
+        best = self.algorithm.torch_best
+        return self.ratio(f"torch {best}") if best else None
 
 
 def _tensors(case: Case, seed: int) -> list[torch.Tensor]:
@@ -92,20 +98,22 @@ def _tensors(case: Case, seed: int) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=generator) for shape in case.shapes]
 
 
+def wait_for_kernels() -> None:
+    """Return once every generated kernel asked for so far is built (or has failed)."""
+    from descent.engine import cpu
+
+    cpu._builder.submit(lambda: None).result()
+
+
 def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
                   variants: tuple[str, ...]) -> StepResult:
-    """descent against torch's ``variants`` of ``algorithm`` on ``case``.
+    """descent's step (its default mode, kernels built) against torch's ``variants``.
 
-    Contenders: ``descent`` (gradients already in the flat gradient buffer, as after
-    the first step or with ``zero_grad(set_to_none=False)``), ``descent, fresh grads``
-    (a new gradient tensor per parameter before each step, gathered into the buffer),
-    and each torch variant; plus the streaming bandwidth of descent's own flat buffers,
-    touched as the step touches them: an in-place ``add_`` of the gradient buffer into
-    the parameter buffer (12 bytes per element) and an in-place ``mul_`` of each state
-    buffer (8 bytes per element each), which moves the step's bytes with no real math.
+    Also measures the streaming bandwidth over buffers as large as the case: an
+    in-place ``add_`` of a gradient-sized buffer into a parameter-sized one and a
+    ``mul_`` of each state-sized one, the step's bytes with no real arithmetic.
     """
     initial, grads = _tensors(case, 0), _tensors(case, 1)
-    fresh = [grad.clone() for grad in grads]
     params = [value.clone().requires_grad_() for value in initial]
     for param, grad in zip(params, grads, strict=True):
         param.grad = grad.clone()
@@ -113,48 +121,58 @@ def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
     start = time.perf_counter()
     optimizer.step()
     first_step = time.perf_counter() - start
+    wait_for_kernels()
     optimizer.step()
-    contenders: dict[str, Callable[[], None]] = {"descent": optimizer.step,
-                                                 "descent, fresh grads": optimizer.step}
-
-    def give_fresh_grads() -> None:
-        for param, grad in zip(params, fresh, strict=True):
-            param.grad = grad
-
-    prepare = {"descent, fresh grads": give_fresh_grads}
+    contenders: dict[str, Callable[[], None]] = {"descent": optimizer.step}
     for variant in variants:
-        if algorithm.torch_make is None or variant not in algorithm.torch_variants:
+        if variant not in algorithm.torch_variants:
             continue
         torch_params = [value.clone().requires_grad_() for value in initial]
         for param, grad in zip(torch_params, grads, strict=True):
             param.grad = grad.clone()
-        torch_optimizer = algorithm.torch_make(torch_params, variant)
+        torch_optimizer = algorithm.make_torch(torch_params, variant)
         torch_optimizer.step()
         contenders[f"torch {variant}"] = torch_optimizer.step
-    state_buffers = max(1, (algorithm.bytes_per_param - 12) // 8)
-    flat_param = torch.zeros(case.numel)
-    flat_grad = torch.zeros(case.numel)
-    flat_states = [torch.zeros(case.numel) for _ in range(state_buffers)]
+    states = (algorithm.bytes_per_param - 12) // 8
+    flat_param, flat_grad = torch.zeros(case.numel), torch.zeros(case.numel)
+    flat_states = [torch.zeros(case.numel) for _ in range(states)]
 
     def stream() -> None:
-        # The step's traffic over one buffer per tensor kind, with no arithmetic to speak
-        # of: read the gradient, read and write the parameter and each state buffer.
         flat_param.add_(flat_grad, alpha=0.0)
         for buffer in flat_states:
             buffer.mul_(1.0)
     contenders["streaming"] = stream
-    timings = interleaved(contenders, repetitions, prepare)
-    streamed = case.numel * (12 + 8 * state_buffers)
-    bandwidth = streamed / timings.pop("streaming").median
+    timings = interleaved(contenders, repetitions)
+    bandwidth = case.numel * (12 + 8 * states) / timings.pop("streaming").median
     contenders.clear()
     gc.collect()
     return StepResult(case, algorithm, timings, first_step, bandwidth)
+
+
+def measure_host_cost(repetitions: int) -> dict[str, Timing]:
+    """Adam on 10,000 tensors of 16 floats: the step's cost per tensor, descent and torch."""
+    from .cases import HOST
+
+    contenders: dict[str, Callable[[], None]] = {}
+    makers = {"descent.Adam": lambda p: descent.Adam(p, lr=1e-3),
+              "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
+              "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)}
+    for name, make in makers.items():
+        params = [value.requires_grad_() for value in _tensors(HOST, 0)]
+        for param in params:
+            param.grad = torch.randn_like(param)
+        optimizer = make(params)
+        optimizer.step()
+        wait_for_kernels()
+        contenders[name] = optimizer.step
+    return interleaved(contenders, repetitions)
 
 
 _LATENCY_SCRIPT = """
 import json, time
 start = time.perf_counter()
 import torch, descent
+from descent.engine import cpu
 imported = time.perf_counter()
 params = [torch.randn(n).requires_grad_() for n in {sizes}]
 for p in params:
@@ -163,10 +181,13 @@ opt = {make}
 begin = time.perf_counter()
 opt.step()
 first = time.perf_counter() - begin
+cpu._builder.submit(lambda: None).result()
+ready = time.perf_counter() - begin
 begin = time.perf_counter()
 opt.step()
 second = time.perf_counter() - begin
-print(json.dumps({{"import": imported - start, "first": first, "second": second}}))
+print(json.dumps({{"import": imported - start, "first": first, "ready": ready,
+                   "second": second}}))
 """
 
 
@@ -180,14 +201,15 @@ class Latency:
 
 
 def measure_latency(label: str, make: str, sizes: list[int]) -> Latency:
-    """First step in a fresh process with an empty compile cache (cold), then again (warm).
+    """First step in a fresh process with an empty kernel cache (cold), then again (warm).
 
     ``make`` is Python source building the optimizer from ``params``. The cache is a new
-    temporary directory (``TORCHINDUCTOR_CACHE_DIR``), so "cold" includes compiling the
-    kernel and "warm" is what every later process on the machine pays.
+    temporary directory (``DESCENT_CACHE_DIR``), so "cold" includes building the
+    generated kernel in the background ("ready": when it was built) and "warm" is what
+    every later process on the machine pays.
     """
     with tempfile.TemporaryDirectory(prefix="descent-bench-") as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        env = dict(os.environ, DESCENT_CACHE_DIR=cache)
         source = _LATENCY_SCRIPT.format(sizes=sizes, make=make)
         runs = []
         for _ in range(2):
@@ -273,5 +295,6 @@ def measure_demo(repetitions: int, full: bool = False) -> dict[str, Timing]:
                            repetitions)
 
 
-__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_demo", "measure_latency",
-           "measure_steps", "measure_training"]
+__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_demo",
+           "measure_host_cost", "measure_latency", "measure_steps", "measure_training",
+           "wait_for_kernels"]

@@ -8,29 +8,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 import descent
 
-from .cases import algorithms, cases
+from .cases import FOUR_K, algorithms
+from .cases import sweep as cases_sweep
 from .measure import (
     Latency,
     StepResult,
     Timing,
     measure_demo,
+    measure_host_cost,
     measure_latency,
     measure_steps,
     measure_training,
 )
-
-_FOUR_K = [4000] * 4000
-_SIXTEEN_M = [16 * 1024 * 1024]
 
 
 def _log(message: str) -> None:
@@ -77,77 +78,55 @@ def _ratio(value: float | None) -> str:
 def _step_table(results: list[StepResult]) -> list[str]:
     variants = ("torch for-loop", "torch foreach", "torch fused")
     lines = [
-        "| case | optimizer | descent ms | descent, fresh grads ms | torch for-loop ms "
-        "| torch foreach ms | torch fused ms | vs for-loop | vs foreach | vs fused "
-        "| roofline ms | % of roofline | first step ms |",
-        "|" + "---|" * 13,
+        "| case | optimizer | descent ms | torch for-loop ms | torch foreach ms "
+        "| torch fused ms | vs torch's best | roofline ms | % of roofline | first step ms |",
+        "|" + "---|" * 10,
     ]
     for result in results:
         timings = result.timings
         descent_time = timings["descent"].median
-        cells = [result.case.name, result.algorithm.name, _timing(timings["descent"]),
-                 _timing(timings.get("descent, fresh grads"))]
+        cells = [result.case.name, result.algorithm.name, _timing(timings["descent"])]
         cells += [_timing(timings.get(name)) for name in variants]
-        cells += [_ratio(result.ratio(name)) for name in variants]
-        cells += [_ms(result.roofline), f"{100 * result.roofline / descent_time:.0f}%",
-                  _ms(result.first_step)]
+        cells += [_ratio(result.vs_best), _ms(result.roofline),
+                  f"{100 * result.roofline / descent_time:.0f}%", _ms(result.first_step)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _targets(results: list[StepResult], training: dict[str, Timing] | None,
-             demo: dict[str, Timing] | None = None) -> list[str]:
-    lines = ["| target | measured | met |", "|---|---|---|"]
-
-    def row(target: str, measured: str, met: bool) -> None:
-        lines.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
-
+def _sweep_table(results: list[StepResult]) -> list[str]:
+    names = list(dict.fromkeys(result.case.name for result in results))
+    lines = ["| optimizer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    by_algorithm: dict[str, dict[str, StepResult]] = {}
     for result in results:
-        name, case = result.algorithm.name, result.case.name
-        if name in ("Adam", "AdamW") and case.startswith("4,000"):
-            fused, loop = result.ratio("torch fused"), result.ratio("torch for-loop")
-            if fused is not None:
-                row(f"{name}, {case}: >= 3x torch fused", f"{fused:.1f}x", fused >= 3)
-            if loop is not None:
-                row(f"{name}, {case}: >= 20x torch default (for-loop)", f"{loop:.1f}x",
-                    loop >= 20)
-        if name in ("Adam", "AdamW") and case.startswith("1 x"):
-            fused = result.ratio("torch fused")
-            if fused is not None:
-                row(f"{name}, {case}: >= 0.95x torch fused", f"{fused:.2f}x", fused >= 0.95)
-        roof = result.roofline / result.timings["descent"].median
-        if case.startswith("1 x") or case.startswith("4,000"):
-            threshold = 0.85 if name in ("Adam", "AdamW") and case.startswith("1 x") else 0.80
-            row(f"{name}, {case}: >= {threshold:.0%} of roofline", f"{roof:.0%}",
-                roof >= threshold)
-        if (result.algorithm.torch_variants and "fused" not in result.algorithm.torch_variants
-                and not case.startswith("12")):
-            best = min((t.median for key, t in result.timings.items()
-                        if key.startswith("torch")), default=None)
-            if best is not None:
-                ratio = best / result.timings["descent"].median
-                row(f"{name}, {case}: >= 5x torch's best", f"{ratio:.1f}x", ratio >= 5)
-    if demo:
-        ours = demo["descent.Adam (engine auto)"].median
-        theirs = demo["torch.optim.Adam"].median
-        row("`descent demo --quick` end to end: not slower than with torch.optim "
-            "(ratio >= 0.97: within the run-to-run spread of a 5 s process)",
-            f"{theirs / ours:.2f}x", theirs / ours >= 0.97)
-    if training:
-        ours = training["descent Adam"].median
-        fused = training["torch Adam(fused=True)"].median
-        row("training iteration, 200 x (Linear+LayerNorm): not slower than torch "
-            "Adam(fused=True)", f"{fused / ours:.2f}x", fused / ours >= 1.0)
+        by_algorithm.setdefault(result.algorithm.name, {})[result.case.name] = result
+    for algorithm, row in by_algorithm.items():
+        cells = []
+        for name in names:
+            result = row.get(name)
+            if result is None:
+                cells.append("—")
+                continue
+            ours = _ms(result.timings["descent"].median)
+            ratio = result.vs_best
+            cells.append(f"{ratio:.2f}x ({ours})" if ratio is not None else f"({ours})")
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _host_table(host: dict[str, Timing]) -> list[str]:
+    lines = ["| optimizer | ms per step | µs per tensor |", "|---|---|---|"]
+    for name, timing in host.items():
+        lines.append(f"| {name} | {_timing(timing)} | {timing.median * 1e6 / 10_000:.2f} |")
     return lines
 
 
 def _latency_table(latencies: list[Latency]) -> list[str]:
-    lines = ["| first step of | import s | cold first step s | warm first step s "
-             "| second step ms |", "|---|---|---|---|---|"]
+    lines = ["| first step of | import s | cold: first step s | cold: kernel built after s "
+             "| warm: first step s | second step ms |", "|---|---|---|---|---|---|"]
     for latency in latencies:
         lines.append(f"| {latency.label} | {latency.warm['import']:.2f} "
-                     f"| {latency.cold['first']:.2f} | {latency.warm['first']:.2f} "
-                     f"| {_ms(latency.warm['second'])} |")
+                     f"| {latency.cold['first']:.3f} | {latency.cold.get('ready', 0):.2f} "
+                     f"| {latency.warm['first']:.3f} | {_ms(latency.warm['second'])} |")
     return lines
 
 
@@ -169,19 +148,66 @@ def _demo_table(demo: dict[str, Timing]) -> list[str]:
     return lines
 
 
+def _cuda_section(path: Path) -> list[str]:
+    """The CUDA figures of ``bench/cuda_check.py``, recorded in ``path`` (JSON)."""
+    if not path.exists():
+        return ["No GPU figures are recorded (`bench/cuda_check.py` writes them on a machine "
+                "with CUDA)."]
+    data = json.loads(path.read_text())
+    machine = data.get("machine", {})
+    lines = [f"Recorded by `PYTHONPATH=src python bench/cuda_check.py` on {data.get('date', '?')}"
+             f": {machine.get('device', '?')}, torch {machine.get('torch', '?')}, copy "
+             f"bandwidth {data.get('copy_bandwidth_GBps', 0):.0f} GB/s (bytes read plus "
+             f"written). {data.get('note', '')}", ""]
+    steps = data.get("steps", {})
+    if steps:
+        lines += ["| case | optimizer | descent ms | descent foreach ms | torch fused ms "
+                  "| torch foreach ms | vs torch's best | % of copy bandwidth |",
+                  "|" + "---|" * 8]
+        for key, row in steps.items():
+            case, name = key.split(" | ")
+            cells = [case, name] + [f"{row[k]:.3f}" if row.get(k) is not None else "—"
+                                    for k in ("descent", "descent foreach", "torch fused",
+                                              "torch foreach")]
+            best = row.get("speedup_vs_torch_best")
+            cells += [f"{best:.2f}x" if best else "—",
+                      f"{100 * row['fraction_of_roofline']:.0f}%"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    for title, key in (("Host cost, Adam on 10,000 tensors of 16 floats",
+                        "host_cost_10k_tensors"),
+                       ("First step of NAdam on GPT-2's 148 tensors, fresh process",
+                        "first_step_NAdam_gpt2_list"),
+                       ("Whole training iteration, 12-layer d=768 transformer, bf16 autocast "
+                        "(ms)", "whole_iteration_ms")):
+        if key in data:
+            lines += [f"{title}: `{json.dumps(data[key])}`", ""]
+    if "correctness" in data:
+        lines += ["Correctness on the GPU (largest relative difference from the per-tensor "
+                  "path after 6 steps; bf16 differences are bf16 rounding):", "",
+                  "| optimizer, dtype | " + " | ".join(next(iter(
+                      data["correctness"].values())).keys()) + " |",
+                  "|---|" + "---|" * len(next(iter(data["correctness"].values())))]
+        for name, row in data["correctness"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.1e}" for v in row.values()) + " |")
+    return lines
+
+
 def write_report(path: str, command: str, started: str, loads: tuple[str, str],
-                 results: list[StepResult], latencies: list[Latency],
-                 training: dict[str, Timing] | None, repetitions: int,
-                 iterations: int = 0, demo: dict[str, Timing] | None = None) -> None:
+                 results: list[StepResult], sweep: list[StepResult], host: dict[str, Timing],
+                 latencies: list[Latency], training: dict[str, Timing] | None,
+                 repetitions: int, iterations: int = 0,
+                 demo: dict[str, Timing] | None = None) -> None:
     """Write the Markdown report to ``path``."""
     lines = [
         "# Benchmarks",
         "",
-        "Produced by the command below (see README, \"Speed\"); every number is from one run "
-        "of it, in one process per table, contenders interleaved. Times are medians of "
-        f"{repetitions} repetitions (step tables) or of the iterations listed; ±N% is half "
-        "the interquartile range of the repetitions, relative to the median. Ratios are "
-        "torch's median over descent's (above 1: descent is faster).",
+        "Produced by the command below (see the docs, \"Speed\"); every CPU number is from "
+        "one run of it, in one process per table, contenders interleaved. Times are "
+        f"medians of {repetitions} repetitions (step tables) or of the iterations listed; "
+        "±N% is half the interquartile range of the repetitions, relative to the median. "
+        "Ratios are torch's median over descent's (above 1: descent is faster); \"torch's "
+        "best\" is torch's fused variant of the rule where torch has one, else foreach.",
         "",
         "```",
         command,
@@ -191,75 +217,68 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
         f"- Machine: {_machine()}",
         f"- Load average (1/5/15 min) before: {loads[0]}; after: {loads[1]}",
         "",
-        "## Optimizer step",
+        "## Size sweep (CPU)",
         "",
-        "\"descent\": the step with gradients already in the engine's flat gradient buffer "
-        "(after the first step, or with `zero_grad(set_to_none=False)`); \"descent, fresh "
-        "grads\": a new gradient tensor per parameter before each step, which the step "
-        "first gathers into the buffer (8 more bytes per parameter). Roofline: the "
-        "algorithm's bytes per parameter (float32 reads and writes: Adam 28, SGD with "
-        "momentum, RMSprop, Adagrad and Lion 20, SignSGD 12) times the number of "
-        "parameters, divided by the streaming bandwidth of the same buffers, touched as the "
-        "step touches them: an in-place `add_` of descent's flat gradient buffer into its "
-        "flat parameter buffer and an in-place `mul_` of each flat state buffer (the "
-        "step's bytes, with no real arithmetic), measured interleaved with the steps. "
-        "\"first step\" is the first step in this process (flat buffers built, state "
-        "created, a kernel compiled or loaded from the cache).",
+        "descent's default mode (kernels built) against torch's best for the rule, on one "
+        "tensor and on 100 tensors of the same total size; each cell is the ratio (above "
+        "1: descent is faster) and, in parentheses, descent's milliseconds.",
+        "",
+        *_sweep_table(sweep),
+        "",
+        "## Optimizer step, all variants (CPU)",
+        "",
+        "Roofline: the algorithm's bytes per parameter (float32 reads and writes: Adam 28, "
+        "SGD with momentum, RMSprop, Adagrad and Lion 20, signSGD 12) times the number of "
+        "parameters, over the streaming bandwidth of buffers of the same size touched as "
+        "the step touches them (an in-place `add_` into a parameter-sized buffer and a "
+        "`mul_` of each state-sized one), measured interleaved with the steps. \"first "
+        "step\" is the first step in this process (state created; a generated kernel is "
+        "built in the background meanwhile).",
         "",
         *_step_table(results),
+        "",
+        "## Host cost (CPU)",
+        "",
+        "Adam on 10,000 tensors of 16 floats: almost all of the step is the cost per tensor.",
+        "",
+        *_host_table(host),
         "",
     ]
     if latencies:
         lines += [
-            "## First-step latency in a fresh process",
+            "## First step in a fresh process (CPU)",
             "",
             "Each row runs two fresh Python processes that share a new, empty "
-            "`TORCHINDUCTOR_CACHE_DIR`: the first compiles (cold), the second finds the "
-            "kernel in the cache (warm). \"import\" is `import torch, descent`.",
+            "`DESCENT_CACHE_DIR`: in the first (cold) the generated kernel is built in the "
+            "background while the first steps run without it; the second (warm) finds it "
+            "in the cache. \"import\" is `import torch, descent`.",
             "",
             *_latency_table(latencies),
             "",
         ]
     if training:
         lines += [
-            "## Whole training iteration",
+            "## Whole training iteration (CPU)",
             "",
             "`zero_grad()` (default `set_to_none=True`), forward, backward and `step()` on "
-            "200 x (Linear(64, 64) + LayerNorm(64)), batch 64, each library's defaults "
-            f"(descent: the engine's \"auto\" mode); {iterations} "
-            "iterations of each, interleaved.",
+            "200 x (Linear(64, 64) + LayerNorm(64)), batch 64, each library's defaults; "
+            f"{iterations} iterations of each, interleaved.",
             "",
             *_training_table(training),
             "",
         ]
     if demo:
         lines += [
-            "## `descent demo` end to end",
+            "## `descent demo` end to end (CPU)",
             "",
             "Fresh processes (imports included), interleaved; the demo's optimizer "
             "(`descent.Adam` in all three sections) as shipped, replaced by "
-            "`torch.optim.Adam`, and with `DESCENT_ENGINE=per_tensor`. "
-            "`python bench/demo_end_to_end.py --full` times the full demo the same way.",
+            "`torch.optim.Adam`, and with `DESCENT_ENGINE=per_tensor`.",
             "",
             *_demo_table(demo),
             "",
         ]
-    lines += [
-        "## Reading these numbers",
-        "",
-        "- The load averages above say how busy the machine was; on a shared machine the "
-        "contenders are interleaved so that load hits them alike, but a large ±N% marks a "
-        "number to re-measure.",
-        "- A roofline share above 100% means the streaming passes (eager `add_` and "
-        "`mul_`, one pass per buffer) moved the bytes more slowly than the optimizer's "
-        "one-pass kernel: the probe then under-estimates the machine, and the share "
-        "over-states how close the step is to it.",
-        "- \"descent, fresh grads\" is what a step costs after the default "
-        "`zero_grad()` (gradients set to None, new tensors from backward): the gradients "
-        "are first copied into the flat buffer. The whole-iteration table measures that "
-        "case end to end.",
-        "",
-        "## Targets (issue 7)", "", *_targets(results, training, demo), ""]
+    lines += ["## CUDA", "", *_cuda_section(Path("bench") / "cuda-h200.json"), ""]
     with open(path, "w", encoding="utf-8") as report:
         report.write("\n".join(lines))
 
@@ -271,8 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="descent's optimizer steps against torch.optim's for-loop, foreach and "
                     "fused variants, next to the memory-bandwidth roofline.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions, no transformer case, no for-loop variants "
-                             "but Adam's, one latency row (about 2 minutes)")
+                        help="fewer sizes and repetitions, one latency row (a few minutes)")
     parser.add_argument("--repetitions", type=int, default=None,
                         help="timed repetitions per contender (7; 3 with --quick)")
     parser.add_argument("--output", default="BENCHMARKS.md", help="report path (BENCHMARKS.md)")
@@ -286,33 +304,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {arg}" for arg in (sys.argv[1:] if argv is None else argv))
     chosen = algorithms()
     if args.only:
-        known = {algorithm.name.split(" ")[0] for algorithm in chosen}
+        known = {algorithm.name for algorithm in chosen}
         unknown = sorted(set(args.only) - known)
         if unknown:
             parser.error(f"--only: unknown optimizers {unknown}; choose from {sorted(known)}")
-        chosen = [a for a in chosen if a.name.split(" ")[0] in args.only]
+        chosen = [a for a in chosen if a.name in args.only]
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = _load()
     clock = time.perf_counter()
-    results = []
-    for case in cases(args.quick):
+    sweep_results = []
+    for _, case in cases_sweep(args.quick):
         for algorithm in chosen:
-            variants = ("for-loop", "foreach", "fused")
-            if args.quick and algorithm.name not in ("Adam", "AdamW"):
-                variants = ("foreach", "fused")
-            _log(f"[{time.perf_counter() - clock:6.0f}s] {case.name}: {algorithm.name}")
-            results.append(measure_steps(case, algorithm, repetitions, variants))
-    latencies = []
-    latency_rows = [("descent.Adam, 4,000 x 4,000 (fused kernel)",
-                     "descent.Adam(params)", _FOUR_K),
-                    ("descent.RMSprop, 1 x 16M (compiled kernel)",
-                     "descent.RMSprop(params)", _SIXTEEN_M),
-                    ("descent.NAdam, 4,000 x 4,000 (compiled kernel)",
-                     "descent.NAdam(params)", _FOUR_K),
+            _log(f"[{time.perf_counter() - clock:6.0f}s] sweep {case.name}: {algorithm.name}")
+            best = algorithm.torch_best
+            sweep_results.append(measure_steps(case, algorithm, max(3, repetitions // 2),
+                                               (best,) if best else ()))
+    results = []
+    for algorithm in chosen:
+        _log(f"[{time.perf_counter() - clock:6.0f}s] {FOUR_K.name}: {algorithm.name}")
+        variants = ("for-loop", "foreach", "fused")
+        if args.quick and algorithm.name not in ("Adam", "AdamW"):
+            variants = ("foreach", "fused")
+        results.append(measure_steps(FOUR_K, algorithm, repetitions, variants))
+    _log(f"[{time.perf_counter() - clock:6.0f}s] host cost")
+    host = measure_host_cost(repetitions)
+    latency_rows = [("descent.Adam, 4,000 x 4,000", "descent.Adam(params)", [4000] * 4000),
+                    ("descent.NAdam, 4,000 x 4,000", "descent.NAdam(params)", [4000] * 4000),
+                    ("descent.RMSprop, 1 x 16M", "descent.RMSprop(params)", [1 << 24]),
                     ("torch.optim.Adam(fused=True), 4,000 x 4,000",
-                     "torch.optim.Adam(params, fused=True)", _FOUR_K)]
+                     "torch.optim.Adam(params, fused=True)", [4000] * 4000)]
     if args.quick:
         latency_rows = latency_rows[1:2]
+    latencies = []
     for label, make, sizes in latency_rows:
         _log(f"[{time.perf_counter() - clock:6.0f}s] latency: {label}")
         latencies.append(measure_latency(label, make, sizes))
@@ -321,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = measure_training(iterations)
     _log(f"[{time.perf_counter() - clock:6.0f}s] descent demo end to end")
     demo = measure_demo(repetitions)
-    write_report(args.output, command, started, (load_before, _load()), results, latencies,
-                 training, repetitions, iterations, demo)
+    write_report(args.output, command, started, (load_before, _load()), results,
+                 sweep_results, host, latencies, training, repetitions, iterations, demo)
     _log(f"[{time.perf_counter() - clock:6.0f}s] wrote {args.output}")
     return 0
 

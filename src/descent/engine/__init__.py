@@ -101,9 +101,7 @@ class Rule(Protocol):
     fused_kernel: FusedKernel | None
     elementwise: bool
     supports_sparse: bool
-
-    @property
-    def scalar_state(self) -> frozenset[str]: ...
+    scalar_state: frozenset[str]
 
     def _init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Any]: ...
 

@@ -94,6 +94,8 @@ class Optimizer(torch.optim.Optimizer):
     #: The algorithm's name in :mod:`descent.functional` and the registry's lower-case
     #: lookups (the class name in lower case unless the class sets it).
     registry_name: ClassVar[str] = ""
+    #: Names of the state entries that are 0-dim scalars (``step``, ...), from :attr:`keeps`.
+    scalar_state: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,6 +105,7 @@ class Optimizer(torch.optim.Optimizer):
                 if isinstance(value, Hyper):
                     declared[name] = value
         cls.hyperparameters = declared
+        cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
         if "registry_name" not in vars(cls):
             cls.registry_name = cls.__name__.lower()
         if "math" in vars(cls) and "fused_kernel" not in vars(cls):
@@ -203,10 +206,6 @@ class Optimizer(torch.optim.Optimizer):
         """The keys a parameter of ``group`` has in its state once it has stepped."""
         return frozenset(entry.name for entry in self.keeps if entry.applies(group))
 
-    @property
-    def scalar_state(self) -> frozenset[str]:
-        """Names of the state entries that are 0-dim scalars (``step``, ...)."""
-        return frozenset(entry.name for entry in self.keeps if entry.scalar)
 
     # ------------------------------------------------------------------ step
 
