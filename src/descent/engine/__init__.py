@@ -175,6 +175,12 @@ class Bucket:
     offsets: np.ndarray
     pointers: np.ndarray  # each parameter's (local shard's) data address
     sharded: bool = False  # DTensor parameters: updated through their local shards
+    is_complex: bool = field(init=False)
+    needs_view: bool = field(init=False)
+    real_dtype: torch.dtype = field(init=False)
+    numel: int = field(init=False)
+    fusable: bool = field(init=False)
+    generable: bool = field(init=False)
     # Kept between steps while ``optimizer.state`` is unchanged (see `_adopt`):
     table: Any = None
     changes: int = -1
@@ -188,14 +194,20 @@ class Bucket:
     state_pointers: dict[str, np.ndarray] = field(default_factory=dict)
     complete: bool = False  # every parameter has an entry (stepped at least once)
 
-    @property
-    def is_complex(self) -> bool:
-        return self.dtype.is_complex
-
-    @property
-    def needs_view(self) -> bool:
-        """Whether the math sees other tensors than the parameters themselves."""
-        return self.sharded or self.dtype.is_complex
+    def __post_init__(self) -> None:
+        self.is_complex = self.dtype.is_complex
+        #: Whether the math sees other tensors than the parameters themselves.
+        self.needs_view = self.sharded or self.is_complex
+        #: The dtype the math sees (complex tensors are viewed as pairs of reals).
+        self.real_dtype = {torch.complex64: torch.float32,
+                           torch.complex128: torch.float64}.get(self.dtype, self.dtype)
+        self.numel = int(self.offsets[-1])
+        #: Whether torch's fused kernels take these tensors.
+        self.fusable = (self.contiguous and not self.is_complex and not self.is_sparse
+                        and self.device.type in ("cpu", "cuda"))
+        #: Whether a generated kernel can update these tensors.
+        self.generable = (self.contiguous and not self.shares_storage and not self.is_sparse
+                          and _backend(self.device).supports(self.real_dtype))
 
     def view(self, tensor: Tensor) -> Tensor:
         """``tensor`` as the math sees it: a DTensor's local shard, complex as real pairs."""
@@ -214,28 +226,6 @@ class Bucket:
                                         param.placements, run_check=False,  # type: ignore[attr-defined]
                                         shape=param.shape, stride=param.stride())
         return tensor
-
-    @property
-    def numel(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def fusable(self) -> bool:
-        """Whether torch's fused kernels take these tensors."""
-        return (self.contiguous and not self.is_complex and not self.is_sparse
-                and self.device.type in ("cpu", "cuda"))
-
-    @property
-    def real_dtype(self) -> torch.dtype:
-        """The dtype the math sees (complex tensors are viewed as pairs of reals)."""
-        return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(
-            self.dtype, self.dtype)
-
-    @property
-    def generable(self) -> bool:
-        """Whether a generated kernel can update these tensors."""
-        return (self.contiguous and not self.shares_storage and not self.is_sparse
-                and _backend(self.device).supports(self.real_dtype))
 
 
 @dataclass
@@ -363,7 +353,6 @@ def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
 # ---------------------------------------------------------------------- stepping
 
 
-@torch.compiler.disable
 def step(optimizer: Rule) -> None:
     """Update every parameter of every group of ``optimizer`` that has a gradient.
 
@@ -371,6 +360,13 @@ def step(optimizer: Rule) -> None:
     of the graph): its kernels are already fused, and the step reads Python numbers
     (step counts, scalar state) that a traced graph would have to guard on.
     """
+    if torch.compiler.is_compiling():
+        _step_outside_graphs(optimizer)
+    else:
+        _step(optimizer)
+
+
+def _step(optimizer: Rule) -> None:
     mode = mode_of(optimizer)  # type: ignore[arg-type]
     engine = _engine(optimizer)
     if not isinstance(optimizer.state, StateTable):
@@ -383,6 +379,9 @@ def step(optimizer: Rule) -> None:
         for bucket in layout.buckets:
             _step_bucket(optimizer, group, group_index, bucket, options,
                          choose_path(mode, optimizer, bucket), mode)
+
+
+_step_outside_graphs = torch.compiler.disable(_step)
 
 
 def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
@@ -493,7 +492,7 @@ def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
     """Parameters that can share one call: same state keys, same scalar state values."""
     scalars = bucket.scalars
     if present is None and bucket.keys is not None and all(
-            bool((buffer == buffer[0]).all()) for buffer in scalars.values()):
+            (values == values[0]).all() for values in map(_numpy, scalars.values())):
         return [list(range(len(bucket.params)))]
     values = {key: buffer.tolist() for key, buffer in scalars.items()}
     runs: dict[Any, list[int]] = {}
@@ -512,11 +511,12 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
     first = entries[0]
     scalar_keys = optimizer.scalar_state
     steps = bucket.scalars.get("step") if "step" in first else None
-    if steps is not None:
+    if steps is not None:  # bookkeeping on CPU buffers: through NumPy, cheaper than ops
+        counts = _numpy(steps)
         if whole:
-            steps.add_(1)
+            counts += 1
         else:
-            steps[run] += 1
+            counts[run] += 1
     view = bucket.view if bucket.needs_view else _identity
     params = list(map(view, bucket.params)) if bucket.needs_view else bucket.params
     grad_list = list(map(view, grads)) if bucket.needs_view else grads
@@ -527,7 +527,7 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
         lists = {key: [view(entry[key]) for entry in entries] for key in tensor_keys}
         params = [params[i] for i in run]
         grad_list = [grad_list[i] for i in run]
-    step_count = float(steps[run[0]]) if steps is not None else None
+    step_count = float(counts[run[0]]) if steps is not None else None
     shared = {key: bucket.scalars[key][run[0]] for key in scalar_keys
               if key in first and key != "step"}
 
@@ -551,11 +551,8 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
         if created:
             _keep_created(optimizer, bucket, run, created)
     for key in shared:  # the run shared one value; every member gets it
-        buffer = bucket.scalars[key]
-        if whole:
-            buffer.fill_(buffer[run[0]].item())
-        else:
-            buffer[run] = buffer[run[0]].item()
+        values = _numpy(bucket.scalars[key])
+        values[run] = values[run[0]]
 
 
 def _run_generated(optimizer: Rule, bucket: Bucket, run: list[int], whole: bool,
@@ -650,6 +647,11 @@ def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
 
 def _identity(tensor: Tensor) -> Tensor:
     return tensor
+
+
+def _numpy(buffer: Tensor) -> np.ndarray:
+    """A CPU scalar-state buffer as a NumPy array on the same memory."""
+    return buffer.detach().numpy()
 
 
 class _Backend(Protocol):
