@@ -69,7 +69,7 @@ import torch
 from torch import Tensor
 
 from . import cpu, cuda
-from ._torch import FusedKernel
+from ._torch import FUSED_DTYPES, FusedKernel
 from .state import StateTable, tracked
 from .tensors import TensorList
 from .trace import NotTraceable, trace
@@ -181,6 +181,7 @@ class Bucket:
     numel: int = field(init=False)
     fusable: bool = field(init=False)
     generable: bool = field(init=False)
+    everything: list[int] = field(init=False)
     # Kept between steps while ``optimizer.state`` is unchanged (see `_adopt`):
     table: Any = None
     changes: int = -1
@@ -193,6 +194,9 @@ class Bucket:
     launch: dict[str, Any] = field(default_factory=dict)
     state_pointers: dict[str, np.ndarray] = field(default_factory=dict)
     complete: bool = False  # every parameter has an entry (stepped at least once)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # NumPy views of `scalars`
+    step_views: list[Tensor] = field(default_factory=list)  # each entry's "step" tensor
+    pointer_list: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.is_complex = self.dtype.is_complex
@@ -203,11 +207,13 @@ class Bucket:
                            torch.complex128: torch.float64}.get(self.dtype, self.dtype)
         self.numel = int(self.offsets[-1])
         #: Whether torch's fused kernels take these tensors.
-        self.fusable = (self.contiguous and not self.is_complex and not self.is_sparse
+        self.fusable = (self.contiguous and not self.is_sparse and self.dtype in FUSED_DTYPES
                         and self.device.type in ("cpu", "cuda"))
         #: Whether a generated kernel can update these tensors.
         self.generable = (self.contiguous and not self.shares_storage and not self.is_sparse
                           and _backend(self.device).supports(self.real_dtype))
+        self.everything = list(range(len(self.params)))
+        self.pointer_list = self.pointers.tolist()
 
     def view(self, tensor: Tensor) -> Tensor:
         """``tensor`` as the math sees it: a DTensor's local shard, complex as real pairs."""
@@ -270,6 +276,13 @@ def _pointers(tensors: Sequence[Tensor]) -> np.ndarray:
         return np.fromiter(map(_pointer, tensors), np.int64, len(tensors))
 
 
+def _pointer_list(tensors: Sequence[Tensor]) -> list[int]:
+    try:
+        return list(map(Tensor.data_ptr, tensors))
+    except RuntimeError:
+        return list(map(_pointer, tensors))
+
+
 def _layout(params: Sequence[Tensor]) -> _Layout:
     by_kind: dict[tuple[Any, ...], list[int]] = {}
     for i, param in enumerate(params):
@@ -310,7 +323,7 @@ class Engine:
         layout = self.layouts.get(id(group))
         if (layout is None or len(layout.params) != len(params)
                 or not all(map(operator.is_, params, layout.params))
-                or not all(np.array_equal(_pointers(bucket.params), bucket.pointers)
+                or not all(_pointer_list(bucket.params) == bucket.pointer_list
                            for bucket in layout.buckets)):
             layout = self.layouts[id(group)] = _layout(params)
             _move_rebound_state(optimizer, params)
@@ -429,7 +442,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
             not bucket.complete if present is None
             else any(bucket.entries[i] is None for i in present)):
         _adopt(optimizer, group, bucket, present)
-    if path == "per_tensor":
+    if path == "per_tensor" and len(bucket.params) > 1:
         runs = [[i] for i in (present if present is not None else range(len(grads)))]
     else:
         runs = _runs(bucket, present)
@@ -470,6 +483,9 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
         for i in holders:
             entries[i][key] = buffer[i]
         bucket.scalars[key] = buffer
+    bucket.arrays = {key: buffer.detach().numpy() for key, buffer in bucket.scalars.items()}
+    bucket.step_views = ([entry["step"] if entry and "step" in entry else None
+                          for entry in entries] if "step" in bucket.scalars else [])
     view = bucket.view if bucket.needs_view else _identity
     bucket.dense_state = all(view(value).is_contiguous() for entry in entries if entry
                              for key, value in entry.items()
@@ -491,9 +507,9 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
 def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
     """Parameters that can share one call: same state keys, same scalar state values."""
     scalars = bucket.scalars
-    if present is None and bucket.keys is not None and all(
-            (values == values[0]).all() for values in map(_numpy, scalars.values())):
-        return [list(range(len(bucket.params)))]
+    if present is None and bucket.keys is not None and (len(bucket.params) == 1 or all(
+            (values == values[0]).all() for values in bucket.arrays.values())):
+        return [bucket.everything]
     values = {key: buffer.tolist() for key, buffer in scalars.items()}
     runs: dict[Any, list[int]] = {}
     for i in present if present is not None else range(len(bucket.params)):
@@ -506,30 +522,30 @@ def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
 
 def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
               options: dict[str, Any], path: str, mode: str) -> None:
-    whole = len(run) == len(bucket.params)
-    entries = bucket.entries if whole else [bucket.entries[i] for i in run]
-    first = entries[0]
-    scalar_keys = optimizer.scalar_state
-    steps = bucket.scalars.get("step") if "step" in first else None
-    if steps is not None:  # bookkeeping on CPU buffers: through NumPy, cheaper than ops
-        counts = _numpy(steps)
+    whole = run is bucket.everything
+    counts = bucket.arrays.get("step")
+    first = bucket.entries[run[0]]
+    if counts is not None and "step" in first:  # on the CPU buffer, through NumPy: cheap
         if whole:
             counts += 1
         else:
             counts[run] += 1
-    view = bucket.view if bucket.needs_view else _identity
-    params = list(map(view, bucket.params)) if bucket.needs_view else bucket.params
-    grad_list = list(map(view, grads)) if bucket.needs_view else grads
-    tensor_keys = [key for key in first if key not in scalar_keys]
+        step_count: float | None = float(counts[run[0]])
+    else:
+        step_count = None
     if whole and bucket.keys is not None:
         lists = bucket.lists
+        params = list(map(bucket.view, bucket.params)) if bucket.needs_view else bucket.params
+        grad_list = list(map(bucket.view, grads)) if bucket.needs_view else grads
     else:
-        lists = {key: [view(entry[key]) for entry in entries] for key in tensor_keys}
-        params = [params[i] for i in run]
-        grad_list = [grad_list[i] for i in run]
-    step_count = float(counts[run[0]]) if steps is not None else None
-    shared = {key: bucket.scalars[key][run[0]] for key in scalar_keys
-              if key in first and key != "step"}
+        view = bucket.view if bucket.needs_view else _identity
+        scalar_keys = optimizer.scalar_state
+        lists = {key: [view(bucket.entries[i][key]) for i in run] for key in first
+                 if key not in scalar_keys}
+        params = [view(bucket.params[i]) for i in run]
+        grad_list = [view(grads[i]) for i in run]
+    shared = {key: bucket.scalars[key][run[0]] for key in bucket.scalars
+              if key != "step" and key in first}
 
     if path in ("generated", "fused") and not bucket.dense_state:
         path = "foreach"  # kernels index every state tensor like its parameter
@@ -551,7 +567,7 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
         if created:
             _keep_created(optimizer, bucket, run, created)
     for key in shared:  # the run shared one value; every member gets it
-        values = _numpy(bucket.scalars[key])
+        values = bucket.arrays[key]
         values[run] = values[run[0]]
 
 
@@ -599,8 +615,7 @@ def _step_tensors(bucket: Bucket, run: list[int], whole: bool) -> list[Tensor]:
     if steps is None:
         return []
     if bucket.device.type == "cpu":
-        views = [bucket.entries[i]["step"] for i in run]
-        return views
+        return bucket.step_views if whole else [bucket.step_views[i] for i in run]
     if bucket.device_steps is None:
         device_buffer = steps.to(bucket.device)
         bucket.device_steps = (device_buffer, list(device_buffer.unbind()))
@@ -649,9 +664,6 @@ def _identity(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def _numpy(buffer: Tensor) -> np.ndarray:
-    """A CPU scalar-state buffer as a NumPy array on the same memory."""
-    return buffer.detach().numpy()
 
 
 class _Backend(Protocol):

@@ -67,13 +67,8 @@ def counted(params: list[Tensor]) -> bool:
     torch.autograd.graph.increment_version(params)
     return True
 
-_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _fusable(params: Sequence[Tensor]) -> bool:
-    first = params[0]
-    return (first.dtype in _FUSED_DTYPES and first.device.type in ("cpu", "cuda")
-            and not first.is_complex())
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes torch's fused kernels take (the engine calls them for these only)."""
 
 
 def fused_adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any],
@@ -81,7 +76,7 @@ def fused_adam(params: list[Tensor], grads: list[Tensor], state: dict[str, Any],
     """torch's fused Adam / AdamW (``decoupled_weight_decay``), AMSGrad included."""
     kernel = getattr(torch, "_fused_adamw_" if group["decoupled_weight_decay"]
                      else "_fused_adam_", None)
-    if kernel is None or not _fusable(params):
+    if kernel is None:
         return False
     beta1, beta2 = group["betas"]
     amsgrad = bool(group["amsgrad"])
@@ -98,8 +93,7 @@ def fused_sgd(params: list[Tensor], grads: list[Tensor], state: dict[str, Any],
     to the rule's math."""
     kernel = getattr(torch, "_fused_sgd_", None)
     momentum = float(group["momentum"])
-    if kernel is None or not _fusable(params) or (momentum != 0 and
-                                                   state.get("momentum_buffer") is None):
+    if kernel is None or (momentum != 0 and state.get("momentum_buffer") is None):
         return False
     kernel(params, grads, state["momentum_buffer"] if momentum != 0 else [],
            weight_decay=float(group["weight_decay"]), momentum=momentum, lr=lr,
@@ -112,7 +106,7 @@ def fused_adagrad(params: list[Tensor], grads: list[Tensor], state: dict[str, An
                   steps: list[Tensor], group: dict[str, Any], lr: float) -> bool:
     """torch's fused Adagrad."""
     kernel = getattr(torch, "_fused_adagrad_", None)
-    if kernel is None or not _fusable(params):
+    if kernel is None:
         return False
     kernel(params, grads, state["sum"], steps, lr=lr, lr_decay=float(group["lr_decay"]),
            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
@@ -124,5 +118,5 @@ FusedKernel = Callable[[list[Tensor], list[Tensor], dict[str, Any], list[Tensor]
                         dict[str, Any], float], bool]
 """The signature of the fused kernels above."""
 
-__all__ = ["SUPPORTED", "TESTED_TORCH", "TORCH_VERSION", "FusedKernel", "foreach",
+__all__ = ["FUSED_DTYPES", "SUPPORTED", "TESTED_TORCH", "TORCH_VERSION", "FusedKernel", "foreach",
            "fused_adagrad", "fused_adam", "fused_sgd"]
