@@ -143,8 +143,10 @@ def _relative_difference(a: nn.Module, b: nn.Module) -> float:
     return worst
 
 
-def parity(config: Config, dtype: torch.dtype, mode: str | None = None) -> tuple[float, float]:
-    """Run descent's class and torch's side by side on one configuration.
+def parity(config: Config, dtype: torch.dtype, mode: str | None = None,
+           steps: int = STEPS) -> tuple[float, float]:
+    """Run descent's class and torch's side by side on one configuration, ``steps``
+    steps (at most :data:`LBFGS_STEPS` for LBFGS, whose steps run many iterations).
 
     Returns the largest relative difference between their parameters over the run
     and how far torch's parameters moved (relative to their size), which must not be
@@ -158,7 +160,7 @@ def parity(config: Config, dtype: torch.dtype, mode: str | None = None) -> tuple
     ref = getattr(torch.optim, name)(theirs.parameters(), **_clone_kwargs(config.kwargs))
     worst = 0.0
     if name == "LBFGS":
-        for step in range(LBFGS_STEPS):
+        for _ in range(min(steps, LBFGS_STEPS)):
             for model, optimizer in ((ours, opt), (theirs, ref)):
                 def closure(model: nn.Module = model, optimizer: Any = optimizer) -> Any:
                     optimizer.zero_grad()
@@ -169,7 +171,7 @@ def parity(config: Config, dtype: torch.dtype, mode: str | None = None) -> tuple
                 optimizer.step(closure)
             worst = max(worst, _relative_difference(ours, theirs))
     else:
-        for step in range(STEPS):
+        for step in range(steps):
             for model, optimizer in ((ours, opt), (theirs, ref)):
                 optimizer.zero_grad()
                 _loss(name, model, step, dtype).backward()

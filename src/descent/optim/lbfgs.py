@@ -232,6 +232,7 @@ class LBFGS(Optimizer):
     line_search_fn: str | None = hyper(default=None, check=check.choice(None, "strong_wolfe"),
                                        doc='"strong_wolfe", or None for fixed steps')
 
+    elementwise = False
     supports_sparse = True
 
     def __init__(self, params: Params, lr: float | Tensor = 1, max_iter: int = 20,
