@@ -35,6 +35,8 @@ def adafactor(param: Tensor, grad: Tensor, *, row_var: Tensor | None, col_var: T
     For a tensor of more than two dimensions the last two are factored. ``eps[0]``
     None means the machine epsilon of the parameter's dtype.
     """
+    if param.numel() == 0:
+        return  # nothing to update (and no RMS to take)
     eps1, eps2 = eps
     if eps1 is None:
         eps1 = torch.finfo(param.dtype).eps
@@ -113,7 +115,8 @@ class Adafactor(Optimizer):
     are refused, as in torch.
 
     Differences from torch: none in results. A complex parameter is refused by the
-    constructor (TypeError) where torch raises at the first step (RuntimeError).
+    constructor (TypeError) where torch raises at the first step (RuntimeError); a
+    parameter with no elements is left as it is (torch divides by its zero size).
     ``foreach`` is accepted and ignored.
 
     Example::
