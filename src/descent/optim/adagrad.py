@@ -110,5 +110,19 @@ class Adagrad(Optimizer):
     fused_kernel = staticmethod(fused_adagrad)
     supports_sparse = True
 
+    def _check_gradients(self) -> None:
+        """A sparse gradient in a group with weight decay raises a ``RuntimeError``, as in
+        torch, before any parameter changes."""
+        for group_index, group in enumerate(self.param_groups):
+            if group["weight_decay"] == 0:
+                continue
+            for index, param in enumerate(group["params"]):
+                if param.grad is not None and param.grad.layout != torch.strided:
+                    raise RuntimeError(
+                        f"{self.describe_param(group_index, index)} has a sparse gradient and "
+                        f"its group has weight_decay={group['weight_decay']!r}; weight decay "
+                        "is not compatible with sparse gradients (it would make the gradient "
+                        "dense): use weight_decay=0 for this group")
+
 
 __all__ = ["Adagrad", "adagrad"]

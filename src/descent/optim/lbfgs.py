@@ -418,10 +418,14 @@ class LBFGS(Optimizer):
             if value is not None and (not torch.is_tensor(value) or value.numel() != size):
                 raise ValueError(f"{where}: {key} must be a flat tensor of the {size} "
                                  f"parameter entries, got {_describe(value)}")
-        pairs = [entry.get(key) for key in ("old_dirs", "old_stps", "ro")]
-        if any(value is not None and not isinstance(value, list) for value in pairs):
+        given = [entry.get(key) for key in ("old_dirs", "old_stps", "ro")]
+        if any(value is not None and not isinstance(value, list) for value in given):
             raise ValueError(f"{where}: old_dirs, old_stps and ro must be lists")
-        if all(isinstance(value, list) for value in pairs):
+        pairs: list[list[Any]] = [value for value in given if isinstance(value, list)]
+        if 0 < len(pairs) < 3:
+            raise ValueError(f"{where}: old_dirs, old_stps and ro come together; the state "
+                             "dict has only some of them")
+        if pairs:
             if len({len(value) for value in pairs}) != 1:
                 raise ValueError(f"{where}: old_dirs, old_stps and ro have different lengths "
                                  f"{[len(value) for value in pairs]}")

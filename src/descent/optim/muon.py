@@ -53,7 +53,7 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
     carry over)."""
     rows, cols = shape[:2]
     if adjust_lr_fn == "match_rms_adamw":
-        return lr * 0.2 * math.sqrt(max(rows, cols))
+        return lr * (0.2 * math.sqrt(max(rows, cols)))
     return lr * math.sqrt(max(1, rows / cols))
 
 
