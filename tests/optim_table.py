@@ -337,8 +337,8 @@ OPTIMIZERS: list[OptimizerInfo] = [
     OptimizerInfo(
         descent.LBFGS, torch.optim.LBFGS,
         configs=[
-            {"lr": 1},
-            {"lr": 1, "line_search_fn": "strong_wolfe"},
+            {"lr": 1, "max_iter": 5},
+            {"lr": 1, "max_iter": 5, "line_search_fn": "strong_wolfe"},
             {"lr": 0.5, "history_size": 3, "max_iter": 7, "line_search_fn": "strong_wolfe"},
         ],
         error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
@@ -353,7 +353,6 @@ OPTIMIZERS: list[OptimizerInfo] = [
     OptimizerInfo(
         descent.Muon, torch.optim.Muon,
         configs=[
-            {"lr": 1e-3},
             {"lr": 0.01, "momentum": 0.8, "ns_steps": 6, "ns_coefficients": (3.4, -4.7, 2.0)},
             {"lr": 1e-2, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"},
         ],

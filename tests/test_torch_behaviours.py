@@ -14,6 +14,7 @@ for every optimizer in ``test_conformance.py``.)
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import pytest
@@ -254,3 +255,20 @@ def test_betas_mixing_a_tensor_and_a_number_raise_a_value_error(name: str) -> No
     opt = cls([param], betas=(torch.tensor(0.9), torch.tensor(0.99)))  # both tensors: fine
     param.grad = torch.ones(2, 2) if name != "SparseAdam" else torch.ones(2, 2).to_sparse()
     opt.step()
+
+
+# ---------------------------------------------------------------------- signatures
+
+
+@pytest.mark.parametrize("name", [name for name in algorithms() if hasattr(torch.optim, name)])
+def test_constructor_takes_torchs_arguments_in_torchs_order_with_its_defaults(name: str
+                                                                              ) -> None:
+    def described(cls: type) -> tuple[list[Any], dict[str, Any]]:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())
+        positional = [(p.name, p.default) for p in parameters
+                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        keyword_only = {p.name: p.default for p in parameters
+                        if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return positional, keyword_only
+
+    assert described(algorithms()[name]) == described(getattr(torch.optim, name))
