@@ -7,6 +7,7 @@ written here, independently, from the paper's equations.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,15 +94,47 @@ class ErrorInput:
 
 @dataclass
 class OptimizerInfo:
+    """One optimizer of the table, and what its generic tests must give it.
+
+    ``closure``: its step needs a closure (LBFGS). ``groups``: it takes several param
+    groups. ``matrices_only``: it updates 2-D parameters only (Muon), so the generic
+    models have no biases. ``sparse_gradients``: it takes sparse gradients only
+    (SparseAdam), so the generic tests hand it their gradients in sparse form.
+    """
+
     cls: type[descent.Optimizer]
     reference: Callable[..., Any]
     configs: list[dict[str, Any]]
     error_inputs: list[ErrorInput] = field(default_factory=list)
     torch_counterpart: bool = True
+    closure: bool = False
+    groups: bool = True
+    matrices_only: bool = False
+    sparse_gradients: bool = False
 
     @property
     def name(self) -> str:
         return self.cls.__name__
+
+    def shape(self, *shape: int) -> tuple[int, ...]:
+        """A parameter shape the optimizer takes: ``shape``, as a column for a
+        matrices-only optimizer when it is not 2-D."""
+        if not self.matrices_only or len(shape) == 2:
+            return shape
+        return (math.prod(shape), 1)
+
+    def gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` in the layout the optimizer takes (sparse for SparseAdam)."""
+        return grad.to_sparse() if self.sparse_gradients else grad
+
+    def step(self, optimizer: Any, compute: Callable[[], Any]) -> None:
+        """One step: ``compute()`` sets the gradients and returns the loss; it is the
+        step's closure for an optimizer that needs one, else called before the step."""
+        if self.closure:
+            optimizer.step(compute)
+        else:
+            compute()
+            optimizer.step()
 
 
 def _common_errors(has_betas: bool = True, has_eps: bool = True) -> list[ErrorInput]:
@@ -258,6 +291,107 @@ OPTIMIZERS: list[OptimizerInfo] = [
         error_inputs=_common_errors(has_eps=False),
         torch_counterpart=False,
     ),
+    # ---- torch.optim's other algorithms
+    # Configurations combining the options of torch's own test data (optim_db in
+    # torch.testing._internal.common_optimizers); every one of optim_db's is also run
+    # against torch in tests/test_torch_optim_db.py.
+    OptimizerInfo(
+        descent.Adadelta, torch.optim.Adadelta,
+        configs=[
+            {"lr": 1.0},
+            {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
+            {"lr": 1.0, "rho": 0.95, "weight_decay": 0.9},
+        ],
+        error_inputs=_common_errors(has_betas=False) + [
+            ErrorInput({"rho": 1.1}, ValueError, r"rho=1\.1.*\[0, 1\]"),
+            ErrorInput({"capturable": True}, ValueError, r"capturable=True is not supported"),
+        ],
+    ),
+    OptimizerInfo(
+        descent.Adafactor, torch.optim.Adafactor,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "d": 1.5},
+            {"lr": 5e-3, "eps": (1e-30, 1e-3), "beta2_decay": -1.0},
+        ],
+        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+            ErrorInput({"eps": (-1e-30, 1e-3)}, ValueError, r"eps\[0\]=-1e-30"),
+            ErrorInput({"eps": (None, -1.0)}, ValueError, r"eps\[1\]=-1\.0"),
+            ErrorInput({"eps": 1e-3}, TypeError, r"eps=0\.001.*pair"),
+            ErrorInput({"d": 0.0}, ValueError, r"d=0\.0.*>= 1\.0"),
+            ErrorInput({"beta2_decay": 0.8}, ValueError, r"beta2_decay=0\.8.*<= 0"),
+        ],
+    ),
+    OptimizerInfo(
+        descent.ASGD, torch.optim.ASGD,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": 0.02, "lambd": 0.1, "t0": 10},
+            {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "t0": 5},
+        ],
+        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+            ErrorInput({"lambd": -1.0}, ValueError, r"lambd=-1\.0"),
+            ErrorInput({"t0": float("nan")}, ValueError, r"t0=nan"),
+        ],
+    ),
+    OptimizerInfo(
+        descent.LBFGS, torch.optim.LBFGS,
+        configs=[
+            {"lr": 1, "max_iter": 5},
+            {"lr": 1, "max_iter": 5, "line_search_fn": "strong_wolfe"},
+            {"lr": 0.5, "history_size": 3, "max_iter": 7, "line_search_fn": "strong_wolfe"},
+        ],
+        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
+                      if "weight_decay" not in e.kwargs and "maximize" not in e.kwargs] + [
+            ErrorInput({"line_search_fn": "armijo"}, ValueError,
+                       r"line_search_fn='armijo' is not supported"),
+            ErrorInput({"max_iter": 0}, ValueError, r"max_iter=0.*>= 1"),
+            ErrorInput({"history_size": 2.5}, TypeError, r"history_size=2\.5.*int"),
+        ],
+        closure=True, groups=False,
+    ),
+    OptimizerInfo(
+        descent.Muon, torch.optim.Muon,
+        configs=[
+            {"lr": 0.01, "momentum": 0.8, "ns_steps": 6, "ns_coefficients": (3.4, -4.7, 2.0)},
+            {"lr": 1e-2, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"},
+        ],
+        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
+                      if "maximize" not in e.kwargs] + [
+            ErrorInput({"adjust_lr_fn": "arbitrary"}, ValueError,
+                       r"adjust_lr_fn='arbitrary' is not supported"),
+            ErrorInput({"ns_steps": 100}, ValueError, r"ns_steps=100.*< 100"),
+            ErrorInput({"ns_coefficients": (1.0, 2.0)}, TypeError, r"three numbers"),
+        ],
+        matrices_only=True,
+    ),
+    OptimizerInfo(
+        descent.Rprop, torch.optim.Rprop,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": 2e-4, "etas": (0.5, 1.5)},
+            {"lr": 1e-2, "step_sizes": (2e-6, 100), "maximize": True},
+        ],
+        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
+                      if "weight_decay" not in e.kwargs] + [
+            ErrorInput({"etas": (1.0, 0.5)}, ValueError, r"0 < eta_minus < 1 < eta_plus"),
+            ErrorInput({"step_sizes": (1.0, 0.5)}, ValueError, r"minimum <= maximum"),
+        ],
+    ),
+    OptimizerInfo(
+        descent.SparseAdam, torch.optim.SparseAdam,
+        configs=[
+            {"lr": 1e-3},
+            {"lr": 4e-2, "betas": (0.8, 0.99), "eps": 1e-6, "maximize": True},
+        ],
+        error_inputs=[e for e in _common_errors(has_eps=False)
+                      if "weight_decay" not in e.kwargs and e.kwargs.get("lr") != -1.0] + [
+            ErrorInput({"lr": -1.0}, ValueError, r"lr=-1\.0.*> 0"),
+            ErrorInput({"lr": 0.0}, ValueError, r"lr=0\.0.*> 0"),
+            ErrorInput({"eps": 0.0}, ValueError, r"eps=0\.0.*> 0"),
+        ],
+        sparse_gradients=True,
+    ),
 ]
 
 BY_NAME = {info.name: info for info in OPTIMIZERS}
@@ -274,3 +408,4 @@ def case_id(case: Any) -> str:
     if isinstance(case, dict):
         return ",".join(f"{k}={v}" for k, v in case.items()) or "defaults"
     return str(case)
+

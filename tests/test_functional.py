@@ -16,8 +16,11 @@ FUNCTIONAL = {
     "SGD": functional.sgd, "Adam": functional.adam, "AdamW": functional.adamw,
     "RMSprop": functional.rmsprop, "Adagrad": functional.adagrad, "NAdam": functional.nadam,
     "RAdam": functional.radam, "Adamax": functional.adamax, "SignSGD": functional.sign_sgd,
-    "Lion": functional.lion,
+    "Lion": functional.lion, "Adadelta": functional.adadelta, "ASGD": functional.asgd,
+    "Rprop": functional.rprop,
 }
+WITH_FUNCTIONAL = [info for info in OPTIMIZERS if info.cls.elementwise]
+"""Optimizers with a functional form: the elementwise ones."""
 
 
 def split_config(algorithm: functional.FunctionalOptimizer,
@@ -49,7 +52,8 @@ def flat(tree: dict[str, Any]) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["per_tensor", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
+@pytest.mark.parametrize(("info", "config"), [(info, config) for info, config in config_cases()
+                                              if info in WITH_FUNCTIONAL], ids=case_id)
 def test_functional_steps_equal_the_optimizer_class(info: OptimizerInfo, config: dict[str, Any],
                                                     dtype: torch.dtype, mode: str) -> None:
     algorithm = FUNCTIONAL[info.name]
@@ -336,6 +340,9 @@ def test_meta_learned_learning_rate_lowers_the_validation_loss() -> None:
 
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
 def test_every_class_has_a_functional_twin(info: OptimizerInfo) -> None:
+    if not info.cls.elementwise:
+        assert info.cls.registry_name not in functional.ALGORITHMS
+        return
     algorithm = FUNCTIONAL[info.name]
     assert algorithm.optimizer is info.cls
     class_defaults = info.cls([torch.zeros(1, requires_grad=True)]).defaults
@@ -356,7 +363,7 @@ def test_a_batched_step_count_is_refused_with_advice() -> None:
 
 
 def class_cases() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
-    return [(info, config) for info in OPTIMIZERS for config in info.configs[:2]]
+    return [(info, config) for info in WITH_FUNCTIONAL for config in info.configs[:2]]
 
 
 @pytest.mark.parametrize(("info", "config"), class_cases(), ids=case_id)

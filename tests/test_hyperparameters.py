@@ -18,8 +18,8 @@ NON_NEGATIVE = {name for info in OPTIMIZERS for name, spec in info.cls.hyperpara
                 if spec.check is _validate.non_negative}
 
 
-def _param() -> torch.Tensor:
-    return torch.zeros(2, requires_grad=True)
+def _param(info: OptimizerInfo | None = None) -> torch.Tensor:
+    return torch.zeros(info.shape(2) if info else (2,), requires_grad=True)
 
 
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
@@ -31,10 +31,10 @@ def test_non_negative_hyperparameters(info: OptimizerInfo, value: float) -> None
             continue
         valid = math.isfinite(value) and value >= 0
         if valid:
-            info.cls([_param()], **{name: value})
+            info.cls([_param(info)], **{name: value})
         else:
             with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}")):
-                info.cls([_param()], **{name: value})
+                info.cls([_param(info)], **{name: value})
 
 
 @pytest.mark.parametrize("info", [i for i in OPTIMIZERS if "betas" in i.cls.hyperparameters],
@@ -43,12 +43,12 @@ def test_non_negative_hyperparameters(info: OptimizerInfo, value: float) -> None
 @given(beta1=NUMBERS, beta2=NUMBERS)
 def test_betas_in_unit_interval(info: OptimizerInfo, beta1: float, beta2: float) -> None:
     if 0 <= beta1 < 1 and 0 <= beta2 < 1:
-        opt = info.cls([_param()], betas=(beta1, beta2))
+        opt = info.cls([_param(info)], betas=(beta1, beta2))
         assert opt.param_groups[0]["betas"] == (beta1, beta2)
     else:
         bad = 0 if not 0 <= beta1 < 1 else 1
         with pytest.raises(ValueError, match=re.escape(f"betas[{bad}]=")):
-            info.cls([_param()], betas=(beta1, beta2))
+            info.cls([_param(info)], betas=(beta1, beta2))
 
 
 def test_the_property_tests_cover_the_usual_hyperparameters() -> None:

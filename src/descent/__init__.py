@@ -13,17 +13,24 @@ from . import schedules as schedules
 from . import utils as utils
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import (
+    ASGD,
+    LBFGS,
     SGD,
+    Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
     AdamW,
     Lion,
+    Muon,
     NAdam,
     Optimizer,
     RAdam,
     RMSprop,
+    Rprop,
     SignSGD,
+    SparseAdam,
 )
 from .train import (
     AdversarialTrainer,
@@ -44,9 +51,10 @@ from .train import param_groups as param_groups
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "AdversarialTrainer", "CSVLogger", "Callback",
-    "EarlyStopping", "History", "JSONLogger", "LRMonitor", "Lion", "NAdam", "NonFiniteError",
-    "Optimizer", "ProgressBar", "RAdam", "RMSprop", "RecurrentTrainer", "SignSGD",
-    "SupervisedTrainer", "Trainer", "__version__", "functional", "interop", "load_checkpoint",
-    "save_checkpoint", "schedules", "utils",
+    "ASGD", "LBFGS", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax",
+    "AdversarialTrainer", "CSVLogger", "Callback", "EarlyStopping", "History", "JSONLogger",
+    "LRMonitor", "Lion", "Muon", "NAdam", "NonFiniteError", "Optimizer", "ProgressBar", "RAdam",
+    "RMSprop", "RecurrentTrainer", "Rprop", "SignSGD", "SparseAdam", "SupervisedTrainer",
+    "Trainer", "__version__", "functional", "interop", "load_checkpoint", "save_checkpoint",
+    "schedules", "utils",
 ]

@@ -20,8 +20,9 @@ function, with the same arguments, as the optimizer classes (:func:`descent.opti
 ...), on :class:`~descent.engine.TensorList` arguments in *pure* mode (each in-place
 operation runs out of place), so its results equal bit for bit those of the classes'
 per-tensor path (torch's fused kernels may round the last bits differently). Every
-algorithm in the registry (:func:`descent.optim.registry.algorithms`) that has a math
-function has its functional form here, under its lower-case name.
+elementwise algorithm in the registry (:func:`descent.optim.registry.algorithms`) has
+its functional form here, under its lower-case name; rules that are not elementwise
+(Adafactor, Muon, SparseAdam, LBFGS) keep state or need inputs this form does not model.
 
 **State.** A dict: ``"step"``, a 0-dim tensor counting the steps taken (the
 torch.optim dtype: float32, or float64 under a float64 default dtype), and one entry
@@ -490,7 +491,7 @@ def _check_tensor_hyperparameter(owner: str, name: str, value: Any) -> None:
 
 def _functional_forms() -> dict[str, FunctionalOptimizer]:
     return {cls.registry_name: FunctionalOptimizer(cls.registry_name, cls)
-            for cls in algorithms().values() if cls.math is not None}
+            for cls in algorithms().values() if cls.math is not None and cls.elementwise}
 
 
 ALGORITHMS: dict[str, FunctionalOptimizer] = _functional_forms()

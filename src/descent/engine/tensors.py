@@ -59,6 +59,11 @@ class TensorList:
         """Whether this list holds one tensor (plain tensor methods run)."""
         return len(self.tensors) == 1
 
+    @property
+    def is_sparse(self) -> bool:
+        """Whether the tensors have a sparse layout (the engine passes those one at a time)."""
+        return any(t.layout != torch.strided for t in self.tensors)
+
     # ------------------------------------------------------------------ plumbing
 
     def _one(self, other: Operand) -> Any:
@@ -102,6 +107,12 @@ class TensorList:
         if isinstance(other, TensorList) and not isinstance(alpha, Tensor):
             return self._inplace("sub_", other, alpha=alpha)
         return self._inplace("sub_", _times(other, alpha))
+
+    def sub(self, other: Operand, *, alpha: float | Tensor = 1) -> TensorList:
+        """``self - alpha * other``."""
+        if isinstance(other, TensorList) and not isinstance(alpha, Tensor):
+            return self._new("sub", other, alpha=alpha)
+        return self._new("sub", _times(other, alpha))
 
     def mul_(self, other: Operand) -> TensorList:
         """``self *= other``."""
@@ -161,6 +172,32 @@ class TensorList:
         """``self = max(self, minimum)``."""
         return self._inplace("clamp_min_", minimum)
 
+    def clamp_(self, minimum: float, maximum: float) -> TensorList:
+        """``self = min(max(self, minimum), maximum)``."""
+        return self._inplace("clamp_", minimum, maximum)
+
+    # ------------------------------------------------------------------ comparisons, masks
+
+    def gt(self, other: float) -> TensorList:
+        """``self > other``, boolean tensors."""
+        return self._new("gt", other)
+
+    def lt(self, other: float) -> TensorList:
+        """``self < other``, boolean tensors."""
+        return self._new("lt", other)
+
+    def eq(self, other: float) -> TensorList:
+        """``self == other``, boolean tensors."""
+        return self._new("eq", other)
+
+    def masked_fill_(self, mask: TensorList, value: float) -> TensorList:
+        """``self = value`` where ``mask`` is true."""
+        return self._inplace("masked_fill_", mask, value)
+
+    def masked_fill(self, mask: TensorList, value: float) -> TensorList:
+        """``self`` with ``value`` where ``mask`` is true."""
+        return self._new("masked_fill", mask, value)
+
     # ------------------------------------------------------------------ functions
 
     def sqrt(self) -> TensorList:
@@ -193,6 +230,13 @@ class TensorList:
         """A copy of every tensor (new state a rule creates on its first step)."""
         return TensorList([t.clone() if self.pure else t.detach().clone()
                            for t in self.tensors], pure=self.pure)
+
+    def full_like(self, value: float | Tensor) -> TensorList:
+        """New tensors shaped like these, every element ``value`` (state a rule creates)."""
+        if isinstance(value, Tensor):  # a traced hyperparameter (descent.functional)
+            return TensorList([torch.zeros_like(t).add(value) for t in self.tensors],
+                              pure=self.pure)
+        return TensorList([torch.full_like(t, value) for t in self.tensors], pure=self.pure)
 
     def copy_(self, source: TensorList) -> TensorList:
         """``self = source``."""

@@ -5,18 +5,26 @@ finds the classes the modules define; the exports below are for type checkers an
 ``from descent.optim import Adam``.
 """
 
+from .adadelta import Adadelta, adadelta
+from .adafactor import Adafactor, adafactor
 from .adagrad import Adagrad, adagrad
 from .adam import Adam, AdamW, adam
 from .adamax import Adamax, adamax
+from .asgd import ASGD, asgd
 from .base import FORMAT_VERSION, Optimizer
+from .lbfgs import LBFGS
+from .muon import Muon, muon, newton_schulz
 from .nadam import NAdam, nadam
 from .radam import RAdam, radam
 from .rmsprop import RMSprop, rmsprop
+from .rprop import Rprop, rprop
 from .sgd import SGD, sgd
 from .sign import Lion, SignSGD, lion, sign_sgd
+from .sparse_adam import SparseAdam, sparse_adam
 
 __all__ = [
-    "FORMAT_VERSION", "SGD", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer",
-    "RAdam", "RMSprop", "SignSGD", "adagrad", "adam", "adamax", "lion", "nadam", "radam",
-    "rmsprop", "sgd", "sign_sgd",
+    "ASGD", "FORMAT_VERSION", "LBFGS", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW",
+    "Adamax", "Lion", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SignSGD",
+    "SparseAdam", "adadelta", "adafactor", "adagrad", "adam", "adamax", "asgd", "lion", "muon",
+    "nadam", "newton_schulz", "radam", "rmsprop", "rprop", "sgd", "sign_sgd", "sparse_adam",
 ]

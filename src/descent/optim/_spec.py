@@ -139,6 +139,10 @@ class State:
             form's ``init``).
         lazy: created by the rule's math on its first step (SGD's momentum buffer,
             which starts as the first gradient), not before.
+        shape: ``shape(param)``, the entry's shape for a parameter, or None where that
+            parameter keeps no such entry (Adafactor keeps factored row and column
+            moments for a matrix, a full one for a vector); unset, the parameter's
+            shape. Such an entry starts at ``init``, a number.
         doc: one line for the docs.
     """
 
@@ -148,11 +152,16 @@ class State:
     when: str | None = None
     uses: tuple[str, ...] = ()
     lazy: bool = False
+    shape: Callable[[torch.Tensor], tuple[int, ...] | None] | None = None
     doc: str = ""
 
     def applies(self, group: Mapping[str, Any]) -> bool:
         """Whether a parameter of ``group`` keeps this entry (once it has stepped)."""
         return self.when is None or bool(group[self.when])
+
+    def shape_for(self, param: torch.Tensor) -> tuple[int, ...] | None:
+        """The entry's shape for ``param``; None if ``param`` keeps no such entry."""
+        return tuple(param.shape) if self.shape is None else self.shape(param)
 
 
 STANDARD: dict[str, tuple[Check, str]] = {

@@ -27,11 +27,39 @@ def adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, step: float
         s &\leftarrow s + g^2, \qquad
         \theta \leftarrow \theta - \tilde\eta\, g / (\sqrt{s} + \epsilon)
     """
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
     decayed_lr = lr / (1 + (step - 1) * lr_decay)
+    if grad.is_sparse:
+        _sparse_adagrad(param, grad, sum=sum, decayed_lr=decayed_lr, weight_decay=weight_decay,
+                        eps=eps, maximize=maximize)
+        return
+    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
     sum.addcmul_(grad, grad, value=1)
     std = sum.sqrt().add_(eps)
     param.addcdiv_(grad, std, value=-decayed_lr)
+
+
+def _sparse_adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, decayed_lr: Any,
+                    weight_decay: float, eps: float, maximize: bool) -> None:
+    """Adagrad's step for one parameter with a sparse gradient: only the entries the
+    gradient holds change (torch.optim's sparse path)."""
+    if weight_decay != 0:
+        raise RuntimeError("Adagrad: weight_decay is not compatible with sparse gradients "
+                           "(it would make the gradient dense); use weight_decay=0 or dense "
+                           "gradients")
+    (sparse,) = grad.tensors
+    if maximize:
+        sparse = -sparse
+    sparse = sparse.coalesce()  # the update is not linear: each index once
+    values = sparse._values()
+    sum.add_(TensorList([_sparse_like(sparse, values.pow(2))]))
+    std = sum.tensors[0].sparse_mask(sparse)._values().sqrt_().add_(eps)
+    param.add_(TensorList([_sparse_like(sparse, values / std)]), alpha=-decayed_lr)
+
+
+def _sparse_like(sparse: Tensor, values: Tensor) -> Tensor:
+    """A sparse tensor with ``sparse``'s (coalesced, hence valid) indices and ``values``."""
+    return torch.sparse_coo_tensor(sparse._indices(), values, sparse.size(),
+                                   check_invariants=False)
 
 
 def _initial_sum(param: Tensor, group: Mapping[str, Any]) -> Tensor:
@@ -52,7 +80,10 @@ class Adagrad(Optimizer):
 
     Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning
     and Stochastic Optimization", JMLR 2011. A complex parameter's sum starts at
-    ``v + vj``, as in torch. Runs on torch's fused kernel (CPU and CUDA).
+    ``v + vj``, as in torch. Runs on torch's fused kernel (CPU and CUDA). Sparse
+    gradients (``nn.Embedding(sparse=True)``) are accepted, as in torch, and update only
+    the entries they hold, one parameter at a time (without weight decay, which would
+    make them dense).
 
     Difference from torch: torch creates the state of every parameter in the
     constructor; descent creates it at a parameter's first update, like the other
@@ -77,6 +108,21 @@ class Adagrad(Optimizer):
                    doc="sum of squared gradients"))
     math = staticmethod(adagrad)
     fused_kernel = staticmethod(fused_adagrad)
+    supports_sparse = True
+
+    def _check_gradients(self) -> None:
+        """A sparse gradient in a group with weight decay raises a ``RuntimeError``, as in
+        torch, before any parameter changes."""
+        for group_index, group in enumerate(self.param_groups):
+            if group["weight_decay"] == 0:
+                continue
+            for index, param in enumerate(group["params"]):
+                if param.grad is not None and param.grad.layout != torch.strided:
+                    raise RuntimeError(
+                        f"{self.describe_param(group_index, index)} has a sparse gradient and "
+                        f"its group has weight_decay={group['weight_decay']!r}; weight decay "
+                        "is not compatible with sparse gradients (it would make the gradient "
+                        "dense): use weight_decay=0 for this group")
 
 
 __all__ = ["Adagrad", "adagrad"]

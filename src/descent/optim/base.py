@@ -46,6 +46,14 @@ FORMAT_VERSION = 1
 
 _TOP_LEVEL_KEYS = frozenset({"state", "param_groups", "descent"})
 
+FLAGS_FILLED_ON_LOAD = frozenset({
+    "foreach", "maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+    "amsgrad", "nesterov", "centered",
+})
+"""Flags that torch.optim added to an algorithm after its first release: a state dict
+written by an older torch lacks them, and loading it fills in the class's default (as
+torch.optim's ``__setstate__`` does). Any other missing hyperparameter is refused."""
+
 Params = Any
 """What an optimizer takes as ``params``: tensors, ``named_parameters()``, param-group
 dicts, modules or NumPy containers."""
@@ -195,6 +203,10 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             if entry.scalar:
                 state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())
+            elif entry.shape is not None:
+                shape = entry.shape(param)
+                if shape is not None:
+                    state[entry.name] = param.new_full(shape, float(entry.init))  # type: ignore[arg-type]
             elif callable(entry.init):
                 state[entry.name] = entry.init(param, group)
             else:
@@ -202,9 +214,10 @@ class Optimizer(torch.optim.Optimizer):
                                                     memory_format=torch.preserve_format)
         return state
 
-    def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
-        """The keys a parameter of ``group`` has in its state once it has stepped."""
-        return frozenset(entry.name for entry in self.keeps if entry.applies(group))
+    def _state_keys(self, group: Mapping[str, Any], param: torch.Tensor) -> frozenset[str]:
+        """The keys ``param``, of ``group``, has in its state once it has stepped."""
+        return frozenset(entry.name for entry in self.keeps if entry.applies(group)
+                         and (entry.scalar or entry.shape_for(param) is not None))
 
 
     # ------------------------------------------------------------------ step
@@ -221,8 +234,13 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         refresh_gradients(self, grads)  # NumPy containers' gradients (descent.interop.arrays)
+        self._check_gradients()
         engine.step(self)
         return loss
+
+    def _check_gradients(self) -> None:
+        """Checks of this step's gradients, before any parameter changes (overridden by
+        rules that take only some gradients, such as SparseAdam)."""
 
     def describe_param(self, group_index: int, index: int) -> str:
         """How errors name parameter ``index`` of group ``group_index``."""
@@ -256,12 +274,15 @@ class Optimizer(torch.optim.Optimizer):
         """Load a state dict after checking all of it; on error nothing changes.
 
         Accepts state dicts written by descent or by the matching torch.optim class
-        (same layout). Checked: the optimizer type and format version (when present),
+        (same layout), older torch versions' included: a flag such as ``maximize`` or
+        ``foreach`` that a group lacks (:data:`FLAGS_FILLED_ON_LOAD`) takes this class's
+        default, as in torch.optim. Checked: the optimizer type and format version (when present),
         the number of groups and of parameters per group, every group's
         hyperparameters, and for each parameter's state the exact set of keys and
         each tensor's shape and dtype against the parameter. Each mismatch raises a
         ``ValueError`` saying what and where.
         """
+        state_dict = self._fill_missing_flags(state_dict)
         self._check_state_dict(state_dict)
         # A deep copy, so that the loaded state never aliases the caller's tensors
         # (torch's load keeps tensors that need no cast, and descent updates in place).
@@ -289,6 +310,19 @@ class Optimizer(torch.optim.Optimizer):
                 value = param_state.get(key)
                 if value is not None and not torch.is_tensor(value):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+
+    def _fill_missing_flags(self, state_dict: Any) -> Any:
+        """``state_dict`` with the flags in :data:`FLAGS_FILLED_ON_LOAD` that a group
+        lacks set to this class's defaults (a new dict; the caller's is not changed)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        if not isinstance(groups, list | tuple):
+            return state_dict  # malformed: _check_state_dict says how
+        defaults = {name: spec.default for name, spec in self.hyperparameters.items()
+                    if name in FLAGS_FILLED_ON_LOAD}
+        filled = [{**group, **{name: value for name, value in defaults.items()
+                               if name not in group}} if isinstance(group, Mapping) else group
+                  for group in groups]
+        return {**state_dict, "param_groups": filled}
 
     def _check_state_dict(self, state_dict: Any) -> None:
         owner = type(self).__name__
@@ -356,7 +390,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} has type {type(entry).__name__}; expected a dict")
         if not entry:
             return
-        expected = self._state_keys(group)
+        expected = self._state_keys(group, param)
         keys = set(entry)
         if keys != expected:
             parts = []
@@ -367,6 +401,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: {' and '.join(parts)} keys "
                              f"(expected {sorted(expected)} for this group's options)")
         scalar_state = self.scalar_state
+        shapes = {spec.name: spec.shape_for(param) for spec in self.keeps if not spec.scalar}
         for key, value in entry.items():
             if key in scalar_state:
                 number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
@@ -378,9 +413,11 @@ class Optimizer(torch.optim.Optimizer):
             if not torch.is_tensor(value):
                 raise ValueError(f"{where}: {key} has type {type(value).__name__}; expected "
                                  "a tensor")
-            if value.shape != param.shape:
+            if tuple(value.shape) != shapes[key]:
+                expected_shape = ("" if shapes[key] == tuple(param.shape)
+                                  else f", so {key} has shape {shapes[key]}")
                 raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, the "
-                                 f"parameter has shape {tuple(param.shape)}")
+                                 f"parameter has shape {tuple(param.shape)}{expected_shape}")
             if value.dtype != param.dtype:
                 raise ValueError(f"{where}: {key} has dtype {value.dtype}, the parameter has "
                                  f"dtype {param.dtype}")
@@ -449,4 +486,5 @@ def _document(cls: type[Optimizer]) -> str:
     return doc + "\n".join(lines) + "\n"
 
 
-__all__ = ["FORMAT_VERSION", "Optimizer", "Params", "State", "hyper", "scalar_dtype"]
+__all__ = ["FLAGS_FILLED_ON_LOAD", "FORMAT_VERSION", "Optimizer", "Params", "State", "hyper",
+           "scalar_dtype"]
