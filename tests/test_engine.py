@@ -572,9 +572,13 @@ needs_compiler = pytest.mark.skipif(descent.engine.cpu.compiler() is None,
                                     reason="needs a C compiler")
 
 
+ELEMENTWISE_CASES = [(info, config) for info, config in config_cases()
+                     if info.cls.elementwise and not info.sparse_gradients]
+
+
 @needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("info", "config"), config_cases(), ids=case_id)
+@pytest.mark.parametrize(("info", "config"), ELEMENTWISE_CASES, ids=case_id)
 def test_generated_kernels_match_per_tensor(info: OptimizerInfo, config: dict[str, Any],
                                             dtype: torch.dtype) -> None:
     """One C loop generated from the math vs the math per tensor: params and state."""
@@ -691,7 +695,7 @@ def test_generated_kernels_skip_strided_params_and_grads() -> None:
     assert relative_difference(params, copies) <= 1e-12
 
 
-TRITON_CASES = [(info, config) for info, config in config_cases()][::3]
+TRITON_CASES = ELEMENTWISE_CASES[::3]
 
 
 @pytest.mark.parametrize(("info", "config"), TRITON_CASES, ids=case_id)

@@ -107,6 +107,14 @@ def _expression(op: Op, v: list[str], t: str) -> str:
         return f"({t})1 / {a[0]}"
     if name == "zero":
         return f"({t})0"
+    if name in ("gt_s", "lt_s", "eq_s"):
+        relation = {"gt_s": ">", "lt_s": "<", "eq_s": "=="}[name]
+        return f"({a[0]} {relation} {s[0]} ? ({t})1 : ({t})0)"
+    if name == "masked_fill":
+        return f"({a[1]} != 0 ? {s[0]} : {a[0]})"
+    if name == "clamp":  # torch's min(max(a, low), high), NaN-propagating
+        low = f"({a[0]} != {a[0]} ? {a[0]} : ({a[0]} > {s[0]} ? {a[0]} : {s[0]}))"
+        return f"({low} != {low} ? {low} : ({low} < {s[1]} ? {low} : {s[1]}))"
     raise ValueError(f"descent.engine.cpu: no C form for operation {name!r}")
 
 

@@ -108,6 +108,14 @@ def _expression(op: Op, v: list[str], c: str) -> str:
         return _divide(f"1.0 + tl.zeros_like({a[0]})" if c == "tl.float32" else "1.0", a[0], c)
     if name == "zero":
         return f"tl.zeros([BLOCK], dtype={c})"
+    if name in ("gt_s", "lt_s", "eq_s"):
+        relation = {"gt_s": ">", "lt_s": "<", "eq_s": "=="}[name]
+        return f"tl.where({a[0]} {relation} {s[0]}, 1.0, 0.0).to({c})"
+    if name == "masked_fill":
+        return f"tl.where({a[1]} != 0, {s[0]}, {a[0]})"
+    if name == "clamp":
+        return (f"tl.where({a[0]} != {a[0]}, {a[0]}, "
+                f"tl.minimum(tl.maximum({a[0]}, {s[0]}), {s[1]}))")
     raise ValueError(f"descent.engine.cuda: no Triton form for operation {name!r}")
 
 

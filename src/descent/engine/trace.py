@@ -38,8 +38,11 @@ class NotTraceable(Exception):
 OPS = {
     "add": 2, "sub": 2, "mul": 2, "div": 2, "add_s": 1, "sub_s": 1, "mul_s": 1, "div_s": 1,
     "addcmul": 3, "addcdiv": 3, "lerp": 2, "maximum": 2, "clamp_min": 1, "sqrt": 1, "abs": 1,
-    "sign": 1, "neg": 1, "reciprocal": 1, "zero": 0,
+    "sign": 1, "neg": 1, "reciprocal": 1, "zero": 0, "gt_s": 1, "lt_s": 1, "eq_s": 1,
+    "masked_fill": 2, "clamp": 1,
 }
+"""Comparisons (``gt_s``, ...) give 1 or 0 in the tensors' dtype; ``masked_fill`` takes
+that as its mask."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,15 @@ class Traced:
 
     # ------------------------------------------------------------------ the TensorList API
 
+    is_sparse = False  # a kernel runs on dense tensors only
+    single = False
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotTraceable(f"the math uses {name!r}, which generated kernels do not have")
+
+    def sub(self, other: Any, *, alpha: Any = 1) -> Traced:
+        return self._new(self._binary("sub", other, alpha))
+
     def add_(self, other: Any, *, alpha: Any = 1) -> Traced:
         return self._set(self._binary("add", other, alpha))
 
@@ -179,6 +191,35 @@ class Traced:
     def clamp_min_(self, minimum: Any) -> Traced:
         return self._set(self.recording.emit("clamp_min", (self.value,),
                                              (self.recording.slot(minimum),)))
+
+    def clamp_(self, minimum: Any, maximum: Any) -> Traced:
+        recording = self.recording
+        return self._set(recording.emit("clamp", (self.value,),
+                                        (recording.slot(minimum), recording.slot(maximum))))
+
+    def _compare(self, name: str, other: Any) -> Traced:
+        if isinstance(other, Traced):
+            raise NotTraceable("comparisons of two tensors")
+        return self._new(self.recording.emit(name, (self.value,), (self.recording.slot(other),)))
+
+    def gt(self, other: Any) -> Traced:
+        return self._compare("gt_s", other)
+
+    def lt(self, other: Any) -> Traced:
+        return self._compare("lt_s", other)
+
+    def eq(self, other: Any) -> Traced:
+        return self._compare("eq_s", other)
+
+    def _masked(self, mask: Any, value: Any) -> int:
+        return self.recording.emit("masked_fill", (self.value, self._operand(mask)),
+                                   (self.recording.slot(value),))
+
+    def masked_fill_(self, mask: Any, value: Any) -> Traced:
+        return self._set(self._masked(mask, value))
+
+    def masked_fill(self, mask: Any, value: Any) -> Traced:
+        return self._new(self._masked(mask, value))
 
     def _unary(self, name: str) -> int:
         return self.recording.emit(name, (self.value,))
