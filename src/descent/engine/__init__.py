@@ -79,6 +79,9 @@ class Rule(Protocol):
 
     def describe_param(self, group_index: int, index: int) -> str: ...
 
+    def cautious_call(self, param: Any, grad: Any, arguments: dict[str, Any],
+                      options: Mapping[str, Any]) -> dict[str, Any]: ...
+
 
 # ---------------------------------------------------------------------- modes
 
@@ -311,7 +314,7 @@ def _step_run(optimizer: Rule, params: list[Tensor], grads: list[Tensor],
         grads = [torch.view_as_real(g) for g in grads]
     tensor_keys = [key for key in first if key not in scalar_keys]
     lists = {key: [_real(entry[key]) for entry in entries] for key in tensor_keys}
-    if path == "fused":
+    if path == "fused" and not options.get("cautious"):  # cautious masking runs the math
         assert optimizer.fused_kernel is not None
         device_steps = [s.to(params[0].device) for s in steps] \
             if params[0].device.type != "cpu" else steps
@@ -362,6 +365,8 @@ def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
             arguments[name] = scalars[name]
         else:
             arguments[name] = state.get(name)
+    if options.get("cautious"):  # cautious masking around the math (descent.optim._cautious)
+        return rule.cautious_call(param, grad, arguments, options)
     return rule.math(param, grad, **arguments) or {}
 
 

@@ -161,6 +161,10 @@ class TensorList:
         """``self = max(self, minimum)``."""
         return self._inplace("clamp_min_", minimum)
 
+    def clamp_max_(self, maximum: float) -> TensorList:
+        """``self = min(self, maximum)``."""
+        return self._inplace("clamp_max_", maximum)
+
     # ------------------------------------------------------------------ functions
 
     def sqrt(self) -> TensorList:

@@ -139,6 +139,9 @@ class State:
             form's ``init``).
         lazy: created by the rule's math on its first step (SGD's momentum buffer,
             which starts as the first gradient), not before.
+        shape: ``shape(param, group)``, the entry's shape when it is not the
+            parameter's (NorMuon's per-row statistics, SOAP's preconditioners); an
+            ``init`` callable then makes the tensor.
         doc: one line for the docs.
     """
 
@@ -148,7 +151,12 @@ class State:
     when: str | None = None
     uses: tuple[str, ...] = ()
     lazy: bool = False
+    shape: Callable[[torch.Tensor, Mapping[str, Any]], tuple[int, ...]] | None = None
     doc: str = ""
+
+    def expected_shape(self, param: torch.Tensor, group: Mapping[str, Any]) -> tuple[int, ...]:
+        """The shape this entry has for ``param`` (the parameter's unless ``shape`` says)."""
+        return tuple(param.shape) if self.shape is None else tuple(self.shape(param, group))
 
     def applies(self, group: Mapping[str, Any]) -> bool:
         """Whether a parameter of ``group`` keeps this entry (once it has stepped)."""
@@ -169,6 +177,9 @@ STANDARD: dict[str, tuple[Check, str]] = {
                        "only False; differentiate through steps with descent.functional"),
     "decoupled_weight_decay": (check.flag, "decay the parameter directly instead of adding "
                                            r":math:`\lambda\theta` to the gradient"),
+    "cautious": (check.flag, "cautious masking: keep the update only where it agrees in sign "
+                             "with the gradient, and decoupled weight decay only where it "
+                             "agrees with the update (descent.optim._cautious)"),
 }
 """The check and doc of hyperparameters that many algorithms share, by name."""
 
