@@ -183,6 +183,9 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     A sharded parameter (a DTensor, under FSDP2) is gathered for the iteration, and
     each rank keeps its shard of the result.
     """
+    if param.ndim < 2:
+        raise ValueError(f"ortho_muon: the parameter has shape {tuple(param.shape)}; Muon "
+                         "updates matrices (2 or more dimensions)")
     if maximize:
         grad = -grad
     momentum_buffer.lerp_(grad, 1 - momentum)
@@ -436,6 +439,10 @@ class MuonAdamW(Optimizer):
             flag = group["use_muon"]
             reason = f"group use_muon={flag}"
             for i, param in enumerate(group["params"]):
+                if flag and param.ndim < 2:
+                    raise ValueError(f"{owner}: {param_label(group, index, i)} has shape "
+                                     f"{tuple(param.shape)}; Muon updates matrices (the group "
+                                     "has use_muon=True)")
                 self._record(group, index, i, param, flag, reason)
             self._add_routed(flag, group, _rule_defaults_for(self._rule_defaults[flag], group))
             return
