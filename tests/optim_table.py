@@ -330,13 +330,13 @@ def _train_mode(cls: type) -> Callable[..., Any]:
     return make
 
 
-def ScheduleFreeReference(cls: type) -> Callable[..., Any]:  # noqa: N802
+def ScheduleFreeReference(cls: type) -> Callable[..., Any]:
     def make(params: Any, **options: Any) -> PerParameter:
         return PerParameter(_train_mode(cls), params, **options)
     return make
 
 
-def ADOPTReference(params: Any, decoupled_weight_decay: bool = False,  # noqa: N802
+def ADOPTReference(params: Any, decoupled_weight_decay: bool = False,
                    clip_exponent: float | None = 0.25, **options: Any) -> Any:
     """torch-adopt's ADOPT, with descent's names for its options."""
     clip = None if clip_exponent is None else (lambda step: step ** clip_exponent)
@@ -344,7 +344,7 @@ def ADOPTReference(params: Any, decoupled_weight_decay: bool = False,  # noqa: N
                              **options)
 
 
-def AdEMAMixReference(params: Any, t_alpha: float | None = None,  # noqa: N802
+def AdEMAMixReference(params: Any, t_alpha: float | None = None,
                       t_beta3: float | None = None, **options: Any) -> PerParameter:
     """pytorch-optimizer's AdEMAMix with decoupled decay (the paper's); one warm-up length."""
     assert t_alpha == t_beta3, "pytorch-optimizer has one warm-up for alpha and beta3"
@@ -352,7 +352,7 @@ def AdEMAMixReference(params: Any, t_alpha: float | None = None,  # noqa: N802
                         weight_decouple=True, **options)
 
 
-def StableAdamWReference(params: Any, eps: float = 1e-6,  # noqa: N802
+def StableAdamWReference(params: Any, eps: float = 1e-6,
                          **options: Any) -> PerParameter:
     """pytorch-optimizer's StableAdamW without Kahan summation (a low-precision option),
     with the paper's eps (its own default is 1e-8)."""
@@ -360,7 +360,7 @@ def StableAdamWReference(params: Any, eps: float = 1e-6,  # noqa: N802
                         **options)
 
 
-def SOAPReference(params: Any, **options: Any) -> PerParameter:  # noqa: N802
+def SOAPReference(params: Any, **options: Any) -> PerParameter:
     return PerParameter(pytorch_optimizer.SOAP, params, **options)
 
 
