@@ -43,7 +43,8 @@ def test_non_negative_hyperparameters(info: OptimizerInfo, value: float) -> None
 @settings(max_examples=60, deadline=None)
 @given(beta1=NUMBERS, beta2=NUMBERS)
 def test_betas_in_unit_interval(info: OptimizerInfo, beta1: float, beta2: float) -> None:
-    if info.positive_beta1 and beta1 == 0 and 0 <= beta2 < 1:  # x is recovered from y and z through beta1
+    # Schedule-Free recovers x from y and z through beta1, so it must be > 0
+    if info.positive_beta1 and beta1 == 0 and 0 <= beta2 < 1:
         with pytest.raises(ValueError, match=re.escape("betas[0]=0 is invalid")):
             info.cls([_param()], betas=(beta1, beta2))
     elif 0 <= beta1 < 1 and 0 <= beta2 < 1:
