@@ -529,31 +529,60 @@ class PaperProdigy(_PaperOptimizer):
             p.copy_(p - d * lr_k * memory["m"] / (torch.sqrt(memory["v"]) + d * group["eps"]))
 
 
-class TorchMuonWithAdamW:
-    """Jordan's Muon-with-AdamW recipe built from torch.optim.Muon and torch.optim.AdamW,
-    routed by the documented rule: 1-D parameters and the last matrix (the head) to AdamW,
-    the other matrices to Muon. A group's ``lr`` is Muon's; AdamW takes ``adamw_*``."""
+def paper_muon_step(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, lr: float,
+                    momentum: float, nesterov: bool, weight_decay: float,
+                    adjust_lr_fn: str | None) -> None:
+    """One Muon step as torch.optim.Muon documents it, written out (Jordan's quintic,
+    five iterations, in the parameter's dtype):
+
+    B = mu B + (1 - mu) g;  U = (1 - mu) g + mu B (Nesterov) or B
+    X = U / max(||U||, 1e-7);  X = a X + (b A + c A^2) X with A = X X^T, five times
+    x = x (1 - lr wd) - lr * scale * X,  scale = sqrt(max(1, m/n)) or 0.2 sqrt(max(m, n))
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    buffer.copy_(momentum * buffer + (1 - momentum) * grad)
+    update = (1 - momentum) * grad + momentum * buffer if nesterov else buffer.clone()
+    x = update.T if update.shape[0] > update.shape[1] else update
+    x = x / max(x.norm().item(), 1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.T if update.shape[0] > update.shape[1] else x
+    rows, cols = param.shape
+    scale = 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == "match_rms_adamw" \
+        else math.sqrt(max(1, rows / cols))
+    param.copy_(param * (1 - lr * weight_decay) - lr * scale * x)
+
+
+class MuonWithAdamWReference:
+    """Jordan's Muon-with-AdamW recipe: Muon written out (:func:`paper_muon_step`, in the
+    parameter's dtype) and torch.optim.AdamW, routed by the documented rule: 1-D
+    parameters and the last matrix (the head) to AdamW, the other matrices to Muon. A
+    group's ``lr`` is Muon's; AdamW takes ``adamw_*``. (torch.optim.Muon itself, bit for
+    bit with bfloat16 iterations, is compared in test_muon_family.py.)"""
 
     def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.95,
                  weight_decay: float = 0.0, nesterov: bool = True,
-                 adjust_lr_fn: str | None = None, adamw_lr: float = 3e-4,
-                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, maximize: bool = False) -> None:
+                 adjust_lr_fn: str | None = None, ns_dtype: Any = None,
+                 adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
+                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0) -> None:
+        assert ns_dtype is None, "the written-out Muon iterates in the parameter's dtype"
         groups = _reference_groups(params, {"lr": lr})
-        matrices = [p for group in groups for p in group["params"] if p.ndim >= 2]
-        head = matrices[-1]
-        muon = [{"params": [p for p in group["params"] if p.ndim >= 2 and p is not head],
-                 "lr": group["lr"]} for group in groups]
+        head = [p for group in groups for p in group["params"] if p.ndim >= 2][-1]
+        self.muon = [(p, group["lr"]) for group in groups for p in group["params"]
+                     if p.ndim >= 2 and p is not head]
+        self.options = dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                            adjust_lr_fn=adjust_lr_fn)
+        self.buffers = {id(p): torch.zeros_like(p) for p, _ in self.muon}
         adamw = [p for group in groups for p in group["params"] if p.ndim < 2 or p is head]
-        self.muon = torch.optim.Muon([g for g in muon if g["params"]], lr=lr,
-                                     momentum=momentum, weight_decay=weight_decay,
-                                     nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
         self.adamw = torch.optim.AdamW(adamw, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
-                                       weight_decay=adamw_weight_decay, maximize=maximize)
-        assert not maximize or not self.muon.param_groups, "torch's Muon has no maximize"
+                                       weight_decay=adamw_weight_decay)
 
+    @torch.no_grad()
     def step(self) -> None:
-        self.muon.step()
+        for param, lr in self.muon:
+            if param.grad is not None:
+                paper_muon_step(param, param.grad, self.buffers[id(param)], lr, **self.options)
         self.adamw.step()
 
 
@@ -620,8 +649,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     OptimizerInfo(
         descent.ScheduleFreeRAdam, ScheduleFreeReference(schedulefree.RAdamScheduleFree),
         configs=[
-            {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.05, "betas": (0.9, 0.9)},
+            {"lr": 1e-2, "betas": (0.9, 0.9)},
+            {"lr": 1e-2, "weight_decay": 0.05},
             {"lr": 1e-2, "silent_sgd_phase": False, "betas": (0.9, 0.99)},
         ],
         error_inputs=_common_errors() + [
@@ -710,12 +739,16 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         torch_counterpart=False, first_update_step=2, vmap_tolerance=1e-6,
     ),
     OptimizerInfo(
-        descent.MuonAdamW, TorchMuonWithAdamW,
+        # ns_dtype=None: Muon's iteration in the parameters' dtype, which the written-out
+        # reference uses; bfloat16 (the default) is compared with torch.optim.Muon, bit for
+        # bit, in test_muon_family.py
+        descent.MuonAdamW, MuonWithAdamWReference,
         configs=[
-            {"lr": 0.02, "adamw_lr": 1e-2},
-            {"lr": 0.02, "weight_decay": 0.05, "adamw_weight_decay": 0.01, "adamw_lr": 1e-2},
+            {"lr": 0.02, "adamw_lr": 1e-2, "ns_dtype": None},
+            {"lr": 0.02, "weight_decay": 0.05, "adamw_weight_decay": 0.01, "adamw_lr": 1e-2,
+             "ns_dtype": None},
             {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw",
-             "adamw_betas": (0.8, 0.99), "adamw_eps": 1e-8},
+             "adamw_betas": (0.8, 0.99), "adamw_eps": 1e-8, "ns_dtype": None},
         ],
         error_inputs=_common_errors(has_betas=False) + [
             ErrorInput({"adamw_betas": (1.0, 0.9)}, ValueError,

@@ -26,6 +26,10 @@ import descent
 from descent import functional
 from descent.optim.muon_family import JORDAN, POLAR_EXPRESS, newton_schulz
 
+# bfloat16 matrix products of this size take milliseconds on two threads and
+# microseconds on one (torch 2.13, CPU)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def random_matrix(rows: int, cols: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
