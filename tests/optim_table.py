@@ -107,6 +107,7 @@ class OptimizerInfo:
     # functional vmap over an ensemble vs one member at a time (SOAP: eigenvectors of
     # repeated eigenvalues are not unique; batched and single eigh calls pick different ones)
     vmap_tolerance: float = 1e-12
+    reference_label: str = ""  # how bench/parity.py names the reference ("" : derived)
 
     @property
     def name(self) -> str:
@@ -589,6 +590,7 @@ class MuonWithAdamWReference:
 BEYOND_TORCH: list[OptimizerInfo] = [
     OptimizerInfo(
         descent.ADOPT, ADOPTReference,
+        reference_label="torch-adopt's ADOPT",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.05},
@@ -602,6 +604,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.AdEMAMix, AdEMAMixReference,
+        reference_label="pytorch-optimizer's AdEMAMix (per parameter)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "t_alpha": 20, "t_beta3": 20, "alpha": 8.0},
@@ -619,6 +622,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.ScheduleFreeSGD, ScheduleFreeReference(schedulefree.SGDScheduleFreeReference),
+        reference_label="schedulefree's SGDScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 0.1},
             {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.05, "warmup_steps": 10},
@@ -635,6 +639,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     OptimizerInfo(
         descent.ScheduleFreeAdamW,
         ScheduleFreeReference(schedulefree.AdamWScheduleFreeReference),
+        reference_label="schedulefree's AdamWScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.05, "warmup_steps": 10},
@@ -648,6 +653,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.ScheduleFreeRAdam, ScheduleFreeReference(schedulefree.RAdamScheduleFree),
+        reference_label="schedulefree's RAdamScheduleFree (per parameter)",
         configs=[
             {"lr": 1e-2, "betas": (0.9, 0.9)},
             {"lr": 1e-2, "weight_decay": 0.05},
@@ -660,6 +666,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.StableAdamW, StableAdamWReference,
+        reference_label="pytorch-optimizer's StableAdamW (per parameter)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8},
@@ -670,6 +677,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.LAMB, PaperLAMB,
+        reference_label="paper equations (PaperLAMB, tests/optim_table.py)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.0, "bias_correction": False},
@@ -682,6 +690,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.LARS, PaperLARS,
+        reference_label="paper equations (PaperLARS, tests/optim_table.py)",
         configs=[
             {"lr": 0.5, "trust_coefficient": 0.1},
             {"lr": 0.5, "trust_coefficient": 0.02, "weight_decay": 0.01},
@@ -697,6 +706,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.MARS, PaperMARS,
+        reference_label="paper equations (PaperMARS, tests/optim_table.py)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "gamma": 0.1, "weight_decay": 0.05},
@@ -709,6 +719,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.Prodigy, PaperProdigy,
+        reference_label="paper equations (PaperProdigy, tests/optim_table.py)",
         configs=[
             {"lr": 1.0, "d0": 1e-2},
             {"lr": 1.0, "weight_decay": 0.05, "use_bias_correction": True},
@@ -726,6 +737,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
     ),
     OptimizerInfo(
         descent.SOAP, SOAPReference,
+        reference_label="pytorch-optimizer's SOAP (per parameter)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "precondition_frequency": 3, "precondition_1d": True},
@@ -743,6 +755,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         # reference uses; bfloat16 (the default) is compared with torch.optim.Muon, bit for
         # bit, in test_muon_family.py
         descent.MuonAdamW, MuonWithAdamWReference,
+        reference_label="Muon written out + torch.optim.AdamW",
         configs=[
             {"lr": 0.02, "adamw_lr": 1e-2, "ns_dtype": None},
             {"lr": 0.02, "weight_decay": 0.05, "adamw_weight_decay": 0.01, "adamw_lr": 1e-2,
