@@ -584,3 +584,18 @@ def test_param_groups_for_gives_complete_groups_that_route_alike() -> None:
     opt = descent.MuonAdamW(groups)
     assert [len(g["params"]) for g in opt.param_groups] == [4, 11]
     assert opt.param_groups[0]["lr"] == 0.03
+
+
+def test_a_refused_group_adds_nothing() -> None:
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = descent.MuonAdamW(model.blocks[0])
+    groups, routes = len(opt.param_groups), len(opt.routes)
+    extra = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"is already optimized"):
+        opt.add_param_group({"params": [("extra.weight", extra.weight),
+                                        ("extra.bias", extra.bias),
+                                        ("again", model.blocks[0].norm.bias)]})
+    assert (len(opt.param_groups), len(opt.routes)) == (groups, routes)
+    opt.add_param_group({"params": [("extra.weight", extra.weight), ("extra.bias", extra.bias)]})
+    assert len(opt.routes) == routes + 2

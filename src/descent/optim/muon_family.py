@@ -352,7 +352,7 @@ class MuonAdamW(Optimizer):
     Jordan's ``MuonWithAuxAdam``.
 
     **Distributed.** Under DDP nothing changes. Under ``ZeroRedundancyOptimizer`` pass
-    the groups of :meth:`param_groups` (built from the whole model, so every rank routes
+    the groups of :meth:`param_groups_for` (built from the whole model, so every rank routes
     alike, each group complete with its rule's options): ZeRO copies its groups' options
     onto each rank's optimizer at every step. Sharded parameters (FSDP2 DTensors) are
     gathered whole for Muon's iteration on every rank, each keeping its shard of the
@@ -430,7 +430,15 @@ class MuonAdamW(Optimizer):
         """Add a group: with ``use_muon`` it goes to that rule whole; without, its
         parameters are routed (see the class) and it may become two groups, one per
         rule, both taking its options (constructor names: ``lr`` for Muon,
-        ``adamw_lr`` for AdamW, ...)."""
+        ``adamw_lr`` for AdamW, ...). On error nothing is added."""
+        groups, routes = len(self.param_groups), len(self.routes)
+        try:
+            self._add_group(param_group)
+        except Exception:
+            del self.param_groups[groups:], self.routes[routes:]
+            raise
+
+    def _add_group(self, param_group: dict[str, Any]) -> None:
         owner = type(self).__name__
         index = len(self.param_groups)
         group = split_group(owner, param_group, index)
