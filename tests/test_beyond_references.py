@@ -79,10 +79,11 @@ def test_mars_matches_pytorch_optimizer_without_its_extra_epsilons(
 
 
 def test_mars_as_pytorch_optimizer_runs_it() -> None:
-    """The package as it is (its epsilons, above): within 1e-4 of the distance moved."""
+    """The package as it is (its epsilons, above): within 1e-5 of the distance moved
+    (8e-7 measured)."""
     gap = relative_gap(lambda p: descent.MARS(p, lr=1e-2), lambda p: pytorch_optimizer.MARS(
         p, lr=1e-2, optimize_1d=True))
-    assert gap <= 1e-4
+    assert gap <= 1e-5
 
 
 # ---------------------------------------------------------------------- LAMB and LARS
@@ -127,11 +128,11 @@ def test_prodigy_matches_prodigyopt_when_eps_vanishes() -> None:
 def test_prodigy_as_prodigyopt_runs_it() -> None:
     """With the default eps = 1e-8: while d grows a thousandfold in the first steps
     (d0 = 1e-6), d_{k+1} eps and d_k eps differ by as much, in a denominator
-    sqrt(v) ~ d |g|: within 1e-3 of the distance moved."""
+    sqrt(v) ~ d |g|: within 1e-4 of the distance moved (9e-6 measured)."""
     prodigyopt = pytest.importorskip("prodigyopt")
     gap = relative_gap(lambda p: descent.Prodigy(p), lambda p: prodigyopt.Prodigy(p),
                        pull=True)
-    assert gap <= 1e-3
+    assert gap <= 1e-4
 
 
 def test_prodigy_paper_reference_with_all_options() -> None:
