@@ -593,9 +593,9 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="torch-adopt's ADOPT",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.05},
             {"lr": 1e-2, "weight_decay": 0.05, "decoupled_weight_decay": True},
-            {"lr": 1e-2, "clip_exponent": None, "betas": (0.8, 0.99), "maximize": True},
+            {"lr": 1e-2, "clip_exponent": None, "betas": (0.8, 0.99), "maximize": True,
+             "weight_decay": 0.05},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"clip_exponent": -0.25}, ValueError, r"clip_exponent=-0\.25"),
@@ -606,7 +606,6 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         descent.AdEMAMix, AdEMAMixReference,
         reference_label="pytorch-optimizer's AdEMAMix (per parameter)",
         configs=[
-            {"lr": 1e-2},
             {"lr": 1e-2, "t_alpha": 20, "t_beta3": 20, "alpha": 8.0},
             {"lr": 1e-2, "betas": (0.8, 0.99, 0.999), "weight_decay": 0.1, "maximize": True},
         ],
@@ -625,8 +624,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="schedulefree's SGDScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 0.1},
-            {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.05, "warmup_steps": 10},
-            {"lr": 0.05, "r": 1.0, "weight_lr_power": 1.0},
+            {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.05, "warmup_steps": 10, "r": 1.0,
+             "weight_lr_power": 1.0},
         ],
         error_inputs=_common_errors(has_betas=False, has_eps=False) + [
             ErrorInput({"momentum": 0.0}, ValueError, r"momentum=0 is invalid"),
@@ -642,8 +641,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="schedulefree's AdamWScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.05, "warmup_steps": 10},
-            {"lr": 1e-2, "betas": (0.5, 0.99), "r": 0.5, "eps": 1e-6},
+            {"lr": 1e-2, "weight_decay": 0.05, "warmup_steps": 10, "betas": (0.5, 0.99),
+             "r": 0.5, "eps": 1e-6},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"betas": (0.0, 0.9)}, ValueError, r"betas\[0\]=0 is invalid"),
@@ -656,8 +655,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="schedulefree's RAdamScheduleFree (per parameter)",
         configs=[
             {"lr": 1e-2, "betas": (0.9, 0.9)},
-            {"lr": 1e-2, "weight_decay": 0.05},
-            {"lr": 1e-2, "silent_sgd_phase": False, "betas": (0.9, 0.99)},
+            {"lr": 1e-2, "weight_decay": 0.05, "silent_sgd_phase": False},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"silent_sgd_phase": 1}, TypeError, r"silent_sgd_phase=1"),
@@ -669,8 +667,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="pytorch-optimizer's StableAdamW (per parameter)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8},
-            {"lr": 1e-2, "betas": (0.8, 0.9), "maximize": True},
+            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "betas": (0.8, 0.9),
+             "maximize": True},
         ],
         error_inputs=_common_errors(),
         torch_counterpart=False,
@@ -680,8 +678,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="paper equations (PaperLAMB, tests/optim_table.py)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.0, "bias_correction": False},
-            {"lr": 1e-2, "betas": (0.8, 0.99), "maximize": True, "eps": 1e-8},
+            {"lr": 1e-2, "weight_decay": 0.0, "bias_correction": False, "betas": (0.8, 0.99),
+             "maximize": True, "eps": 1e-8},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"bias_correction": "yes"}, TypeError, r"bias_correction='yes'"),
@@ -692,8 +690,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         descent.LARS, PaperLARS,
         reference_label="paper equations (PaperLARS, tests/optim_table.py)",
         configs=[
-            {"lr": 0.5, "trust_coefficient": 0.1},
-            {"lr": 0.5, "trust_coefficient": 0.02, "weight_decay": 0.01},
+            {"lr": 0.5, "trust_coefficient": 0.1, "weight_decay": 0.01},
             {"lr": 0.5, "momentum": 0.0, "trust_coefficient": 0.05, "maximize": True},
         ],
         error_inputs=_common_errors(has_betas=False, has_eps=False) + [
@@ -708,7 +705,6 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         descent.MARS, PaperMARS,
         reference_label="paper equations (PaperMARS, tests/optim_table.py)",
         configs=[
-            {"lr": 1e-2},
             {"lr": 1e-2, "gamma": 0.1, "weight_decay": 0.05},
             {"lr": 1e-2, "betas": (0.9, 0.999), "gamma": 0.0, "maximize": True},
         ],
@@ -722,10 +718,10 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="paper equations (PaperProdigy, tests/optim_table.py)",
         configs=[
             {"lr": 1.0, "d0": 1e-2},
-            {"lr": 1.0, "weight_decay": 0.05, "use_bias_correction": True},
+            {"lr": 1.0, "weight_decay": 0.05, "use_bias_correction": True, "beta3": 0.9,
+             "betas": (0.8, 0.99)},
             {"lr": 0.5, "weight_decay": 0.05, "decoupled_weight_decay": False,
              "safeguard_warmup": True, "growth_rate": 1.5, "d_coef": 0.5},
-            {"lr": 1.0, "beta3": 0.9, "betas": (0.8, 0.99)},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"d0": 0.0}, ValueError, r"d0=0\.0.*> 0"),
@@ -741,8 +737,8 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "precondition_frequency": 3, "precondition_1d": True},
-            {"lr": 1e-2, "max_precondition_dim": 8, "shampoo_beta": 0.9, "weight_decay": 0.0},
-            {"lr": 1e-2, "normalize_gradient": True, "correct_bias": False, "maximize": True},
+            {"lr": 1e-2, "max_precondition_dim": 8, "shampoo_beta": 0.9, "weight_decay": 0.0,
+             "normalize_gradient": True, "correct_bias": False, "maximize": True},
         ],
         error_inputs=_common_errors() + [
             ErrorInput({"precondition_frequency": 0}, ValueError,
@@ -757,7 +753,6 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         descent.MuonAdamW, MuonWithAdamWReference,
         reference_label="Muon written out + torch.optim.AdamW",
         configs=[
-            {"lr": 0.02, "adamw_lr": 1e-2, "ns_dtype": None},
             {"lr": 0.02, "weight_decay": 0.05, "adamw_weight_decay": 0.01, "adamw_lr": 1e-2,
              "ns_dtype": None},
             {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw",

@@ -34,6 +34,7 @@ def test_rows_for_each_task_and_optimizer_and_a_table(monkeypatch: pytest.Monkey
     assert "unigram baseline" in table and table.count("| MuonAdamW |") == 2
 
 
+@pytest.mark.slow
 def test_every_registered_optimizer_runs_at_its_defaults() -> None:
     rows = compare(tasks=["chars"], epochs=1, batch_size=128)
     names = {row.optimizer for row in rows}

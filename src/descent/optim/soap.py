@@ -68,15 +68,17 @@ def _project(x: Tensor, bases: list[Tensor], back: bool = False) -> Tensor:
 
 
 def _eigenbases(statistics: list[Tensor]) -> list[Tensor]:
-    """Eigenvectors of each statistic, largest eigenvalue first."""
+    """Eigenvectors of each statistic, largest eigenvalue first (half precision ones in
+    float32, which ``eigh`` needs)."""
     bases = []
     for matrix in statistics:
         if not matrix.numel():
             bases.append(matrix)
             continue
-        identity = torch.eye(matrix.shape[0], device=matrix.device, dtype=matrix.dtype)
-        _, vectors = torch.linalg.eigh(matrix + 1e-30 * identity)
-        bases.append(torch.flip(vectors, dims=[1]))
+        work = matrix.float() if matrix.dtype in (torch.float16, torch.bfloat16) else matrix
+        identity = torch.eye(work.shape[0], device=work.device, dtype=work.dtype)
+        _, vectors = torch.linalg.eigh(work + 1e-30 * identity)
+        bases.append(torch.flip(vectors, dims=[1]).to(matrix.dtype))
     return bases
 
 
