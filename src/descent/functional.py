@@ -428,9 +428,9 @@ class FunctionalOptimizer:
                         leaf.dtype != param.dtype:
                     what = f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}" if isinstance(
                         leaf, Tensor) else f"type {type(leaf).__name__}"
-                    expected = (f"{param_path} has shape {tuple(param.shape)}"
-                                if shape == tuple(param.shape) else f"expected shape {shape}")
-                    raise ValueError(f"{owner}: {path} has {what}; {expected} and dtype "
+                    described = (f"{param_path} has shape {tuple(param.shape)}"
+                                 if shape == tuple(param.shape) else f"expected shape {shape}")
+                    raise ValueError(f"{owner}: {path} has {what}; {described} and dtype "
                                      f"{param.dtype}")
             buffers[key] = [leaf for _, leaf in leaves]
         return buffers

@@ -126,7 +126,8 @@ def _run(task: _Task, name: str, make: Callable[[nn.Module], Any], epochs: int,
     optimizer = make(model)
     x, y = task.train
     generator = torch.Generator().manual_seed(seed)
-    steps, seconds, losses = 0, 0.0, []
+    steps, seconds = 0, 0.0
+    losses: list[float] = []
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         losses = []

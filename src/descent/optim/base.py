@@ -405,9 +405,9 @@ class Optimizer(torch.optim.Optimizer):
                                  "a tensor")
             shape = specs[key].expected_shape(param, group)
             if tuple(value.shape) != shape:
-                expected = ("the parameter has shape" if shape == tuple(param.shape)
-                            else "expected")
-                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, {expected} "
+                described = ("the parameter has shape" if shape == tuple(param.shape)
+                             else "expected")
+                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, {described} "
                                  f"{shape}")
             if value.dtype != param.dtype:
                 raise ValueError(f"{where}: {key} has dtype {value.dtype}, the parameter has "

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from . import _validate as check
-from ._regularize import regularize
 from ._spec import State, hyper
 from .base import Optimizer
 
@@ -30,8 +29,10 @@ def mars(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor,
     :math:`g_{t-1}` is the previous step's gradient (``last_grad``, 0 at first).
     """
     beta1, beta2 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                      maximize=maximize)
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        param.mul_(1 - lr * weight_decay)
     correction = grad.sub(last_grad).mul_(gamma * beta1 / (1 - beta1)).add_(grad)
     correction.div_(torch.linalg.vector_norm(correction).clamp_min(1.0))
     exp_avg.lerp_(correction, 1 - beta1)

@@ -23,7 +23,7 @@ import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -191,7 +191,7 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     momentum_buffer.lerp_(grad, 1 - momentum)
     update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
     sharded = _is_dtensor(update)
-    whole = update.full_tensor() if sharded else update
+    whole = cast(Any, update).full_tensor() if sharded else update
     matrix = whole.reshape(whole.shape[0], -1)
     rows, cols = matrix.shape
     polar = ns_coefficients == "polar_express"
@@ -210,7 +210,8 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     if sharded:
         from torch.distributed.tensor import distribute_tensor
 
-        ortho = distribute_tensor(ortho.to(whole.dtype), update.device_mesh, update.placements,
+        local: Any = update
+        ortho = distribute_tensor(ortho.to(whole.dtype), local.device_mesh, local.placements,
                                   src_data_rank=None)
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
@@ -611,7 +612,7 @@ class MuonAdamW(Optimizer):
             part = self._part(flag)
             if part.param_groups:
                 engine.set_mode(part, mode)
-                engine.step(part)
+                engine.step(cast(Any, part))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -145,8 +145,8 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
     decay = beta2 if shampoo_beta is None else shampoo_beta
     if step == 1:  # statistics of the first gradient and their eigenbases; no step
         _accumulate(statistics, grad2, decay)
-        for basis, new in zip(bases, _eigenbases(statistics), strict=True):
-            basis.copy_(new)
+        for basis, first in zip(bases, _eigenbases(statistics), strict=True):
+            basis.copy_(first)
         return
     t = step - 1
     step_size = lr
@@ -163,9 +163,9 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
         param.mul_(1 - weight_decay * lr)
     _accumulate(statistics, grad2, decay)
     if t % precondition_frequency == 0:
-        new, reordered = _power_iteration(statistics, bases, exp_avg_sq2)
+        refreshed, reordered = _power_iteration(statistics, bases, exp_avg_sq2)
         exp_avg_sq2.copy_(reordered)
-        for basis, fresh in zip(bases, new, strict=True):
+        for basis, fresh in zip(bases, refreshed, strict=True):
             basis.copy_(fresh)
 
 
