@@ -42,8 +42,9 @@ def table() -> None:
             for dtype in DTYPES:
                 worst = max(parity_run(info, c, dtype, mode)[0] for c in info.configs)
                 cells.append(f"{worst:.1e}")
-        reference = (f"torch.optim.{info.reference.__name__}" if info.torch_counterpart
-                     else f"paper equations ({info.reference.__name__}, tests/optim_table.py)")
+        reference = info.reference_label or (
+            f"torch.optim.{info.reference.__name__}" if info.torch_counterpart
+            else f"paper equations ({info.reference.__name__}, tests/optim_table.py)")
         print(f"| {info.name} | {reference} | {len(info.configs)} | {' | '.join(cells)} |")
 
 

@@ -37,12 +37,17 @@ def test_non_negative_hyperparameters(info: OptimizerInfo, value: float) -> None
                 info.cls([_param(info)], **{name: value})
 
 
-@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if "betas" in i.cls.hyperparameters],
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if "betas" in i.cls.hyperparameters
+                                  and i.cls.hyperparameters["betas"].check is _validate.betas],
                          ids=case_id)
 @settings(max_examples=60, deadline=None)
 @given(beta1=NUMBERS, beta2=NUMBERS)
 def test_betas_in_unit_interval(info: OptimizerInfo, beta1: float, beta2: float) -> None:
-    if 0 <= beta1 < 1 and 0 <= beta2 < 1:
+    # Schedule-Free recovers x from y and z through beta1, so it must be > 0
+    if info.positive_beta1 and beta1 == 0 and 0 <= beta2 < 1:
+        with pytest.raises(ValueError, match=re.escape("betas[0]=0 is invalid")):
+            info.cls([_param(info)], betas=(beta1, beta2))
+    elif 0 <= beta1 < 1 and 0 <= beta2 < 1:
         opt = info.cls([_param(info)], betas=(beta1, beta2))
         assert opt.param_groups[0]["betas"] == (beta1, beta2)
     else:

@@ -126,9 +126,22 @@ def test_state_dict_keeps_torch_layout_plus_descent_metadata() -> None:
     reference = torch.optim.Adam(nn.Linear(1, 1).parameters()).state_dict()
     assert set(state_dict) == {"state", "param_groups", "descent"}
     assert state_dict["descent"] == {"optimizer": "Adam", "format_version": 1}
-    assert set(state_dict["param_groups"][0]) == set(reference["param_groups"][0])
+    # torch's keys and descent's one flag of every rule (cautious masking)
+    assert set(state_dict["param_groups"][0]) == set(reference["param_groups"][0]) | {"cautious"}
     assert set(state_dict["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert state_dict["state"][0]["step"].item() == 3.0
+
+
+def test_torch_state_dict_without_the_cautious_flag_loads_with_its_default() -> None:
+    model = nn.Linear(3, 2)
+    saved = torch.optim.AdamW(model.parameters(), lr=0.01).state_dict()
+    opt = descent.AdamW(model, lr=0.5, cautious=True)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["cautious"] is False
+    assert opt.lr == 0.01
+    del saved["param_groups"][0]["eps"]  # only flags take their defaults
+    with pytest.raises(ValueError, match=r"missing hyperparameter 'eps'"):
+        opt.load_state_dict(saved)
 
 
 def test_state_is_not_reset_by_loading_hyperparameters_or_groups() -> None:

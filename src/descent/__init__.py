@@ -12,6 +12,7 @@ from . import interop as interop
 from . import schedules as schedules
 from . import utils as utils
 from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import ADOPT as ADOPT
 from .optim import (
     ASGD,
     LBFGS,
@@ -32,6 +33,18 @@ from .optim import (
     SignSGD,
     SparseAdam,
 )
+from .optim import LAMB as LAMB
+from .optim import LARS as LARS
+from .optim import MARS as MARS
+from .optim import SOAP as SOAP
+from .optim import AdEMAMix as AdEMAMix
+from .optim import MuonAdamW as MuonAdamW
+from .optim import OrthoMuon as OrthoMuon
+from .optim import Prodigy as Prodigy
+from .optim import ScheduleFreeAdamW as ScheduleFreeAdamW
+from .optim import ScheduleFreeRAdam as ScheduleFreeRAdam
+from .optim import ScheduleFreeSGD as ScheduleFreeSGD
+from .optim import StableAdamW as StableAdamW
 from .train import (
     AdversarialTrainer,
     Callback,
@@ -57,4 +70,8 @@ __all__ = [
     "RMSprop", "RecurrentTrainer", "Rprop", "SignSGD", "SparseAdam", "SupervisedTrainer",
     "Trainer", "__version__", "functional", "interop", "load_checkpoint", "save_checkpoint",
     "schedules", "utils",
+]
+__all__ += [  # beyond torch.optim
+    "ADOPT", "LAMB", "LARS", "MARS", "SOAP", "AdEMAMix", "MuonAdamW", "OrthoMuon", "Prodigy",
+    "ScheduleFreeAdamW", "ScheduleFreeRAdam", "ScheduleFreeSGD", "StableAdamW",
 ]

@@ -146,7 +146,8 @@ class FunctionalOptimizer:
     def hyperparameters(self) -> dict[str, Any]:
         """What :meth:`step` takes, with the class's defaults."""
         specs = self.optimizer.hyperparameters
-        return {name: self._defaults[name] for name in self.optimizer.math_arguments
+        names = [*self.optimizer.math_arguments, "cautious"]  # cautious: around the math
+        return {name: self._defaults[name] for name in names
                 if name in specs and specs[name].init}
 
     @cached_property
@@ -186,7 +187,7 @@ class FunctionalOptimizer:
         state: dict[str, Any] = {"step": torch.zeros((), dtype=scalar_dtype())}
         for entry in self.optimizer.keeps:
             if entry.scalar and entry.name != "step":
-                state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())  # type: ignore[arg-type]
+                state[entry.name] = _initial(entry, torch.zeros(()), group)
         for name in self.buffers(options):
             entry = next(e for e in self.optimizer.keeps if e.name == name)
             state[name] = _rebuild(params, iter([_initial(entry, leaf, group)
@@ -402,17 +403,18 @@ class FunctionalOptimizer:
         possible = set(self.buffers({name: _truthy(value)
                                      for name, value in self.init_options.items()}))
         expected = set(self.buffers(self.init_options)) | (present & possible)
-        for name, value in decided.items():
-            toggled = set(self.buffers({**self.init_options, name: _truthy(value)})) - \
-                set(self.buffers(self.init_options))
-            wanted = set(self.buffers({**self.init_options, name: value})) - \
-                set(self.buffers(self.init_options))
-            expected = (expected - toggled) | wanted
+        for name, value in decided.items():  # the buffers this option decides
+            depends = set(self.buffers({**self.init_options, name: _truthy(value)})) - \
+                set(self.buffers({**self.init_options, name: _falsy(value)}))
+            wanted = set(self.buffers({**self.init_options, name: value})) & depends
+            expected = (expected - depends) | wanted
         if present != expected:
             raise ValueError(f"{owner}: state has buffers {sorted(present)}, expected "
                              f"{sorted(expected)}; {self._state_hint(hp)}")
         structure = _structure(params)
         param_leaves = _leaves(params, "params")
+        specs = {entry.name: entry for entry in self.optimizer.keeps}
+        group = {**self._defaults, **hp}
         buffers: dict[str, list[Tensor]] = {}
         for key in sorted(present):
             if _structure(state[key]) != structure:
@@ -420,12 +422,17 @@ class FunctionalOptimizer:
                                  f"{_structure(state[key])!r}, params has {structure!r}")
             leaves = _leaves(state[key], f"state[{key!r}]")
             for (path, leaf), (param_path, param) in zip(leaves, param_leaves, strict=True):
-                if not isinstance(leaf, Tensor) or leaf.shape != param.shape or \
+                # a shape of its own may depend on init options, which step does not see
+                shape = tuple(leaf.shape) if specs[key].shape is not None and isinstance(
+                    leaf, Tensor) else specs[key].expected_shape(param, group)
+                if not isinstance(leaf, Tensor) or tuple(leaf.shape) != shape or \
                         leaf.dtype != param.dtype:
                     what = f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}" if isinstance(
                         leaf, Tensor) else f"type {type(leaf).__name__}"
-                    raise ValueError(f"{owner}: {path} has {what}; {param_path} has shape "
-                                     f"{tuple(param.shape)} and dtype {param.dtype}")
+                    described = (f"{param_path} has shape {tuple(param.shape)}"
+                                 if shape == tuple(param.shape) else f"expected shape {shape}")
+                    raise ValueError(f"{owner}: {path} has {what}; {described} and dtype "
+                                     f"{param.dtype}")
             buffers[key] = [leaf for _, leaf in leaves]
         return buffers
 
@@ -442,6 +449,8 @@ def _identity(tensor: Tensor) -> Tensor:
 def _initial(entry: Any, leaf: Tensor, group: Mapping[str, Any]) -> Tensor:
     if callable(entry.init):
         return entry.init(leaf, group)
+    if entry.scalar:
+        return torch.tensor(float(entry.init), dtype=scalar_dtype())
     return torch.full_like(leaf, entry.init, memory_format=torch.preserve_format)
 
 
@@ -475,6 +484,10 @@ def _truthy(value: Any) -> Any:
     return True if isinstance(value, bool) else 1.0
 
 
+def _falsy(value: Any) -> Any:
+    return False if isinstance(value, bool) else 0.0
+
+
 def _holds_tensor(value: Any) -> bool:
     if isinstance(value, Tensor):
         return True
@@ -491,7 +504,7 @@ def _check_tensor_hyperparameter(owner: str, name: str, value: Any) -> None:
 
 def _functional_forms() -> dict[str, FunctionalOptimizer]:
     return {cls.registry_name: FunctionalOptimizer(cls.registry_name, cls)
-            for cls in algorithms().values() if cls.math is not None and cls.elementwise}
+            for cls in algorithms().values() if cls.math is not None and cls.functional_form}
 
 
 ALGORITHMS: dict[str, FunctionalOptimizer] = _functional_forms()

@@ -107,6 +107,9 @@ class Rule(Protocol):
 
     def describe_param(self, group_index: int, index: int) -> str: ...
 
+    def cautious_call(self, param: Any, grad: Any, arguments: dict[str, Any],
+                      options: Mapping[str, Any]) -> dict[str, Any]: ...
+
 
 # ---------------------------------------------------------------------- modes
 
@@ -547,8 +550,8 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
     shared = {key: bucket.scalars[key][run[0]] for key in bucket.scalars
               if key != "step" and key in first}
 
-    if path in ("generated", "fused") and not bucket.dense_state:
-        path = "foreach"  # kernels index every state tensor like its parameter
+    if path in ("generated", "fused") and (not bucket.dense_state or options.get("cautious")):
+        path = "foreach"  # kernels: every state tensor dense; cautious masks run the math
     if path == "generated" and _run_generated(optimizer, bucket, run, whole, params,
                                               grad_list, lists, shared, step_count, options,
                                               wait=mode == "compiled"):
@@ -657,6 +660,8 @@ def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
             arguments[name] = scalars[name]
         else:
             arguments[name] = state.get(name)
+    if options.get("cautious"):  # cautious masking around the math (descent.optim._cautious)
+        return rule.cautious_call(param, grad, arguments, options)
     return rule.math(param, grad, **arguments) or {}
 
 

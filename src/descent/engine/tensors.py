@@ -198,6 +198,10 @@ class TensorList:
         """``self`` with ``value`` where ``mask`` is true."""
         return self._new("masked_fill", mask, value)
 
+    def clamp_max_(self, maximum: float) -> TensorList:
+        """``self = min(self, maximum)``."""
+        return self._inplace("clamp_max_", maximum)
+
     # ------------------------------------------------------------------ functions
 
     def sqrt(self) -> TensorList:

@@ -139,10 +139,11 @@ class State:
             form's ``init``).
         lazy: created by the rule's math on its first step (SGD's momentum buffer,
             which starts as the first gradient), not before.
-        shape: ``shape(param)``, the entry's shape for a parameter, or None where that
-            parameter keeps no such entry (Adafactor keeps factored row and column
-            moments for a matrix, a full one for a vector); unset, the parameter's
-            shape. Such an entry starts at ``init``, a number.
+        shape: ``shape(param, group)``, the entry's shape for a parameter of ``group`` when
+            it is not the parameter's, or None where that parameter keeps no such entry
+            (Adafactor keeps factored row and column moments for a matrix, a full one
+            for a vector; NorMuon per-row statistics; SOAP preconditioners). Such an
+            entry starts at ``init``: a number, or ``init(param, group)``.
         doc: one line for the docs.
     """
 
@@ -152,16 +153,20 @@ class State:
     when: str | None = None
     uses: tuple[str, ...] = ()
     lazy: bool = False
-    shape: Callable[[torch.Tensor], tuple[int, ...] | None] | None = None
+    shape: Callable[[torch.Tensor, Mapping[str, Any]], tuple[int, ...] | None] | None = None
     doc: str = ""
 
     def applies(self, group: Mapping[str, Any]) -> bool:
         """Whether a parameter of ``group`` keeps this entry (once it has stepped)."""
         return self.when is None or bool(group[self.when])
 
-    def shape_for(self, param: torch.Tensor) -> tuple[int, ...] | None:
+    def shape_for(self, param: torch.Tensor,
+                  group: Mapping[str, Any]) -> tuple[int, ...] | None:
         """The entry's shape for ``param``; None if ``param`` keeps no such entry."""
-        return tuple(param.shape) if self.shape is None else self.shape(param)
+        if self.shape is None:
+            return tuple(param.shape)
+        shape = self.shape(param, group)
+        return None if shape is None else tuple(shape)
 
 
 STANDARD: dict[str, tuple[Check, str]] = {
@@ -178,6 +183,9 @@ STANDARD: dict[str, tuple[Check, str]] = {
                        "only False; differentiate through steps with descent.functional"),
     "decoupled_weight_decay": (check.flag, "decay the parameter directly instead of adding "
                                            r":math:`\lambda\theta` to the gradient"),
+    "cautious": (check.flag, "cautious masking: keep the update only where it agrees in sign "
+                             "with the gradient, and decoupled weight decay only where it "
+                             "agrees with the update (descent.optim._cautious)"),
 }
 """The check and doc of hyperparameters that many algorithms share, by name."""
 

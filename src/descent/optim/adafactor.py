@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -64,15 +65,15 @@ def adafactor(param: Tensor, grad: Tensor, *, row_var: Tensor | None, col_var: T
     param.add_(update, alpha=-alpha / denom)
 
 
-def _row_shape(param: Tensor) -> tuple[int, ...] | None:
+def _row_shape(param: Tensor, group: Mapping[str, Any]) -> tuple[int, ...] | None:
     return (*param.shape[:-1], 1) if param.dim() > 1 else None
 
 
-def _col_shape(param: Tensor) -> tuple[int, ...] | None:
+def _col_shape(param: Tensor, group: Mapping[str, Any]) -> tuple[int, ...] | None:
     return (*param.shape[:-2], 1, param.shape[-1]) if param.dim() > 1 else None
 
 
-def _vector_shape(param: Tensor) -> tuple[int, ...] | None:
+def _vector_shape(param: Tensor, group: Mapping[str, Any]) -> tuple[int, ...] | None:
     return tuple(param.shape) if param.dim() <= 1 else None
 
 
@@ -144,6 +145,7 @@ class Adafactor(Optimizer):
              State("col_var", shape=_col_shape, doc="column factor C (tensors of 2+ dims)"),
              State("variance", shape=_vector_shape, doc=r"full :math:`\hat V` (vectors)"))
     math = staticmethod(adafactor)
+    functional_form = False  # factored moments are not shaped like the parameter
     elementwise = False
     supports_complex = False
 

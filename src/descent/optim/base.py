@@ -38,6 +38,7 @@ from .. import engine
 from ..engine._torch import FusedKernel
 from ..engine.state import tracked
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
+from . import _cautious
 from ._params import as_param_groups, param_label, split_group
 from ._spec import Hyper, State, format_default, hyper
 
@@ -102,8 +103,19 @@ class Optimizer(torch.optim.Optimizer):
     #: The algorithm's name in :mod:`descent.functional` and the registry's lower-case
     #: lookups (the class name in lower case unless the class sets it).
     registry_name: ClassVar[str] = ""
+    #: Whether :mod:`descent.functional` has this rule (False where the functional state,
+    #: one buffer shaped like each parameter, cannot hold the rule's state).
+    functional_form: ClassVar[bool] = True
     #: Names of the state entries that are 0-dim scalars (``step``, ...), from :attr:`keeps`.
     scalar_state: ClassVar[frozenset[str]] = frozenset()
+    #: Why ``cautious=True`` is refused, or "" where the masking of
+    #: :mod:`~descent.optim._cautious` applies to the rule's update.
+    cautious_refused: ClassVar[str] = ""
+    #: Whether the rule's weight decay is the decoupled ``theta *= 1 - lr * weight_decay``
+    #: (when the class has no ``decoupled_weight_decay`` hyperparameter saying so per group).
+    decoupled_decay: ClassVar[bool] = False
+
+    cautious: bool = hyper(default=False, kw_only=True)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -122,8 +134,8 @@ class Optimizer(torch.optim.Optimizer):
             cls.math_arguments = _math_arguments(cls)
         if declared and "__init__" not in vars(cls):
             cls.__init__ = _make_init(cls)  # type: ignore[method-assign]
-        if declared and cls.__doc__:
-            cls.__doc__ = _document(cls)
+            if cls.__doc__:  # a class with its own __init__ documents its own arguments
+                cls.__doc__ = _document(cls)
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         defaults = self._check_hyperparameters(defaults, "")
@@ -186,6 +198,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{owner}: {where}missing hyperparameter {name!r}")
             checked[name] = spec.validate(owner, where, group[name])
         self._check_options({**group, **checked}, where)
+        _cautious.check_options(type(self), {**group, **checked}, where)
         return checked
 
     @classmethod
@@ -201,14 +214,16 @@ class Optimizer(torch.optim.Optimizer):
         for entry in self.keeps:
             if entry.lazy or not entry.applies(group):
                 continue
-            if entry.scalar:
-                state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())
-            elif entry.shape is not None:
-                shape = entry.shape(param)
-                if shape is not None:
-                    state[entry.name] = param.new_full(shape, float(entry.init))  # type: ignore[arg-type]
+            if entry.shape is not None:
+                shape = entry.shape_for(param, group)
+                if shape is None:
+                    continue
+                state[entry.name] = (entry.init(param, group) if callable(entry.init)
+                                     else param.new_full(shape, float(entry.init)))
             elif callable(entry.init):
                 state[entry.name] = entry.init(param, group)
+            elif entry.scalar:
+                state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())
             else:
                 state[entry.name] = torch.full_like(param, entry.init,
                                                     memory_format=torch.preserve_format)
@@ -217,8 +232,15 @@ class Optimizer(torch.optim.Optimizer):
     def _state_keys(self, group: Mapping[str, Any], param: torch.Tensor) -> frozenset[str]:
         """The keys ``param``, of ``group``, has in its state once it has stepped."""
         return frozenset(entry.name for entry in self.keeps if entry.applies(group)
-                         and (entry.scalar or entry.shape_for(param) is not None))
+                         and (entry.scalar or entry.shape_for(param, group) is not None))
 
+
+    @classmethod
+    def cautious_call(cls, param: Any, grad: Any, arguments: dict[str, Any],
+                      options: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule's math with cautious masking around it (the engine calls this for
+        groups with ``cautious=True``; see :mod:`descent.optim._cautious`)."""
+        return _cautious.masked_update(cls, param, grad, arguments, options)
 
     # ------------------------------------------------------------------ step
 
@@ -288,6 +310,8 @@ class Optimizer(torch.optim.Optimizer):
         # (torch's load keeps tensors that need no cast, and descent updates in place).
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
+        payload["param_groups"] = [self._with_default_flags(group)
+                                   for group in payload["param_groups"]]
         super().load_state_dict(payload)
         self.state = tracked(self.state)
         engine.forget(self)  # the engine lays the loaded state out again at the next step
@@ -363,7 +387,8 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{owner}.load_state_dict: {where} has {len(saved['params'])} "
                                  f"parameters in the state dict, {len(group['params'])} in "
                                  "the optimizer")
-            self._check_hyperparameters(saved, f"load_state_dict: {where}: ")
+            self._check_hyperparameters(self._with_default_flags(saved),
+                                        f"load_state_dict: {where}: ")
             for pi, (param_id, param) in enumerate(zip(saved["params"], group["params"],
                                                        strict=True)):
                 if param_id in id_to_param:
@@ -381,6 +406,13 @@ class Optimizer(torch.optim.Optimizer):
                                  f"id {param_id!r}, which no param group lists")
             param, group, label = id_to_param[param_id]
             self._check_state_entry(param, group, label, entry)
+
+    def _with_default_flags(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A saved group with the flags it lacks set to their defaults: state dicts of
+        older torch versions, and torch's own, lack flags added since (``cautious``)."""
+        flags = {name: spec.default for name, spec in self.hyperparameters.items()
+                 if isinstance(spec.default, bool) and name not in group}
+        return {**flags, **group}
 
     def _check_state_entry(self, param: torch.Tensor, group: dict[str, Any], label: str,
                            entry: Any) -> None:
@@ -401,7 +433,8 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: {' and '.join(parts)} keys "
                              f"(expected {sorted(expected)} for this group's options)")
         scalar_state = self.scalar_state
-        shapes = {spec.name: spec.shape_for(param) for spec in self.keeps if not spec.scalar}
+        shapes = {spec.name: spec.shape_for(param, group) for spec in self.keeps
+                  if not spec.scalar}
         for key, value in entry.items():
             if key in scalar_state:
                 number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value

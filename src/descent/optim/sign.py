@@ -77,6 +77,7 @@ class SignSGD(Optimizer):
     math = staticmethod(sign_sgd)
     supports_complex = False
     registry_name = "sign_sgd"
+    decoupled_decay = True
 
 
 class Lion(Optimizer):
@@ -103,6 +104,7 @@ class Lion(Optimizer):
     keeps = (State("exp_avg", doc="momentum m"),)
     math = staticmethod(lion)
     supports_complex = False
+    decoupled_decay = True
 
 
 __all__ = ["Lion", "SignSGD", "lion", "sign_sgd"]

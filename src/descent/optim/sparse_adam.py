@@ -97,6 +97,7 @@ class SparseAdam(Optimizer):
              State("exp_avg", doc="first moment m"),
              State("exp_avg_sq", doc="second moment v"))
     math = staticmethod(sparse_adam)
+    functional_form = False  # it takes sparse gradients only
     elementwise = False
     supports_complex = False
     supports_sparse = True
