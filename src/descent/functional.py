@@ -424,7 +424,7 @@ class FunctionalOptimizer:
             for (path, leaf), (param_path, param) in zip(leaves, param_leaves, strict=True):
                 # a shape of its own may depend on init options, which step does not see
                 shape = tuple(leaf.shape) if specs[key].shape is not None and isinstance(
-                    leaf, Tensor) else specs[key].expected_shape(param, group)
+                    leaf, Tensor) else specs[key].shape_for(param, group)
                 if not isinstance(leaf, Tensor) or tuple(leaf.shape) != shape or \
                         leaf.dtype != param.dtype:
                     what = f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}" if isinstance(

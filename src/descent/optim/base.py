@@ -138,6 +138,11 @@ class Optimizer(torch.optim.Optimizer):
                 cls.__doc__ = _document(cls)
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        # a hand-written constructor may leave out what it does not change (``cautious``)
+        if defaults:
+            declared = {name: spec.default for name, spec in self.hyperparameters.items()
+                        if not spec.required}
+            defaults = {**declared, **defaults}
         defaults = self._check_hyperparameters(defaults, "")
         # NumPy containers become tensors sharing their memory (descent.interop.arrays).
         params, self._gradient_sources = array_containers(type(self).__name__, params)

@@ -146,6 +146,7 @@ class Muon(Optimizer):
 
     keeps = (State("momentum_buffer", doc="momentum buffer B"),)
     math = staticmethod(muon)
+    functional_form = False  # matrices only: descent.functional.ortho_muon has it
     elementwise = False
     supports_complex = False
 
