@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from . import quantize
 from ._torch import FusedKernel, foreach
 from .tensors import TensorList
 
@@ -132,12 +133,15 @@ def mode_of(optimizer: torch.optim.Optimizer) -> str:
 # ---------------------------------------------------------------------- policy
 
 
-def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
+def choose_path(mode: str, rule: Rule, bucket: Bucket, low_precision: bool = False) -> str:
     """How one bucket of parameters is updated: ``"fused"``, ``"foreach"`` or
-    ``"per_tensor"``. The whole policy of the engine is this function."""
+    ``"per_tensor"``. The whole policy of the engine is this function.
+    ``low_precision``: the bucket's state or update is low precision
+    (:mod:`descent.engine.quantize`), which torch's fused kernels cannot run."""
     if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
         return "per_tensor"
-    if mode in ("auto", "fused") and rule.fused_kernel is not None and bucket.fusable:
+    if mode in ("auto", "fused") and rule.fused_kernel is not None and bucket.fusable \
+            and not low_precision:
         return "fused"
     return "foreach"
 
@@ -161,6 +165,7 @@ class _Layout:
     params: list[Tensor]
     pointers: list[int]
     buckets: list[Bucket] = field(default_factory=list)
+    state_options: Any = None  # the storage options its state last conformed to (quantize)
 
 
 def _layout(params: Sequence[Tensor]) -> _Layout:
@@ -219,10 +224,12 @@ def step(optimizer: Rule) -> None:
         if not group["params"]:
             continue
         layout = engine.layout(group)
+        quantize.conform(optimizer, group, layout)
         options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
+            low = quantize.applies(options, bucket.params[0])
             _step_bucket(optimizer, group, group_index, bucket, options,
-                         choose_path(mode, optimizer, bucket))
+                         choose_path(mode, optimizer, bucket, low))
 
 
 def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,6 +261,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
                             "gradients (SGD, Adagrad and SparseAdam take sparse ones)")
         path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
     state_map = optimizer.state
+    low_precision = quantize.applies(options, params[0])  # state moves in quantize.call_math
     entries = []
     for i in present:
         param = params[i]
@@ -262,7 +270,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
             entry = optimizer._init_state(param, group)
             if entry:
                 state_map[param] = entry
-        elif _needs_move(entry, param, optimizer.scalar_state):
+        elif not low_precision and _needs_move(entry, param, optimizer.scalar_state):
             _move_state(entry, param, optimizer.scalar_state)
         entries.append(entry)
     scalar_keys = sorted(optimizer.scalar_state)
@@ -322,9 +330,13 @@ def _step_run(optimizer: Rule, params: list[Tensor], grads: list[Tensor],
     step_count = float(steps[0]) if steps else None
     wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
                                            else operator.itemgetter(0))
-    created = call_math(optimizer, wrap(params), wrap(grads),
-                        {key: wrap(values) for key, values in lists.items()}, scalars,
-                        step_count, options)
+    if quantize.applies(options, originals[0]):  # low-precision state or parameters
+        created = quantize.call_math(call_math, optimizer, params, grads, entries, scalars,
+                                     step_count, options)
+    else:
+        created = call_math(optimizer, wrap(params), wrap(grads),
+                            {key: wrap(values) for key, values in lists.items()}, scalars,
+                            step_count, options)
     for key in scalars:
         for entry in entries[1:]:
             entry[key].copy_(scalars[key])
@@ -338,8 +350,9 @@ def _step_run(optimizer: Rule, params: list[Tensor], grads: list[Tensor],
             state_map[param] = entry
 
 
-def _real(tensor: Tensor) -> Tensor:
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+def _real(tensor: Any) -> Any:
+    return torch.view_as_real(tensor) if isinstance(tensor, Tensor) and tensor.is_complex() \
+        else tensor
 
 
 def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],

@@ -139,6 +139,9 @@ class State:
             form's ``init``).
         lazy: created by the rule's math on its first step (SGD's momentum buffer,
             which starts as the first gradient), not before.
+        non_negative: never below zero (second moments, sums of squares): quantised
+            state (``state_dtype="int8"`` / ``"int4"``) then uses the unsigned map, with
+            twice the resolution.
         doc: one line for the docs.
     """
 
@@ -148,6 +151,7 @@ class State:
     when: str | None = None
     uses: tuple[str, ...] = ()
     lazy: bool = False
+    non_negative: bool = False
     doc: str = ""
 
     def applies(self, group: Mapping[str, Any]) -> bool:

@@ -35,6 +35,7 @@ import torch
 from typing_extensions import dataclass_transform
 
 from .. import engine
+from ..engine import quantize
 from ..engine._torch import FusedKernel
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
 from ._params import as_param_groups, param_label, split_group
@@ -71,6 +72,20 @@ class Optimizer(torch.optim.Optimizer):
     if TYPE_CHECKING:
         params: Params = hyper(doc="the parameters to optimize")
 
+    # How state is stored and low-precision parameters are written (descent.engine.quantize);
+    # options of every elementwise rule, declared once here.
+    state_dtype: str | None = hyper(
+        default=None, check=quantize.check_state_dtype, kw_only=True,
+        doc="state precision: None (the parameter's dtype), 'float32', 'bf16', or "
+            "block-quantised 'int8' / 'int4'")
+    state_block_size: int = hyper(
+        default=quantize.DEFAULT_BLOCK_SIZE, check=quantize.check_block_size, kw_only=True,
+        doc="elements per quantisation block, each with a float32 scale")
+    param_rounding: str = hyper(
+        default="nearest", check=quantize.check_param_rounding, kw_only=True,
+        doc="how updates are written into bfloat16/float16 parameters: 'nearest', "
+            "'stochastic' or 'kahan'")
+
     #: Every hyperparameter of the class, by name, in constructor order.
     hyperparameters: ClassVar[dict[str, Hyper]] = {}
     #: The state each parameter keeps (torch.optim's keys where torch has the algorithm).
@@ -101,6 +116,10 @@ class Optimizer(torch.optim.Optimizer):
             for name, value in vars(klass).items():
                 if isinstance(value, Hyper):
                     declared[name] = value
+        for name in quantize.OPTIONS:  # last in the constructor; only elementwise rules
+            option = declared.pop(name)
+            if cls.elementwise:
+                declared[name] = option
         cls.hyperparameters = declared
         if "registry_name" not in vars(cls):
             cls.registry_name = cls.__name__.lower()
@@ -169,6 +188,9 @@ class Optimizer(torch.optim.Optimizer):
         owner = type(self).__name__
         checked = {}
         for name, spec in self.hyperparameters.items():
+            if name not in group and name in quantize.OPTIONS:
+                checked[name] = spec.default  # state dicts from torch or older versions
+                continue
             if name not in group:
                 raise ValueError(f"{owner}: {where}missing hyperparameter {name!r}")
             checked[name] = spec.validate(owner, where, group[name])
@@ -195,7 +217,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 state[entry.name] = torch.full_like(param, entry.init,
                                                     memory_format=torch.preserve_format)
-        return state
+        return quantize.stored_state(state, param, group, self)
 
     def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
         """The keys a parameter of ``group`` has in its state once it has stepped."""
@@ -205,6 +227,19 @@ class Optimizer(torch.optim.Optimizer):
     def scalar_state(self) -> frozenset[str]:
         """Names of the state entries that are 0-dim scalars (``step``, ...)."""
         return frozenset(entry.name for entry in self.keeps if entry.scalar)
+
+    @property
+    def _non_negative_state(self) -> frozenset[str]:
+        return frozenset(entry.name for entry in self.keeps if entry.non_negative)
+
+    def state_bytes(self) -> int:
+        """Bytes of every tensor of the optimizer's state (see ``state_dtype``).
+
+        Example: ``opt.state_bytes() / sum(p.numel() for p in model.parameters())`` is
+        8.0 for Adam in float32 on large tensors, about 2.03 with ``state_dtype="int8"``.
+        """
+        quantize.conform_all(self)
+        return quantize.state_bytes(self)
 
     # ------------------------------------------------------------------ step
 
@@ -244,6 +279,7 @@ class Optimizer(torch.optim.Optimizer):
         a plain dict, and a tensor that is a view of a larger one is replaced by a
         compact copy, so saving never writes more than the state itself.
         """
+        quantize.conform_all(self)  # state stored as the options now say, before it is read
         state_dict = super().state_dict()
         state_dict["state"] = {key: engine.compact_state(entry)
                                for key, entry in state_dict["state"].items()}
@@ -266,7 +302,11 @@ class Optimizer(torch.optim.Optimizer):
         # (torch's load keeps tensors that need no cast, and descent updates in place).
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
+        storage = [{name: group[name] for name in quantize.OPTIONS if name in group}
+                   for group in self.param_groups]
         super().load_state_dict(payload)
+        for group, options in zip(self.param_groups, storage, strict=True):
+            group.update(options)  # state is stored as this optimizer's options say
         engine.forget(self)  # the engine lays the loaded state out again at the next step
         # torch casts every floating state tensor but `step` to the parameter's dtype;
         # scalar state such as NAdam's mu_product keeps its own dtype, as when it was saved.
@@ -278,6 +318,9 @@ class Optimizer(torch.optim.Optimizer):
             for key in scalar_state & saved.keys():
                 if torch.is_tensor(saved[key]):
                     self.state[param][key] = saved[key].to(device="cpu")
+            if saved:
+                quantize.loaded(self.state[param], saved, param)
+        quantize.conform_all(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -353,7 +396,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} has type {type(entry).__name__}; expected a dict")
         if not entry:
             return
-        expected = self._state_keys(group)
+        expected = self._state_keys(group) | quantize.extra_keys(param, group)
         keys = set(entry)
         if keys != expected:
             parts = []
@@ -371,6 +414,10 @@ class Optimizer(torch.optim.Optimizer):
                         or not math.isfinite(number) or (key == "step" and number < 0)):
                     raise ValueError(f"{where}: {key}={value!r} is invalid; expected a finite "
                                      "scalar" + (" >= 0" if key == "step" else ""))
+                continue
+            if quantize.Options.of(group).applies(param):
+                quantize.check_stored(where, key, value, param, group,
+                                      signed=key not in self._non_negative_state)
                 continue
             if not torch.is_tensor(value):
                 raise ValueError(f"{where}: {key} has type {type(value).__name__}; expected "
