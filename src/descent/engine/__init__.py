@@ -396,10 +396,12 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A plain-dict copy of one parameter's state in which views are compact clones.
 
     Saving a view saves its whole storage (``torch.save``) or is refused (safetensors);
-    a clone holds only the entry's own elements.
+    a clone holds only the entry's own elements. A quantised entry (a dict, see
+    :mod:`.quantize`) is a new dict holding the same tensors.
     """
     return {key: value.clone() if isinstance(value, Tensor) and value._base is not None
-            else value for key, value in entry.items()}
+            else dict(value) if isinstance(value, Mapping) else value
+            for key, value in entry.items()}
 
 
 __all__ = [

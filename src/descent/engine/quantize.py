@@ -17,7 +17,8 @@ constructor or per param group; the math of the rule is not touched):
     byte per element, the index of the nearest value of the *dynamic tree* map
     (Dettmers 2016) in the block scaled to [-1, 1]; the signed map for state that
     changes sign (momentum), the unsigned one, with twice the resolution, for state
-    that cannot be negative (second moments, sums of squares).
+    that cannot be negative (second moments, sums of squares), where a positive value
+    is never rounded to zero (see ``_Code``: the zero-point problem).
     ``"int4"``: the same with half a byte an element (Li, Chen & Zhu 2023): the signed
     dynamic map with 3 exponent bits for signed state, and for non-negative state the
     linear map ``{1/16, ..., 16/16}`` without zero (a second moment rounded to zero would
@@ -192,11 +193,19 @@ def code_values(bits: int, signed: bool) -> Tensor:
 class _Code:
     """A quantisation map with its tables for nearest-value lookup.
 
+    Values round to the nearest map value, ties to the lower one (as
+    ``torch.bucketize`` over the midpoints), except that in the unsigned 8-bit map a
+    positive value never rounds to zero but at least to the smallest positive value
+    (3.25e-7 of the block's maximum): a second moment rounded to zero while its first
+    moment is not would divide by ``eps`` alone and make a huge step, the "zero-point
+    problem" of Li et al. 2023 that their 4-bit map avoids by having no zero. (Rarely
+    active features, such as the corner pixels of the digits data, hit it with the
+    maps' plain nearest rounding.)
+
     The floats that share their upper 16 bits (a bfloat16 truncation) form an interval
-    that holds at most one midpoint between map values (checked when the tables are
-    built). The nearest value's index is the count of midpoints below the interval
-    (``below``) plus one if ``x`` is above the midpoint inside it (``threshold``, +inf
-    when there is none); ties go to the lower index, as ``torch.bucketize`` rounds.
+    that holds at most one rounding boundary (checked when the tables are built). The
+    index is the count of boundaries below the interval (``below``) plus one if ``x``
+    is above the boundary inside it (``threshold``, +inf when there is none).
     """
 
     bits: int
@@ -227,6 +236,8 @@ def _code(bits: int, signed: bool, device: torch.device) -> _Code:
         values = [i / 16 for i in range(1, 17)]  # linear, no zero (Li et al. 2023)
     table = torch.tensor(values, dtype=torch.float32)
     bounds = (table[:-1] + table[1:]) / 2
+    if values[0] == 0.0:  # a positive value is never rounded to zero (see _Code)
+        bounds[0] = 0.0
     upper = torch.arange(1 << 16, dtype=torch.int64) << 16
     ends = [(pattern - (pattern >= 1 << 31).long() * (1 << 32)).to(torch.int32)
             .view(torch.float32) for pattern in (upper, upper + 0xFFFF)]
@@ -503,9 +514,14 @@ def conform(rule: Any, group: Mapping[str, Any], layout: Any = None) -> None:
 
 
 def conform_all(rule: Any) -> None:
-    """:func:`conform` every group of ``rule``."""
+    """:func:`conform` every group of ``rule`` (with the engine's layouts, where it has
+    them, so that groups already in their form are skipped)."""
+    from . import _ENGINE_ATTRIBUTE  # the engine package imports this module first
+
+    engine = rule.__dict__.get(_ENGINE_ATTRIBUTE)
+    layouts = engine.layouts if engine is not None else {}
     for group in rule.param_groups:
-        conform(rule, group)
+        conform(rule, group, layouts.get(id(group)))
 
 
 def applies(options: Mapping[str, Any], param: Tensor) -> bool:
