@@ -16,6 +16,8 @@ float32 step of the same rule: ``x fused`` against descent's default float32 pat
 (torch's fused kernel where the rule has one), ``x eager`` against the float32 math
 path (``descent.engine.set_mode(opt, "foreach")``). Above 1 is faster. Everything runs
 eagerly (no compiled kernels). ``--device cuda`` times on the GPU (synchronised).
+``--clock process`` times the CPU seconds this process spends instead of wall-clock
+time: steadier on a machine shared with other work (use it with ``--threads 1``).
 
 ``quality`` trains the demo's digits MLP (15 epochs) and character GRU (8 epochs) as
 ``tests/test_low_memory.py`` does, once per state precision, and prints the final
@@ -79,6 +81,10 @@ def memory(rules: list[str]) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+clock = time.perf_counter
+
+
 def _time(step: Callable[[], None], repeats: int, device: torch.device) -> float:
     def sync() -> None:
         if device.type == "cuda":
@@ -89,17 +95,18 @@ def _time(step: Callable[[], None], repeats: int, device: torch.device) -> float
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         step()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def speed(rules: list[str], sizes: list[int], repeats: int, device: torch.device,
           bf16_params: bool) -> None:
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          "ms per step; speed relative to the float32 step of the same rule")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'CPU time' if clock is time.process_time else 'wall-clock'} ms per step (median "
+          f"of {repeats}); speed relative to the float32 step of the same rule")
     header = ["rule", "elements", "float32 fused ms", "float32 eager ms"]
     for mode in list(MODES)[1:]:
         header += [f"{mode} ms", f"{mode} x fused", f"{mode} x eager"]
@@ -256,7 +263,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16-params", action="store_true",
                         help="also time bfloat16 parameters with stochastic rounding")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "memory":
         memory(args.rules or [name for name, cls in algorithms().items() if cls.elementwise])
     elif args.what == "quality":

@@ -39,8 +39,11 @@ With any of these set, the engine runs the rule's own math on full-precision
 temporaries: for each chunk of at most :data:`CHUNK_NUMEL` elements it decodes the
 state into float32 (float64 for float64 parameters), casts low-precision parameters and
 gradients up, runs the math, and writes everything back in its stored form. Memory
-beyond the stored state is bounded by the chunk, not by the model. torch's fused
-kernels need full state, so such buckets always take the math path
+beyond the stored state is bounded by the chunk, not by the model: the temporaries of a
+chunk live in buffers kept between steps (per thread and device; for Adam on float32
+parameters about 12 chunk-sized float32 buffers' worth, 100 MB at most), since
+allocating them afresh each step costs more than the arithmetic. torch's fused kernels
+need full state, so such buckets always take the math path
 (:func:`descent.engine.choose_path`).
 
 **Small tensors**: a parameter of fewer than :data:`MIN_QUANTIZED_NUMEL` (4,096)
@@ -91,6 +94,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,11 +221,16 @@ class _Code:
     def encode_into(self, out: Tensor, x: Tensor) -> None:
         """Write into contiguous uint8 ``out`` the index of the nearest map value of each
         element of contiguous float32 ``x``."""
+        n = x.numel()
+        upper = _scratch("upper", n, torch.int32, x.device)
         if sys.byteorder == "little":
-            upper = x.view(torch.uint16)[1::2].int()
+            upper.copy_(x.view(torch.uint16)[1::2])
         else:  # pragma: no cover - no big-endian machine runs the tests
-            upper = torch.bitwise_right_shift(x.view(torch.int32), 16).bitwise_and_(0xFFFF)
-        above = torch.gt(x, self.threshold.index_select(0, upper))
+            torch.bitwise_right_shift(x.view(torch.int32), 16, out=upper).bitwise_and_(0xFFFF)
+        threshold = _scratch("threshold", n, torch.float32, x.device)
+        torch.index_select(self.threshold, 0, upper, out=threshold)
+        above = _scratch("above", n, torch.bool, x.device)
+        torch.gt(x, threshold, out=above)
         torch.index_select(self.below, 0, upper, out=out)
         out.add_(above.view(torch.uint8))
 
@@ -266,6 +275,21 @@ def _packed(n: int, bits: int) -> int:
     return n if bits == 8 else -(-n // 2)
 
 
+_workspace = threading.local()
+
+
+def _scratch(role: Any, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A flat buffer of ``n`` elements for temporaries of one kind (``role``), kept
+    between calls in this thread: fresh allocations of chunk-sized temporaries, each
+    first touched page by page, cost more than the arithmetic on them."""
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    key = (role, dtype, device)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < n:
+        buffer = buffers[key] = torch.empty(n, dtype=dtype, device=device)
+    return buffer[:n]
+
+
 def quantize(tensor: Tensor, *, bits: int, signed: bool,
              block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
     """``tensor``'s values in the stored form of a quantised state entry (see above).
@@ -297,20 +321,31 @@ def _empty(n: int, bits: int, signed: bool, block_size: int,
             "bits": bits, "signed": signed, "block_size": block_size}
 
 
-def _decode(stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype) -> Tensor:
+def _decode(stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype,
+            out: Tensor | None = None) -> Tensor:
     """Elements ``start:end`` of a quantised entry (``start`` a multiple of its block
-    size), as a new contiguous tensor of ``dtype``."""
+    size), as a contiguous tensor of ``dtype``: ``out`` (of ``end - start`` elements)
+    if given, else a new one."""
     bits, block = stored["bits"], stored["block_size"]
     codes = stored["codes"]
     code = _code(bits, stored["signed"], codes.device)
     n = end - start
-    if bits == 8:
-        values = code.values.index_select(0, codes[start:end].int())
+    if out is None or dtype != torch.float32:
+        values = torch.empty(n + n % 2, dtype=torch.float32, device=codes.device)[:n]
     else:
-        packed = codes[start // 2:-(-end // 2)].int()
-        values = code.pairs.index_select(0, packed).view(-1)[:n]
+        values = out
+    if bits == 8:
+        index = _scratch("index", n, torch.int32, codes.device)
+        torch.index_select(code.values, 0, index.copy_(codes[start:end]), out=values)
+    else:
+        packed = codes[start // 2:-(-end // 2)]
+        index = _scratch("index", len(packed), torch.int32, codes.device).copy_(packed)
+        pairs = n // 2
+        torch.index_select(code.pairs, 0, index[:pairs], out=values[:2 * pairs].view(-1, 2))
+        if n % 2:
+            values[-1:].copy_(code.pairs[index[-1:].long(), 0])
     if dtype != torch.float32:
-        values = values.to(dtype)
+        values = values.to(dtype) if out is None else out.copy_(values)
     absmax = stored["absmax"][start // block:-(-end // block)]
     full = n - n % block
     if full:
@@ -318,6 +353,11 @@ def _decode(stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype)
     if n > full:
         values[full:].mul_(absmax[-1])
     return values
+
+
+def _absmax(rows: Tensor) -> Tensor:
+    """The largest absolute value of each row (two reductions, no temporary)."""
+    return torch.maximum(rows.amax(dim=1), rows.amin(dim=1).neg_())
 
 
 def _encode_into(stored: dict[str, Any], start: int, values: Tensor) -> None:
@@ -332,23 +372,25 @@ def _encode_into(stored: dict[str, Any], start: int, values: Tensor) -> None:
     absmax = stored["absmax"]
     if full:
         rows = values[:full].view(-1, block)
-        scale = torch.linalg.vector_norm(rows, ord=math.inf, dim=1)
+        scale = _absmax(rows)
         absmax[first:first + full // block].copy_(scale)
         rows.mul_(scale.clamp_(min=_TINY).reciprocal_()[:, None])
     if n > full:
-        tail = values[full:]
-        scale = torch.linalg.vector_norm(tail, ord=math.inf)
-        absmax[first + full // block].copy_(scale)
-        tail.mul_(scale.clamp(min=_TINY).reciprocal())
+        tail = values[full:].view(1, -1)
+        scale = _absmax(tail)
+        absmax[first + full // block].copy_(scale[0])
+        tail.mul_(scale.clamp_(min=_TINY).reciprocal_()[:, None])
     code = _code(bits, stored["signed"], values.device)
     codes = stored["codes"]
     if bits == 8:
         code.encode_into(codes[start:start + n], values)
     else:
-        indices = torch.zeros(n + n % 2, dtype=torch.uint8, device=values.device)
+        indices = _scratch("indices", n + n % 2, torch.uint8, values.device)
+        indices[n:].zero_()
         code.encode_into(indices[:n], values)
         pairs = indices.view(-1, 2)
-        torch.add(pairs[:, 1], pairs[:, 0], alpha=16, out=codes[start // 2:start // 2 + len(pairs)])
+        packed = codes[start // 2:start // 2 + len(pairs)]
+        torch.add(pairs[:, 1], pairs[:, 0], alpha=16, out=packed)
 
 
 # ---------------------------------------------------------------------- rounding
@@ -602,14 +644,22 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
     grad_in: list[Tensor] = []
     state_in: dict[str, list[Tensor]] = {key: [] for key in keys}
     write_backs: list[Callable[[], None]] = []
+    total = sum(piece.end - piece.start for piece in chunk)
+    device = params[0].device
+
+    def temporary(role: Any, offset: int, n: int) -> Tensor:  # this chunk's, this role's
+        return _scratch(role, total, compute, device)[offset:offset + n]
+
+    offset = 0
     for piece in chunk:
         i, start, end = piece.index, piece.start, piece.end
+        n = end - start
         entry = entries[i]
         target = flat_params[i][start:end]
         if target.dtype == compute:
             param_in.append(target)
         else:
-            value = target.to(compute)
+            value = temporary("param", offset, n).copy_(target)
             compensation = entry.get(COMPENSATION)
             if compensation is not None:
                 value.add_(compensation.view(-1)[start:end])
@@ -619,21 +669,25 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
                 write_backs.append(functools.partial(
                     _round_write, target, value, settings.rounds(params[i])))
             param_in.append(value)
-        grad_in.append(flat_grads[i][start:end].to(compute))
-        for key in keys:
+        grad = flat_grads[i][start:end]
+        grad_in.append(grad if grad.dtype == compute else
+                       temporary("grad", offset, n).copy_(grad))
+        for number, key in enumerate(keys):
             stored = entry[key]
             if isinstance(stored, Mapping):
-                value = _decode(stored, start, end, compute)
+                value = _decode(stored, start, end, compute,
+                                temporary(("state", number), offset, n))
                 write_backs.append(functools.partial(_encode_into, stored, start, value))
             else:
                 view = stored.view(-1)[start:end]
                 if view.dtype == compute:
                     value = view
                 else:
-                    value = view.to(compute)
+                    value = temporary(("state", number), offset, n).copy_(view)
                     write_backs.append(functools.partial(
                         _round_write, view, value, view.dtype == torch.bfloat16))
             state_in[key].append(value)
+        offset += n
     made = call(rule, TensorList(param_in), TensorList(grad_in),
                 {key: TensorList(values) for key, values in state_in.items()}, scalars,
                 step_count, options)
