@@ -40,9 +40,9 @@ temporaries: for each chunk of at most :data:`CHUNK_NUMEL` elements it decodes t
 state into float32 (float64 for float64 parameters), casts low-precision parameters and
 gradients up, runs the math, and writes everything back in its stored form. Memory
 beyond the stored state is bounded by the chunk, not by the model: the temporaries of a
-chunk live in buffers kept between steps (per thread and device; for Adam on float32
-parameters about 12 chunk-sized float32 buffers' worth, 100 MB at most), since
-allocating them afresh each step costs more than the arithmetic. torch's fused kernels
+chunk live in buffers kept between steps (per thread and device, at most about 70 MB
+with float32 or bfloat16 parameters), since allocating them afresh each step costs more
+than the arithmetic. torch's fused kernels
 need full state, so such buckets always take the math path
 (:func:`descent.engine.choose_path`).
 
