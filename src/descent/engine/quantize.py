@@ -399,14 +399,14 @@ def _encode_into(stored: dict[str, Any], start: int, values: Tensor) -> None:
 def stochastic_round(x: Tensor, dtype: torch.dtype) -> Tensor:
     """``x`` (float32 or wider) rounded to ``dtype`` (bfloat16 or float16) up or down at
     random, with the probabilities that make the expected value ``x`` (from torch's
-    global generator). NaN and infinities are kept."""
+    global generator). Infinities and the NaNs arithmetic makes are kept (a bfloat16
+    result of a NaN whose payload fills its upper mantissa bits, which no operation
+    produces, is not)."""
     if x.dtype != torch.float32:
         x = x.float()
     if dtype == torch.bfloat16:
-        # bfloat16 is float32's upper half: add 16 random low bits, then truncate.
-        bits = x.contiguous().view(torch.int32)
-        noisy = torch.randint_like(bits, 0, 1 << 16).add_(bits).bitwise_and_(-(1 << 16))
-        return torch.where(x.isnan(), x, noisy.view(torch.float32)).to(dtype)
+        return _noisy_bfloat16(x.contiguous(), torch.empty(x.shape, dtype=torch.int32,
+                                                           device=x.device)).to(dtype)
     nearest = x.to(dtype)
     error = x - nearest.float()
     other = torch.nextafter(nearest, torch.where(error > 0, math.inf, -math.inf).to(dtype))
@@ -711,8 +711,22 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
         write()
 
 
+def _noisy_bfloat16(x: Tensor, noise: Tensor) -> Tensor:
+    """Float32 ``x`` with 16 random bits added below its upper half and then cleared, in
+    ``noise`` (int32, shaped like ``x``) seen as float32: bfloat16 is float32's upper
+    half, so this is ``x`` stochastically rounded, and exactly representable."""
+    noise.random_(0, 1 << 16).add_(x.view(torch.int32)).bitwise_and_(-(1 << 16))
+    return noise.view(torch.float32)
+
+
 def _round_write(target: Tensor, value: Tensor, stochastic: bool) -> None:
-    target.copy_(stochastic_round(value, target.dtype) if stochastic else value)
+    if stochastic and target.dtype == torch.bfloat16 and value.dtype == torch.float32:
+        noise = _scratch("noise", value.numel(), torch.int32, value.device)
+        target.copy_(_noisy_bfloat16(value.contiguous(), noise.view(value.shape)))
+    elif stochastic:
+        target.copy_(stochastic_round(value, target.dtype))
+    else:
+        target.copy_(value)
 
 
 def _kahan_write(target: Tensor, value: Tensor, compensation: Tensor) -> None:
