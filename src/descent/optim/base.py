@@ -20,7 +20,11 @@ Beyond ``torch.optim.Optimizer``:
 * a hyperparameter read on the optimizer (``opt.lr``) is the value all groups share;
   set on it (``opt.lr = 1e-4``), it is checked and set in every group;
 * :meth:`load_state_dict` checks the optimizer type, the groups, and every state
-  tensor's key, shape and dtype before changing anything.
+  tensor's key, shape and dtype before changing anything;
+* every elementwise rule keeps its state in the precision ``state_dtype`` asks for
+  (float32, bfloat16, block-quantised 8 or 4 bits) and writes bfloat16 parameters with
+  the rounding ``param_rounding`` asks for (:mod:`descent.engine.quantize`);
+  :meth:`state_bytes` counts the state's bytes.
 """
 
 from __future__ import annotations
@@ -296,6 +300,12 @@ class Optimizer(torch.optim.Optimizer):
         hyperparameters, and for each parameter's state the exact set of keys and
         each tensor's shape and dtype against the parameter. Each mismatch raises a
         ``ValueError`` saying what and where.
+
+        The storage options (``state_dtype``, ``state_block_size``, ``param_rounding``)
+        stay this optimizer's: state saved in another precision is checked against the
+        saved options, then converted (a float32 state dict loaded into an optimizer
+        made with ``state_dtype="int8"`` is quantised, and back; see
+        :mod:`descent.engine.quantize`).
         """
         self._check_state_dict(state_dict)
         # A deep copy, so that the loaded state never aliases the caller's tensors
