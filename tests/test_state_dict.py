@@ -126,8 +126,9 @@ def test_state_dict_keeps_torch_layout_plus_descent_metadata() -> None:
     reference = torch.optim.Adam(nn.Linear(1, 1).parameters()).state_dict()
     assert set(state_dict) == {"state", "param_groups", "descent"}
     assert state_dict["descent"] == {"optimizer": "Adam", "format_version": 1}
-    # torch's keys and descent's one flag of every rule (cautious masking)
-    assert set(state_dict["param_groups"][0]) == set(reference["param_groups"][0]) | {"cautious"}
+    # torch's keys and descent's own options of every rule (cautious masking, storage)
+    assert set(state_dict["param_groups"][0]) == set(reference["param_groups"][0]) | {
+        "cautious", "state_dtype", "state_block_size", "param_rounding"}
     assert set(state_dict["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert state_dict["state"][0]["step"].item() == 3.0
 

@@ -31,7 +31,10 @@ the 0-dim ``"mu_product"``. Options that decide which buffers exist are given to
 ``init`` (``amsgrad`` for Adam, ``momentum`` and ``centered`` for RMSprop, ...);
 ``step`` reads them back from the state and refuses a contradicting hyperparameter.
 ``state_from_optimizer`` and ``load_into_optimizer`` convert between this state and
-an optimizer object's, so a run can move between the two forms.
+an optimizer object's, so a run can move between the two forms. The functional state
+is full precision: an optimizer's low-precision state (``state_dtype``, see
+:mod:`descent.engine.quantize`) is decoded on the way out and stored in the
+optimizer's form on the way in.
 
 **The step count** enters the math as a Python number, as in the
 classes (the bias corrections are computed in double precision, like torch.optim's),
@@ -71,7 +74,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .engine import TensorList, call_math
+from .engine import TensorList, call_math, quantize
 from .optim.base import Optimizer, scalar_dtype
 from .optim.registry import algorithms
 
@@ -307,10 +310,12 @@ class FunctionalOptimizer:
             if len(values) != 1:
                 raise ValueError(f"{owner}: the parameters have different {key} {values}")
             state[key] = entries[0][key].detach().clone().cpu()
+        leaves = [leaf for _, leaf in _leaves(params, "params")]
         for key in fresh:
             if key not in state:
                 state[key] = _rebuild(params, iter(
-                    [entry[key].detach().clone() for entry in entries]))
+                    [quantize.decoded(entry[key], leaf).to(leaf.dtype)
+                     for entry, leaf in zip(entries, leaves, strict=True)]))
         return state
 
     def load_into_optimizer(self, state: Mapping[str, Any], optimizer: Optimizer,
@@ -336,7 +341,8 @@ class FunctionalOptimizer:
                 entry[key] = state[key].detach().clone()
             if int(state["step"]) == 0:
                 entry = {}
-            optimizer.state[param] = entry
+            optimizer.state[param] = quantize.stored_state(entry, param, group, optimizer) \
+                if entry else entry
 
     def _optimizer_entries(self, owner: str, optimizer: Optimizer, params: Tree
                            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:

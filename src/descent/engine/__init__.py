@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import cpu, cuda
+from . import cpu, cuda, quantize
 from ._torch import FUSED_DTYPES, FusedKernel
 from .state import StateTable, tracked
 from .tensors import TensorList
@@ -241,6 +241,7 @@ class Bucket:
 class _Layout:
     params: list[Tensor]
     buckets: list[Bucket]
+    state_options: Any = None  # the storage options its state last conformed to (quantize)
 
 
 @functools.cache
@@ -348,13 +349,16 @@ def forget(optimizer: Any) -> None:
 # ---------------------------------------------------------------------- policy
 
 
-def choose_path(mode: str, rule: Rule, bucket: Bucket) -> str:
+def choose_path(mode: str, rule: Rule, bucket: Bucket, low_precision: bool = False) -> str:
     """How ``bucket`` is updated this step: ``"generated"``, ``"fused"``, ``"foreach"`` or
     ``"per_tensor"``. The whole policy of the engine is this function; a path returned
     here may still decline at run time (no kernel built yet, arguments it does not
-    take), and then the next one in this order runs."""
+    take), and then the next one in this order runs. ``low_precision``: the bucket's
+    state or update is low precision (:mod:`.quantize`), which only the math runs."""
     if mode == "per_tensor" or not rule.elementwise or bucket.is_sparse:
         return "per_tensor"
+    if low_precision:
+        return "foreach"
     fused = mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None \
         and bucket.fusable
     if fused and mode == "auto" and bucket.device.type == "cuda":
@@ -393,6 +397,7 @@ def _step(optimizer: Rule) -> None:
         layout = engine.layout(optimizer, group)
         options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
+            low = quantize.applies(options, bucket.params[0])
             _step_bucket(optimizer, group, group_index, bucket, options,
                          choose_path(mode, optimizer, bucket), mode)
 
@@ -415,7 +420,7 @@ def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, An
 
 
 def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucket: Bucket,
-                 options: dict[str, Any], path: str, mode: str) -> None:
+                 options: dict[str, Any], path: str, mode: str, low: bool = False) -> None:
     grads = list(map(_grad_of, bucket.params))
     missing = any(map(_is_none, grads))
     if not missing:
@@ -450,7 +455,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
     else:
         runs = _runs(bucket, present)
     for run in runs:
-        _step_run(optimizer, bucket, run, grads, options, path, mode)
+        _step_run(optimizer, bucket, run, grads, options, path, mode, low)
 
 
 def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
@@ -496,7 +501,9 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
     bucket.lists = {}
     if bucket.keys is not None:
         for key in bucket.keys - scalar_keys:
-            bucket.lists[key] = [view(entry[key]) for entry in entries]
+            values = [entry[key] for entry in entries]
+            if all(isinstance(value, Tensor) for value in values):  # not quantised (a dict)
+                bucket.lists[key] = list(map(view, values))
     bucket.state_pointers = {}
     if bucket.dense_state and bucket.generable:
         bucket.state_pointers = {key: _pointers(values) for key, values in bucket.lists.items()}
@@ -524,7 +531,7 @@ def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
 
 
 def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
-              options: dict[str, Any], path: str, mode: str) -> None:
+              options: dict[str, Any], path: str, mode: str, low: bool = False) -> None:
     whole = run is bucket.everything
     counts = bucket.arrays.get("step")
     first = bucket.entries[run[0]]
@@ -561,7 +568,13 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
                 params, grad_list, lists, _step_tensors(bucket, run, whole), options,
                 float(options["lr"])):
         return
-    if path != "done":
+    if path != "done" and low:  # low-precision state or parameters: in chunks (quantize)
+        created = quantize.call_math(call_math, optimizer, params, grad_list,
+                                     [bucket.entries[i] for i in run], shared, step_count,
+                                     options)
+        if created:
+            _keep_created(optimizer, bucket, run, created)
+    elif path != "done":
         wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
                                                else operator.itemgetter(0))
         created = call_math(optimizer, wrap(params), wrap(grad_list),
@@ -703,10 +716,12 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A plain-dict copy of one parameter's state in which views are compact clones.
 
     Saving a view saves its whole storage (``torch.save``) or is refused (safetensors);
-    a clone holds only the entry's own elements.
+    a clone holds only the entry's own elements. A quantised entry (a dict, see
+    :mod:`.quantize`) is a new dict holding the same tensors.
     """
     return {key: value.clone() if isinstance(value, Tensor) and value._base is not None
-            else value for key, value in entry.items()}
+            else dict(value) if isinstance(value, Mapping) else value
+            for key, value in entry.items()}
 
 
 __all__ = [

@@ -234,6 +234,13 @@ def to_torch(optimizer: Optimizer, **options: Any) -> torch.optim.Optimizer:
     if getattr(optimizer, "_gradient_sources", None):
         raise TypeError("to_torch: the optimizer updates NumPy arrays, whose gradients only "
                         "descent's step() reads; keep the descent optimizer")
+    for group in optimizer.param_groups:
+        if (group["state_dtype"], group["param_rounding"]) != (None, "nearest"):
+            raise TypeError(
+                f"to_torch: a group has state_dtype={group['state_dtype']!r}, param_rounding="
+                f"{group['param_rounding']!r}, which torch.optim does not have; set "
+                "opt.state_dtype = None and opt.param_rounding = 'nearest' first (the state "
+                "is then decoded to the parameters' dtype)")
     torch_class = getattr(torch.optim, name)
     unknown = sorted(set(options) - set(optimizer.defaults))
     if unknown:

@@ -144,6 +144,9 @@ class State:
             (Adafactor keeps factored row and column moments for a matrix, a full one
             for a vector; NorMuon per-row statistics; SOAP preconditioners). Such an
             entry starts at ``init``: a number, or ``init(param, group)``.
+        non_negative: never below zero (second moments, sums of squares): quantised
+            state (``state_dtype="int8"`` / ``"int4"``) then uses the unsigned map, with
+            twice the resolution.
         doc: one line for the docs.
     """
 
@@ -154,6 +157,7 @@ class State:
     uses: tuple[str, ...] = ()
     lazy: bool = False
     shape: Callable[[torch.Tensor, Mapping[str, Any]], tuple[int, ...] | None] | None = None
+    non_negative: bool = False
     doc: str = ""
 
     def applies(self, group: Mapping[str, Any]) -> bool:

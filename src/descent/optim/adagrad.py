@@ -105,6 +105,7 @@ class Adagrad(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("sum", init=_initial_sum, uses=("initial_accumulator_value",),
+                   non_negative=True,
                    doc="sum of squared gradients"))
     math = staticmethod(adagrad)
     fused_kernel = staticmethod(fused_adagrad)

@@ -92,8 +92,8 @@ class Adam(Optimizer):
     keeps = (
         State("step", scalar=True, doc="steps taken"),
         State("exp_avg", doc="first moment m"),
-        State("exp_avg_sq", doc="second moment v"),
-        State("max_exp_avg_sq", when="amsgrad",
+        State("exp_avg_sq", non_negative=True, doc="second moment v"),
+        State("max_exp_avg_sq", when="amsgrad", non_negative=True,
               doc="running maximum of v (AMSGrad)"),
     )
     math = staticmethod(adam)

@@ -58,7 +58,7 @@ class Adamax(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("exp_avg", doc="first moment m"),
-             State("exp_inf", doc="exponentially weighted infinity norm u"))
+             State("exp_inf", non_negative=True, doc="exponentially weighted infinity norm u"))
     math = staticmethod(adamax)
 
 

@@ -20,7 +20,11 @@ Beyond ``torch.optim.Optimizer``:
 * a hyperparameter read on the optimizer (``opt.lr``) is the value all groups share;
   set on it (``opt.lr = 1e-4``), it is checked and set in every group;
 * :meth:`load_state_dict` checks the optimizer type, the groups, and every state
-  tensor's key, shape and dtype before changing anything.
+  tensor's key, shape and dtype before changing anything;
+* every elementwise rule keeps its state in the precision ``state_dtype`` asks for
+  (float32, bfloat16, block-quantised 8 or 4 bits) and writes bfloat16 parameters with
+  the rounding ``param_rounding`` asks for (:mod:`descent.engine.quantize`);
+  :meth:`state_bytes` counts the state's bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 from typing_extensions import dataclass_transform
 
 from .. import engine
+from ..engine import quantize
 from ..engine._torch import FusedKernel
 from ..engine.state import tracked
 from ..interop.arrays import array_containers, refresh_gradients, zero_container_grads
@@ -50,10 +55,12 @@ _TOP_LEVEL_KEYS = frozenset({"state", "param_groups", "descent"})
 FLAGS_FILLED_ON_LOAD = frozenset({
     "foreach", "maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay",
     "amsgrad", "nesterov", "centered",
+    "cautious", "state_dtype", "state_block_size", "param_rounding",  # descent's own options
 })
-"""Flags that torch.optim added to an algorithm after its first release: a state dict
-written by an older torch lacks them, and loading it fills in the class's default (as
-torch.optim's ``__setstate__`` does). Any other missing hyperparameter is refused."""
+"""Flags that torch.optim added to an algorithm after its first release, and the options
+descent adds to every rule: a state dict written by an older torch (or by torch) lacks
+them, and loading it fills in the class's default (as torch.optim's ``__setstate__``
+does). Any other missing hyperparameter is refused."""
 
 Params = Any
 """What an optimizer takes as ``params``: tensors, ``named_parameters()``, param-group
@@ -80,6 +87,20 @@ class Optimizer(torch.optim.Optimizer):
 
     if TYPE_CHECKING:
         params: Params = hyper(doc="the parameters to optimize")
+
+    # How state is stored and low-precision parameters are written (descent.engine.quantize);
+    # options of every elementwise rule, declared once here.
+    state_dtype: str | None = hyper(
+        default=None, check=quantize.check_state_dtype, kw_only=True,
+        doc="state precision: None (the parameter's dtype), 'float32', 'bf16', or "
+            "block-quantised 'int8' / 'int4'")
+    state_block_size: int = hyper(
+        default=quantize.DEFAULT_BLOCK_SIZE, check=quantize.check_block_size, kw_only=True,
+        doc="elements per quantisation block, each with a float32 scale")
+    param_rounding: str = hyper(
+        default="nearest", check=quantize.check_param_rounding, kw_only=True,
+        doc="how updates are written into bfloat16/float16 parameters: 'nearest', "
+            "'stochastic' or 'kahan'")
 
     #: Every hyperparameter of the class, by name, in constructor order.
     hyperparameters: ClassVar[dict[str, Hyper]] = {}
@@ -124,6 +145,10 @@ class Optimizer(torch.optim.Optimizer):
             for name, value in vars(klass).items():
                 if isinstance(value, Hyper):
                     declared[name] = value
+        for name in quantize.OPTIONS:  # last in the constructor; only elementwise rules
+            option = declared.pop(name)
+            if cls.elementwise:
+                declared[name] = option
         cls.hyperparameters = declared
         cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
         if "registry_name" not in vars(cls):
@@ -199,6 +224,9 @@ class Optimizer(torch.optim.Optimizer):
         owner = type(self).__name__
         checked = {}
         for name, spec in self.hyperparameters.items():
+            if name not in group and name in quantize.OPTIONS:
+                checked[name] = spec.default  # state dicts from torch or older versions
+                continue
             if name not in group:
                 raise ValueError(f"{owner}: {where}missing hyperparameter {name!r}")
             checked[name] = spec.validate(owner, where, group[name])
@@ -232,7 +260,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 state[entry.name] = torch.full_like(param, entry.init,
                                                     memory_format=torch.preserve_format)
-        return state
+        return quantize.stored_state(state, param, group, self)
 
     def _state_keys(self, group: Mapping[str, Any], param: torch.Tensor) -> frozenset[str]:
         """The keys ``param``, of ``group``, has in its state once it has stepped."""
@@ -246,6 +274,19 @@ class Optimizer(torch.optim.Optimizer):
         """The rule's math with cautious masking around it (the engine calls this for
         groups with ``cautious=True``; see :mod:`descent.optim._cautious`)."""
         return _cautious.masked_update(cls, param, grad, arguments, options)
+
+    @property
+    def _non_negative_state(self) -> frozenset[str]:
+        return frozenset(entry.name for entry in self.keeps if entry.non_negative)
+
+    def state_bytes(self) -> int:
+        """Bytes of every tensor of the optimizer's state (see ``state_dtype``).
+
+        Example: ``opt.state_bytes() / sum(p.numel() for p in model.parameters())`` is
+        8.0 for Adam in float32 on large tensors, about 2.03 with ``state_dtype="int8"``.
+        """
+        quantize.conform_all(self)
+        return quantize.state_bytes(self)
 
     # ------------------------------------------------------------------ step
 
@@ -290,6 +331,7 @@ class Optimizer(torch.optim.Optimizer):
         a plain dict, and a tensor that is a view of a larger one is replaced by a
         compact copy, so saving never writes more than the state itself.
         """
+        quantize.conform_all(self)  # state stored as the options now say, before it is read
         state_dict = super().state_dict()
         state_dict["state"] = {key: engine.compact_state(entry)
                                for key, entry in state_dict["state"].items()}
@@ -308,6 +350,12 @@ class Optimizer(torch.optim.Optimizer):
         hyperparameters, and for each parameter's state the exact set of keys and
         each tensor's shape and dtype against the parameter. Each mismatch raises a
         ``ValueError`` saying what and where.
+
+        The storage options (``state_dtype``, ``state_block_size``, ``param_rounding``)
+        stay this optimizer's: state saved in another precision is checked against the
+        saved options, then converted (a float32 state dict loaded into an optimizer
+        made with ``state_dtype="int8"`` is quantised, and back; see
+        :mod:`descent.engine.quantize`).
         """
         state_dict = self._fill_missing_flags(state_dict)
         self._check_state_dict(state_dict)
@@ -315,9 +363,11 @@ class Optimizer(torch.optim.Optimizer):
         # (torch's load keeps tensors that need no cast, and descent updates in place).
         payload = copy.deepcopy({key: value for key, value in state_dict.items()
                                  if key != "descent"})
-        payload["param_groups"] = [self._with_default_flags(group)
-                                   for group in payload["param_groups"]]
+        storage = [{name: group[name] for name in quantize.OPTIONS if name in group}
+                   for group in self.param_groups]
         super().load_state_dict(payload)
+        for group, options in zip(self.param_groups, storage, strict=True):
+            group.update(options)  # state is stored as this optimizer's options say
         self.state = tracked(self.state)
         engine.forget(self)  # the engine lays the loaded state out again at the next step
         # torch casts every floating state tensor but `step` to the parameter's dtype;
@@ -330,6 +380,9 @@ class Optimizer(torch.optim.Optimizer):
             for key in scalar_state & saved.keys():
                 if torch.is_tensor(saved[key]):
                     self.state[param][key] = saved[key].to(device="cpu")
+            if saved:
+                quantize.loaded(self.state[param], saved, param)
+        quantize.conform_all(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -392,8 +445,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{owner}.load_state_dict: {where} has {len(saved['params'])} "
                                  f"parameters in the state dict, {len(group['params'])} in "
                                  "the optimizer")
-            self._check_hyperparameters(self._with_default_flags(saved),
-                                        f"load_state_dict: {where}: ")
+            self._check_hyperparameters(saved, f"load_state_dict: {where}: ")
             for pi, (param_id, param) in enumerate(zip(saved["params"], group["params"],
                                                        strict=True)):
                 if param_id in id_to_param:
@@ -412,13 +464,6 @@ class Optimizer(torch.optim.Optimizer):
             param, group, label = id_to_param[param_id]
             self._check_state_entry(param, group, label, entry)
 
-    def _with_default_flags(self, group: Mapping[str, Any]) -> dict[str, Any]:
-        """A saved group with the flags it lacks set to their defaults: state dicts of
-        older torch versions, and torch's own, lack flags added since (``cautious``)."""
-        flags = {name: spec.default for name, spec in self.hyperparameters.items()
-                 if isinstance(spec.default, bool) and name not in group}
-        return {**flags, **group}
-
     def _check_state_entry(self, param: torch.Tensor, group: dict[str, Any], label: str,
                            entry: Any) -> None:
         owner = type(self).__name__
@@ -427,7 +472,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"{where} has type {type(entry).__name__}; expected a dict")
         if not entry:
             return
-        expected = self._state_keys(group, param)
+        expected = self._state_keys(group, param) | quantize.extra_keys(param, group)
         keys = set(entry)
         if keys != expected:
             parts = []
@@ -447,6 +492,10 @@ class Optimizer(torch.optim.Optimizer):
                         or not math.isfinite(number) or (key == "step" and number < 0)):
                     raise ValueError(f"{where}: {key}={value!r} is invalid; expected a finite "
                                      "scalar" + (" >= 0" if key == "step" else ""))
+                continue
+            if quantize.Options.of(group).applies(param):
+                quantize.check_stored(where, key, value, param, group,
+                                      signed=key not in self._non_negative_state)
                 continue
             if not torch.is_tensor(value):
                 raise ValueError(f"{where}: {key} has type {type(value).__name__}; expected "

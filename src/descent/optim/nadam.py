@@ -79,7 +79,7 @@ class NAdam(Optimizer):
              State("mu_product", scalar=True, init=1.0,
                    doc=r"product :math:`\Pi_t` of the momentum coefficients"),
              State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+             State("exp_avg_sq", non_negative=True, doc="second moment v"))
     math = staticmethod(nadam)
 
 

@@ -78,7 +78,7 @@ class RAdam(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+             State("exp_avg_sq", non_negative=True, doc="second moment v"))
     math = staticmethod(radam)
 
 

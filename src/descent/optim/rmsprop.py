@@ -81,7 +81,7 @@ class RMSprop(Optimizer):
 
     keeps = (
         State("step", scalar=True, doc="steps taken"),
-        State("square_avg", doc="average of squared gradients v"),
+        State("square_avg", non_negative=True, doc="average of squared gradients v"),
         State("momentum_buffer", when="momentum",
               doc="momentum buffer b"),
         State("grad_avg", when="centered", doc="average gradient"),
