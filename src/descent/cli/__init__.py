@@ -75,5 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return command(args, extra)
 
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 if __name__ == "__main__":
     sys.exit(main())

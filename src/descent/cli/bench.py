@@ -12,13 +12,13 @@ from typing import Any
 
 from ._parser import add_command
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 descent's optimizer steps against torch.optim's for-loop, foreach and fused variants,
 next to the memory-bandwidth roofline; writes a Markdown report (BENCHMARKS.md by
 default). Every option is the benchmark's own, the same as for 'python -m descent.bench';
 they are listed below."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent bench --quick                            a short run (minutes)
   descent bench --only Adam RMSprop --output /tmp/bench.md
 """
@@ -49,7 +49,7 @@ def add_parser(commands: Any) -> None:
     parser = add_command(commands, "bench", run=run, add_help=False,
                          summary="benchmark optimizer steps against torch.optim "
                                  "(python -m descent.bench)",
-                         description=DESCRIPTION, examples=EXAMPLES,
+                         description=_DESCRIPTION, examples=_EXAMPLES,
                          usage="descent bench [-h] [BENCHMARK OPTIONS]")
     parser.add_argument("-h", "--help", action=_Help)
     parser.set_defaults(passes_through=True)
@@ -58,3 +58,6 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run the benchmark with the arguments after ``bench``."""
     return _benchmark(extra)
+
+
+__all__ = ["add_parser", "run"]

@@ -213,7 +213,7 @@ def verify(path: Path) -> int:
     return 0
 
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 Both read the checkpoint directory with descent's own reader, which never unpickles:
 the index's and the tensor file's SHA-256 checksums and sizes, the safetensors layout
 and the structure of the content. 'inspect' prints the format version, the writer's
@@ -226,7 +226,7 @@ loads its state dict with that class's checks.
 Exit status: 0 when the checkpoint passes, 1 when it does not, 2 for bad arguments
 (such as a path that does not exist)."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent checkpoint inspect runs/ckpt/step-000000120
   descent checkpoint verify runs/ckpt/step-000000120 && echo intact
 """
@@ -237,7 +237,7 @@ def add_parser(commands: Any) -> None:
     parser = add_command(
         commands, "checkpoint", run=run,
         summary="inspect or verify a descent checkpoint (format, hashes, content, loading)",
-        description=DESCRIPTION, examples=EXAMPLES)
+        description=_DESCRIPTION, examples=_EXAMPLES)
     parser.add_argument("action", choices=["inspect", "verify"],
                         help="inspect: what it holds; verify: every check, and loading")
     parser.add_argument("path", metavar="PATH", type=Path, help="the checkpoint directory")
@@ -248,3 +248,9 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if not args.path.exists():
         args.parser.error(f"argument PATH: {str(args.path)!r} does not exist")
     return inspect(args.path) if args.action == "inspect" else verify(args.path)
+
+
+__all__ = [
+    "add_parser", "check_optimizers", "describe_content", "describe_index", "inspect", "run",
+    "verify",
+]

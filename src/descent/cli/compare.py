@@ -102,7 +102,7 @@ def plot_runs(runs: Sequence[DigitsRun], path: str | Path | None = None) -> Figu
     return figure
 
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 Every optimizer trains the same MLP (64-128-10) on scikit-learn's 8x8 digits from the
 same initial weights in the same batch order, for the same number of epochs, with a
 one-cycle schedule peaking at 3x its learning rate. The presets below give each named
@@ -113,7 +113,7 @@ Prints a table (final training and test loss, final and best test accuracy, seco
 and writes compare.png to --out: training and test loss, and test accuracy, per epoch,
 one colour per optimizer."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent compare                                       SGD, Adam, AdamW and Lion, 10 epochs
   descent compare --optimizers Adam RAdam NAdam --epochs 5 --out runs/compare
   descent compare --optimizers Adam Lion --lr 3e-4      the same learning rate for both
@@ -126,7 +126,7 @@ def add_parser(commands: Any) -> None:
         commands, "compare", run=run,
         summary="train several optimizers on the digits MLP; plot their curves and print "
                 "a table",
-        description=DESCRIPTION + "\n\nPresets: " + _presets() + ".", examples=EXAMPLES)
+        description=_DESCRIPTION + "\n\nPresets: " + _presets() + ".", examples=_EXAMPLES)
     parser.add_argument("--optimizers", nargs="+", default=list(DEFAULT_OPTIMIZERS),
                         metavar="NAME", help="optimizers to compare: presets or registry "
                                              f"names (default: {' '.join(DEFAULT_OPTIMIZERS)})")
@@ -169,3 +169,9 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         plot_runs(runs, path)
         print(f"plot written to {path}")
     return 0
+
+
+__all__ = [
+    "DEFAULT_OPTIMIZERS", "add_parser", "compare_on_digits", "format_table", "plot_runs",
+    "run",
+]

@@ -54,11 +54,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 optimizer of the registry (:func:`descent.optim.registry.algorithms`) runs with its
 class defaults."""
 
-SIZES = {  # epochs per section: full demo, --quick
+SIZES = {
     "supervised": (15, 2),
     "recurrent": (8, 1),
     "adversarial": (40, 2),
 }
+"""Epochs of each section: ``(full demo, --quick)``."""
 
 
 def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
@@ -80,6 +81,7 @@ def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def make_mlp(seed: int) -> nn.Module:
+    """The digits MLP, 64-128-10 with a ReLU, initialised from ``seed``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -171,6 +173,8 @@ def train_digits(name: str, data: tuple[torch.Tensor, ...], epochs: int, seed: i
 
 def run_supervised(out: Path, epochs: int, seed: int, optimizers: Sequence[str],
                    progress: bool, plots: bool) -> None:
+    """Section 1: the digits MLP with each of ``optimizers``; print the test accuracy
+    (and a table for several), plot the first one's curves into ``out``."""
     data = load_digits(seed)
     print(f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(data[0])} train / "
           f"{len(data[2])} test images), {epochs} epochs, batch 32, one-cycle lr")
@@ -205,6 +209,8 @@ def _generate(model: CharGRU, vocabulary: descent.data.CharVocabulary, prompt: s
 
 
 def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool) -> None:
+    """Section 2: the character GRU; print its held-out loss against the unigram
+    baseline and a sample of generated text; plot its curves into ``out``."""
     text = load_text()
     x, y, vocabulary = char_sequences(text, 64, stride=32)
     print(f"[2/3] RecurrentTrainer: character GRU on Coriolanus ({len(text):,} characters, "
@@ -226,6 +232,8 @@ def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool
 
 def run_adversarial(out: Path, epochs: int, seed: int, progress: bool, plots: bool,
                     quick: bool = False) -> None:
+    """Section 3: the GAN on a ring of 8 Gaussians; print the modes its samples cover;
+    plot its curves and samples into ``out``."""
     real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=seed)
     print(f"[3/3] AdversarialTrainer: GAN on a ring of 8 Gaussians ({len(real)} points), "
           f"{epochs} epochs, non-saturating loss")
@@ -312,7 +320,7 @@ def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 
     return 0
 
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent demo                                 the full demo (about 20 s on 2 cores)
   descent demo --quick --out /tmp/demo         a smoke test, plots in /tmp/demo
   descent demo --only supervised --optimizers SGD Adam Lion
@@ -330,7 +338,7 @@ def add_parser(commands: Any) -> None:
                     "character GRU on the opening of Coriolanus (RecurrentTrainer, truncated "
                     "back-propagation through time) and a GAN on a ring of 8 Gaussians "
                     "(AdversarialTrainer). Results go to stdout, progress bars to stderr, "
-                    "PNG plots to --out.", examples=EXAMPLES)
+                    "PNG plots to --out.", examples=_EXAMPLES)
     parser.add_argument("--out", default="descent-demo", metavar="DIR",
                         help="directory for the PNG plots (./descent-demo)")
     parser.add_argument("--quick", action="store_true",
@@ -355,3 +363,10 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return run_demo(out=args.out, quick=args.quick, seed=args.seed, optimizers=names,
                     epochs=args.epochs, progress=not args.no_progress,
                     sections=args.only or tuple(SIZES))
+
+
+__all__ = [
+    "PRESETS", "SIZES", "CharGRU", "DigitsRun", "add_parser", "load_digits", "make_mlp",
+    "make_optimizer", "resolve", "run", "run_adversarial", "run_demo", "run_recurrent",
+    "run_supervised", "train_digits",
+]

@@ -98,13 +98,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 descent's, Python's, torch's and the optional packages' versions, the CPU threads and
 accelerators torch sees, the engine's default mode (and whether DESCENT_ENGINE set it),
 and whether generated kernels can be built here (a C compiler on the CPU, Triton on
 CUDA). For bug reports and for checking a set-up."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent env
   descent env --json > env.json
   DESCENT_ENGINE=per_tensor descent env
@@ -115,8 +115,8 @@ def add_parser(commands: Any) -> None:
     """Declare ``descent env``."""
     parser = add_command(commands, "env", run=run,
                          summary="versions, devices and the engine's mode (for bug reports)",
-                         description=DESCRIPTION,
-                         examples=EXAMPLES)
+                         description=_DESCRIPTION,
+                         examples=_EXAMPLES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -129,3 +129,6 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
+
+
+__all__ = ["OPTIONAL", "add_parser", "collect", "format_report", "run"]

@@ -17,14 +17,14 @@ from typing import Any
 
 from ._parser import add_command, positive_int
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 A character-level GRU on the bundled opening of Coriolanus, trained with Adam while the
 learning rate grows geometrically from 1e-5 towards 10, one step per batch, until the
 loss diverges or the steps run out (descent.train.lr_find_demo). Prints the suggested
 learning rate (a tenth of the one at which the smoothed loss was lowest), the steepest
 descent and the lowest loss, with a table of the sweep, and plots it to --out."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent lr-find                          100 steps, plot in ./lr_find.png
   descent lr-find --steps 60 --seed 1 --out runs/lr.png
   descent lr-find --no-plot
@@ -41,7 +41,7 @@ def add_parser(commands: Any) -> None:
         commands, "lr-find", run=run,
         summary="the learning-rate range test on a character GRU; prints a suggestion "
                 "and plots the sweep",
-        description=DESCRIPTION, examples=EXAMPLES)
+        description=_DESCRIPTION, examples=_EXAMPLES)
     parser.add_argument("--steps", type=positive_int, default=100,
                         help="optimizer steps of the sweep, at least 2 (100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
@@ -79,3 +79,6 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if path is not None:
         print(f"plot written to {path}")
     return 0
+
+
+__all__ = ["add_parser", "run"]

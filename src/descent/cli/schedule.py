@@ -177,7 +177,7 @@ def table(curves: dict[str, list[float]], every: int) -> str:
     return "\n".join(lines)
 
 
-DESCRIPTION = """\
+_DESCRIPTION = """\
 A schedule (Cosine, OneCycle, warmup_cosine, ...) is called at each step; a scheduler
 (StepLR, OneCycleLR, ...) is built on a one-parameter SGD optimizer (lr=--lr,
 momentum=0.9) and read without stepping it. Prints the schedule with all its arguments,
@@ -187,7 +187,7 @@ Arguments are written name=value or, in order, value. A value is a Python litera
 [30,80], 'cos'), a word (triangular2, read as text), or a schedule written as a call
 ('Cosine(900)'), so composites such as Warmup work."""
 
-EXAMPLES = """\
+_EXAMPLES = """\
   descent schedule Cosine total_steps=1000
   descent schedule warmup_cosine 1000 100 peak=3e-4 --out warmup.png
   descent schedule OneCycle total_steps=500 initial=0.04 peak=1 final=4e-6 --every 50
@@ -203,9 +203,9 @@ def add_parser(commands: Any) -> None:
     parser = add_command(
         commands, "schedule", run=run,
         summary="print and plot a learning-rate schedule of descent.schedules",
-        description=DESCRIPTION + f"\n\nSchedules: {', '.join(known_schedules)}."
+        description=_DESCRIPTION + f"\n\nSchedules: {', '.join(known_schedules)}."
         + f"\n\nSchedulers: {', '.join(known_schedulers)}.",
-        examples=EXAMPLES)
+        examples=_EXAMPLES)
     parser.add_argument("name", metavar="NAME", help="a schedule or scheduler (any case)")
     parser.add_argument("arguments", nargs="*", metavar="ARG",
                         help="its arguments: value or name=value")
@@ -250,3 +250,9 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         schedules.plot({title: item}, steps, args.out, log_scale=args.log)
         print(f"plot written to {args.out}")
     return 0
+
+
+__all__ = [
+    "LENGTH_ARGUMENTS", "add_parser", "build", "describe", "find", "length", "names",
+    "parse_arguments", "parse_value", "run", "table", "values",
+]
