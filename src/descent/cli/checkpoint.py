@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,8 @@ def _optimizer_summary(state_dict: Any) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def _optimizer_class(name: str) -> type[torch.optim.Optimizer] | None:
+def _optimizer_class(name: str) -> Callable[..., torch.optim.Optimizer] | None:
+    """descent's or torch.optim's optimizer class called ``name``, if there is one."""
     if name in algorithms():
         return algorithms()[name]
     found = getattr(torch.optim, name, None)

@@ -117,7 +117,8 @@ def build(name: str, tokens: Sequence[str], lr: float = 1.0) -> Schedule | BaseS
     args, kwargs = parse_arguments(tokens)
     if _is_scheduler(target):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
-        return target(optimizer, *args, **kwargs)
+        scheduler: BaseScheduler = target(optimizer, *args, **kwargs)
+        return scheduler
     result: Schedule = target(*args, **kwargs)
     return result
 
