@@ -1,4 +1,5 @@
-"""The README's training examples and the scripts in docs/examples run as written."""
+"""The training page's examples (docs/trainers.md) and the scripts in docs/examples run as
+written."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def training_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Training\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    text = (ROOT / "docs" / "trainers.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 @pytest.fixture(autouse=True)
@@ -22,15 +22,15 @@ def in_tmp_path_on_one_thread(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)             # examples write their plots and logs here
 
 
-def test_the_readme_has_one_example_per_trainer():
+def test_the_training_page_has_one_example_per_trainer():
     blocks = training_blocks()
     for trainer in ("SupervisedTrainer", "RecurrentTrainer", "AdversarialTrainer"):
         assert sum(trainer in block for block in blocks) == 1, trainer
 
 
 @pytest.mark.parametrize("index", range(3))
-def test_readme_training_example_runs(index, tmp_path, capsys):
-    exec(compile(training_blocks()[index], f"README.md training block {index}", "exec"), {})
+def test_training_page_example_runs(index, tmp_path, capsys):
+    exec(compile(training_blocks()[index], f"docs/trainers.md block {index}", "exec"), {})
     if index == 0:
         assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 

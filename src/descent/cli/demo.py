@@ -15,9 +15,12 @@ trainer and the GAN's samples) to the output directory, which is printed.
 
 from __future__ import annotations
 
+import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,26 +33,33 @@ from descent.data import (
     ring_centers,
     unigram_entropy,
 )
+from descent.optim.registry import algorithms, lookup
 from descent.train import LRMonitor, ProgressBar
 
-OPTIMIZERS: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
-    "SGD": lambda m: descent.SGD(m, lr=0.1, momentum=0.9, nesterov=True),
-    "Adam": lambda m: descent.Adam(m, lr=1e-3),
-    "AdamW": lambda m: descent.AdamW(m, lr=1e-3, weight_decay=1e-2),
-    "RMSprop": lambda m: descent.RMSprop(m, lr=1e-3),
-    "Adagrad": lambda m: descent.Adagrad(m, lr=3e-2),
-    "NAdam": lambda m: descent.NAdam(m, lr=1e-3),
-    "RAdam": lambda m: descent.RAdam(m, lr=1e-3),
-    "Adamax": lambda m: descent.Adamax(m, lr=2e-3),
-    "Signum": lambda m: descent.SignSGD(m, lr=1e-3, momentum=0.9),
-    "Lion": lambda m: descent.Lion(m, lr=1e-4, weight_decay=1e-2),
-}
+from ._parser import add_command, positive_int
 
-SIZES = {  # epochs per section: full demo, --quick
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "SGD": ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    "Adam": ("Adam", {"lr": 1e-3}),
+    "AdamW": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}),
+    "RMSprop": ("RMSprop", {"lr": 1e-3}),
+    "Adagrad": ("Adagrad", {"lr": 3e-2}),
+    "NAdam": ("NAdam", {"lr": 1e-3}),
+    "RAdam": ("RAdam", {"lr": 1e-3}),
+    "Adamax": ("Adamax", {"lr": 2e-3}),
+    "Signum": ("SignSGD", {"lr": 1e-3, "momentum": 0.9}),
+    "Lion": ("Lion", {"lr": 1e-4, "weight_decay": 1e-2}),
+}
+"""Settings of the digits MLP per optimizer name: ``(class name, options)``. Any other
+optimizer of the registry (:func:`descent.optim.registry.algorithms`) runs with its
+class defaults."""
+
+SIZES = {
     "supervised": (15, 2),
     "recurrent": (8, 1),
     "adversarial": (40, 2),
 }
+"""Epochs of each section: ``(full demo, --quick)``."""
 
 
 def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
@@ -58,7 +68,8 @@ def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as error:
-        raise SystemExit("descent demo needs scikit-learn: pip install 'descent[demo]'") from error
+        raise SystemExit("descent: the digits task needs scikit-learn: "
+                         "pip install 'descent[demo]'") from error
     data = sk_load_digits()
     x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
@@ -70,6 +81,7 @@ def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def make_mlp(seed: int) -> nn.Module:
+    """The digits MLP, 64-128-10 with a ReLU, initialised from ``seed``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -100,30 +112,80 @@ def _plot(history: descent.History, path: Path, title: str, plots: bool) -> str:
     return f" -> {path.name}"
 
 
+def resolve(name: str) -> str:
+    """The name of a preset (any case) or of an optimizer of the registry, as written
+    there; ``ValueError`` naming the choices for any other name."""
+    for preset in PRESETS:
+        if preset.lower() == name.lower():
+            return preset
+    try:
+        return lookup(name).__name__
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose from "
+                         f"{', '.join(dict.fromkeys([*PRESETS, *algorithms()]))}") from None
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float | None = None
+                   ) -> tuple[torch.optim.Optimizer, str]:
+    """The optimizer ``name`` (see :func:`resolve`) over ``model`` with its digits preset
+    or class defaults, ``lr`` instead of the preset's when given; and its settings as
+    text."""
+    name = resolve(name)
+    class_name, options = PRESETS.get(name, (name, {}))
+    options = dict(options) if lr is None else {**options, "lr": lr}
+    optimizer = lookup(class_name)(model, **options)
+    shown = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in options.items())
+    return optimizer, f"{class_name}({shown or 'defaults'})"
+
+
+@dataclass
+class DigitsRun:
+    """One optimizer trained on the digits MLP: its name, settings, per-epoch history
+    (``loss``, ``val_loss``, ``val_accuracy``, ``lr``) and training time."""
+
+    name: str
+    settings: str
+    history: descent.History
+    seconds: float
+
+
+def train_digits(name: str, data: tuple[torch.Tensor, ...], epochs: int, seed: int, *,
+                 lr: float | None = None, progress: bool = False) -> DigitsRun:
+    """Train the digits MLP (64-128-10, batches of 32) with the optimizer ``name`` and a
+    one-cycle schedule peaking at 3x its learning rate; validate on the test split
+    after each epoch. ``data`` is :func:`load_digits`'s split."""
+    x_train, y_train, x_test, y_test = data
+    model = make_mlp(seed)
+    optimizer, settings = make_optimizer(name, model, lr)
+    steps = epochs * -(-len(x_train) // 32)
+    peak = optimizer.param_groups[0]["lr"] * 3
+    scheduler = descent.schedules.OneCycleLR(optimizer, max_lr=peak, total_steps=steps,
+                                             cycle_momentum=False)
+    trainer = descent.SupervisedTrainer(optimizer, batch_size=32, epochs=epochs,
+                                        scheduler=scheduler, metrics=["accuracy"],
+                                        callbacks=_callbacks(progress), seed=seed)
+    start = time.perf_counter()
+    history = trainer.train(model, x_train, y_train, nn.CrossEntropyLoss(),
+                            validation_data=(x_test, y_test))
+    return DigitsRun(resolve(name), settings, history, time.perf_counter() - start)
+
+
 def run_supervised(out: Path, epochs: int, seed: int, optimizers: Sequence[str],
                    progress: bool, plots: bool) -> None:
-    x_train, y_train, x_test, y_test = load_digits(seed)
-    print(f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(x_train)} train / "
-          f"{len(x_test)} test images), {epochs} epochs, batch 32, one-cycle lr")
+    """Section 1: the digits MLP with each of ``optimizers``; print the test accuracy
+    (and a table for several), plot the first one's curves into ``out``."""
+    data = load_digits(seed)
+    print(f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(data[0])} train / "
+          f"{len(data[2])} test images), {epochs} epochs, batch 32, one-cycle lr")
     rows = []
     for name in optimizers:
-        model = make_mlp(seed)
-        optimizer = OPTIMIZERS[name](model)
-        steps = epochs * -(-len(x_train) // 32)
-        peak = optimizer.param_groups[0]["lr"] * 3
-        scheduler = descent.schedules.OneCycleLR(optimizer, max_lr=peak, total_steps=steps,
-                                                 cycle_momentum=False)
-        trainer = descent.SupervisedTrainer(optimizer, batch_size=32, epochs=epochs,
-                                            scheduler=scheduler, metrics=["accuracy"],
-                                            callbacks=_callbacks(progress), seed=seed)
-        start = time.perf_counter()
-        history = trainer.train(model, x_train, y_train, nn.CrossEntropyLoss(),
-                                validation_data=(x_test, y_test))
-        seconds = time.perf_counter() - start
-        rows.append((name, history["loss"][-1], history["val_accuracy"][-1], seconds))
-        note = _plot(history, out / f"supervised_{name}.png", f"digits MLP, {name}",
+        run = train_digits(name, data, epochs, seed, progress=progress)
+        history = run.history
+        rows.append((run.name, history["loss"][-1], history["val_accuracy"][-1], run.seconds))
+        note = _plot(history, out / f"supervised_{run.name}.png", f"digits MLP, {run.name}",
                      plots and (len(optimizers) == 1 or name == optimizers[0]))
-        print(f"      {name}: test accuracy {history['val_accuracy'][-1]:.2%}{note}")
+        print(f"      {run.name}: test accuracy {history['val_accuracy'][-1]:.2%}{note}")
     if len(rows) > 1:
         print(f"      {'optimizer':<10} {'train loss':>10} {'test acc':>9} {'time (s)':>9}")
         for name, loss, accuracy, seconds in rows:
@@ -147,6 +209,8 @@ def _generate(model: CharGRU, vocabulary: descent.data.CharVocabulary, prompt: s
 
 
 def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool) -> None:
+    """Section 2: the character GRU; print its held-out loss against the unigram
+    baseline and a sample of generated text; plot its curves into ``out``."""
     text = load_text()
     x, y, vocabulary = char_sequences(text, 64, stride=32)
     print(f"[2/3] RecurrentTrainer: character GRU on Coriolanus ({len(text):,} characters, "
@@ -168,6 +232,8 @@ def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool
 
 def run_adversarial(out: Path, epochs: int, seed: int, progress: bool, plots: bool,
                     quick: bool = False) -> None:
+    """Section 3: the GAN on a ring of 8 Gaussians; print the modes its samples cover;
+    plot its curves and samples into ``out``."""
     real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=seed)
     print(f"[3/3] AdversarialTrainer: GAN on a ring of 8 Gaussians ({len(real)} points), "
           f"{epochs} epochs, non-saturating loss")
@@ -222,14 +288,10 @@ def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 
              progress: bool = True, sections: Sequence[str] = ("supervised", "recurrent",
                                                               "adversarial")) -> int:
     """Run the demo; write plots to ``out``; return the exit status (0)."""
-    names = list(optimizers or ["Adam"])
-    unknown = [name for name in names if name not in OPTIMIZERS]
-    if unknown:
-        raise SystemExit(f"descent demo: unknown optimizers {unknown}; choose from "
-                         f"{', '.join(OPTIMIZERS)}")
+    names = [resolve(name) for name in optimizers or ["Adam"]]
     bad = [s for s in sections if s not in SIZES]
     if bad:
-        raise SystemExit(f"descent demo: unknown sections {bad}; choose from {', '.join(SIZES)}")
+        raise ValueError(f"run_demo: sections={bad}; choose from {', '.join(SIZES)}")
     try:
         import matplotlib  # noqa: F401
 
@@ -256,3 +318,55 @@ def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 
         print("(no plots: matplotlib is not installed; pip install 'descent[demo]')")
     print(f"done in {time.perf_counter() - start:.1f} s; plots written to {out}")
     return 0
+
+
+_EXAMPLES = """\
+  descent demo                                 the full demo (about 20 s on 2 cores)
+  descent demo --quick --out /tmp/demo         a smoke test, plots in /tmp/demo
+  descent demo --only supervised --optimizers SGD Adam Lion
+"""
+
+
+def add_parser(commands: Any) -> None:
+    """Declare ``descent demo``."""
+    parser = add_command(
+        commands, "demo", run=run,
+        summary="run the supervised, recurrent and adversarial trainers on bundled data, "
+                "with progress bars, and write PNG plots (the default command)",
+        description="The three trainers on data that ships with descent and scikit-learn: an "
+                    "MLP on the 8x8 digits (SupervisedTrainer, one-cycle schedule), a "
+                    "character GRU on the opening of Coriolanus (RecurrentTrainer, truncated "
+                    "back-propagation through time) and a GAN on a ring of 8 Gaussians "
+                    "(AdversarialTrainer). Results go to stdout, progress bars to stderr, "
+                    "PNG plots to --out.", examples=_EXAMPLES)
+    parser.add_argument("--out", default="descent-demo", metavar="DIR",
+                        help="directory for the PNG plots (./descent-demo)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few epochs per trainer, for a smoke test (seconds)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
+                        help="optimizers for the digits MLP; several print a comparison "
+                             "table (default: Adam); 'descent compare' also plots them")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="epochs of the digits MLP (15; 2 with --quick)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SECTION",
+                        choices=list(SIZES), help="run only these sections")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """Run ``descent demo`` with parsed arguments."""
+    try:
+        names = [resolve(name) for name in args.optimizers or ["Adam"]]
+    except ValueError as error:
+        args.parser.error(f"argument --optimizers: {error}")
+    return run_demo(out=args.out, quick=args.quick, seed=args.seed, optimizers=names,
+                    epochs=args.epochs, progress=not args.no_progress,
+                    sections=args.only or tuple(SIZES))
+
+
+__all__ = [
+    "PRESETS", "SIZES", "CharGRU", "DigitsRun", "add_parser", "load_digits", "make_mlp",
+    "make_optimizer", "resolve", "run", "run_adversarial", "run_demo", "run_recurrent",
+    "run_supervised", "train_digits",
+]

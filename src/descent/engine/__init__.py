@@ -395,11 +395,12 @@ def _step(optimizer: Rule) -> None:
         if not group["params"]:
             continue
         layout = engine.layout(optimizer, group)
+        quantize.conform(optimizer, group, layout)
         options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
             low = quantize.applies(options, bucket.params[0])
             _step_bucket(optimizer, group, group_index, bucket, options,
-                         choose_path(mode, optimizer, bucket), mode)
+                         choose_path(mode, optimizer, bucket, low), mode, low)
 
 
 _step_outside_graphs = torch.compiler.disable(_step)
