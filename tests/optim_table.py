@@ -880,6 +880,14 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         torch_counterpart=False, first_update_step=2, vmap_tolerance=1e-6,
     ),
     OptimizerInfo(
+        # with its defaults (Newton-Schulz in bfloat16) OrthoMuon is torch.optim.Muon
+        descent.OrthoMuon, torch.optim.Muon, reference_label="torch.optim.Muon",
+        configs=[{"lr": 0.02},
+                 {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"}],
+        error_inputs=_common_errors(has_betas=False),
+        torch_counterpart=False, matrices_only=True, functional=False,
+    ),
+    OptimizerInfo(
         # ns_dtype=None: Muon's iteration in the parameters' dtype, which the written-out
         # reference uses; bfloat16 (the default) is compared with torch.optim.Muon, bit for
         # bit, in test_muon_family.py

@@ -350,7 +350,7 @@ def test_meta_learned_learning_rate_lowers_the_validation_loss() -> None:
 
 @pytest.mark.parametrize("info", FUNCTIONAL_INFOS, ids=case_id)
 def test_every_class_has_a_functional_twin(info: OptimizerInfo) -> None:
-    if not info.cls.elementwise:
+    if not info.cls.functional_form:
         assert info.cls.registry_name not in functional.ALGORITHMS
         return
     algorithm = FUNCTIONAL[info.name]
