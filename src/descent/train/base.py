@@ -207,6 +207,7 @@ class Trainer:
                     self.checkpointing.save_if_due(self)
                 self._end_epoch(training_model, evaluate)
             state.running = False
+            switch_optimizers(self, training=False)  # the model ends at the averaged point
         except BaseException as error:
             for callback in self.callbacks:
                 callback.on_exception(self, error)
@@ -260,6 +261,7 @@ class Trainer:
             self.meter = Meter()
         self._call("on_epoch_begin", self.state.epoch)
         model.train()
+        switch_optimizers(self, training=True)
 
     def _windows(self, batches: Batches) -> Iterator[Window]:
         """The current epoch's accumulation windows, from the one open at ``state.batch``:
@@ -286,6 +288,7 @@ class Trainer:
         state, epoch = self.state, self.state.epoch
         self.end_epoch(model)
         metrics = {**self.meter.means(), **self._epoch_extras()}
+        switch_optimizers(self, training=False)  # validate and save at the averaged point
         if evaluate is not None:
             metrics.update(evaluate())
         metrics = self.reduce_metrics(metrics)
@@ -662,3 +665,19 @@ class Trainer:
     def _call(self, event: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
+
+
+def switch_optimizers(trainer: Trainer, *, training: bool) -> None:
+    """Put the trainer's mode-switching optimizers (Schedule-Free,
+    :class:`descent.optim.schedule_free.ModeSwitching`) in train or eval mode.
+
+    A trainer calls ``eval()`` before validation, before saving a checkpoint and at the
+    end of training (so the model holds the averaged point there), and ``train()``
+    before training steps. Optimizers without ``train``/``eval`` (torch.optim's, most of
+    descent's) are left alone; both calls are idempotent.
+    """
+    for optimizer in trainer.optimizers().values():
+        switch = getattr(optimizer, "train" if training else "eval", None)
+        other = getattr(optimizer, "eval" if training else "train", None)
+        if callable(switch) and callable(other):
+            switch()

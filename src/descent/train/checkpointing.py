@@ -103,8 +103,17 @@ class Checkpointing:
         self.save(trainer, metrics)
 
     def save(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
-        """Write a checkpoint of the current step (call on every rank; rank 0 writes)."""
+        """Write a checkpoint of the current step (call on every rank; rank 0 writes).
+
+        Mode-switching optimizers (Schedule-Free) are saved in eval mode, so the saved
+        model is the averaged point; a save in the middle of an epoch switches them back
+        to train mode afterwards.
+        """
         assert self.manager is not None
+        from .base import switch_optimizers
+
+        mid_epoch = trainer.state.batch != 0
+        switch_optimizers(trainer, training=False)
         payload = {"trainer": trainer.training_state(),
                    "ranks": distributed.all_gather_object(trainer.rank_state()),
                    "stop_training": bool(trainer.stop_training),
@@ -115,6 +124,8 @@ class Checkpointing:
                           schedulers=trainer.checkpoint_schedulers(), trainer_state=payload,
                           metrics={key: value for key, value in metrics.items()
                                    if isinstance(value, int | float)})
+        if mid_epoch:
+            switch_optimizers(trainer, training=True)
         self.saved_step = trainer.state.step
 
     # ------------------------------------------------------------------ resuming
