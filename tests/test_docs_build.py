@@ -173,8 +173,5 @@ def test_a_type_checker_catches_planted_errors_in_a_users_script(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the constructor type checkers derive from the "
-                   "optimizers' dataclass_transform declaration lacks params: mypy reads "
-                   "descent.Adam(params, lr=1e-3) as two values for lr")
 def test_a_type_checker_raises_no_false_alarm_on_correct_constructors(tmp_path):
     assert _mypy(tmp_path, USER_SCRIPT) == ["8", "9"]

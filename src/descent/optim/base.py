@@ -76,7 +76,12 @@ def scalar_dtype() -> torch.dtype:
 
 
 @dataclass_transform(field_specifiers=(hyper,))
-class Optimizer(torch.optim.Optimizer):
+class _Declared(torch.optim.Optimizer):
+    """What type checkers read: subclasses of this declare their constructor arguments as
+    fields (``dataclass_transform``); :class:`Optimizer` declares the first, ``params``."""
+
+
+class Optimizer(_Declared):
     """Base class of descent optimizers (a ``torch.optim.Optimizer``).
 
     Subclasses declare hyperparameters with :func:`~descent.optim._spec.hyper`, their
