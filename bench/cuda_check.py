@@ -83,8 +83,8 @@ def median_ms(fn: Callable[[], Any], device: torch.device, reps: int = 15,
 
 def wait_for_kernels() -> None:
     """Let every generated kernel being built finish (their build queues drain)."""
-    engine.cuda._builder.submit(lambda: None).result()
-    engine.cpu._builder.submit(lambda: None).result()
+    engine.cuda._builds.drain()
+    engine.cpu._builds.drain()
 
 
 # ---------------------------------------------------------------------- rules
@@ -285,8 +285,8 @@ opt = descent.NAdam(params, lr=1e-3)
 begin = time.perf_counter(); opt.step(); torch.cuda.synchronize() if "{device}" == "cuda" else None
 first = time.perf_counter() - begin
 begin = time.perf_counter()
-engine.cuda._builder.submit(lambda: None).result()
-engine.cpu._builder.submit(lambda: None).result()
+engine.cuda._builds.drain()
+engine.cpu._builds.drain()
 ready = time.perf_counter() - begin + first
 print(json.dumps({{"first_step_s": first, "kernel_ready_s": ready}}))
 """
@@ -373,10 +373,8 @@ def main() -> None:
         save(args.out)
     step_times(device, args.smoke, rate, args.budget, args.out)
     RESULTS["generated_kernel_builds"] = {
-        str(key[0][0]) + f" {key[1]}": ("ok" if future.done() and future.exception() is None
-                                        else repr(future.exception()) if future.done()
-                                        else "building")
-        for backend in (engine.cuda, engine.cpu) for key, future in backend._builds.items()}
+        f"{key[0][0]} {key[1]}": state for backend in (engine.cuda, engine.cpu)
+        for key, state in backend._builds.states().items()}
     RESULTS["seconds"] = elapsed()
     save(args.out)
 

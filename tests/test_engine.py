@@ -617,7 +617,7 @@ def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch,
         return original(code + "\n/* held */\n")  # a source no other test has built
 
     monkeypatch.setattr(descent.engine.cpu, "_build", held_build)
-    monkeypatch.setattr(descent.engine.cpu, "_builds", {})  # nothing built yet
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})  # nothing built yet
     monkeypatch.setattr(descent.engine, "GENERATED_MIN_NUMEL", 0)
     calls = count_kernel_calls(monkeypatch)
     params, reference = make_params(seed=3), make_params(seed=3)
@@ -631,7 +631,7 @@ def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch,
         reference_opt.step()
     assert calls[0] == 0
     release.set()
-    descent.engine.cpu._builder.submit(lambda: None).result()  # the build queue has drained
+    descent.engine.cpu._builds.drain()
     for step in range(2, 5):
         give_grads(params, step)
         give_grads(reference, step)
@@ -658,8 +658,8 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("compiler crashed")
 
     monkeypatch.setattr(descent.engine.cpu, "_build", broken)
-    monkeypatch.setattr(descent.engine.cpu, "_builds", {})
-    monkeypatch.setattr(descent.engine.cpu, "_warned", set())
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
+    monkeypatch.setattr(descent.engine.cpu._builds, "warned", set())
     params, reference = make_params(seed=4), make_params(seed=4)
     opt = descent.RMSprop(params, lr=0.01, alpha=0.5)
     engine.set_mode(opt, "compiled")
@@ -708,7 +708,7 @@ def test_generated_triton_kernels_match_per_tensor_in_the_interpreter(
     monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
     cuda_backend = descent.engine.cuda
     monkeypatch.setattr(descent.engine, "_backend", lambda device: cuda_backend)
-    monkeypatch.setattr(cuda_backend, "_builds", {})
+    monkeypatch.setattr(cuda_backend._builds, "futures", {})
     calls = [0]
     original = cuda_backend.Kernel.__call__
 

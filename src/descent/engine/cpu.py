@@ -33,16 +33,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._builds import Builds
 from .trace import Op, Program
 
 _C_TYPES = {torch.float32: "float", torch.float64: "double"}
@@ -219,10 +218,8 @@ def _pool() -> ThreadPoolExecutor:
                               thread_name_prefix="descent-kernel")
 
 
-_builds: dict[tuple[Any, ...], Future[Kernel]] = {}
-_warned: set[tuple[Any, ...]] = set()
-_builder = ThreadPoolExecutor(1, thread_name_prefix="descent-build")
-_lock = threading.Lock()
+_builds: Builds[Kernel] = Builds("descent-build", "building a generated kernel failed; "
+                                 "the rule's math runs on lists instead")
 
 
 def supports(dtype: torch.dtype) -> bool:
@@ -236,31 +233,14 @@ def kernel(program: Program, dtype: torch.dtype, device: torch.device | None = N
     if not; with ``wait``, until it is built). None until then, or if it cannot be built."""
     if dtype not in _C_TYPES or compiler() is None:
         return None
-    key = (program.key(), dtype)
-    with _lock:
-        future = _builds.get(key)
-        if future is None:
-            code = source(program, dtype)
-            future = _builds[key] = _builder.submit(
-                lambda: Kernel(_build(code), len(program.inputs)))
-    if wait:
-        future.exception()
-    if not future.done():
-        return None
-    error = future.exception()
-    if error is not None:
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"descent.engine: building a generated kernel failed ({error!r}); "
-                          "the rule's math runs on lists instead", RuntimeWarning, stacklevel=3)
-        return None
-    return future.result()
+    code = source(program, dtype)
+    return _builds.get((program.key(), dtype),
+                       lambda: Kernel(_build(code), len(program.inputs)), wait)
 
 
 def build_error(program: Program, dtype: torch.dtype) -> BaseException | None:
     """Why the kernel for ``program`` could not be built (None if it was, or is building)."""
-    future = _builds.get((program.key(), dtype))
-    return None if future is None or not future.done() else future.exception()
+    return _builds.error((program.key(), dtype))
 
 
 __all__ = ["PARALLEL_MIN_NUMEL", "Kernel", "build_error", "cache_dir", "compiler", "kernel",

@@ -26,16 +26,14 @@ import hashlib
 import importlib.util
 import os
 import sys
-import threading
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ._builds import Builds
 from .cpu import cache_dir
 from .trace import Op, Program
 
@@ -238,10 +236,9 @@ class Kernel:
                                      cache["chunk_start"], cache["numels"], BLOCK=BLOCK)
 
 
-_builds: dict[tuple[Any, ...], Future[Kernel]] = {}
-_warned: set[tuple[Any, ...]] = set()
-_builder = ThreadPoolExecutor(1, thread_name_prefix="descent-triton")
-_lock = threading.Lock()
+_builds: Builds[Kernel] = Builds("descent-triton", "compiling a generated CUDA kernel "
+                                 "failed; the engine uses torch's fused kernel or the math on "
+                                 "lists instead")
 
 
 def _compile(program: Program, dtype: torch.dtype, device: torch.device) -> Kernel:
@@ -264,24 +261,8 @@ def kernel(program: Program, dtype: torch.dtype, device: torch.device,
     cannot be compiled."""
     if dtype not in _COMPUTE or not available():
         return None
-    key = (program.key(), dtype, str(device))
-    with _lock:
-        future = _builds.get(key)
-        if future is None:
-            future = _builds[key] = _builder.submit(_compile, program, dtype, device)
-    if wait:
-        future.exception()
-    if not future.done():
-        return None
-    error = future.exception()
-    if error is not None:
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"descent.engine: compiling a generated CUDA kernel failed "
-                          f"({error!r}); the engine uses torch's fused kernel or the math on "
-                          "lists instead", RuntimeWarning, stacklevel=3)
-        return None
-    return future.result()
+    return _builds.get((program.key(), dtype, str(device)),
+                       lambda: _compile(program, dtype, device), wait)
 
 
 __all__ = ["BLOCK", "Kernel", "available", "kernel", "source", "supports"]

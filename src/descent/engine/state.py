@@ -33,7 +33,33 @@ class _Changes:
         self.count = 0
 
 
-class StateEntry(dict):  # type: ignore[type-arg]
+class _Counted:
+    """The writes a dict and a defaultdict share, each counted in ``self._changes``."""
+
+    _changes: _Changes
+
+    def __delitem__(self, key: Any) -> None:
+        self._changes.count += 1
+        super().__delitem__(key)  # type: ignore[misc]
+
+    def pop(self, *args: Any) -> Any:
+        self._changes.count += 1
+        return super().pop(*args)  # type: ignore[misc]
+
+    def popitem(self) -> Any:
+        self._changes.count += 1
+        return super().popitem()  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._changes.count += 1
+        super().clear()  # type: ignore[misc]
+
+    def __ior__(self, other: Any) -> Any:
+        self.update(other)  # type: ignore[attr-defined]
+        return self
+
+
+class StateEntry(_Counted, dict):  # type: ignore[type-arg]
     """One parameter's state: a dict whose writes are counted."""
 
     __slots__ = ("_changes",)
@@ -46,22 +72,6 @@ class StateEntry(dict):  # type: ignore[type-arg]
         self._changes.count += 1
         super().__setitem__(key, value)
 
-    def __delitem__(self, key: Any) -> None:
-        self._changes.count += 1
-        super().__delitem__(key)
-
-    def pop(self, *args: Any) -> Any:
-        self._changes.count += 1
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        self._changes.count += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self._changes.count += 1
-        super().clear()
-
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._changes.count += 1
         super().update(*args, **kwargs)
@@ -70,10 +80,6 @@ class StateEntry(dict):  # type: ignore[type-arg]
         self._changes.count += 1
         return super().setdefault(key, default)
 
-    def __ior__(self, other: Any) -> StateEntry:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))
 
@@ -81,7 +87,7 @@ class StateEntry(dict):  # type: ignore[type-arg]
         return dict(self)
 
 
-class StateTable(defaultdict):  # type: ignore[type-arg]
+class StateTable(_Counted, defaultdict):  # type: ignore[type-arg]
     """torch.optim's ``state`` mapping (parameter -> dict) with its writes counted."""
 
     def __init__(self, items: Iterable[tuple[Any, Any]] | Mapping[Any, Any] = ()) -> None:
@@ -104,22 +110,6 @@ class StateTable(defaultdict):  # type: ignore[type-arg]
             value = self._entry(value)
         super().__setitem__(key, value)
 
-    def __delitem__(self, key: Any) -> None:
-        self._changes.count += 1
-        super().__delitem__(key)
-
-    def pop(self, *args: Any) -> Any:
-        self._changes.count += 1
-        return super().pop(*args)
-
-    def popitem(self) -> Any:
-        self._changes.count += 1
-        return super().popitem()
-
-    def clear(self) -> None:
-        self._changes.count += 1
-        super().clear()
-
     def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
@@ -128,10 +118,6 @@ class StateTable(defaultdict):  # type: ignore[type-arg]
         if key not in self:
             self[key] = {} if default is None else default
         return self[key]
-
-    def __ior__(self, other: Any) -> StateTable:  # type: ignore[override,misc]
-        self.update(other)
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (defaultdict, (dict,), None, None,
