@@ -298,7 +298,7 @@ def test_quantised_buckets_never_reach_a_fused_kernel(monkeypatch: pytest.Monkey
         opt = descent.Adam([param], state_dtype="int8")
         descent.engine.set_mode(opt, mode)
         step_with(opt, [param], seed=0, steps=2)
-    bucket = descent.engine.Bucket([0], [param], is_complex=False, fusable=True)
+    bucket = descent.engine._layout([param]).buckets[0]
     assert descent.engine.choose_path("auto", opt, bucket, low_precision=True) == "foreach"
     assert descent.engine.choose_path("auto", opt, bucket) == "fused"
 

@@ -487,7 +487,11 @@ def _encode(full: Tensor, form: Any, param: Tensor) -> Any:
         _encode_into(stored, 0, full.reshape(-1).to(param.device, torch.float32, copy=True))
         return stored
     if form == torch.bfloat16 and full.dtype != torch.bfloat16:
-        full = stochastic_round(full, form)
+        nearest = full.to(form)
+        # values bfloat16 holds exactly (a bf16 state torch's load cast to float32) keep
+        # them, and draw no random numbers: a resumed run continues the same random stream
+        full = nearest if torch.equal(nearest.to(full.dtype), full) else \
+            stochastic_round(full, form)
     out = torch.empty(param.shape, dtype=form, device=param.device)
     return out.copy_(full.reshape(param.shape))
 
