@@ -120,6 +120,9 @@ class OptimizerInfo:
     # functional vmap over an ensemble vs one member at a time (SOAP: eigenvectors of
     # repeated eigenvalues are not unique; batched and single eigh calls pick different ones)
     vmap_tolerance: float = 1e-12
+    # parameter dtypes the class refuses with a TypeError (Prodigy: float16, whose range
+    # cannot hold its moments)
+    refused_dtypes: tuple[torch.dtype, ...] = ()
     reference_label: str = ""  # how bench/parity.py names the reference ("" : derived)
 
     @property
@@ -863,6 +866,7 @@ BEYOND_TORCH: list[OptimizerInfo] = [
             ErrorInput({"cautious": True}, ValueError, r"cautious=True is not supported"),
         ],
         torch_counterpart=False, functional=False, grouped_lrs=False,
+        refused_dtypes=(torch.float16,),
     ),
     OptimizerInfo(
         descent.SOAP, SOAPReference,

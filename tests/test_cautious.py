@@ -18,10 +18,14 @@ from descent import engine, functional
 from optim_table import OPTIMIZERS, OptimizerInfo, case_id
 
 
-def make_params(seed: int = 0) -> list[nn.Parameter]:
+def make_params(seed: int = 0, info: OptimizerInfo | None = None) -> list[nn.Parameter]:
+    """Parameters of several shapes (as the optimizer of ``info`` takes them: columns for
+    one that updates matrices only)."""
     generator = torch.Generator().manual_seed(seed)
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
-            for shape in [(4, 3), (5,), (3, 2, 2), (6, 4)]]
+    shapes = [(4, 3), (5,), (3, 2, 2), (6, 4)]
+    return [nn.Parameter(torch.randn(info.shape(*shape) if info else shape,
+                                     generator=generator, dtype=torch.float64))
+            for shape in shapes]
 
 
 def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
@@ -103,13 +107,13 @@ def test_every_rule_masks_its_own_update(info: OptimizerInfo) -> None:
     cautious update is the plain one where it agrees with the gradient, scaled by
     d / (nnz + 1) per tensor, and 0 elsewhere."""
     config = no_decay(info)
-    plain, masked = make_params(), make_params()
+    plain, masked = make_params(info=info), make_params(info=info)
     opt, cautious = info.cls(plain, **config), info.cls(masked, **config, cautious=True)
     for step in range(info.first_update_step):
         grads = grads_for(plain, step)
         start = [p.detach().clone() for p in plain]
         for a, b, g in zip(plain, masked, grads, strict=True):
-            a.grad, b.grad = g.clone(), g.clone()
+            a.grad, b.grad = info.gradient(g.clone()), info.gradient(g.clone())
         opt.step()
         cautious.step()
     assert any(not torch.equal(a, b) for a, b in zip(plain, start, strict=True))

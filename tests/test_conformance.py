@@ -19,6 +19,7 @@ import copy
 import inspect
 import io
 import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,8 @@ def config(info: OptimizerInfo) -> dict[str, Any]:
 
 
 def lr_of(info: OptimizerInfo) -> float:
-    return float(config(info).get("lr", info.cls.hyperparameters["lr"].default))
+    options = config(info)
+    return float(options["lr"] if "lr" in options else info.cls.hyperparameters["lr"].default)
 
 
 def make_params(info: OptimizerInfo, dtype: torch.dtype = torch.float64,
@@ -112,6 +114,12 @@ def run(info: OptimizerInfo, opt: torch.optim.Optimizer, params: list[torch.Tens
         steps: range, sign: float = 1.0) -> None:
     for step in steps:
         info.step(opt, computer(info, params, step, sign))
+
+
+def moving(info: OptimizerInfo, count: int) -> range:
+    """``count`` steps, or as many as the optimizer takes before its parameters first
+    move (ADOPT and SOAP only set up their state at the first step)."""
+    return range(max(count, info.first_update_step))
 
 
 def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -187,8 +195,14 @@ def test_state_dict_of_an_older_torch_version_loads(info: OptimizerInfo) -> None
     copies = clone(params)
     resumed = info.cls(copies, **config(info))
     resumed.load_state_dict(old)
-    for name in dropped:
-        assert resumed.param_groups[0][name] == info.cls.hyperparameters[name].default
+    assert dropped
+    for saved_group, group in zip(opt.param_groups, resumed.param_groups, strict=True):
+        for name in dropped & set(saved_group):
+            # the configuration leaves the flags at their defaults: the rule's (a group of
+            # a router such as MuonAdamW has the options of the rule it goes to)
+            assert group[name] == saved_group[name]
+            if name in info.cls.hyperparameters:
+                assert group[name] == info.cls.hyperparameters[name].default
     run(info, opt, params, range(2, 4))
     run(info, resumed, copies, range(2, 4))
     assert same(params, copies)
@@ -208,17 +222,19 @@ def test_state_dict_of_an_older_torch_version_loads(info: OptimizerInfo) -> None
 def test_step_hooks_run_around_the_step(info: OptimizerInfo) -> None:
     params = make_params(info)
     opt = info.cls(params, **config(info))
+    warm_up = range(info.first_update_step - 1)  # steps that leave the parameters alone
+    run(info, opt, params, warm_up)
     calls: list[tuple[str, bool]] = []
     start = [p.detach().clone() for p in params]
     pre = opt.register_step_pre_hook(
         lambda optimizer, args, kwargs: calls.append(("pre", same(params, start))))
     post = opt.register_step_post_hook(
         lambda optimizer, args, kwargs: calls.append(("post", same(params, start))))
-    run(info, opt, params, range(1))
+    run(info, opt, params, range(len(warm_up), len(warm_up) + 1))
     assert calls == [("pre", True), ("post", False)]
     pre.remove()
     post.remove()
-    run(info, opt, params, range(1, 2))
+    run(info, opt, params, range(len(warm_up) + 1, len(warm_up) + 2))
     assert len(calls) == 2
 
 
@@ -311,8 +327,8 @@ def test_maximize_equals_minimizing_the_negated_objective(info: OptimizerInfo) -
         if "weight_decay" in info.cls.hyperparameters else config(info)
     maximizing = info.cls(ours, **{**options, "maximize": True})
     minimizing = info.cls(negated, **{**options, "maximize": False})
-    run(info, maximizing, ours, range(4), sign=-1.0)
-    run(info, minimizing, negated, range(4))
+    run(info, maximizing, ours, moving(info, 4), sign=-1.0)
+    run(info, minimizing, negated, moving(info, 4))
     for a, b in zip(ours, negated, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
     assert not same(ours, make_params(info))
@@ -329,7 +345,7 @@ def test_complex_parameters_are_updated_as_pairs_of_reals(info: OptimizerInfo) -
     complex_params = [nn.Parameter(torch.view_as_complex(p.detach().clone())) for p in pairs]
     complex_opt = info.cls(complex_params, **config(info))
     real_opt = info.cls(pairs, **config(info))
-    for step in range(4):
+    for step in moving(info, 4):
         info.step(complex_opt, computer(info, complex_params, step))
         info.step(real_opt, computer(info, pairs, step))
     for z, pair in zip(complex_params, pairs, strict=True):
@@ -384,13 +400,22 @@ def test_add_param_group_keeps_state_and_updates_the_new_parameters(info: Optimi
     run(info, opt, first, range(2))
     state = copy.deepcopy(state_values(opt))
     start = [p.detach().clone() for p in later]
-    opt.add_param_group({"params": later, "lr": 0.5 * lr_of(info)})
-    assert opt.param_groups[1]["lr"] == 0.5 * lr_of(info)
-    assert {k: v for k, v in opt.param_groups[1].items() if k not in ("params", "lr")} == \
-        {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "lr")}
+    lr = 0.5 * lr_of(info) if info.grouped_lrs else lr_of(info)
+    count = len(opt.param_groups)
+    opt.add_param_group({"params": later, "lr": lr})
+    added = opt.param_groups[count:]
+    assert added[0]["lr"] == lr
+    assert len(added) == 1 or info.routes_groups
+    # the other options are the defaults: those of a group of the same kind (a router's
+    # groups differ by rule; the first groups may all have gone to the other rule)
+    kinds = opt.param_groups[:count] + info.cls(clone(params), **config(info)).param_groups
+    for group in added:
+        twin = next(g for g in kinds if g.keys() == group.keys())
+        assert {k: v for k, v in group.items() if k not in ("params", "lr")} == \
+            {k: v for k, v in twin.items() if k not in ("params", "lr")}
     for a, b in zip(state_values(opt), state, strict=True):
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
-    run(info, opt, params, range(2, 3))
+    run(info, opt, params, range(2, 2 + info.first_update_step))
     assert not same(later, start)
 
 
@@ -402,7 +427,7 @@ def test_missing_and_empty_gradients(info: OptimizerInfo) -> None:
     empty = nn.Parameter(torch.empty(info.shape(0, 3), dtype=torch.float64))
     before = unused.detach().clone()
     opt = info.cls([used, unused, empty], **config(info))
-    for step in range(3):
+    for step in moving(info, 3):
         compute = computer(info, [used, empty], step)
         info.step(opt, compute)
     assert torch.equal(unused, before)
@@ -418,12 +443,17 @@ def test_half_and_double_precision_parameters(info: OptimizerInfo, dtype: torch.
     """Parameters of the dtype are updated, stay finite, keep their dtype (and the
     state its dtype), and follow the float64 run within the dtype's precision (an
     optimizer that iterates inside a step, LBFGS, can take another path in half
-    precision, as torch's does: it must move and stay finite)."""
+    precision, as torch's does: it must move and stay finite). A dtype the class refuses
+    is refused at construction, with a TypeError naming it."""
+    if dtype in info.refused_dtypes:
+        with pytest.raises(TypeError, match=re.escape(str(dtype))):
+            info.cls(make_params(info, dtype), **config(info))
+        return
     params, reference = make_params(info, dtype), make_params(info)
     opt = info.cls(params, **config(info))
     reference_opt = info.cls(reference, **config(info))
-    run(info, opt, params, range(3))
-    run(info, reference_opt, reference, range(3))
+    run(info, opt, params, moving(info, 3))
+    run(info, reference_opt, reference, moving(info, 3))
     tolerance = {torch.float16: 2e-2, torch.bfloat16: 8e-2, torch.float64: 0.0}[dtype]
     for p, q in zip(params, reference, strict=True):
         assert p.dtype == dtype and torch.isfinite(p).all()
@@ -480,20 +510,22 @@ def test_torch_lr_schedulers_drive_the_optimizer(info: OptimizerInfo, name: str)
     steps with them: the run equals one whose lr is set by hand to those values."""
     params = make_params(info)
     opt = info.cls(params, **config(info))
+    # one torch group per group of the optimizer, with its lr (a router's groups differ)
+    torch_sgd = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
+                                 for group in opt.param_groups], lr=lr_of(info), momentum=0.9)
     scheduler = SCHEDULERS[name](opt, info)
-    torch_sgd = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr_of(info), momentum=0.9)
     torch_scheduler = SCHEDULERS[name](torch_sgd, info)
     by_hand_params = make_params(info)
     by_hand = info.cls(by_hand_params, **config(info))
     rates = []
     for step in range(6):
-        lr = opt.param_groups[0]["lr"]
-        rates.append(lr)
-        assert lr == pytest.approx(torch_sgd.param_groups[0]["lr"], rel=1e-12)
-        by_hand.param_groups[0]["lr"] = lr
-        for key in ("momentum", "betas"):
-            if key in opt.param_groups[0]:
-                by_hand.param_groups[0][key] = opt.param_groups[0][key]
+        rates.append(opt.param_groups[0]["lr"])
+        for group, torch_group, set_by_hand in zip(opt.param_groups, torch_sgd.param_groups,
+                                                   by_hand.param_groups, strict=True):
+            assert group["lr"] == pytest.approx(torch_group["lr"], rel=1e-12)
+            for key in ("lr", "momentum", "betas"):
+                if key in group:
+                    set_by_hand[key] = group[key]
         run(info, opt, params, range(step, step + 1))
         run(info, by_hand, by_hand_params, range(step, step + 1))
         torch_sgd.step()  # no gradient: nothing moves, but the scheduler sees a step

@@ -338,8 +338,9 @@ def test_normuon_state_round_trips_and_is_checked() -> None:
     resumed.step()
     assert all(torch.equal(a, b) for a, b in zip(params, clone, strict=True))
     saved["state"][0]["row_second_moment"] = torch.zeros(12)
-    with pytest.raises(ValueError, match=r"row_second_moment has shape \(12,\), expected "
-                                         r"\(12, 1\)"):
+    with pytest.raises(ValueError, match=r"row_second_moment has shape \(12,\), the parameter "
+                                         r"has shape \(12, 5\), so row_second_moment has "
+                                         r"shape \(12, 1\)"):
         resumed.load_state_dict(saved)
 
 

@@ -73,8 +73,10 @@ class Adadelta(Optimizer):
     differentiable: bool = hyper(default=False, kw_only=True)
 
     keeps = (State("step", scalar=True, doc="steps taken"),
-             State("square_avg", doc="running average v of squared gradients"),
-             State("acc_delta", doc="running average u of squared updates"))
+             State("square_avg", non_negative=True,
+                   doc="running average v of squared gradients"),
+             State("acc_delta", non_negative=True,
+                   doc="running average u of squared updates"))
     math = staticmethod(adadelta)
 
 

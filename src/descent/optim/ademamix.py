@@ -121,7 +121,7 @@ class AdEMAMix(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("exp_avg", doc=r"fast momentum :math:`m_1`"),
-             State("exp_avg_sq", doc=r"second moment :math:`\nu`"),
+             State("exp_avg_sq", non_negative=True, doc=r"second moment :math:`\nu`"),
              State("exp_avg_slow", doc=r"slow momentum :math:`m_2`"))
     math = staticmethod(ademamix)
     decoupled_decay = True

@@ -94,7 +94,7 @@ class ADOPT(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("exp_avg", doc="momentum m of the normalised gradient"),
-             State("exp_avg_sq", doc="second moment v"))
+             State("exp_avg_sq", non_negative=True, doc="second moment v"))
     math = staticmethod(adopt)
     registry_name = "adopt"
 

@@ -290,7 +290,7 @@ class Optimizer(_Declared):
         Example: ``opt.state_bytes() / sum(p.numel() for p in model.parameters())`` is
         8.0 for Adam in float32 on large tensors, about 2.03 with ``state_dtype="int8"``.
         """
-        quantize.conform_all(self)
+        self._conform_state()
         return quantize.state_bytes(self)
 
     # ------------------------------------------------------------------ step
@@ -336,7 +336,7 @@ class Optimizer(_Declared):
         a plain dict, and a tensor that is a view of a larger one is replaced by a
         compact copy, so saving never writes more than the state itself.
         """
-        quantize.conform_all(self)  # state stored as the options now say, before it is read
+        self._conform_state()  # state stored as the options now say, before it is read
         state_dict = super().state_dict()
         state_dict["state"] = {key: engine.compact_state(entry)
                                for key, entry in state_dict["state"].items()}
@@ -387,6 +387,13 @@ class Optimizer(_Declared):
                     self.state[param][key] = saved[key].to(device="cpu")
             if saved:
                 quantize.loaded(self.state[param], saved, param)
+        self._conform_state()
+
+    def _conform_state(self) -> None:
+        """Store every parameter's state in the form its group's storage options give it
+        (:func:`descent.engine.quantize.conform_all`); overridden by optimizers whose state
+        another rule keeps (:class:`~descent.optim.MuonAdamW`) or is not kept per
+        parameter (:class:`~descent.optim.LBFGS`)."""
         quantize.conform_all(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -404,12 +411,15 @@ class Optimizer(_Declared):
         groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
         if not isinstance(groups, list | tuple):
             return state_dict  # malformed: _check_state_dict says how
-        defaults = {name: spec.default for name, spec in self.hyperparameters.items()
-                    if name in FLAGS_FILLED_ON_LOAD}
-        filled = [{**group, **{name: value for name, value in defaults.items()
-                               if name not in group}} if isinstance(group, Mapping) else group
+        filled = [self._with_default_flags(group) if isinstance(group, Mapping) else group
                   for group in groups]
         return {**state_dict, "param_groups": filled}
+
+    def _with_default_flags(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A saved ``group`` with the flags of :data:`FLAGS_FILLED_ON_LOAD` it lacks set to
+        this class's defaults (overridden where a group's defaults depend on the group)."""
+        return {**group, **{name: spec.default for name, spec in self.hyperparameters.items()
+                            if name in FLAGS_FILLED_ON_LOAD and name not in group}}
 
     def _check_state_dict(self, state_dict: Any) -> None:
         owner = type(self).__name__

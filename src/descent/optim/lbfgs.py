@@ -399,6 +399,10 @@ class LBFGS(Optimizer):
 
     # ------------------------------------------------------------------ state dicts
 
+    def _conform_state(self) -> None:
+        """Nothing to convert: L-BFGS has no storage options, and its state (counters,
+        lists, flat vectors of all the parameters) is not shaped like a parameter."""
+
     def _check_state_entry(self, param: Tensor, group: dict[str, Any], label: str,
                            entry: Any) -> None:
         """L-BFGS keeps torch's layout: counters, the last direction and step, the

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import engine
+from ..engine import quantize
 from ..interop.arrays import refresh_gradients
 from . import _cautious
 from . import _validate as check
@@ -192,7 +193,7 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
     sharded = _is_dtensor(update)
     whole = cast(Any, update).full_tensor() if sharded else update
-    matrix = whole.reshape(whole.shape[0], -1)
+    matrix = whole.flatten(1)  # (shape[0], -1), also when it has no elements
     rows, cols = matrix.shape
     polar = ns_coefficients == "polar_express"
     ortho = newton_schulz(matrix, steps=ns_steps, coefficients=ns_coefficients, eps=eps,
@@ -364,6 +365,11 @@ class MuonAdamW(Optimizer):
         opt = descent.MuonAdamW(model, lr=0.02, adamw_lr=3e-4, adamw=["head.*"])
         print(opt.describe())
     """
+
+    supports_complex = False  # Muon's iteration is real; AdamW groups follow (one check)
+    # not a rule itself: each group runs its rule's math (storage options are AdamW's, per
+    # group, and the engine path each rule's own)
+    elementwise = False
 
     def __init__(self, params: Params, lr: float | Tensor = 0.02, momentum: float = 0.95,
                  weight_decay: float = 0.0, nesterov: bool = True,
@@ -556,14 +562,16 @@ class MuonAdamW(Optimizer):
         _cautious.check_options(rule, {**group, **checked}, where)
         return checked
 
-    def _check_param_dtype(self, param: Tensor, label: str) -> None:
-        super()._check_param_dtype(param, label)
-        if param.is_complex():
-            raise TypeError(f"{type(self).__name__}: {label} has complex dtype {param.dtype}; "
-                            "Muon and this router update real parameters only")
+    def _state_keys(self, group: Mapping[str, Any], param: Tensor) -> frozenset[str]:
+        return self._part(group["use_muon"])._state_keys(group, param)
 
-    def _state_keys(self, group: Mapping[str, Any]) -> frozenset[str]:
-        return self._part(group["use_muon"])._state_keys(group)
+    def _conform_state(self) -> None:
+        """Each rule stores the state of its groups as their options say (the storage
+        options and the scalar state are the rule's, not this router's)."""
+        for flag in (True, False):
+            part = self._part(flag)
+            if part.param_groups:
+                quantize.conform_all(part)
 
     @property
     def scalar_state(self) -> frozenset[str]:

@@ -69,7 +69,9 @@ class Prodigy(Optimizer):
     element enters :math:`s`) and no ``fsdp_in_use``: under DDP every process sees
     whole gradients and computes the same :math:`d`; sharded parameters (FSDP2) are
     not supported, since :math:`d` needs sums over whole tensors. All groups must
-    have the same ``lr`` (or 0, which freezes a group), as in ``prodigyopt``.
+    have the same ``lr`` (or 0, which freezes a group), as in ``prodigyopt``. float16
+    parameters are refused (``prodigyopt`` turns them into inf and NaN at the first
+    step: :math:`d_0^2 g^2` is below float16's range); bfloat16 ones are updated.
 
     Prodigy steps all parameters together (:math:`d` depends on all of them), so it
     has its own ``step``, has no form in :mod:`descent.functional`, and does not take
@@ -107,9 +109,20 @@ class Prodigy(Optimizer):
              State("exp_avg", doc="first moment m"),
              State("exp_avg_sq", doc="second moment v"))
     registry_name = "prodigy"
+    elementwise = False  # its own step (d sums over every parameter): no storage options
     supports_complex = False
     cautious_refused = ("Prodigy steps every parameter with one estimated step size; "
                         "cautious masking is not implemented for it")
+
+    def _check_param_dtype(self, param: Tensor, label: str) -> None:
+        """A parameter's dtype, as every optimizer checks it, and not float16: the second
+        moment holds :math:`d^2 g^2` (:math:`d` starts at ``d0=1e-6``), far below float16's
+        smallest number, so a float16 step divides by zero (``prodigyopt``'s too)."""
+        super()._check_param_dtype(param, label)
+        if param.dtype == torch.float16:
+            raise TypeError(f"Prodigy: {label} has dtype torch.float16, whose range cannot hold "
+                            "Prodigy's moments (they scale with d**2, from d0**2); use bfloat16 "
+                            "or float32 parameters")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; it shares the running estimate :math:`d` of the others."""

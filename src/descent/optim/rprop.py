@@ -108,7 +108,8 @@ class Rprop(Optimizer):
 
     keeps = (State("step", scalar=True, doc="steps taken"),
              State("prev", doc="the previous step's gradient (0 where its sign changed)"),
-             State("step_size", lazy=True, doc=r"step size :math:`\Delta` of each weight"))
+             State("step_size", lazy=True, non_negative=True,
+                   doc=r"step size :math:`\Delta` of each weight"))
     math = staticmethod(rprop)
 
 

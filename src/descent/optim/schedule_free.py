@@ -356,7 +356,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     weight_lr_power: float = hyper(default=2.0, check=check.non_negative, doc=_POWER_DOC)
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = _averaging_keeps(State("exp_avg_sq", doc="second moment v"))
+    keeps = _averaging_keeps(State("exp_avg_sq", non_negative=True, doc="second moment v"))
     math = staticmethod(schedule_free_adamw)
     registry_name = "schedule_free_adamw"
 
@@ -387,7 +387,7 @@ class ScheduleFreeRAdam(_ScheduleFree):
                                    doc="take no step (rather than SGD) before rectification")
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = _averaging_keeps(State("exp_avg_sq", doc="second moment v"))
+    keeps = _averaging_keeps(State("exp_avg_sq", non_negative=True, doc="second moment v"))
     math = staticmethod(schedule_free_radam)
     registry_name = "schedule_free_radam"
 

@@ -18,7 +18,7 @@ from .base import Optimizer
 def _dims(param: Tensor) -> tuple[int, ...]:
     """The dimensions SOAP preconditions: a vector's length, or a matrix view's
     ``(shape[0], rest)``."""
-    return (param.shape[0],) if param.ndim == 1 else (param.shape[0], param[0].numel())
+    return (param.shape[0],) if param.ndim == 1 else (param.shape[0], math.prod(param.shape[1:]))
 
 
 def _preconditioned(param: Tensor, group: Mapping[str, Any]) -> tuple[int, int]:
@@ -137,8 +137,7 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
     beta1, beta2 = betas
     if maximize:
         grad = -grad
-    rows = param.shape[0]
-    view = (lambda x: x) if param.ndim <= 2 else (lambda x: x.reshape(rows, -1))
+    view = (lambda x: x) if param.ndim <= 2 else (lambda x: x.flatten(1))
     grad2, exp_avg2, exp_avg_sq2 = view(grad), view(exp_avg), view(exp_avg_sq)
     statistics = [right] if param.ndim == 1 else [left, right]
     bases = [right_basis] if param.ndim == 1 else [left_basis, right_basis]
