@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from descent.engine import quantize as q
 from descent.optim.registry import algorithms
 
 ELEMENTWISE = sorted(name for name, cls in algorithms().items() if cls.elementwise)
+QUANTISABLE = [name for name in ELEMENTWISE if not algorithms()[name].quantized_state_refused]
+"""The elementwise rules whose state may be block-quantised (Schedule-Free's z may not)."""
 FULL_STATE = {"SGD": {"momentum": 0.9}, "SignSGD": {"momentum": 0.9},
               "RMSprop": {"momentum": 0.9, "centered": True}, "Adam": {"amsgrad": True}}
 STATE_DTYPES = ("bf16", "int8", "int4")
@@ -167,8 +170,9 @@ def test_round_trip_error_is_within_half_the_map_gap(bits: int, signed: bool, n:
 # ---------------------------------------------------------------------- the options
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
-@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize(("name", "state_dtype"),
+                         [(name, state_dtype) for state_dtype in STATE_DTYPES
+                          for name in (ELEMENTWISE if state_dtype == "bf16" else QUANTISABLE)])
 def test_every_elementwise_rule_keeps_its_state_in_the_asked_form(name: str,
                                                                   state_dtype: str) -> None:
     big = nn.Parameter(torch.randn(80, 70))
@@ -194,6 +198,19 @@ def test_every_elementwise_rule_keeps_its_state_in_the_asked_form(name: str,
             assert value.dtype == torch.float32  # below MIN_QUANTIZED_NUMEL: full precision
     assert torch.isfinite(big).all() and torch.isfinite(small).all()
     assert opt.param_groups[0]["state_dtype"] == state_dtype
+
+
+@pytest.mark.parametrize("name", sorted(set(ELEMENTWISE) - set(QUANTISABLE)))
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_a_rule_that_refuses_quantised_state_says_why(name: str, state_dtype: str) -> None:
+    reason = algorithms()[name].quantized_state_refused
+    with pytest.raises(ValueError, match=re.escape(f"{name}: state_dtype={state_dtype!r} is "
+                                                   f"not supported: {reason}")):
+        make(name, [nn.Parameter(torch.zeros(5000))], state_dtype=state_dtype)
+    opt = make(name, [nn.Parameter(torch.zeros(5000))])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: state_dtype="):
+        opt.state_dtype = state_dtype
+    assert opt.state_dtype is None
 
 
 def test_the_options_come_last_and_only_on_elementwise_rules() -> None:
@@ -330,7 +347,7 @@ def test_engine_modes_and_chunking_give_the_same_bits(name: str, state_dtype: st
         assert_same_state(first_opt, opt)
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("name", QUANTISABLE)
 @pytest.mark.parametrize("state_dtype", ["int8", "int4"])
 def test_first_quantised_step_is_the_float32_step(name: str, state_dtype: str) -> None:
     """Zero state is exact in every map, so the first step updates the parameter exactly

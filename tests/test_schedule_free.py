@@ -180,3 +180,42 @@ def test_deepcopy_keeps_the_mode() -> None:
     opt.eval()
     copied = copy.deepcopy(opt)
     assert not copied.training
+
+
+def test_eval_and_train_read_z_as_it_is_stored() -> None:
+    """With bfloat16 state (z kept in bfloat16 for float32 parameters), eval() puts
+    x = (y - (1 - beta) z) / beta into the parameters, from z as stored, and train()
+    brings y back (to float32 rounding)."""
+    torch.manual_seed(0)
+    param = nn.Parameter(torch.randn(70, 80))
+    opt = descent.ScheduleFreeAdamW([param], lr=1e-2, betas=(0.9, 0.999), state_dtype="bf16")
+    for _ in range(3):
+        param.grad = torch.randn(70, 80)
+        opt.step()
+    z = opt.state[param]["z"]
+    assert z.dtype == torch.bfloat16
+    y = param.detach().clone()
+    opt.eval()
+    expected = (y - 0.1 * z.float()) / 0.9
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-6, atol=1e-6)
+    opt.train()
+    torch.testing.assert_close(param.detach(), y, rtol=1e-6, atol=1e-6)
+
+
+def test_a_state_dict_without_the_mode_loads_in_train_mode() -> None:
+    """A saved group without ``train_mode`` (the optimizer was in train mode) loads in
+    train mode, and the run continues as the uninterrupted one."""
+    model, resumed_model = make_model(), make_model()
+    opt = descent.ScheduleFreeAdamW(model, lr=1e-2)
+    train_steps(model, opt, 0, 3)
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        del group["train_mode"]
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = descent.ScheduleFreeAdamW(resumed_model, lr=1e-2)
+    resumed.load_state_dict(saved)
+    assert resumed.training
+    train_steps(model, opt, 3, 6)
+    train_steps(resumed_model, resumed, 3, 6)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -137,6 +137,9 @@ class Optimizer(_Declared):
     #: Why ``cautious=True`` is refused, or "" where the masking of
     #: :mod:`~descent.optim._cautious` applies to the rule's update.
     cautious_refused: ClassVar[str] = ""
+    #: Why block-quantised state (``state_dtype="int8"`` or ``"int4"``) is refused, or ""
+    #: where every state entry may be quantised (statistics such as moments).
+    quantized_state_refused: ClassVar[str] = ""
     #: Whether the rule's weight decay is the decoupled ``theta *= 1 - lr * weight_decay``
     #: (when the class has no ``decoupled_weight_decay`` hyperparameter saying so per group).
     decoupled_decay: ClassVar[bool] = False
@@ -237,6 +240,9 @@ class Optimizer(_Declared):
             checked[name] = spec.validate(owner, where, group[name])
         self._check_options({**group, **checked}, where)
         _cautious.check_options(type(self), {**group, **checked}, where)
+        if checked.get("state_dtype") in ("int8", "int4") and self.quantized_state_refused:
+            raise ValueError(f"{owner}: {where}state_dtype={checked['state_dtype']!r} is not "
+                             f"supported: {self.quantized_state_refused}")
         return checked
 
     @classmethod

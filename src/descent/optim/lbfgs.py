@@ -234,11 +234,13 @@ class LBFGS(Optimizer):
 
     elementwise = False
     supports_sparse = True
+    cautious_refused = ("L-BFGS moves along a search direction with a line search, not by "
+                        "an update per element that a mask could keep or drop")
 
     def __init__(self, params: Params, lr: float | Tensor = 1, max_iter: int = 20,
                  max_eval: int | None = None, tolerance_grad: float = 1e-7,
                  tolerance_change: float = 1e-9, history_size: int = 100,
-                 line_search_fn: str | None = None) -> None:
+                 line_search_fn: str | None = None, *, cautious: bool = False) -> None:
         """Make an LBFGS optimizer over ``params`` (one param group; see the class
         docstring)."""
         if max_eval is None:  # stored in the group, as torch does
@@ -246,7 +248,8 @@ class LBFGS(Optimizer):
         Optimizer.__init__(self, params, {
             "lr": lr, "max_iter": max_iter, "max_eval": max_eval,
             "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change,
-            "history_size": history_size, "line_search_fn": line_search_fn})
+            "history_size": history_size, "line_search_fn": line_search_fn,
+            "cautious": cautious})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add the one param group (LBFGS optimizes one flat vector)."""

@@ -149,6 +149,7 @@ class Muon(Optimizer):
     functional_form = False  # matrices only: descent.functional.ortho_muon has it
     elementwise = False
     supports_complex = False
+    decoupled_decay = True
 
     def _check_param_dtype(self, param: Tensor, label: str) -> None:
         """A parameter's dtype, as every optimizer checks it, and its shape: a matrix."""

@@ -23,7 +23,9 @@ hold**: ``opt.eval()`` before evaluating, saving a checkpoint or finishing, and
 optimizer that follows the :class:`ModeSwitching` protocol; a step taken in eval mode
 raises an error naming the fix. A fresh optimizer is in train mode (its parameters
 are :math:`x = y = z` then); the mode is saved in the state dict (``"train_mode"`` in
-every param group), so a checkpoint saved in either mode resumes exactly.
+every param group), so a checkpoint saved in either mode resumes exactly. Since
+:math:`z` is an iterate (the weights' base point), ``state_dtype`` may be ``"bf16"`` or
+``"float32"`` but not the block-quantised ``"int8"`` / ``"int4"``.
 
 Reference: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less
 Scheduled", NeurIPS 2024; the authors' package ``schedulefree`` (its
@@ -224,6 +226,9 @@ class _ScheduleFree(Optimizer):
 
     cautious_refused = ("the parameters move between y and the average x, not by an "
                         "update that can be masked; mask the base rule instead")
+    quantized_state_refused = ("z is the base iterate, not a statistic, and blocks of 8 or 4 "
+                               "bits would round the weights themselves; use None, 'float32' "
+                               "or 'bf16'")
 
     def _interpolation(self, group: Mapping[str, Any]) -> float:
         """:math:`\\beta`, the weight of :math:`x` in :math:`y` (betas[0] or momentum)."""
@@ -252,7 +257,7 @@ class _ScheduleFree(Optimizer):
             for param in group["params"]:
                 state = self.state.get(param)
                 if state and "z" in state:
-                    param.lerp_(state["z"].to(param.device), weight)
+                    param.lerp_(state["z"].to(param.device, param.dtype), weight)
             group["train_mode"] = mode
         return self
 

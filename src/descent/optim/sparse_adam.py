@@ -102,6 +102,8 @@ class SparseAdam(Optimizer):
     supports_complex = False
     supports_sparse = True
     registry_name = "sparse_adam"
+    cautious_refused = ("its gradients are sparse, and the mask's rescaling by d / (nnz + 1) "
+                        "counts the whole tensor, most of which a sparse step leaves alone")
 
     def _check_param_dtype(self, param: Tensor, label: str) -> None:
         """A dense, real floating-point parameter (ValueError otherwise, as torch raises)."""
