@@ -143,16 +143,34 @@ def saved_lr(name: str, steps: int) -> float:
 # ---------------------------------------------------------------------- safetensors, pickle
 
 
+def model_for(info: OptimizerInfo, seed: int = 0) -> nn.Module:
+    """The test model, without biases for an optimizer of matrices only (Muon)."""
+    model = make_model(seed)
+    if info.matrices_only:
+        for layer in (model[0], model[2]):
+            layer.bias = None
+    return model
+
+
 def trained(info: OptimizerInfo, reference: bool = False) -> nn.Module:
-    """A model after three steps of ``info``'s optimizer (or of its reference)."""
-    model = make_model()
+    """A model after three steps of ``info``'s optimizer (or of its reference), in the
+    form the optimizer takes: no biases for a matrices-only one (Muon), sparse
+    gradients for SparseAdam, the loss as a closure for LBFGS."""
+    model = model_for(info)
     cls = info.reference if reference else info.cls
     opt = cls(model.parameters(), **info.configs[-1])
     for x, y in make_batches(3):
-        for p in model.parameters():
-            p.grad = None
-        F.mse_loss(model(x), y).backward()
-        opt.step()
+
+        def compute(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            for p in model.parameters():
+                p.grad = None
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            for p in model.parameters():
+                p.grad = info.gradient(p.grad)
+            return loss
+
+        info.step(opt, compute)
     return model
 
 
@@ -171,7 +189,7 @@ def test_models_trained_by_descent_save_like_models_trained_by_the_reference(
     assert not torch.equal(model[0].weight, make_model()[0].weight)  # it trained
 
     save_model(model, str(tmp_path / "model.safetensors"))
-    restored = make_model(seed=5)
+    restored = model_for(info, seed=5)
     missing, unexpected = load_model(restored, str(tmp_path / "model.safetensors"))
     assert not missing and not unexpected
     assert_identical(values(restored), values(model))

@@ -59,6 +59,22 @@ FSDP = {
     "NAdam": (descent.NAdam, torch.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1}),
 }
 TORCH_FUSED = ("AdamW", "Adam")  # torch's fused kernels that take DTensors
+# Rules that are not elementwise (norms, factored or matrix statistics) see each sharded
+# parameter whole, as a DTensor; compared with one process on the whole batch. Muon-type
+# rules take the model's matrices only (tests/test_muon_distributed.py has MuonAdamW).
+FSDP_WHOLE = {
+    "Adafactor": (descent.Adafactor, {"lr": 0.01}),
+    "LAMB": (descent.LAMB, {"lr": 0.01, "weight_decay": 0.01}),
+    "LARS": (descent.LARS, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    "StableAdamW": (descent.StableAdamW, {"lr": 0.01, "weight_decay": 0.01}),
+    "MARS": (descent.MARS, {"lr": 0.01}),
+    "Prodigy": (descent.Prodigy, {"lr": 1.0, "d0": 1e-3}),
+    # only the sides whose eigenvalues are distinct (8 samples a step: an 8 x 8 side is
+    # rank-deficient, its zero eigenspace has no preferred basis, and SOAP run twice on
+    # gradients 1e-15 apart ends 1e-2 apart there, with or without FSDP2)
+    "SOAP": (descent.SOAP, {"lr": 0.01, "precondition_frequency": 2,
+                            "max_precondition_dim": 6}),
+}
 DCP_STEPS = 3
 
 
@@ -179,6 +195,9 @@ def run_fsdp(tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
         if name in TORCH_FUSED:
             runs[f"{name}/torch_fused"] = (lambda params, o, torch_cls=torch_cls:
                                            torch_cls(params, **o, fused=True))
+    for name, (cls, options) in FSDP_WHOLE.items():
+        runs[f"{name}/descent"] = lambda params, o, cls=cls, options=options: cls(params,
+                                                                                  **options)
     runs["SGD/descent_foreach"] = lambda params, o: _mode(descent.SGD(params, **o), "foreach")
     runs["Adagrad/descent_foreach"] = lambda params, o: _mode(descent.Adagrad(params, **o),
                                                               "foreach")
@@ -187,7 +206,7 @@ def run_fsdp(tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
 
         def scenario(label: str = label, factory: Any = factory, name: str = name) -> None:
             model = sharded_model()
-            opt = factory(model.parameters(), FSDP[name][2])
+            opt = factory(model.parameters(), FSDP[name][2] if name in FSDP else {})
             checks = StepChecks(model, opt) if label.startswith("AdamW/descent") else None
             train(model, opt, batches, rank, WORLD, checks)
             for key, p in model.named_parameters():
@@ -366,6 +385,21 @@ def test_fsdp2_trains_like_torch_and_like_one_process(two_processes, name):
         assert_identical(got, scenario_params(tensors, f"fsdp/{name}/torch_fused"))
     cls, _, options = FSDP[name]
     assert_close_to(got, reference(lambda params: cls(params, **options)))
+
+
+@pytest.mark.parametrize("name", list(FSDP_WHOLE))
+def test_fsdp2_rules_of_whole_tensors_train_like_one_process(two_processes, name):
+    """Norms, factored moments and preconditioners of a sharded parameter are those of
+    the whole parameter, not of each rank's shard."""
+    tensors, reports = two_processes
+    no_error(reports, f"fsdp/{name}/descent")
+    got = scenario_params(tensors, f"fsdp/{name}/descent")
+    assert moved(got)
+    cls, options = FSDP_WHOLE[name]
+    expected = reference(lambda params: cls(params, **options))
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():  # all-reduced gradients: sums in another order
+        torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adagrad"])

@@ -107,6 +107,24 @@ def parity_run(info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype,
     return worst, max_relative_difference(ours, model_for(info, dtype))
 
 
+def reference_rounding_drift(info: OptimizerInfo, config: dict[str, Any]) -> float:
+    """How far the reference's float32 trajectory strays from its float64 one."""
+    single, double = model_for(info, torch.float32), model_for(info, torch.float64)
+    lr = config["lr"]
+    options = {k: v for k, v in config.items() if k != "lr"}
+    ref32 = info.reference(grouped(single, lr, info), lr=lr, **options)
+    ref64 = info.reference(grouped(double, lr, info), lr=lr, **options)
+    worst = 0.0
+    for step in range(CLOSURE_STEPS if info.closure else STEPS):
+        info.step(ref32, lambda: compute_grads(single, step, torch.float32, info))  # noqa: B023
+        info.step(ref64, lambda: compute_grads(double, step, torch.float64, info))  # noqa: B023
+        as_double = [p.detach().double() for p in single.parameters()]
+        for a, b in zip(as_double, double.parameters(), strict=True):
+            scale = b.detach().abs().max().item()
+            worst = max(worst, (a - b.detach()).abs().max().item() / max(scale, 1e-30))
+    return worst
+
+
 # A rule that is not elementwise runs one tensor at a time in every mode: one suffices.
 PARITY_CASES = [(info, config, mode) for info, config in config_cases()
                 for mode in (ENGINE_MODES if info.cls.elementwise else ["auto"])]
@@ -118,7 +136,13 @@ def test_parity_with_reference(info: OptimizerInfo, config: dict[str, Any],
                                dtype: torch.dtype, mode: str) -> None:
     """50 steps on an MLP with three param groups and missing grads match the reference."""
     worst, moved = parity_run(info, config, dtype, mode)
-    assert worst <= TOLERANCE[dtype], f"max relative difference {worst:.3e}"
+    tolerance = TOLERANCE[dtype]
+    if worst > tolerance and dtype == torch.float32:
+        # Some trajectories amplify rounding (ADOPT without clipping divides by the root
+        # of a one-sample second moment): float32 may then differ by as much as the
+        # reference's own float32 run differs from its float64 run, and no more.
+        tolerance = max(tolerance, reference_rounding_drift(info, config))
+    assert worst <= tolerance, f"max relative difference {worst:.3e} (allowed {tolerance:.1e})"
     # the trajectory really moved: a parity test of a no-op would pass trivially
     assert moved > 1e-3
 

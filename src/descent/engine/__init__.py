@@ -287,12 +287,15 @@ def _pointer_list(tensors: Sequence[Tensor]) -> list[int]:
         return list(map(_pointer, tensors))
 
 
-def _layout(params: Sequence[Tensor]) -> _Layout:
+def _layout(params: Sequence[Tensor], elementwise: bool = True) -> _Layout:
+    """The group's parameters in buckets. A rule that is not elementwise (Muon's
+    orthogonalisation, SOAP's preconditioners) sees sharded parameters whole, as DTensors:
+    its math is then responsible for gathering them."""
     by_kind: dict[tuple[Any, ...], list[int]] = {}
     for i, param in enumerate(params):
         local = _local(param)
         kind = (local.device, local.dtype, local.layout, local.is_contiguous(),
-                local is not param)
+                elementwise and local is not param)
         by_kind.setdefault(kind, []).append(i)
     buckets = []
     for (device, dtype, tensor_layout, contiguous, sharded), indices in by_kind.items():
@@ -329,7 +332,7 @@ class Engine:
                 or not all(map(operator.is_, params, layout.params))
                 or not all(_pointer_list(bucket.params) == bucket.pointer_list
                            for bucket in layout.buckets)):
-            layout = self.layouts[id(group)] = _layout(params)
+            layout = self.layouts[id(group)] = _layout(params, optimizer.elementwise)
             _move_rebound_state(optimizer, params)
         return layout
 
@@ -578,9 +581,11 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
     elif path != "done":
         wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
                                                else operator.itemgetter(0))
-        created = call_math(optimizer, wrap(params), wrap(grad_list),
-                            {key: wrap(values) for key, values in lists.items()}, shared,
-                            step_count, options)
+        call = (_call_gathered if not optimizer.elementwise and not optimizer.sharded_math
+                and _is_dtensor(params[0]) else call_math)
+        created = call(optimizer, wrap(params), wrap(grad_list),
+                       {key: wrap(values) for key, values in lists.items()}, shared,
+                       step_count, options)
         if created:
             _keep_created(optimizer, bucket, run, created)
     for key in shared:  # the run shared one value; every member gets it
@@ -652,6 +657,51 @@ def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int],
             entry = table[param]  # creates the entry if the rule keeps nothing else
             entry[key] = bucket.unview(tensor, param) if bucket.needs_view else tensor
             bucket.entries[i] = entry
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def _call_gathered(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
+                   scalars: Mapping[str, Tensor], step_count: float | None,
+                   options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`call_math` for a sharded parameter (a DTensor, FSDP2) of a rule that is
+    not elementwise and whose math expects whole tensors (SOAP's preconditioners,
+    Adafactor's factored moments, Prodigy's sums): the parameter, its gradient and its
+    sharded state are gathered whole on every rank, the math runs on them, and each rank
+    keeps its shard of the results. Costs one all-gather per tensor per step."""
+    whole_state = {key: value.full_tensor() if _is_dtensor(value) else value
+                   for key, value in state.items()}
+    whole = param.full_tensor()
+    created = call_math(rule, whole, grad.full_tensor(), whole_state, scalars, step_count,
+                        options)
+    _keep_shard(param, whole)
+    for key, value in state.items():
+        if _is_dtensor(value):
+            _keep_shard(value, whole_state[key])
+    return {key: _shard_like(param, value) for key, value in created.items()}
+
+
+def _shard_like(param: Any, whole: Tensor) -> Tensor:
+    """``whole`` as a DTensor on ``param``'s mesh: sharded like it if it has its shape,
+    replicated otherwise (each rank keeps its piece; no communication)."""
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    mesh = param.device_mesh
+    placements = (param.placements if whole.shape == param.shape
+                  else [Replicate()] * mesh.ndim)
+    return distribute_tensor(whole, mesh, placements, src_data_rank=None)
+
+
+def _keep_shard(target: Any, whole: Tensor) -> None:
+    """Copy this rank's piece of ``whole`` into the DTensor ``target``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    piece = distribute_tensor(whole, target.device_mesh, target.placements,
+                              src_data_rank=None)
+    target.to_local().copy_(piece.to_local())
 
 
 def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],

@@ -50,9 +50,9 @@ def adafactor(param: Tensor, grad: Tensor, *, row_var: Tensor | None, col_var: T
         param.mul_(1 - lr * weight_decay)
     if grad.dim() > 1:
         assert row_var is not None and col_var is not None
-        row_mean = torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1))
+        row_mean = torch.norm(grad, dim=-1, keepdim=True).square().div_(grad.size(-1))
         row_var.lerp_(row_mean, one_minus_beta2)
-        col_mean = torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2))
+        col_mean = torch.norm(grad, dim=-2, keepdim=True).square().div_(grad.size(-2))
         col_var.lerp_(col_mean, one_minus_beta2)
         var_estimate = row_var @ col_var
         var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))

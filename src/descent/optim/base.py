@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -140,6 +141,11 @@ class Optimizer(_Declared):
     #: Why block-quantised state (``state_dtype="int8"`` or ``"int4"``) is refused, or ""
     #: where every state entry may be quantised (statistics such as moments).
     quantized_state_refused: ClassVar[str] = ""
+    #: For a rule that is not elementwise: whether its math takes sharded parameters
+    #: (FSDP2's DTensors) as they are (its reductions are DTensor operations, or it
+    #: gathers what it needs itself). Otherwise the engine gathers each sharded parameter,
+    #: its gradient and its state whole for the math, and keeps each rank's shard.
+    sharded_math: ClassVar[bool] = False
     #: Whether the rule's weight decay is the decoupled ``theta *= 1 - lr * weight_decay``
     #: (when the class has no ``decoupled_weight_decay`` hyperparameter saying so per group).
     decoupled_decay: ClassVar[bool] = False
@@ -167,8 +173,8 @@ class Optimizer(_Declared):
             cls.math_arguments = _math_arguments(cls)
         if declared and "__init__" not in vars(cls):
             cls.__init__ = _make_init(cls)  # type: ignore[method-assign]
-            if cls.__doc__:  # a class with its own __init__ documents its own arguments
-                cls.__doc__ = _document(cls)
+        if declared and cls.__doc__:
+            cls.__doc__ = _document(cls)
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         # a hand-written constructor may leave out what it does not change (``cautious``)
@@ -263,7 +269,7 @@ class Optimizer(_Declared):
                 if shape is None:
                     continue
                 state[entry.name] = (entry.init(param, group) if callable(entry.init)
-                                     else param.new_full(shape, float(entry.init)))
+                                     else _new_full(param, shape, float(entry.init)))
             elif callable(entry.init):
                 state[entry.name] = entry.init(param, group)
             elif entry.scalar:
@@ -581,16 +587,35 @@ def _make_init(cls: type[Optimizer]) -> Callable[..., None]:
     return __init__
 
 
+def _new_full(param: torch.Tensor, shape: tuple[int, ...], value: float) -> torch.Tensor:
+    """A state tensor of ``shape`` filled with ``value``, like ``param``. For a sharded
+    parameter (a DTensor) a state of another shape than the parameter's (Adafactor's row
+    and column factors) is replicated on every rank: sharding it like the parameter
+    would make each rank's piece a different part of a different shape."""
+    if type(param).__name__ == "DTensor" and shape != tuple(param.shape):
+        from torch.distributed.tensor import DTensor, Replicate
+
+        dtensor: Any = param
+        local = torch.full(shape, value, dtype=param.dtype, device=dtensor.to_local().device)
+        return DTensor.from_local(local, dtensor.device_mesh,
+                                  [Replicate()] * dtensor.device_mesh.ndim, run_check=False)
+    return param.new_full(shape, value)
+
+
 def _document(cls: type[Optimizer]) -> str:
     """The class docstring with an "Args" section listing every constructor argument."""
     doc = inspect.cleandoc(cls.__doc__ or "")
+    if re.search(r"^Args:$", doc, flags=re.M):  # written by hand (MuonAdamW's own options)
+        return doc + "\n"
     lines = ["", "", "Args:",
              "    params: the parameters to optimize: tensors, ``named_parameters()``, "
              "param-group dicts, a module or a list of modules."]
-    for spec in cls.hyperparameters.values():
-        if spec.init:
-            lines.append(f"    {spec.name}: {spec.doc or 'see above'} "
-                         f"(default {format_default(spec.default)}).")
+    specs = [spec for spec in cls.hyperparameters.values() if spec.init]
+    for spec in sorted(specs, key=lambda spec: spec.kw_only):  # in the constructor's order
+        refused = f"; only False here: {cls.cautious_refused}" \
+            if spec.name == "cautious" and cls.cautious_refused else ""
+        lines.append(f"    {spec.name}: {spec.doc or 'see above'}{refused} "
+                     f"(default {format_default(spec.default)}).")
     return doc + "\n".join(lines) + "\n"
 
 

@@ -107,6 +107,7 @@ class LARS(Optimizer):
 
     keeps = (State("momentum_buffer", when="momentum", doc="momentum v (includes the lr)"),)
     math = staticmethod(lars)
+    sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False
     supports_complex = False
     registry_name = "lars"
@@ -147,6 +148,7 @@ class LAMB(Optimizer):
              State("exp_avg", doc="first moment m"),
              State("exp_avg_sq", doc="second moment v"))
     math = staticmethod(lamb)
+    sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False
     supports_complex = False
     registry_name = "lamb"

@@ -85,6 +85,7 @@ class MARS(Optimizer):
              State("exp_avg_sq", doc="second moment v"),
              State("last_grad", doc="the previous step's gradient"))
     math = staticmethod(mars)
+    sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False
     supports_complex = False
     decoupled_decay = True

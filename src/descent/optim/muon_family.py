@@ -292,6 +292,7 @@ class OrthoMuon(Optimizer):
              State("row_second_moment", when="normuon", init=_row_statistics, shape=_rows,
                    doc="NorMuon's second moment v of each row, shape (rows, 1)"))
     math = staticmethod(ortho_muon)
+    sharded_math = True  # gathers each sharded matrix itself
     elementwise = False
     supports_complex = False
     decoupled_decay = True
@@ -364,6 +365,33 @@ class MuonAdamW(Optimizer):
 
         opt = descent.MuonAdamW(model, lr=0.02, adamw_lr=3e-4, adamw=["head.*"])
         print(opt.describe())
+
+    Args:
+        params: a module (best: its layers tell embeddings and the head apart), its
+            ``named_parameters()``, param-group dicts (with or without ``use_muon``) or
+            tensors.
+        lr: Muon's learning rate :math:`\eta` (default ``0.02``).
+        momentum: Muon's momentum :math:`\mu` (default ``0.95``).
+        weight_decay: Muon's decoupled weight decay :math:`\lambda` (default ``0.0``).
+        nesterov: Nesterov momentum in Muon (default ``True``).
+        ns_coefficients: Newton-Schulz (a, b, c), one triple per iteration, or
+            ``"polar_express"`` (default Jordan's ``(3.4445, -4.775, 2.0315)``).
+        ns_steps: Newton-Schulz iterations (default ``5``).
+        eps: floor of the norm in the Newton-Schulz normalisation (default ``1e-07``).
+        adjust_lr_fn: None/``"original"`` or ``"match_rms_adamw"`` (default ``None``).
+        normuon: NorMuon's row normalisation of Muon's update (default ``False``).
+        beta2: decay of NorMuon's row second moment (default ``0.95``).
+        normuon_eps: term added to NorMuon's row RMS (default ``1e-10``).
+        ns_dtype: dtype of the Newton-Schulz iteration (None: the parameter's; default
+            ``torch.bfloat16``).
+        adamw_lr: AdamW's learning rate (default ``0.0003``).
+        adamw_betas: AdamW's :math:`(\beta_1, \beta_2)` (default ``(0.9, 0.95)``).
+        adamw_eps: AdamW's :math:`\epsilon` (default ``1e-10``).
+        adamw_weight_decay: AdamW's decoupled weight decay (default ``0.0``).
+        muon: name patterns (``fnmatch`` globs) sent to Muon whatever their shape.
+        adamw: name patterns sent to AdamW (e.g. ``["lm_head.*"]``).
+        maximize: maximize the objective, in both rules (default ``False``).
+        cautious: cautious masking in both rules (default ``False``).
     """
 
     supports_complex = False  # Muon's iteration is real; AdamW groups follow (one check)

@@ -43,6 +43,22 @@ _GROUP_STATE = ("d", "d_max", "d_numerator", "k")
 ``prodigyopt`` keeps them), so they are saved with the param groups."""
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """The dot product of two tensors of one shape (sharded ones too: a DTensor split
+    unevenly cannot be flattened, its elementwise product can be summed)."""
+    if type(a).__name__ == "DTensor":
+        return _whole((a * b).sum())
+    return torch.dot(a.flatten(), b.flatten())
+
+
+def _whole(total: Tensor) -> Tensor:
+    """A sum over a sharded tensor, reduced across the ranks (a DTensor's sum is partial:
+    each rank holds its shard's; ``float`` of it would read that alone)."""
+    if type(total).__name__ == "DTensor":
+        return total.full_tensor()  # type: ignore[attr-defined,no-any-return]
+    return total
+
+
 class Prodigy(Optimizer):
     r"""Prodigy (Mishchenko & Defazio 2024): Adam whose step size :math:`d` is estimated
     on the fly from how far the parameters have moved, so ``lr`` stays at 1.
@@ -184,13 +200,12 @@ class Prodigy(Optimizer):
                 live.append((group, param, state))
                 if float(group["lr"]) == 0.0:
                     continue
-                delta = delta + (d / d0) * dlr * torch.dot(
-                    grad.flatten(), (state["p0"] - param).flatten())
+                delta = delta + (d / d0) * dlr * _dot(grad, state["p0"] - param)
                 state["exp_avg"].mul_(beta1).add_(grad, alpha=d * (1 - beta1))
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=d * d * (1 - beta2))
                 state["s"].mul_(beta3).add_(
                     grad, alpha=(d / d0) * (d if group["safeguard_warmup"] else dlr))
-                denominator = denominator + state["s"].abs().sum()
+                denominator = denominator + _whole(state["s"].abs().sum())
         denominator = float(denominator)
         if denominator == 0:
             return loss

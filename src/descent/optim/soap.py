@@ -42,9 +42,19 @@ def _right(param: Tensor, group: Mapping[str, Any]) -> tuple[int, int]:
     return size, size
 
 
+def _new_zeros(param: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Zeros of ``shape`` like ``param``; for a sharded parameter (a DTensor) a plain
+    tensor that every rank keeps whole (the engine gathers the parameter for the math,
+    and every rank updates its copy of the preconditioners alike)."""
+    if type(param).__name__ == "DTensor":
+        local = param.to_local()  # type: ignore[attr-defined]
+        return torch.zeros(shape, dtype=param.dtype, device=local.device)
+    return param.new_zeros(shape)
+
+
 def _zeros(shape: Any) -> Any:
     def init(param: Tensor, group: Mapping[str, Any]) -> Tensor:
-        return param.new_zeros(shape(param, group))
+        return _new_zeros(param, shape(param, group))
     return init
 
 
@@ -52,7 +62,7 @@ def _basis(shape: Any) -> Any:
     """A basis is kept column-major, the layout in which ``eigh`` and ``qr`` (LAPACK)
     return it, so products with it round as they do in the authors' code."""
     def init(param: Tensor, group: Mapping[str, Any]) -> Tensor:
-        return param.new_zeros(shape(param, group)).T
+        return _new_zeros(param, shape(param, group)).T
     return init
 
 

@@ -31,7 +31,7 @@ def stable_adamw(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Te
     beta2_hat = beta2 * (1 - beta2 ** (step - 1)) / (1 - beta2**step)
     exp_avg.lerp_(grad, 1 - beta1_hat)
     exp_avg_sq.mul_(beta2_hat).addcmul_(grad, grad, value=1 - beta2_hat)
-    rms = grad.pow(2).div_(exp_avg_sq.clip(min=eps**2)).mean().sqrt_().clip_(min=1.0)
+    rms = grad.pow(2).div_(exp_avg_sq.clip(min=eps**2)).mean().sqrt().clip(min=1.0)
     lr_t = lr / rms
     if weight_decay != 0:
         param.mul_(1 - weight_decay * lr_t)
@@ -74,6 +74,7 @@ class StableAdamW(Optimizer):
              State("exp_avg", doc="first moment m"),
              State("exp_avg_sq", doc="second moment v"))
     math = staticmethod(stable_adamw)
+    sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False
     registry_name = "stable_adamw"
     supports_complex = False
