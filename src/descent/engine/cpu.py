@@ -45,8 +45,10 @@ from ._builds import Builds
 from .trace import Op, Program
 
 _C_TYPES = {torch.float32: "float", torch.float64: "double"}
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared",
-          "-std=c99"]
+# -fno-trapping-math lets the compiler vectorise loops with selects (sign, comparisons):
+# it changes no value, only whether floating-point exceptions could trap.
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+          "-fPIC", "-shared", "-std=c99"]
 #: Below this many elements a bucket is stepped by one thread.
 PARALLEL_MIN_NUMEL = 1 << 16
 
