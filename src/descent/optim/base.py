@@ -115,7 +115,9 @@ class Optimizer(_Declared):
     #: The update rule: ``math(param, grad, *, <state>, step, <hyperparameters>)``.
     math: ClassVar[Callable[..., Any] | None] = None
     #: torch's fused kernel for exactly this rule, if torch has one (descent.engine._torch).
-    fused_kernel: ClassVar[FusedKernel | None] = None
+    #: Set on the class as a ``staticmethod``; not declared a ClassVar, which mypy would
+    #: bind to the instance as a method.
+    fused_kernel: FusedKernel | None = None
     #: Whether the update treats every element independently: then the math receives
     #: :class:`~descent.engine.TensorList` arguments and runs on many tensors at once;
     #: otherwise it receives one parameter's tensors at a time.

@@ -429,7 +429,8 @@ class BaseScheduler(LRScheduler):
     def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
         return "descent" not in state_dict and "base_lrs" in state_dict
 
-    def _read_state(self, owner: str, state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
+    def _read_state(self, owner: str,
+                    state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
         missing = _STATE_KEYS - set(state)
         if missing:
             raise ValueError(f"{owner}: the state dict lacks {sorted(missing)}")
