@@ -166,7 +166,8 @@ class Optimizer(_Declared):
             if cls.elementwise:
                 declared[name] = option
         cls.hyperparameters = declared
-        cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
+        if "keeps" in vars(cls):  # else the parent's (MuonAdamW's is its rules' union)
+            cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
         if "registry_name" not in vars(cls):
             cls.registry_name = cls.__name__.lower()
         if "math" in vars(cls) and "fused_kernel" not in vars(cls):
