@@ -136,7 +136,7 @@ def convert_state_dict(state_dict: Mapping[str, Any],
             "convert_state_dict: the state dict has groups of "
             f"{[len(g['params']) for g in saved_groups]} parameters, the optimizer "
             f"{[len(g['params']) for g in optimizer.param_groups]}")
-    normalised: dict[str, Any] = {key: False for key in ("capturable", "differentiable")} if to_descent else {}
+    normalised = {key: False for key in ("capturable", "differentiable")} if to_descent else {}
     groups = []
     for saved in saved_groups:
         group = {key: value for key, value in saved.items() if key != "params"}
