@@ -312,6 +312,20 @@ def test_sampler_rejects_bad_arguments_and_foreign_state():
         sampler.load_state_dict({**sampler.state_dict(), "seed": 9})
 
 
+def test_sampler_load_state_dict_names_a_missing_or_bad_position():
+    sampler = dist.ResumableSampler(4, num_replicas=1, rank=0)
+    state = sampler.state_dict()
+    for key in ("epoch", "position"):
+        partial = {name: value for name, value in state.items() if name != key}
+        with pytest.raises(ValueError, match=f"load_state_dict: the state lacks '{key}'"):
+            sampler.load_state_dict(partial)
+    with pytest.raises(ValueError, match=r"load_state_dict: position=9; expected an integer "
+                                         r"from 0 to 4"):
+        sampler.load_state_dict({**state, "position": 9})
+    with pytest.raises(ValueError, match=r"set_epoch: epoch=-1"):
+        sampler.set_epoch(-1)
+
+
 def test_single_process_helpers_do_the_single_process_thing(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -537,6 +537,24 @@ def test_one_state_dict_resumes_exactly_and_pickles() -> None:
         "momentum_buffer", "row_second_moment", "step", "exp_avg", "exp_avg_sq"}
 
 
+def test_scalar_state_is_its_rules_and_loaded_numbers_become_tensors() -> None:
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = descent.MuonAdamW(model)
+    assert opt.scalar_state == descent.AdamW.scalar_state == {"step"}
+    assert type(opt).scalar_state == {"step"}
+    lm_step(model, opt, 0)
+    saved = opt.state_dict()
+    for state in saved["state"].values():
+        if "step" in state:  # as torch.optim wrote it before 1.12: a Python number
+            state["step"] = int(state["step"])
+    resumed = descent.MuonAdamW(copy.deepcopy(model))
+    resumed.load_state_dict(saved)
+    steps = [state["step"] for state in resumed.state.values() if "step" in state]
+    assert steps and all(torch.is_tensor(step) and step.device.type == "cpu"
+                         for step in steps)
+
+
 def test_state_dict_with_another_routing_is_refused() -> None:
     weight = nn.Parameter(torch.ones(3, 2))
     saved = descent.MuonAdamW([{"params": [weight], "use_muon": True}]).state_dict()

@@ -137,6 +137,20 @@ def test_lr_find_refuses_bad_arguments(options, message):
         lr_find(object(), model, *data(16), nn.CrossEntropyLoss())
 
 
+def test_lr_find_plot_into_a_subfigure_saves_and_returns_the_whole_figure(tmp_path):
+    figure_module = pytest.importorskip("matplotlib.figure")
+    result = LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2.0, 1.5, 1.0, 3.0],
+                            smoothed=[1.9, 1.5, 1.2, 2.5], suggestion=1e-3, steepest=1e-3,
+                            stopped="diverged")
+    whole = figure_module.Figure()
+    left, _ = whole.subfigures(1, 2)
+    axis = left.add_subplot()
+    returned = result.plot(tmp_path / "sub.png", ax=axis)
+    assert returned is whole
+    assert (tmp_path / "sub.png").read_bytes()[:4] == b"\x89PNG"
+    assert axis.get_xscale() == "log" and len(axis.lines) >= 2
+
+
 def test_lr_find_demo_runs_on_the_bundled_text(tmp_path):
     pytest.importorskip("matplotlib")
     result = lr_find_demo(steps=12, path=tmp_path / "demo.png")

@@ -225,7 +225,8 @@ def wrap_model(model: nn.Module, **ddp_options: Any) -> nn.Module:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-        return model.module
+        inner: nn.Module = model.module
+        return inner
     return model
 
 
@@ -275,6 +276,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         sampler.set_epoch(epoch, position=saved["position"])
     """
 
+    length: int
+
     def __init__(self, length: Any, *, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, num_replicas: int | None = None,
                  rank: int | None = None) -> None:
@@ -307,13 +310,15 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def set_epoch(self, epoch: int, position: int = 0) -> None:
         """Choose the epoch (hence the permutation) and the position to start from."""
+        self._start_at("ResumableSampler.set_epoch", epoch, position)
+
+    def _start_at(self, owner: str, epoch: Any, position: Any) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"ResumableSampler.set_epoch: epoch={epoch!r}; expected an "
-                             "integer >= 0")
+            raise ValueError(f"{owner}: epoch={epoch!r}; expected an integer >= 0")
         if isinstance(position, bool) or not isinstance(position, int) or not (
                 0 <= position <= len(self)):
-            raise ValueError(f"ResumableSampler.set_epoch: position={position!r}; expected an "
-                             f"integer from 0 to {len(self)} (this rank's share of the epoch)")
+            raise ValueError(f"{owner}: position={position!r}; expected an integer from 0 to "
+                             f"{len(self)} (this rank's share of the epoch)")
         self.epoch, self.start, self.yielded = epoch, position, 0
 
     def order(self) -> list[int]:
@@ -357,7 +362,10 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
                 raise ValueError(f"ResumableSampler.load_state_dict: the state has {key}="
                                  f"{state[key]!r}, this sampler {key}={getattr(self, key)!r}; "
                                  "resume needs the same data set, seed and world size")
-        self.set_epoch(state.get("epoch"), state.get("position"))
+        for key in ("epoch", "position"):
+            if key not in state:
+                raise ValueError(f"ResumableSampler.load_state_dict: the state lacks {key!r}")
+        self._start_at("ResumableSampler.load_state_dict", state["epoch"], state["position"])
 
 
 # ---------------------------------------------------------------------- metrics

@@ -454,7 +454,8 @@ def _identity(tensor: Tensor) -> Tensor:
 
 def _initial(entry: Any, leaf: Tensor, group: Mapping[str, Any]) -> Tensor:
     if callable(entry.init):
-        return entry.init(leaf, group)
+        value: Tensor = entry.init(leaf, group)
+        return value
     if entry.scalar:
         return torch.tensor(float(entry.init), dtype=scalar_dtype())
     return torch.full_like(leaf, entry.init, memory_format=torch.preserve_format)

@@ -73,10 +73,10 @@ class Algorithm:
     """
 
     name: str
-    cls: type
+    cls: Callable[..., torch.optim.Optimizer]  # the classes, called with their own options
     options: dict[str, Any]
     bytes_per_param: int
-    torch_cls: type | None = None
+    torch_cls: Callable[..., torch.optim.Optimizer] | None = None
     torch_variants: tuple[str, ...] = field(default=())
 
     def make(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:

@@ -71,7 +71,8 @@ class _CharGRU(nn.Module):
         self.head = nn.Linear(96, vocab)
 
     def forward(self, chars: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(self.embed(chars))[0])
+        logits: torch.Tensor = self.head(self.rnn(self.embed(chars))[0])
+        return logits
 
 
 @dataclass

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -154,9 +154,10 @@ def measure_host_cost(repetitions: int) -> dict[str, Timing]:
     from .cases import HOST
 
     contenders: dict[str, Callable[[], None]] = {}
-    makers = {"descent.Adam": lambda p: descent.Adam(p, lr=1e-3),
-              "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
-              "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)}
+    makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+        "descent.Adam": lambda p: descent.Adam(p, lr=1e-3),
+        "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
+        "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)}
     for name, make in makers.items():
         params = [value.requires_grad_() for value in _tensors(HOST, 0)]
         for param in params:
@@ -240,12 +241,12 @@ def measure_training(iterations: int, layers: int = 200, width: int = 64,
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, width, generator=generator)
     target = torch.randn(batch, width, generator=generator)
-    setups = {
+    setups: dict[str, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]] = {
         "descent Adam": lambda params: descent.Adam(params, lr=1e-3),
         "torch Adam(fused=True)": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
         "torch Adam (default)": lambda params: torch.optim.Adam(params, lr=1e-3),
     }
-    contenders = {}
+    contenders: dict[str, Callable[[], None]] = {}
     for name, make in setups.items():
         model = _many_small_layers(layers, width, seed=0)
         optimizer = make(model.parameters())
@@ -289,8 +290,11 @@ def measure_demo(repetitions: int, full: bool = False) -> dict[str, Timing]:
 
         def runner(source: str, mode: str) -> Callable[[], None]:
             env = dict(os.environ, DESCENT_ENGINE=mode)
-            return lambda: subprocess.run([sys.executable, "-c", source, *arguments], env=env,
-                                          check=True, stdout=subprocess.DEVNULL)
+
+            def run() -> None:
+                subprocess.run([sys.executable, "-c", source, *arguments], env=env,
+                               check=True, stdout=subprocess.DEVNULL)
+            return run
         return interleaved({name: runner(*variant) for name, variant in variants.items()},
                            repetitions)
 

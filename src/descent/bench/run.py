@@ -102,15 +102,20 @@ def _sweep_table(results: list[StepResult]) -> list[str]:
     for algorithm, row in by_algorithm.items():
         cells = []
         for name in names:
-            result = row.get(name)
-            if result is None:
+            found = row.get(name)
+            if found is None:
                 cells.append("—")
                 continue
-            ours = _ms(result.timings["descent"].median)
-            ratio = result.vs_best
+            ours = _ms(found.timings["descent"].median)
+            ratio = found.vs_best
             cells.append(f"{ratio:.2f}x ({ours})" if ratio is not None else f"({ours})")
         lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _utc_now() -> str:
+    """The current time in UTC, to the minute (``datetime.UTC`` is Python 3.11's)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _host_table(host: dict[str, Timing]) -> list[str]:
@@ -311,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"--only: unknown optimizers {unknown}; choose from {sorted(known)}")
         chosen = [a for a in chosen if a.name in args.only]
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = _utc_now()
     load_before = _load()
     clock = time.perf_counter()
     sweep_results = []
@@ -324,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for algorithm in chosen:
         _log(f"[{time.perf_counter() - clock:6.0f}s] {FOUR_K.name}: {algorithm.name}")
-        variants = ("for-loop", "foreach", "fused")
+        variants: tuple[str, ...] = ("for-loop", "foreach", "fused")
         if args.quick and algorithm.name not in ("Adam", "AdamW"):
             variants = ("foreach", "fused")
         results.append(measure_steps(FOUR_K, algorithm, repetitions, variants))

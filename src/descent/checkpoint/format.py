@@ -88,7 +88,7 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -405,7 +405,7 @@ def read_index(path: str | Path) -> dict[str, Any]:
     document = _read.parse_json(raw, index_path, max_depth=MAX_DEPTH,
                                 max_int_digits=MAX_INT_DIGITS, max_number_chars=MAX_NUMBER_CHARS)
     _check_document(index_path, document)
-    return document
+    return cast(dict[str, Any], document)  # checked: an object with the index's keys
 
 
 def _check_document(index_path: Path, document: Any) -> None:
@@ -499,7 +499,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if unused:
         raise CorruptCheckpointError(f"checkpoint: {tensor_path} holds tensors the index never "
                                      f"refers to: {unused[:5]}")
-    return content
+    return cast(dict[str, Any], content)  # checked by _check_content
 
 
 # ---------------------------------------------------------------------- content checks
@@ -522,7 +522,7 @@ def _named_entries(path: Path, content: Mapping[str, Any], part: str,
                  f"expected the keys {sorted(keys)}")
         _require(isinstance(entry["type"], str), path, f"{part}[{name!r}]['type'] is not a "
                                                         "class name")
-    return entries
+    return cast(dict[str, Mapping[str, Any]], entries)  # checked above
 
 
 def _check_content(path: Path, content: Mapping[str, Any]) -> None:
@@ -553,7 +553,7 @@ def _check_content(path: Path, content: Mapping[str, Any]) -> None:
                      f"schedulers[{name!r}]['state']['last_epoch']={last_epoch!r}; expected an "
                      "integer >= -1")
     rng = content["rng"]
-    _require(rng is None or (isinstance(rng, list) and rng), path,
+    _require(rng is None or (isinstance(rng, list) and bool(rng)), path,
              f"rng is a {type(rng).__name__}; expected null or a list of per-rank states")
     for rank, state in enumerate(rng or []):
         try:

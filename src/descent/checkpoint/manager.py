@@ -236,7 +236,7 @@ class CheckpointManager:
                 return
             except CorruptCheckpointError as error:
                 aside = _set_aside(path, "damaged")
-                reason = error
+                reason = str(error)
         else:
             aside = _set_aside(path, "stray")
             reason = f"it is {_kind(mode)}"

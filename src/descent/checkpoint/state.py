@@ -110,7 +110,8 @@ def _check_stateful(kind: str, objects: Mapping[str, Any]) -> None:
 
 def _optimizer_state(name: str, optimizer: Any) -> dict[str, Any]:
     try:
-        return optimizer.state_dict()
+        state: dict[str, Any] = optimizer.state_dict()
+        return state
     except RuntimeError as error:
         if is_zero_optimizer(optimizer):
             raise RuntimeError(
@@ -244,7 +245,7 @@ def _check_torch_optimizer(optimizer: Any, state_dict: Any) -> None:
     if len(saved_groups) != len(optimizer.param_groups):
         raise ValueError(f"the checkpoint has {len(saved_groups)} param groups, the optimizer "
                          f"has {len(optimizer.param_groups)}")
-    index_to_param = {}
+    index_to_param: dict[Any, torch.Tensor] = {}
     for gi, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups, strict=True)):
         if len(saved["params"]) != len(group["params"]):
             raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} parameters in the "
@@ -347,6 +348,7 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     for name, module in models.items():
         saved = content["models"][name]
         state = OrderedDict(saved["state"])
+        # torch's state dicts carry their modules' versions as an attribute, undeclared
         state._metadata = OrderedDict(saved["metadata"])  # type: ignore[attr-defined]
         module.load_state_dict(state)
     for name, optimizer in named_optimizers.items():

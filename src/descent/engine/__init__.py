@@ -62,7 +62,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -73,6 +73,9 @@ from ._torch import FUSED_DTYPES, FusedKernel
 from .state import StateTable, tracked
 from .tensors import TensorList
 from .trace import NotTraceable, trace
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 #: The engine's modes (see the module docstring).
 MODES = ("auto", "per_tensor", "foreach", "fused", "compiled")
@@ -95,13 +98,31 @@ class Rule(Protocol):
 
     param_groups: list[dict[str, Any]]
     state: Any
-    hyperparameters: Mapping[str, Any]
-    math: Callable[..., Any] | None
-    math_arguments: tuple[str, ...]
-    fused_kernel: FusedKernel | None
-    elementwise: bool
-    supports_sparse: bool
-    scalar_state: frozenset[str]
+
+    # read-only: a rule declares these on its class (descent.Optimizer's ClassVars)
+    @property
+    def hyperparameters(self) -> Mapping[str, Any]: ...
+
+    @property
+    def math(self) -> Callable[..., Any] | None: ...
+
+    @property
+    def math_arguments(self) -> tuple[str, ...]: ...
+
+    @property
+    def fused_kernel(self) -> FusedKernel | None: ...
+
+    @property
+    def elementwise(self) -> bool: ...
+
+    @property
+    def supports_sparse(self) -> bool: ...
+
+    @property
+    def scalar_state(self) -> frozenset[str]: ...
+
+    @property
+    def sharded_math(self) -> bool: ...
 
     def _init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -118,12 +139,12 @@ def _check_mode(mode: Any, where: str) -> str:
     if mode not in MODES:
         raise ValueError(f"{where}: mode={mode!r} is not a mode of descent's engine; "
                          f"expected one of {', '.join(map(repr, MODES))}")
-    return mode
+    return cast(str, mode)  # one of MODES
 
 
 def get_default_mode() -> str:
     """The mode optimizers use unless :func:`set_mode` gave them one."""
-    mode = getattr(_default, "mode", None)
+    mode: str | None = getattr(_default, "mode", None)
     if mode is not None:
         return mode
     return _check_mode(os.environ.get("DESCENT_ENGINE", "auto"), "DESCENT_ENGINE")
@@ -154,9 +175,9 @@ def set_mode(optimizer: torch.optim.Optimizer, mode: str | None) -> None:
     optimizer.__dict__[_MODE_ATTRIBUTE] = mode
 
 
-def mode_of(optimizer: torch.optim.Optimizer) -> str:
+def mode_of(optimizer: torch.optim.Optimizer | Rule) -> str:
     """The mode ``optimizer``'s next step will use."""
-    mode = optimizer.__dict__.get(_MODE_ATTRIBUTE)
+    mode: str | None = optimizer.__dict__.get(_MODE_ATTRIBUTE)
     return mode if mode is not None else get_default_mode()
 
 
@@ -198,7 +219,7 @@ class Bucket:
     state_pointers: dict[str, np.ndarray] = field(default_factory=dict)
     complete: bool = False  # every parameter has an entry (stepped at least once)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # NumPy views of `scalars`
-    step_views: list[Tensor] = field(default_factory=list)  # each entry's "step" tensor
+    step_views: list[Tensor | None] = field(default_factory=list)  # each entry's "step" tensor
     pointer_list: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -231,9 +252,10 @@ class Bucket:
         if self.sharded:
             dtensor = _dtensor_type()
             assert dtensor is not None
-            tensor = dtensor.from_local(tensor, param.device_mesh,  # type: ignore[attr-defined]
-                                        param.placements, run_check=False,  # type: ignore[attr-defined]
-                                        shape=param.shape, stride=param.stride())
+            sharded = cast("DTensor", param)  # a sharded bucket's parameters are DTensors
+            tensor = dtensor.from_local(tensor, sharded.device_mesh, sharded.placements,
+                                        run_check=False, shape=param.shape,
+                                        stride=param.stride())
         return tensor
 
 
@@ -245,7 +267,7 @@ class _Layout:
 
 
 @functools.cache
-def _dtensor_type() -> type | None:
+def _dtensor_type() -> type[DTensor] | None:
     """torch's DTensor class, if torch.distributed has it."""
     try:
         from torch.distributed.tensor import DTensor
@@ -338,7 +360,7 @@ class Engine:
 
 
 def _engine(optimizer: Any) -> Engine:
-    engine = optimizer.__dict__.get(_ENGINE_ATTRIBUTE)
+    engine: Engine | None = optimizer.__dict__.get(_ENGINE_ATTRIBUTE)
     if engine is None:
         engine = optimizer.__dict__[_ENGINE_ATTRIBUTE] = Engine()
     return engine
@@ -390,7 +412,7 @@ def step(optimizer: Rule) -> None:
 
 
 def _step(optimizer: Rule) -> None:
-    mode = mode_of(optimizer)  # type: ignore[arg-type]
+    mode = mode_of(optimizer)
     engine = _engine(optimizer)
     if not isinstance(optimizer.state, StateTable):
         optimizer.state = tracked(optimizer.state)
@@ -436,7 +458,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
         present = [i for i, grad in enumerate(grads) if grad is not None]
         if not present:
             return
-        sparse = [i for i in present if grads[i].layout != torch.strided]  # type: ignore[union-attr]
+        sparse = [i for i in present if grads[i].layout != torch.strided]
         if sparse:
             if not optimizer.supports_sparse:
                 label = optimizer.describe_param(group_index, bucket.indices[sparse[0]])
@@ -444,7 +466,7 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
                                 "takes dense gradients (SGD, Adagrad and SparseAdam take "
                                 "sparse ones)")
             path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
-        dense = all(grads[i].is_contiguous() for i in present)  # type: ignore[union-attr]
+        dense = all(grads[i].is_contiguous() for i in present)
     else:
         present = None
     if not dense and path in ("generated", "fused"):
@@ -637,7 +659,9 @@ def _step_tensors(bucket: Bucket, run: list[int], whole: bool) -> list[Tensor]:
     if steps is None:
         return []
     if bucket.device.type == "cpu":
-        return bucket.step_views if whole else [bucket.step_views[i] for i in run]
+        # the run's entries have their state: every parameter with a gradient gets it
+        views = cast(list[Tensor], bucket.step_views)
+        return views if whole else [views[i] for i in run]
     if bucket.device_steps is None:
         device_buffer = steps.to(bucket.device)
         bucket.device_steps = (device_buffer, list(device_buffer.unbind()))
@@ -724,9 +748,12 @@ def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
             arguments[name] = scalars[name]
         else:
             arguments[name] = state.get(name)
+    created: dict[str, Any]
     if options.get("cautious"):  # cautious masking around the math (descent.optim._cautious)
-        return rule.cautious_call(param, grad, arguments, options)
-    return rule.math(param, grad, **arguments) or {}
+        created = rule.cautious_call(param, grad, arguments, options)
+    else:
+        created = rule.math(param, grad, **arguments) or {}
+    return created
 
 
 def _identity(tensor: Tensor) -> Tensor:
@@ -746,7 +773,7 @@ class _Backend(Protocol):
 
 def _backend(device: torch.device) -> _Backend:
     """The generated-kernel backend for ``device``."""
-    return cuda if device.type == "cuda" else cpu  # type: ignore[return-value]
+    return cuda if device.type == "cuda" else cpu
 
 
 def _move_rebound_state(optimizer: Rule, params: Sequence[Tensor]) -> None:

@@ -39,7 +39,7 @@ if not SUPPORTED:  # pragma: no cover - depends on the installed torch
 
 def foreach(name: str) -> Callable[..., Any]:
     """``torch._foreach_<name>``, or a loop over the tensors with the per-tensor op."""
-    function = getattr(torch, f"_foreach_{name}", None)
+    function: Callable[..., Any] | None = getattr(torch, f"_foreach_{name}", None)
     if function is not None:
         return function
     single = getattr(Tensor, name)

@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def source(program: Program, dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------- building
 
 
-def _build(code: str) -> ctypes.CDLL:
+def _build(code: str) -> Callable[..., None]:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler")
@@ -186,7 +186,7 @@ def _build(code: str) -> ctypes.CDLL:
 class Kernel:
     """A built kernel for one program and dtype."""
 
-    def __init__(self, function: Any, inputs: int) -> None:
+    def __init__(self, function: Callable[..., None], inputs: int) -> None:
         self.function = function
         self.inputs = inputs
 

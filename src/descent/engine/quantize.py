@@ -282,7 +282,8 @@ def _scratch(role: Any, n: int, dtype: torch.dtype, device: torch.device) -> Ten
     """A flat buffer of ``n`` elements for temporaries of one kind (``role``), kept
     between calls in this thread: fresh allocations of chunk-sized temporaries, each
     first touched page by page, cost more than the arithmetic on them."""
-    buffers = _workspace.__dict__.setdefault("buffers", {})
+    buffers: dict[tuple[Any, torch.dtype, torch.device], Tensor] = \
+        _workspace.__dict__.setdefault("buffers", {})
     key = (role, dtype, device)
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < n:
@@ -360,7 +361,7 @@ def _absmax(rows: Tensor) -> Tensor:
     return torch.maximum(rows.amax(dim=1), rows.amin(dim=1).neg_())
 
 
-def _encode_into(stored: dict[str, Any], start: int, values: Tensor) -> None:
+def _encode_into(stored: Mapping[str, Any], start: int, values: Tensor) -> None:
     """Quantise the flat ``values`` into elements ``start:start + len`` of a stored
     entry (``start`` a multiple of its block size); ``values`` is overwritten."""
     bits, block = stored["bits"], stored["block_size"]
@@ -418,6 +419,10 @@ def stochastic_round(x: Tensor, dtype: torch.dtype) -> Tensor:
 # ---------------------------------------------------------------------- forms
 
 
+Form = torch.dtype | tuple[int, bool, int]
+"""How a state entry is stored: a dtype, or ``(bits, signed, block_size)``."""
+
+
 @dataclass(frozen=True)
 class Options:
     """A group's storage options (see the module docstring)."""
@@ -447,7 +452,7 @@ class Options:
             return self.rounds(param)
         return True
 
-    def form(self, param: Tensor, signed: bool) -> Any:
+    def form(self, param: Tensor, signed: bool) -> Form:
         """How a state entry of ``param`` is stored: a dtype, or ``(bits, signed,
         block_size)`` for a quantised one."""
         if self.state_dtype is None or param.is_complex():
@@ -501,8 +506,9 @@ def decoded(value: Any, param: Tensor) -> Tensor:
     dtype (float32 for a bfloat16 parameter) or the entry's own if wider."""
     if isinstance(value, Mapping):
         return _decode(value, 0, param.numel(), _compute_dtype(param)).view(param.shape)
-    return value.detach().to(torch.promote_types(value.dtype, _compute_dtype(param)),
-                             copy=True)
+    tensor: Tensor = value  # an entry not quantised is a tensor
+    return tensor.detach().to(torch.promote_types(tensor.dtype, _compute_dtype(param)),
+                              copy=True)
 
 
 def _conform_entry(entry: dict[str, Any], param: Tensor, options: Options,
@@ -536,7 +542,8 @@ def stored_state(entry: dict[str, Any], param: Tensor, group: Mapping[str, Any],
     (in place; returned)."""
     options = Options.of(group)
     if options.applies(param) or any(isinstance(v, Mapping) for v in entry.values()):
-        scalar, unsigned = _declared(type(rule))
+        # mypy#11470: mypy does not see that classes are hashable
+        scalar, unsigned = _declared(type(rule))  # type: ignore[arg-type]
         _conform_entry(entry, param, options, scalar, unsigned, options.applies(param))
     return entry
 
@@ -550,7 +557,8 @@ def conform(rule: Any, group: Mapping[str, Any], layout: Any = None) -> None:
     options = Options.of(group)
     if layout is not None and layout.state_options == options:
         return
-    scalar, unsigned = _declared(type(rule))
+    # mypy#11470: mypy does not see that classes are hashable
+    scalar, unsigned = _declared(type(rule))  # type: ignore[arg-type]
     for param in group["params"]:
         entry = rule.state.get(param)
         if entry:
@@ -617,7 +625,8 @@ def call_math(call: Callable[..., dict[str, Any]], rule: Any, params: list[Tenso
     state or update is low precision, chunk by chunk on full-precision temporaries;
     return the state entries the math created, in their stored form."""
     settings = Options.of(options)
-    scalar, unsigned = _declared(type(rule))
+    # mypy#11470: mypy does not see that classes are hashable
+    scalar, unsigned = _declared(type(rule))  # type: ignore[arg-type]
     for param, entry in zip(params, entries, strict=True):
         _conform_entry(entry, param, settings, scalar, unsigned, True)
     compute = _compute_dtype(params[0])

@@ -21,7 +21,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    # The mixin below is only ever combined with dict or defaultdict; typed as a dict, its
+    # ``super()`` calls check against dict's methods.
+    _MixinBase = dict[Any, Any]
+else:
+    _MixinBase = object
+
+
+_CountedT = TypeVar("_CountedT", bound="_Counted")
 
 
 class _Changes:
@@ -33,33 +43,34 @@ class _Changes:
         self.count = 0
 
 
-class _Counted:
+class _Counted(_MixinBase):
     """The writes a dict and a defaultdict share, each counted in ``self._changes``."""
 
     _changes: _Changes
 
     def __delitem__(self, key: Any) -> None:
         self._changes.count += 1
-        super().__delitem__(key)  # type: ignore[misc]
+        super().__delitem__(key)
 
     def pop(self, *args: Any) -> Any:
         self._changes.count += 1
-        return super().pop(*args)  # type: ignore[misc]
+        return super().pop(*args)
 
     def popitem(self) -> Any:
         self._changes.count += 1
-        return super().popitem()  # type: ignore[misc]
+        return super().popitem()
 
     def clear(self) -> None:
         self._changes.count += 1
-        super().clear()  # type: ignore[misc]
+        super().clear()
 
-    def __ior__(self, other: Any) -> Any:
-        self.update(other)  # type: ignore[attr-defined]
+    # |= takes what update takes (as dict's own does), more than | does
+    def __ior__(self: _CountedT, other: Any) -> _CountedT:  # type: ignore[misc]
+        self.update(other)
         return self
 
 
-class StateEntry(_Counted, dict):  # type: ignore[type-arg]
+class StateEntry(_Counted, dict[Any, Any]):
     """One parameter's state: a dict whose writes are counted."""
 
     __slots__ = ("_changes",)
@@ -87,7 +98,7 @@ class StateEntry(_Counted, dict):  # type: ignore[type-arg]
         return dict(self)
 
 
-class StateTable(_Counted, defaultdict):  # type: ignore[type-arg]
+class StateTable(_Counted, defaultdict[Any, Any]):
     """torch.optim's ``state`` mapping (parameter -> dict) with its writes counted."""
 
     def __init__(self, items: Iterable[tuple[Any, Any]] | Mapping[Any, Any] = ()) -> None:
@@ -123,7 +134,8 @@ class StateTable(_Counted, defaultdict):  # type: ignore[type-arg]
         return (defaultdict, (dict,), None, None,
                 iter([(key, dict(value)) for key, value in self.items()]))
 
-    def __copy__(self) -> defaultdict[Any, Any]:
+    # copy.copy gives the plain defaultdict the table stands for, not another table
+    def __copy__(self) -> defaultdict[Any, Any]:  # type: ignore[override]
         return defaultdict(dict, {key: dict(value) for key, value in self.items()})
 
     def __repr__(self) -> str:

@@ -37,7 +37,7 @@ array([0.5, 2.5])
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def _gradient(owner: str, label: str, grad: Any, param: torch.Tensor) -> torch.T
 class _ModuleSource:
     """A module with ``parameters()`` and ``grads()``."""
 
-    takes_grads_dict = False
+    takes_grads_dict: Literal[False] = False
 
     def __init__(self, owner: str, module: Any, label: str) -> None:
         self.owner, self.module, self.label = owner, module, label
@@ -198,7 +198,7 @@ class _ModuleSource:
 class _ParameterObjectSource:
     """An object with ``.data`` and ``.grad`` array attributes."""
 
-    takes_grads_dict = False
+    takes_grads_dict: Literal[False] = False
 
     def __init__(self, owner: str, obj: Any, label: str) -> None:
         self.owner, self.obj, self.label = owner, obj, label
@@ -228,7 +228,7 @@ class _ParameterObjectSource:
 class _NamedArraysSource:
     """A dict of named arrays; gradients come with each step as ``step(grads=...)``."""
 
-    takes_grads_dict = True
+    takes_grads_dict: Literal[True] = True
 
     def __init__(self, owner: str, arrays: Mapping[str, np.ndarray], label: str) -> None:
         self.owner, self.label = owner, label

@@ -56,10 +56,11 @@ _SCALAR_STATE = ("step", "mu_product")
 def _descent_class(name: str) -> type[Optimizer]:
     from .. import optim  # descent.optim imports this package: import it when used
 
-    return getattr(optim, name)
+    cls: type[Optimizer] = getattr(optim, name)
+    return cls
 
 
-def _constructor_kwargs(cls: type, defaults: Mapping[str, Any]) -> dict[str, Any]:
+def _constructor_kwargs(cls: type[Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The defaults that ``cls``'s constructor takes as keyword arguments."""
     accepted = inspect.signature(cls.__init__).parameters
     return {key: value for key, value in defaults.items() if key in accepted and key != "params"}
@@ -197,7 +198,7 @@ def from_torch(optimizer: torch.optim.Optimizer) -> Optimizer:
                         f"{torch_class.__qualname__}; expected one of torch.optim."
                         f"{{{', '.join(_NAMES)}}}")
     cls = _descent_class(name)
-    normalised = {key: False for key in ("capturable", "differentiable")
+    normalised: dict[str, Any] = {key: False for key in ("capturable", "differentiable")
                   if key in cls.hyperparameters}
     defaults = {**optimizer.defaults, **normalised}
     new = cls(_groups(optimizer, normalised), **_constructor_kwargs(cls, defaults))
@@ -241,7 +242,7 @@ def to_torch(optimizer: Optimizer, **options: Any) -> torch.optim.Optimizer:
                 f"{group['param_rounding']!r}, which torch.optim does not have; set "
                 "opt.state_dtype = None and opt.param_rounding = 'nearest' first (the state "
                 "is then decoded to the parameters' dtype)")
-    torch_class = getattr(torch.optim, name)
+    torch_class: type[torch.optim.Optimizer] = getattr(torch.optim, name)
     unknown = sorted(set(options) - set(optimizer.defaults))
     if unknown:
         raise ValueError(f"to_torch: options {unknown} are not options of torch.optim.{name}; "

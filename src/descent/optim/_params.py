@@ -32,7 +32,7 @@ def _is_named_pair(item: Any) -> bool:
 
 def _named_from_modules(modules: list[nn.Module]) -> list[tuple[str, torch.Tensor]]:
     seen: set[int] = set()
-    named = []
+    named: list[tuple[str, torch.Tensor]] = []
     prefix_all = len(modules) > 1
     for index, module in enumerate(modules):
         for name, param in module.named_parameters():

@@ -115,7 +115,9 @@ class Optimizer(_Declared):
     #: The update rule: ``math(param, grad, *, <state>, step, <hyperparameters>)``.
     math: ClassVar[Callable[..., Any] | None] = None
     #: torch's fused kernel for exactly this rule, if torch has one (descent.engine._torch).
-    fused_kernel: ClassVar[FusedKernel | None] = None
+    #: Set on the class as a ``staticmethod``; not declared a ClassVar, which mypy would
+    #: bind to the instance as a method.
+    fused_kernel: FusedKernel | None = None
     #: Whether the update treats every element independently: then the math receives
     #: :class:`~descent.engine.TensorList` arguments and runs on many tensors at once;
     #: otherwise it receives one parameter's tensors at a time.
@@ -164,7 +166,8 @@ class Optimizer(_Declared):
             if cls.elementwise:
                 declared[name] = option
         cls.hyperparameters = declared
-        cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
+        if "keeps" in vars(cls):  # else the parent's (MuonAdamW's is its rules' union)
+            cls.scalar_state = frozenset(entry.name for entry in cls.keeps if entry.scalar)
         if "registry_name" not in vars(cls):
             cls.registry_name = cls.__name__.lower()
         if "math" in vars(cls) and "fused_kernel" not in vars(cls):

@@ -263,7 +263,8 @@ class LBFGS(Optimizer):
 
     @property
     def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
+        params: list[Tensor] = self.param_groups[0]["params"]
+        return params
 
     def _flat_grad(self) -> Tensor:
         views = []

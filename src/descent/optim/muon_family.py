@@ -101,7 +101,7 @@ def _schedule(coefficients: Any) -> list[tuple[float, float, float]]:
     if isinstance(coefficients, str):
         return list(POLAR_EXPRESS)
     if len(coefficients) == 3 and all(isinstance(v, int | float) for v in coefficients):
-        return [tuple(coefficients)]  # type: ignore[list-item]
+        return [tuple(coefficients)]
     return [tuple(triple) for triple in coefficients]
 
 
@@ -398,6 +398,8 @@ class MuonAdamW(Optimizer):
     # not a rule itself: each group runs its rule's math (storage options are AdamW's, per
     # group, and the engine path each rule's own)
     elementwise = False
+    # the scalar state of both rules (AdamW's step), not derived from keeps (it has none)
+    scalar_state = OrthoMuon.scalar_state | AdamW.scalar_state
 
     def __init__(self, params: Params, lr: float | Tensor = 0.02, momentum: float = 0.95,
                  weight_decay: float = 0.0, nesterov: bool = True,
@@ -600,10 +602,6 @@ class MuonAdamW(Optimizer):
             part = self._part(flag)
             if part.param_groups:
                 quantize.conform_all(part)
-
-    @property
-    def scalar_state(self) -> frozenset[str]:
-        return frozenset().union(*(self._part(flag).scalar_state for flag in (True, False)))
 
     def _check_state_entry(self, param: Tensor, group: dict[str, Any], label: str,
                            entry: Any) -> None:

@@ -237,7 +237,7 @@ class _ScheduleFree(Optimizer):
     @property
     def training(self) -> bool:
         """Whether the parameters hold the training point y (else the average x)."""
-        modes = {group["train_mode"] for group in self.param_groups}
+        modes: set[bool] = {group["train_mode"] for group in self.param_groups}
         if len(modes) > 1:
             raise ValueError(f"{type(self).__name__}: param groups are in different modes; "
                              "call train() or eval() to put them all in one")

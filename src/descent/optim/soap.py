@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -147,7 +147,8 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
     beta1, beta2 = betas
     if maximize:
         grad = -grad
-    view = (lambda x: x) if param.ndim <= 2 else (lambda x: x.flatten(1))
+    view: Callable[[Tensor], Tensor] = \
+        (lambda x: x) if param.ndim <= 2 else (lambda x: x.flatten(1))
     grad2, exp_avg2, exp_avg_sq2 = view(grad), view(exp_avg), view(exp_avg_sq)
     statistics = [right] if param.ndim == 1 else [left, right]
     bases = [right_basis] if param.ndim == 1 else [left_basis, right_basis]

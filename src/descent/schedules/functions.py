@@ -36,7 +36,7 @@ import dataclasses
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from . import _checks
 
@@ -48,6 +48,9 @@ class Schedule:
     schedule checks the step; ``s * x``, ``x * s``, ``s + x`` and ``x + s`` build
     :class:`Scale`, :class:`Offset` or (for two schedules) :class:`Product`.
     """
+
+    # every concrete schedule is a dataclass (this declares it for dataclasses.fields)
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __call__(self, step: int) -> float:
         """The value at ``step`` (an integer >= 0)."""
@@ -70,8 +73,7 @@ class Schedule:
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{f.name}={_describe(getattr(self, f.name))}"
-                              for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                              if f.repr)
+                              for f in dataclasses.fields(self) if f.repr)
         return f"{type(self).__name__}({arguments})"
 
 
@@ -211,7 +213,8 @@ class Polynomial(Schedule):
 
     def _value(self, step: int) -> float:
         remaining = 1.0 - min(self.total_steps, step) / self.total_steps
-        return (self.init - self.final) * remaining**self.power + self.final
+        shape: float = remaining**self.power  # remaining >= 0: a real power
+        return (self.init - self.final) * shape + self.final
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -384,7 +387,8 @@ def _triangular(x: float) -> float:
 
 
 def _triangular2(x: float) -> float:
-    return 1 / (2.0 ** (x - 1))
+    halving: float = 2.0 ** (x - 1)
+    return 1 / halving
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -442,10 +446,11 @@ class Cyclic(Schedule):
             return _triangular(x)
         if self.mode == "triangular2":
             return _triangular2(x)
-        return self.gamma**x
+        scale: float = self.gamma**x  # gamma >= 0: a real power
+        return scale
 
     def _value(self, step: int) -> float:
-        total_size = self.step_size_up + self.step_size_down
+        total_size = self.step_size_up + cast(int, self.step_size_down)  # set by __post_init__
         step_ratio = self.step_size_up / total_size
         cycle = math.floor(1 + step / total_size)
         x = 1.0 + step / total_size - cycle
@@ -589,6 +594,8 @@ class _Recurrence(Schedule):
     """
 
     init: float
+    _prefix: list[float]  # set by _start_cache
+    _last: tuple[int, float]
 
     def _advance(self, step: int, value: float) -> float:
         """:math:`a_t`: the value at ``step`` from the value at ``step - 1``."""
@@ -599,10 +606,10 @@ class _Recurrence(Schedule):
         _set(self, "_last", (-1, self.init))
 
     def _value(self, step: int) -> float:
-        prefix: list[float] = self._prefix  # type: ignore[attr-defined]
+        prefix = self._prefix
         known = min((step + 1) // _PREFIX_EVERY, len(prefix) - 1)
         start, value = known * _PREFIX_EVERY - 1, prefix[known]
-        last_step, last_value = self._last  # type: ignore[attr-defined]
+        last_step, last_value = self._last
         if start < last_step <= step:
             start, value = last_step, last_value
         for t in range(start + 1, step + 1):

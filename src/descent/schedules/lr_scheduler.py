@@ -107,6 +107,8 @@ class StepLR(_ShapeScheduler):
         [0.010000000000000002]
     """
 
+    _shape: Step
+
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
         self._shape = Step(_checks.integer("StepLR", "step_size", step_size, minimum=1),
@@ -122,6 +124,8 @@ class MultiStepLR(_ShapeScheduler):
 
     .. math:: \eta_t = \eta_0\,\gamma^{\#\{m \in \text{milestones} : m \le t\}}
     """
+
+    _shape: MultiStep
 
     def __init__(self, optimizer: Any, milestones: Sequence[int], gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
@@ -159,6 +163,8 @@ class LinearLR(_ShapeScheduler):
     ``start_factor`` in (0, 1], ``end_factor`` in [0, 1] (torch's bounds).
     """
 
+    _shape: Linear
+
     def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
         owner = "LinearLR"
@@ -177,6 +183,8 @@ class LinearLR(_ShapeScheduler):
 class ExponentialLR(_ShapeScheduler):
     r"""Decay each group's lr by ``gamma`` every step: :math:`\eta_t = \eta_0\,\gamma^t`."""
 
+    _shape: Exponential
+
     def __init__(self, optimizer: Any, gamma: float, last_epoch: int = -1) -> None:
         self._shape = Exponential(_checks.real("ExponentialLR", "gamma", gamma, minimum=0.0))
         self._bind(optimizer, last_epoch)
@@ -190,6 +198,8 @@ class PolynomialLR(_ShapeScheduler):
 
     .. math:: \eta_t = \eta_0 \left(1 - \frac{\min(t, T)}{T}\right)^{\text{power}}
     """
+
+    _shape: Polynomial
 
     def __init__(self, optimizer: Any, total_iters: int = 5, power: float = 1.0,
                  last_epoch: int = -1) -> None:
@@ -574,7 +584,7 @@ class SequentialLR(BaseScheduler):
         if len(self.milestones) != len(schedulers) - 1:
             raise ValueError(f"{owner}: milestones has {len(self.milestones)} entries for "
                              f"{len(schedulers)} schedulers; expected {len(schedulers) - 1}")
-        self._schedulers = list(schedulers)
+        self._schedulers: list[BaseScheduler] = list(schedulers)
         self._bind(optimizer, last_epoch)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -676,7 +686,7 @@ class ChainedScheduler(BaseScheduler):
                                  "bound to another optimizer")
         keys = list(dict.fromkeys(key for s in schedulers for key in s.keys))
         keys.sort(key=lambda key: key != "lr")
-        self._schedulers = list(schedulers)
+        self._schedulers: list[BaseScheduler] = list(schedulers)
         self._bind(optimizer, -1, keys=keys)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -704,14 +714,14 @@ class ChainedScheduler(BaseScheduler):
         return "descent" not in state_dict and "_schedulers" in state_dict
 
     def _read_torch_state(self, owner: str,
-                          state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
+                          state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
         """torch's chain state: its schedulers' states, which must agree on the step."""
         parts = state["_schedulers"]
         if not isinstance(parts, list | tuple) or len(parts) != len(self._schedulers):
             raise ValueError(f"{owner}: _schedulers holds "
                              f"{len(parts) if isinstance(parts, list | tuple) else parts!r} "
                              f"states; this chain has {len(self._schedulers)} schedulers")
-        read = []
+        read: list[tuple[int, dict[str, list[float]]]] = []
         for i, (scheduler, part) in enumerate(zip(self._schedulers, parts, strict=True)):
             if not isinstance(part, Mapping) or "base_lrs" not in part:
                 raise ValueError(f"{owner}: _schedulers[{i}] is not a torch scheduler state")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau as _TorchReduceLROnPlateau
@@ -47,6 +47,11 @@ class ReduceLROnPlateau(_TorchReduceLROnPlateau):
     it); its ``state_dict`` is descent's validated layout, and ``load_state_dict`` also
     reads torch's.
     """
+
+    # torch's class sets these in unannotated code; here they are checked at construction
+    mode: str
+    threshold: float
+    threshold_mode: str
 
     def __init__(self, optimizer: Any, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
@@ -88,6 +93,7 @@ class ReduceLROnPlateau(_TorchReduceLROnPlateau):
             return current > best * (self.threshold + 1.0)
         return current > best + self.threshold
 
+    # a metric first, as torch's own ReduceLROnPlateau.step (which ignores the same error)
     def step(self, metrics: Any, epoch: int | None = None) -> None:  # type: ignore[override]
         """Record ``metrics`` (a number or one-element tensor) for this step; maybe lower the lr."""
         owner = "ReduceLROnPlateau"
@@ -125,9 +131,10 @@ class ReduceLROnPlateau(_TorchReduceLROnPlateau):
             self.num_bad_epochs = 0
         self._last_lr = [float(group["lr"]) for group in groups]
 
-    def get_last_lr(self) -> list[float]:
+    # floats only, never torch's tensors: a narrower list than torch's list[float | Tensor]
+    def get_last_lr(self) -> list[float]:  # type: ignore[override]
         """The learning rate of each group after the last step."""
-        return list(self._last_lr)
+        return list(cast(list[float], self._last_lr))  # written above, as floats
 
     def _config(self) -> dict[str, Any]:
         return {"mode": self.mode, "factor": self.factor, "patience": self.patience,

@@ -30,7 +30,7 @@ import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -323,8 +323,9 @@ class BaseScheduler(LRScheduler):
             return
         self._commit(step, self._values_from(schedules, step))
 
+    # a read-only view of base_values["lr"] where torch has a list[float | Tensor] attribute
     @property
-    def base_lrs(self) -> list[float]:
+    def base_lrs(self) -> list[float]:  # type: ignore[override]
         """The base learning rate of each group (torch's name)."""
         return list(self.base_values[self._key("lr")])
 
@@ -361,7 +362,8 @@ class BaseScheduler(LRScheduler):
                 "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
                 UserWarning, stacklevel=3)
 
-    def get_lr(self) -> list[float]:
+    # floats only: a narrower list than torch's list[float | Tensor]
+    def get_lr(self) -> list[float]:  # type: ignore[override]
         """The values of the first driven option at the current step.
 
         With :meth:`_get_closed_form_lr`, what torch's own ``SequentialLR`` and
@@ -371,9 +373,10 @@ class BaseScheduler(LRScheduler):
 
     _get_closed_form_lr = get_lr
 
-    def get_last_lr(self) -> list[float]:
+    # floats only: a narrower list than torch's list[float | Tensor]
+    def get_last_lr(self) -> list[float]:  # type: ignore[override]
         """The values last written for the first option driven (the learning rate, usually)."""
-        return list(self._last_lr)
+        return list(cast(list[float], self._last_lr))  # written by _commit, as floats
 
     def get_last_value(self, key: str | None = None) -> list[float]:
         """The values last written for ``key`` (default: the first option driven)."""
@@ -426,7 +429,8 @@ class BaseScheduler(LRScheduler):
     def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
         return "descent" not in state_dict and "base_lrs" in state_dict
 
-    def _read_state(self, owner: str, state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
+    def _read_state(self, owner: str,
+                    state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
         missing = _STATE_KEYS - set(state)
         if missing:
             raise ValueError(f"{owner}: the state dict lacks {sorted(missing)}")
@@ -455,7 +459,7 @@ class BaseScheduler(LRScheduler):
         return step, bases
 
     def _read_torch_state(self, owner: str,
-                          state: Mapping[str, Any]) -> tuple[int, dict[str, list]]:
+                          state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
         if self.keys != ("lr",):
             raise ValueError(f"{owner}: a torch scheduler state dict holds learning rates only; "
                              f"this scheduler also drives {list(self.keys[1:])}")

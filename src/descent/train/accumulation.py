@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,11 +66,11 @@ def count_targets(loss: Any, target: Any) -> float:
 
 def check_normalize_by(owner: str, value: Any) -> str | Counter:
     if callable(value) and not isinstance(value, str):
-        return value
+        return cast(Counter, value)
     if value not in NORMALIZE_BY:
         raise ValueError(f"{owner}: normalize_by={value!r}; expected 'samples', 'targets' or a "
                          "callable count(target) -> number")
-    return value
+    return cast(str, value)  # one of NORMALIZE_BY
 
 
 def count(owner: str, normalize_by: str | Counter, loss: Any, target: Any) -> float:

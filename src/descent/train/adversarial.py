@@ -258,7 +258,8 @@ class AdversarialTrainer(Trainer):
         self.generator.eval()
         try:
             noise = torch.randn(n, self.latent_dim, generator=generator)
-            return self.generator(noise.to(self._device())).detach()
+            samples: torch.Tensor = self.generator(noise.to(self._device())).detach()
+            return samples
         finally:
             self.generator.train(was_training)
 
@@ -295,7 +296,8 @@ class AdversarialTrainer(Trainer):
         mixed = (epsilon * real + (1 - epsilon) * fake).requires_grad_(True)
         scores = self.discriminator(mixed)
         (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
-        return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        penalty: torch.Tensor = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        return penalty
 
     def count_batch(self, batch: Any) -> float:
         """A batch's real samples (its weight within its window)."""
@@ -402,7 +404,8 @@ class AdversarialTrainer(Trainer):
 
 def _real(batch: Any) -> torch.Tensor:
     """The real samples of a batch (the first element of a tuple or list)."""
-    return batch[0] if isinstance(batch, tuple | list) else batch
+    real: torch.Tensor = batch[0] if isinstance(batch, tuple | list) else batch
+    return real
 
 
 def _scores(scores: torch.Tensor) -> torch.Tensor:

@@ -233,8 +233,9 @@ def _check_payload(trainer: Trainer, path: Path, content: Mapping[str, Any]) -> 
                          f"this trainer has {plan}; exact resume needs the same data, batch "
                          "size and accumulation")
     loop = trainer.new_state()
+    saved_loop: Any = trainer_state.get("loop")  # None when missing: load_state_dict refuses it
     try:
-        loop.load_state_dict(trainer_state.get("loop"))
+        loop.load_state_dict(saved_loop)
         trainer.check_counters(loop)
         if loop.window:
             raise ValueError(f"loop counter window={loop.window}; a checkpoint is only written "

@@ -8,7 +8,7 @@ import functools
 import inspect
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ def check_positive_int(owner: str, name: str, value: Any) -> int:
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{owner}: {name}={value!r}; expected one of {list(choices)}")
-    return value
+    return cast(str, value)  # one of the strings in choices
 
 
 def check_optional_positive(owner: str, name: str, value: Any) -> float | None:
@@ -94,11 +94,12 @@ def is_plateau_scheduler(scheduler: Any) -> bool:
     """Whether ``scheduler.step`` needs a metric (``ReduceLROnPlateau`` and the like)."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return True
-    return _step_needs_argument(type(scheduler))
+    # mypy#11470: mypy does not see that classes are hashable
+    return _step_needs_argument(type(scheduler))  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=256)
-def _step_needs_argument(kind: type) -> bool:
+def _step_needs_argument(kind: type[Any]) -> bool:
     try:
         parameters = list(inspect.signature(kind.step).parameters.values())[1:]
     except (AttributeError, TypeError, ValueError):

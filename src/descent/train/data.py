@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -160,12 +160,14 @@ class TensorBatches(Batches):
 class DatasetBatches(Batches):
     """Batches of a map-style ``Dataset``, collated with ``default_collate``, seeded order."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool,
+    def __init__(self, dataset: Dataset[Any], batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, seed: int = 0,
                  indices: Sequence[int] | None = None, num_replicas: int = 1,
                  rank: int = 0) -> None:
         self.dataset = dataset
-        self.indices = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+        # a map-style dataset has a length; torch's Dataset does not declare __len__
+        size = len(cast(Sized, dataset))
+        self.indices = list(range(size)) if indices is None else list(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -198,7 +200,7 @@ class LoaderBatches(Batches):
     deterministic (a seeded sampler).
     """
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader[Any]) -> None:
         self.loader = loader
 
     def __len__(self) -> int:
@@ -207,13 +209,13 @@ class LoaderBatches(Batches):
     @property
     def num_samples(self) -> int | None:
         try:
-            return len(self.loader.dataset)  # type: ignore[arg-type]
+            return len(cast(Sized, self.loader.dataset))  # TypeError when it has no length
         except TypeError:
             return None
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         for part in (self.loader.sampler, getattr(self.loader, "batch_sampler", None)):
-            if hasattr(part, "set_epoch"):
+            if part is not None and hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
         return itertools.islice(iter(self.loader), start, None)
 
@@ -246,7 +248,7 @@ def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle:
         if not hasattr(x, "__len__") or isinstance(x, torch.utils.data.IterableDataset):
             raise TypeError(f"{owner}: {x_name} is an iterable dataset; wrap it in a "
                             "DataLoader, or pass a map-style Dataset")
-        if len(x) == 0:  # type: ignore[arg-type]
+        if len(x) == 0:
             raise ValueError(f"{owner}: {x_name} is an empty Dataset")
         return DatasetBatches(x, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                               num_replicas=num_replicas, rank=rank)
@@ -286,7 +288,7 @@ def split_validation(owner: str, x: Any, y: Any, fraction: float, seed: int,
         raise ValueError(f"{owner}: validation_split={fraction} cannot split a DataLoader; "
                          "pass validation_data instead")
     if isinstance(x, Dataset) and not isinstance(x, torch.Tensor):
-        n = len(x)  # type: ignore[arg-type]
+        n = len(cast(Sized, x))  # map-style: torch's Dataset does not declare __len__
     else:
         x = as_tensor(owner, "x", x)
         n = len(x)

@@ -137,7 +137,7 @@ class Distribution:
         return {key: exact[key] if key in exact else reduced[key] for key in metrics}
 
 
-def _constructor_options(kind: type, defaults: Mapping[str, Any]) -> dict[str, Any]:
+def _constructor_options(kind: type[Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``defaults`` that ``kind(params, **options)`` accepts."""
     parameters = inspect.signature(kind.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):

@@ -285,14 +285,16 @@ def _steepest(lrs: list[float], smoothed: list[float]) -> float | None:
 
 
 def _axes(ax: Axes | None) -> tuple[Figure, Axes]:
-    """``ax`` and its figure, or a new figure (not registered with pyplot) and its axes."""
+    """``ax`` and its (root) figure, or a new figure (not registered with pyplot) and its
+    axes."""
     try:
         import matplotlib  # noqa: F401  (a clear error when it is missing)
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure, SubFigure
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'descent[demo]'") from None
     if ax is not None:
-        return ax.figure, ax
+        parent = ax.figure  # a SubFigure for axes in a subfigure, which cannot be saved
+        return (parent.figure if isinstance(parent, SubFigure) else parent), ax
     figure = Figure(figsize=(5.5, 3.6), layout="tight")
     return figure, figure.add_subplot()
 

@@ -21,7 +21,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -196,10 +196,11 @@ class StepGuard:
 
 
 def _nonfinite(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The parameters whose gradient holds a NaN or an infinity (one sync for all)."""
+    """The parameters whose gradient holds a NaN or an infinity (one sync for all); each
+    of ``params`` has a gradient."""
     if not params:
         return []
-    flags = torch.stack([torch.isfinite(p.grad).all() for p in params])
+    flags = torch.stack([torch.isfinite(cast(torch.Tensor, p.grad)).all() for p in params])
     if bool(flags.all()):
         return []
     return [p for p, ok in zip(params, flags.tolist(), strict=True) if not ok]

@@ -103,8 +103,9 @@ def _total_norm(grads: list[Tensor], norm_type: float) -> Tensor:
     dtype = norms[0].dtype
     for norm in norms[1:]:
         dtype = torch.promote_types(dtype, norm.dtype)
-    return torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]),
-                                    norm_type)
+    total: Tensor = torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]),
+                                             norm_type)
+    return total
 
 
 def clip_grad_norm(parameters: Any, max_norm: float, norm_type: float = 2.0, *,

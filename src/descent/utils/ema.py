@@ -110,6 +110,7 @@ class EMA:
 
     @staticmethod
     def _collect(parameters: Any, include_buffers: bool) -> list[tuple[str, Tensor]]:
+        named: list[tuple[str, Tensor]]
         if isinstance(parameters, nn.Module):
             named = list(parameters.named_parameters())
             if include_buffers:
