@@ -118,10 +118,7 @@ def reference_rounding_drift(info: OptimizerInfo, config: dict[str, Any]) -> flo
     for step in range(CLOSURE_STEPS if info.closure else STEPS):
         info.step(ref32, lambda: compute_grads(single, step, torch.float32, info))  # noqa: B023
         info.step(ref64, lambda: compute_grads(double, step, torch.float64, info))  # noqa: B023
-        as_double = [p.detach().double() for p in single.parameters()]
-        for a, b in zip(as_double, double.parameters(), strict=True):
-            scale = b.detach().abs().max().item()
-            worst = max(worst, (a - b.detach()).abs().max().item() / max(scale, 1e-30))
+        worst = max(worst, max_relative_difference(single, double))  # in float64
     return worst
 
 

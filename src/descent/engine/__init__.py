@@ -604,7 +604,7 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
         wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
                                                else operator.itemgetter(0))
         call = (_call_gathered if not optimizer.elementwise and not optimizer.sharded_math
-                and _is_dtensor(params[0]) else call_math)
+                and is_dtensor(params[0]) else call_math)
         created = call(optimizer, wrap(params), wrap(grad_list),
                        {key: wrap(values) for key, values in lists.items()}, shared,
                        step_count, options)
@@ -683,7 +683,8 @@ def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int],
             bucket.entries[i] = entry
 
 
-def _is_dtensor(tensor: Any) -> bool:
+def is_dtensor(tensor: Any) -> bool:
+    """Whether ``tensor`` is a DTensor (a sharded parameter or state under FSDP2)."""
     dtensor = _dtensor_type()
     return dtensor is not None and isinstance(tensor, dtensor)
 
@@ -696,14 +697,14 @@ def _call_gathered(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
     Adafactor's factored moments, Prodigy's sums): the parameter, its gradient and its
     sharded state are gathered whole on every rank, the math runs on them, and each rank
     keeps its shard of the results. Costs one all-gather per tensor per step."""
-    whole_state = {key: value.full_tensor() if _is_dtensor(value) else value
+    whole_state = {key: value.full_tensor() if is_dtensor(value) else value
                    for key, value in state.items()}
     whole = param.full_tensor()
     created = call_math(rule, whole, grad.full_tensor(), whole_state, scalars, step_count,
                         options)
     _keep_shard(param, whole)
     for key, value in state.items():
-        if _is_dtensor(value):
+        if is_dtensor(value):
             _keep_shard(value, whole_state[key])
     return {key: _shard_like(param, value) for key, value in created.items()}
 
@@ -804,6 +805,6 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "GENERATED_MIN_NUMEL", "MODES", "Bucket", "Rule", "StateTable", "TensorList", "call_math",
-    "choose_path", "compact_state", "default_mode", "forget", "get_default_mode", "mode_of",
-    "set_mode", "step",
+    "choose_path", "compact_state", "default_mode", "forget", "get_default_mode", "is_dtensor",
+    "mode_of", "set_mode", "step",
 ]

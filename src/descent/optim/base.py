@@ -595,7 +595,7 @@ def _new_full(param: torch.Tensor, shape: tuple[int, ...], value: float) -> torc
     parameter (a DTensor) a state of another shape than the parameter's (Adafactor's row
     and column factors) is replicated on every rank: sharding it like the parameter
     would make each rank's piece a different part of a different shape."""
-    if type(param).__name__ == "DTensor" and shape != tuple(param.shape):
+    if engine.is_dtensor(param) and shape != tuple(param.shape):
         from torch.distributed.tensor import DTensor, Replicate
 
         dtensor: Any = param

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import engine
-from ..engine import quantize
+from ..engine import is_dtensor, quantize
 from ..interop.arrays import refresh_gradients
 from . import _cautious
 from . import _validate as check
@@ -191,7 +191,7 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
         grad = -grad
     momentum_buffer.lerp_(grad, 1 - momentum)
     update = grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    sharded = _is_dtensor(update)
+    sharded = is_dtensor(update)
     whole = cast(Any, update).full_tensor() if sharded else update
     matrix = whole.flatten(1)  # (shape[0], -1), also when it has no elements
     rows, cols = matrix.shape
@@ -217,10 +217,6 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
     param.add_(ortho, alpha=-step_size)
-
-
-def _is_dtensor(tensor: Tensor) -> bool:
-    return type(tensor).__name__ == "DTensor"
 
 
 class OrthoMuon(Optimizer):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engine import is_dtensor
 from ..interop.arrays import refresh_gradients
 from . import _validate as check
 from ._spec import State, hyper
@@ -46,7 +47,7 @@ _GROUP_STATE = ("d", "d_max", "d_numerator", "k")
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """The dot product of two tensors of one shape (sharded ones too: a DTensor split
     unevenly cannot be flattened, its elementwise product can be summed)."""
-    if type(a).__name__ == "DTensor":
+    if is_dtensor(a):
         return _whole((a * b).sum())
     return torch.dot(a.flatten(), b.flatten())
 
@@ -54,7 +55,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _whole(total: Tensor) -> Tensor:
     """A sum over a sharded tensor, reduced across the ranks (a DTensor's sum is partial:
     each rank holds its shard's; ``float`` of it would read that alone)."""
-    if type(total).__name__ == "DTensor":
+    if is_dtensor(total):
         return total.full_tensor()  # type: ignore[attr-defined,no-any-return]
     return total
 

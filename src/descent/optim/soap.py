@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engine import is_dtensor
 from . import _validate as check
 from ._spec import State, hyper
 from .base import Optimizer
@@ -46,7 +47,7 @@ def _new_zeros(param: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Zeros of ``shape`` like ``param``; for a sharded parameter (a DTensor) a plain
     tensor that every rank keeps whole (the engine gathers the parameter for the math,
     and every rank updates its copy of the preconditioners alike)."""
-    if type(param).__name__ == "DTensor":
+    if is_dtensor(param):
         local = param.to_local()  # type: ignore[attr-defined]
         return torch.zeros(shape, dtype=param.dtype, device=local.device)
     return param.new_zeros(shape)
