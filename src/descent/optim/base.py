@@ -175,6 +175,7 @@ class Optimizer(_Declared):
         if cls.math is not None:
             cls.math_arguments = _math_arguments(cls)
         if declared and "__init__" not in vars(cls):
+            # the constructor generated from the declared hyperparameters
             cls.__init__ = _make_init(cls)  # type: ignore[method-assign]
         if declared and cls.__doc__:
             cls.__doc__ = _document(cls)
@@ -584,6 +585,7 @@ def _make_init(cls: type[Optimizer]) -> Callable[..., None]:
         params = values.pop("params")
         Optimizer.__init__(self, params, {**values, **fixed})
 
+    # what inspect.signature reports (functions do not declare the attribute)
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     __init__.__doc__ = f"Make a {owner} optimizer over ``params`` (see the class docstring)."

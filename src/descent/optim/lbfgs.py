@@ -293,6 +293,7 @@ class LBFGS(Optimizer):
 
     # ------------------------------------------------------------------ step
 
+    # the closure is required (as in torch's LBFGS), where Optimizer.step takes None
     @torch.no_grad()
     def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations; return the closure's first loss.

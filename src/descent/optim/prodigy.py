@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from ..interop.arrays import refresh_gradients
 from . import _validate as check
 from ._spec import State, hyper
 from .base import Optimizer
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def _optional_beta(owner: str, name: str, value: Any) -> Any:
@@ -56,7 +59,7 @@ def _whole(total: Tensor) -> Tensor:
     """A sum over a sharded tensor, reduced across the ranks (a DTensor's sum is partial:
     each rank holds its shard's; ``float`` of it would read that alone)."""
     if is_dtensor(total):
-        return total.full_tensor()  # type: ignore[attr-defined,no-any-return]
+        return cast("DTensor", total).full_tensor()
     return total
 
 

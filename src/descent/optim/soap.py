@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from ..engine import is_dtensor
 from . import _validate as check
 from ._spec import State, hyper
 from .base import Optimizer
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def _dims(param: Tensor) -> tuple[int, ...]:
@@ -30,7 +33,8 @@ def _preconditioned(param: Tensor, group: Mapping[str, Any]) -> tuple[int, int]:
     dims = _dims(param)
     if len(dims) == 1:
         return 0, dims[0] if group["precondition_1d"] and dims[0] <= limit else 0
-    return tuple(size if size <= limit else 0 for size in dims)  # type: ignore[return-value]
+    rows, cols = dims  # a matrix view: two dimensions
+    return (rows if rows <= limit else 0), (cols if cols <= limit else 0)
 
 
 def _left(param: Tensor, group: Mapping[str, Any]) -> tuple[int, int]:
@@ -48,7 +52,7 @@ def _new_zeros(param: Tensor, shape: tuple[int, ...]) -> Tensor:
     tensor that every rank keeps whole (the engine gathers the parameter for the math,
     and every rank updates its copy of the preconditioners alike)."""
     if is_dtensor(param):
-        local = param.to_local()  # type: ignore[attr-defined]
+        local = cast("DTensor", param).to_local()
         return torch.zeros(shape, dtype=param.dtype, device=local.device)
     return param.new_zeros(shape)
 
