@@ -60,8 +60,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], Any], device: torch.device, reps: int = 15,
-              warmup: int = 3) -> float:
+def median_ms(
+    fn: Callable[[], Any], device: torch.device, reps: int = 15, warmup: int = 3
+) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
@@ -103,8 +104,9 @@ def elementwise_rules() -> list[tuple[str, type, type | None]]:
     return rules
 
 
-def make_params(shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype,
-                seed: int = 0) -> list[torch.Tensor]:
+def make_params(
+    shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> list[torch.Tensor]:
     generator = torch.Generator(device="cpu").manual_seed(seed)
     params = []
     for shape in shapes:
@@ -149,12 +151,17 @@ def correctness(device: torch.device, smoke: bool) -> None:
             for mode, values in finals.items():
                 if mode == "per_tensor":
                     continue
-                worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                            for a, b in zip(values, reference, strict=True))
+                worst = max(
+                    ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                    for a, b in zip(values, reference, strict=True)
+                )
                 row[mode] = worst
             table[f"{name} {str(dtype).replace('torch.', '')}"] = row
-            print(f"correctness {name:12s} {dtype}: " +
-                  ", ".join(f"{k} {v:.1e}" for k, v in row.items()), flush=True)
+            print(
+                f"correctness {name:12s} {dtype}: "
+                + ", ".join(f"{k} {v:.1e}" for k, v in row.items()),
+                flush=True,
+            )
     RESULTS["correctness"] = table
 
 
@@ -179,17 +186,35 @@ def gpt2_shapes() -> list[tuple[int, ...]]:
     d, vocab, context, layers = 768, 50257, 1024, 12
     shapes: list[tuple[int, ...]] = [(vocab, d), (context, d)]
     for _ in range(layers):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,),
-                   (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+        shapes += [
+            (d,),
+            (d,),
+            (d, 3 * d),
+            (3 * d,),
+            (d, d),
+            (d,),
+            (d,),
+            (d,),
+            (d, 4 * d),
+            (4 * d,),
+            (4 * d, d),
+            (d,),
+        ]
     return shapes + [(d,), (d,)]
 
 
 def cases(smoke: bool) -> dict[str, list[tuple[int, ...]]]:
     if smoke:
-        return {"GPT-2 list (small)": [(50, 8), (8,)] * 4, "one tensor": [(1 << 16,)],
-                "many tensors": [(64,)] * 100}
-    return {"GPT-2-124M list (148 tensors)": gpt2_shapes(), "one 256M tensor": [(1 << 28,)],
-            "10,000 x 8,192": [(8192,)] * 10000}
+        return {
+            "GPT-2 list (small)": [(50, 8), (8,)] * 4,
+            "one tensor": [(1 << 16,)],
+            "many tensors": [(64,)] * 100,
+        }
+    return {
+        "GPT-2-124M list (148 tensors)": gpt2_shapes(),
+        "one 256M tensor": [(1 << 28,)],
+        "10,000 x 8,192": [(8192,)] * 10000,
+    }
 
 
 def bytes_per_param(name: str, opt: torch.optim.Optimizer) -> int:
@@ -197,8 +222,7 @@ def bytes_per_param(name: str, opt: torch.optim.Optimizer) -> int:
     return 4 * (3 + 2 * states)  # read param and grad, write param, read+write each state
 
 
-def step_times(device: torch.device, smoke: bool, rate: float, budget: float,
-               out: str) -> None:
+def step_times(device: torch.device, smoke: bool, rate: float, budget: float, out: str) -> None:
     table: dict[str, Any] = RESULTS.setdefault("steps", {})
     for case, shapes in cases(smoke).items():
         numel = sum(torch.Size(s).numel() for s in shapes)
@@ -225,8 +249,7 @@ def step_times(device: torch.device, smoke: bool, rate: float, budget: float,
                     give_grads(params, 1)
                     try:
                         topt = torch_cls(params, **options, **{variant: True})
-                        row[f"torch {variant}"] = median_ms(topt.step, device, reps=7,
-                                                            warmup=2)
+                        row[f"torch {variant}"] = median_ms(topt.step, device, reps=7, warmup=2)
                     except RuntimeError as error:  # torch refuses fused Adagrad on CUDA
                         print(f"torch {name} {variant}: {error}", flush=True)
                     del params
@@ -236,8 +259,9 @@ def step_times(device: torch.device, smoke: bool, rate: float, budget: float,
             row["fraction_of_roofline"] = row["roofline_ms"] / row["descent"]
             table[f"{case} | {name}"] = row
             torch.cuda.empty_cache() if device.type == "cuda" else None
-            print(f"{case} | {name}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            print(
+                f"{case} | {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True
+            )
             save(out)
 
 
@@ -247,10 +271,11 @@ def step_times(device: torch.device, smoke: bool, rate: float, budget: float,
 def host_cost(device: torch.device, smoke: bool) -> None:
     count = 1000 if smoke else 10_000
     rows = {}
-    for label, make in (("descent.Adam", lambda p: descent.Adam(p, lr=1e-3)),
-                        ("torch Adam fused", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
-                        ("torch Adam foreach",
-                         lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True))):
+    for label, make in (
+        ("descent.Adam", lambda p: descent.Adam(p, lr=1e-3)),
+        ("torch Adam fused", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True)),
+        ("torch Adam foreach", lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)),
+    ):
         params = make_params([(16,)] * count, device, torch.float32)
         give_grads(params, 2)
         opt = make(params)
@@ -265,8 +290,10 @@ def host_cost(device: torch.device, smoke: bool) -> None:
             opt.step()
             times.append(time.perf_counter() - begin)
         sync(device)
-        rows[label] = {"ms_per_step_host": statistics.median(times) * 1e3,
-                       "us_per_tensor": statistics.median(times) * 1e6 / count}
+        rows[label] = {
+            "ms_per_step_host": statistics.median(times) * 1e3,
+            "us_per_tensor": statistics.median(times) * 1e6 / count,
+        }
         print(f"host cost {label}: {rows[label]}", flush=True)
     RESULTS["host_cost_10k_tensors"] = rows
 
@@ -297,11 +324,18 @@ def first_step(device: torch.device, smoke: bool) -> None:
     code = FIRST_STEP.format(shapes=shapes, device=device.type)
     rows = {}
     with tempfile.TemporaryDirectory() as cache:
-        environment = dict(os.environ, DESCENT_CACHE_DIR=cache,
-                           TRITON_CACHE_DIR=os.path.join(cache, "triton"))
+        environment = dict(
+            os.environ, DESCENT_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton")
+        )
         for label in ("cold", "warm"):
-            output = subprocess.run([sys.executable, "-c", code], env=environment, check=True,
-                                    capture_output=True, text=True, timeout=600).stdout
+            output = subprocess.run(
+                [sys.executable, "-c", code],
+                env=environment,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            ).stdout
             rows[label] = json.loads(output.strip().splitlines()[-1])
             print(f"first step {label}: {rows[label]}", flush=True)
     RESULTS["first_step_NAdam_gpt2_list"] = rows
@@ -310,8 +344,9 @@ def first_step(device: torch.device, smoke: bool) -> None:
 # ---------------------------------------------------------------------- 6. whole iteration
 
 
-def _iteration(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-               device: torch.device) -> Callable[[], None]:
+def _iteration(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, device: torch.device
+) -> Callable[[], None]:
     def iteration() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -327,8 +362,9 @@ def whole_iteration(device: torch.device, smoke: bool) -> None:
     rows = {}
     for label in ("descent.AdamW", "torch AdamW (default)", "torch AdamW fused"):
         torch.manual_seed(0)
-        layer = torch.nn.TransformerEncoderLayer(width, nhead=max(1, width // 64),
-                                                 dim_feedforward=4 * width, batch_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            width, nhead=max(1, width // 64), dim_feedforward=4 * width, batch_first=True
+        )
         model = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).to(device)
         x = torch.randn(batch, length, width, device=device)
         if label == "descent.AdamW":
@@ -349,15 +385,22 @@ def whole_iteration(device: torch.device, smoke: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="cuda.json")
-    parser.add_argument("--budget", type=float, default=420.0,
-                        help="seconds after which remaining step-time cases are skipped")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds after which remaining step-time cases are skipped",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
-    RESULTS["machine"] = {"torch": torch.__version__, "device": (
-        torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
-        "generated_kernels": engine.cuda.available() if device.type == "cuda" else
-        engine.cpu.compiler() is not None}
+    RESULTS["machine"] = {
+        "torch": torch.__version__,
+        "device": (torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+        "generated_kernels": engine.cuda.available()
+        if device.type == "cuda"
+        else engine.cpu.compiler() is not None,
+    }
     print(RESULTS["machine"], flush=True)
     rate = bandwidth(device, args.smoke)
     save(args.out)
@@ -373,8 +416,10 @@ def main() -> None:
         save(args.out)
     step_times(device, args.smoke, rate, args.budget, args.out)
     RESULTS["generated_kernel_builds"] = {
-        f"{key[0][0]} {key[1]}": state for backend in (engine.cuda, engine.cpu)
-        for key, state in backend._builds.states().items()}
+        f"{key[0][0]} {key[1]}": state
+        for backend in (engine.cuda, engine.cpu)
+        for key, state in backend._builds.states().items()
+    }
     RESULTS["seconds"] = elapsed()
     save(args.out)
 

@@ -23,8 +23,10 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="the full demo, not --quick")
     args = parser.parse_args()
     timings = measure_demo(args.repetitions, full=args.full)
-    print(f"descent demo{'' if args.full else ' --quick'}, end to end (fresh processes, "
-          f"{args.repetitions} interleaved repetitions)")
+    print(
+        f"descent demo{'' if args.full else ' --quick'}, end to end (fresh processes, "
+        f"{args.repetitions} interleaved repetitions)"
+    )
     for name, timing in timings.items():
         listed = ", ".join(f"{value:.1f}" for value in timing.seconds)
         print(f"  {name:<28} median {timing.median:6.1f} s   ({listed})")

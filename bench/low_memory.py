@@ -58,7 +58,9 @@ MODES: dict[str, dict[str, Any]] = {
     "int4": {"state_dtype": "int4"},
 }
 OPTIONS: dict[str, dict[str, Any]] = {  # options that give each rule all of its state
-    "SGD": {"momentum": 0.9}, "SignSGD": {"momentum": 0.9}, "RMSprop": {"momentum": 0.9},
+    "SGD": {"momentum": 0.9},
+    "SignSGD": {"momentum": 0.9},
+    "RMSprop": {"momentum": 0.9},
 }
 
 
@@ -102,11 +104,14 @@ def _time(step: Callable[[], None], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
-def speed(rules: list[str], sizes: list[int], repeats: int, device: torch.device,
-          bf16_params: bool) -> None:
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'CPU time' if clock is time.process_time else 'wall-clock'} ms per step (median "
-          f"of {repeats}); speed relative to the float32 step of the same rule")
+def speed(
+    rules: list[str], sizes: list[int], repeats: int, device: torch.device, bf16_params: bool
+) -> None:
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'CPU time' if clock is time.process_time else 'wall-clock'} ms per step (median "
+        f"of {repeats}); speed relative to the float32 step of the same rule"
+    )
     header = ["rule", "elements", "float32 fused ms", "float32 eager ms"]
     for mode in list(MODES)[1:]:
         header += [f"{mode} ms", f"{mode} x fused", f"{mode} x eager"]
@@ -129,8 +134,11 @@ def speed(rules: list[str], sizes: list[int], repeats: int, device: torch.device
                 opt = _make(name, [param], **options)
                 seconds = _time(opt.step, repeats, device)
                 del opt
-                row += [f"{seconds * 1e3:.2f}", f"{base / seconds:.2f}",
-                        f"{base_eager / seconds:.2f}"]
+                row += [
+                    f"{seconds * 1e3:.2f}",
+                    f"{base / seconds:.2f}",
+                    f"{base_eager / seconds:.2f}",
+                ]
             if bf16_params:
                 low = torch.nn.Parameter(param.detach().bfloat16())
                 low.grad = param.grad.bfloat16()
@@ -146,13 +154,24 @@ def quality() -> None:
     print("final loss (digits MLP: training set after 15 epochs; GRU: held-out after 8)")
     print("| rule | task | float32 | bf16 | int8 | int4 |")
     print("|---|---|---|---|---|---|")
-    cases = [("Adam", "digits", 1e-3), ("AdamW", "digits", 1e-3), ("SGD", "digits", 0.1),
-             ("Lion", "digits", 1e-4), ("RMSprop", "digits", 1e-3), ("Adam", "gru", 5e-3)]
+    cases = [
+        ("Adam", "digits", 1e-3),
+        ("AdamW", "digits", 1e-3),
+        ("SGD", "digits", 0.1),
+        ("Lion", "digits", 1e-4),
+        ("RMSprop", "digits", 1e-3),
+        ("Adam", "gru", 5e-3),
+    ]
     for name, task, lr in cases:
         cells = []
         for options in MODES.values():
-            def make(model: nn.Module, name: str = name, lr: float = lr,
-                     options: dict[str, Any] = options) -> torch.optim.Optimizer:
+
+            def make(
+                model: nn.Module,
+                name: str = name,
+                lr: float = lr,
+                options: dict[str, Any] = options,
+            ) -> torch.optim.Optimizer:
                 return algorithms()[name](model, lr=lr, **OPTIONS.get(name, {}), **options)
 
             loss = digits_loss(make, epochs=15) if task == "digits" else gru_loss(make, epochs=8)
@@ -165,8 +184,13 @@ def quality() -> None:
     for lr in (1e-3, 1e-4):
         cells = [digits_loss(lambda m, lr=lr: descent.AdamW(m, lr=lr), epochs=15)]
         for rounding in quantize.PARAM_ROUNDINGS:
-            cells.append(digits_loss(lambda m, lr=lr, r=rounding: descent.AdamW(
-                m, lr=lr, param_rounding=r), epochs=15, dtype=torch.bfloat16))
+            cells.append(
+                digits_loss(
+                    lambda m, lr=lr, r=rounding: descent.AdamW(m, lr=lr, param_rounding=r),
+                    epochs=15,
+                    dtype=torch.bfloat16,
+                )
+            )
         print(f"| {lr:g} | " + " | ".join(f"{c:.4f}" for c in cells) + " |", flush=True)
 
 
@@ -190,7 +214,7 @@ def references() -> None:
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(x_train), generator=generator)
         for i in range(steps):
-            batch = order[(i * 32) % 1408:(i * 32) % 1408 + 32]
+            batch = order[(i * 32) % 1408 : (i * 32) % 1408 + 32]
             loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
             opt.zero_grad()
             loss.backward()
@@ -202,28 +226,37 @@ def references() -> None:
     _, _, warm = run(lambda m: descent.AdamW(m, lr=1e-3), 50)
     weight = warm.param_groups[0]["params"][0]
     moments = {True: warm.state[weight]["exp_avg"], False: warm.state[weight]["exp_avg_sq"]}
-    print("quantise-dequantise error of the same blocks (first-layer Adam moments after 50 "
-          "steps), relative to the tensor's mean |value|: mean / max")
+    print(
+        "quantise-dequantise error of the same blocks (first-layer Adam moments after 50 "
+        "steps), relative to the tensor's mean |value|: mean / max"
+    )
     print("| moment | bits, block | descent | bitsandbytes | torchao |")
     print("|---|---|---|---|---|")
     for signed, data in moments.items():
         flat = data.reshape(-1)
         scale = flat.abs().mean()
         for bits, block in ((8, 256), (4, 128)):
-            ours = quantize.dequantize(quantize.quantize(flat, bits=bits, signed=signed,
-                                                         block_size=block), flat.numel())
+            ours = quantize.dequantize(
+                quantize.quantize(flat, bits=bits, signed=signed, block_size=block), flat.numel()
+            )
             theirs_cls = OptimState8bit if bits == 8 else OptimState4bit
             theirs = theirs_cls.zeros(flat.shape, signed, block)
             theirs.copy_(flat)
             cells = [ours, theirs.dequantize()]
             if bits == 8:
                 codes, absmax = torch.ops.bitsandbytes.quantize_blockwise(
-                    flat, bnb_functional.create_dynamic_map(signed), 256)
-                cells.insert(1, torch.ops.bitsandbytes.dequantize_blockwise(
-                    codes, absmax, bnb_functional.create_dynamic_map(signed), 256,
-                    torch.float32))
-            text = [f"{(c - flat).abs().mean() / scale:.2e} / "
-                    f"{(c - flat).abs().max() / scale:.2e}" for c in cells]
+                    flat, bnb_functional.create_dynamic_map(signed), 256
+                )
+                cells.insert(
+                    1,
+                    torch.ops.bitsandbytes.dequantize_blockwise(
+                        codes, absmax, bnb_functional.create_dynamic_map(signed), 256, torch.float32
+                    ),
+                )
+            text = [
+                f"{(c - flat).abs().mean() / scale:.2e} / {(c - flat).abs().max() / scale:.2e}"
+                for c in cells
+            ]
             if bits == 4:
                 text.insert(1, "-")
             name = "exp_avg" if signed else "exp_avg_sq"
@@ -234,35 +267,44 @@ def references() -> None:
         "descent float32": lambda m: descent.AdamW(m, lr=1e-3),
         "descent int8": lambda m: descent.AdamW(m, lr=1e-3, state_dtype="int8"),
         "bitsandbytes AdamW8bit": lambda m: bitsandbytes.optim.AdamW8bit(
-            m.parameters(), lr=1e-3, weight_decay=1e-2),
+            m.parameters(), lr=1e-3, weight_decay=1e-2
+        ),
         "torchao AdamW8bit": lambda m: ao.AdamW8bit(m.parameters(), lr=1e-3),
         "descent int4 (block 128)": lambda m: descent.AdamW(
-            m, lr=1e-3, state_dtype="int4", state_block_size=128),
+            m, lr=1e-3, state_dtype="int4", state_block_size=128
+        ),
         "torchao AdamW4bit": lambda m: ao.AdamW4bit(m.parameters(), lr=1e-3),
         "descent bf16": lambda m: descent.AdamW(m, lr=1e-3, state_dtype="bf16"),
     }
     results = {name: run(make, steps) for name, make in runs.items()}
     reference, _, _ = results["descent float32"]
-    print(f"digits MLP, AdamW lr 1e-3, {steps} steps of 32: distance of the parameters to "
-          "the float32 run's (relative to its norm) and final training loss")
+    print(
+        f"digits MLP, AdamW lr 1e-3, {steps} steps of 32: distance of the parameters to "
+        "the float32 run's (relative to its norm) and final training loss"
+    )
     print("| optimizer | distance to float32 | final loss |")
     print("|---|---|---|")
     for name, (params, loss, _) in results.items():
-        print(f"| {name} | {(params - reference).norm() / reference.norm():.2e} | "
-              f"{loss:.4f} |")
+        print(f"| {name} | {(params - reference).norm() / reference.norm():.2e} | {loss:.4f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("memory", "speed", "quality", "references"))
-    parser.add_argument("--rules", nargs="+", default=None,
-                        help="rules to run (default: every elementwise rule for memory, "
-                             "Adam for speed)")
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=None,
+        help="rules to run (default: every elementwise rule for memory, Adam for speed)",
+    )
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7, 1e8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16-params", action="store_true",
-                        help="also time bfloat16 parameters with stochastic rounding")
+    parser.add_argument(
+        "--bf16-params",
+        action="store_true",
+        help="also time bfloat16 parameters with stochastic rounding",
+    )
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
     args = parser.parse_args()
@@ -277,8 +319,13 @@ def main() -> None:
     elif args.what == "references":
         references()
     else:
-        speed(args.rules or ["Adam"], [int(size) for size in args.sizes], args.repeats,
-              torch.device(args.device), args.bf16_params)
+        speed(
+            args.rules or ["Adam"],
+            [int(size) for size in args.sizes],
+            args.repeats,
+            torch.device(args.device),
+            args.bf16_params,
+        )
 
 
 if __name__ == "__main__":

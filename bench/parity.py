@@ -33,8 +33,11 @@ DTYPES = (torch.float64, torch.float32)
 
 
 def table() -> None:
-    print("| optimizer | reference | configs | "
-          + " | ".join(f"{mode} f64 | {mode} f32" for mode in MODES) + " |")
+    print(
+        "| optimizer | reference | configs | "
+        + " | ".join(f"{mode} f64 | {mode} f32" for mode in MODES)
+        + " |"
+    )
     print("|---|---|---|" + "---|---|" * len(MODES))
     for info in OPTIMIZERS:
         cells = []
@@ -43,24 +46,28 @@ def table() -> None:
                 worst = max(parity_run(info, c, dtype, mode)[0] for c in info.configs)
                 cells.append(f"{worst:.1e}")
         reference = info.reference_label or (
-            f"torch.optim.{info.reference.__name__}" if info.torch_counterpart
-            else f"paper equations ({info.reference.__name__}, tests/optim_table.py)")
+            f"torch.optim.{info.reference.__name__}"
+            if info.torch_counterpart
+            else f"paper equations ({info.reference.__name__}, tests/optim_table.py)"
+        )
         print(f"| {info.name} | {reference} | {len(info.configs)} | {' | '.join(cells)} |")
 
 
 def optim_db() -> None:
     import torch_optim_db as db
 
-    print("| torch.optim class | optim_db configs | "
-          + " | ".join(f"{mode} f64 | {mode} f32" for mode in MODES) + " | worst at |")
+    print(
+        "| torch.optim class | optim_db configs | "
+        + " | ".join(f"{mode} f64 | {mode} f32" for mode in MODES)
+        + " | worst at |"
+    )
     print("|---|---|" + "---|---|" * len(MODES) + "---|")
     for name in db.names():
         configs = db.configs(name)
         cells, worst_at, overall = [], "-", 0.0
         for mode in MODES:
             for dtype in DTYPES:
-                results = [(db.parity(config, dtype, mode)[0], config.desc)
-                           for config in configs]
+                results = [(db.parity(config, dtype, mode)[0], config.desc) for config in configs]
                 worst, desc = max(results)
                 cells.append(f"{worst:.1e}")
                 if worst / db.TOLERANCE[dtype] > overall:

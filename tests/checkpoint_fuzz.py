@@ -76,8 +76,9 @@ _HEADER = re.compile(rb'\A\{\s*"sha256"\s*:\s*"([0-9a-f]{64})"')
 
 def make_objects(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.2),
-                          nn.Linear(6, 2))
+    model = nn.Sequential(
+        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.2), nn.Linear(6, 2)
+    )
     optimizer = descent.Adam(model, lr=1e-2, weight_decay=0.01)
     scheduler = descent.schedules.CosineAnnealingLR(optimizer, T_max=10, eta_min=1e-4)
     return model, optimizer, scheduler
@@ -93,22 +94,31 @@ def train_step(model: nn.Module, optimizer: Any, scheduler: Any, step: int) -> N
 
 def snapshot(model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Everything a load could change, as comparable copies."""
-    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": copy.deepcopy(scheduler.state_dict()),
-            "lrs": [g["lr"] for g in optimizer.param_groups],
-            "rng": capture_rng_state()}
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scheduler": copy.deepcopy(scheduler.state_dict()),
+        "lrs": [g["lr"] for g in optimizer.param_groups],
+        "rng": capture_rng_state(),
+    }
 
 
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and bool(torch.equal(a, b)))
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(torch.equal(a, b))
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
-        return (type(a) is type(b) and len(a) == len(b)
-                and all(same(x, y) for x, y in zip(a, b, strict=True)))
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same(x, y) for x, y in zip(a, b, strict=True))
+        )
     return a == b
 
 
@@ -126,9 +136,15 @@ class Run:
     def save(self, manager: CheckpointManager, step: int) -> None:
         model, optimizer, scheduler = self.objects
         restore_rng_state(self.saved[step]["rng"])
-        manager.save(step, model=model, optimizers=optimizer, schedulers=scheduler,
-                     trainer_state={"epoch": 0, "step": step, "history": [0.5, 0.25]},
-                     extra={"note": "fuzz"}, metrics={"loss": 1.0 / step})
+        manager.save(
+            step,
+            model=model,
+            optimizers=optimizer,
+            schedulers=scheduler,
+            trainer_state={"epoch": 0, "step": step, "history": [0.5, 0.25]},
+            extra={"note": "fuzz"},
+            metrics={"loss": 1.0 / step},
+        )
 
 
 def build_run(directory: Path) -> Run:
@@ -150,9 +166,9 @@ def reseal(index: Path, text: bytes) -> None:
     """Write ``text`` as the index with a correct checksum (a forgery, not damage)."""
     match = _HEADER.match(text)
     assert match is not None, "the forged index must keep its sha256 field first"
-    draft = text[:match.start(1)] + b"0" * 64 + text[match.end(1):]
+    draft = text[: match.start(1)] + b"0" * 64 + text[match.end(1) :]
     digest = hashlib.sha256(draft).hexdigest().encode()
-    index.write_bytes(draft[:match.start(1)] + digest + draft[match.start(1) + 64:])
+    index.write_bytes(draft[: match.start(1)] + digest + draft[match.start(1) + 64 :])
 
 
 def dump(document: dict[str, Any]) -> bytes:
@@ -162,7 +178,7 @@ def dump(document: dict[str, Any]) -> bytes:
 def read_tensor_file(path: Path) -> tuple[dict[str, Any], bytes]:
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + length]), raw[8 + length:]
+    return json.loads(raw[8 : 8 + length]), raw[8 + length :]
 
 
 def write_tensor_file(checkpoint: Path, header: dict[str, Any], data: bytes) -> None:
@@ -176,8 +192,12 @@ def write_tensor_file(checkpoint: Path, header: dict[str, Any], data: bytes) -> 
     digest = hashlib.sha256(raw).hexdigest()
     name = f"tensors-{digest[:16]}.safetensors"
     (checkpoint / name).write_bytes(raw)
-    document["tensor_file"] = {"name": name, "size": len(raw), "sha256": digest,
-                               "count": len([k for k in header if k != "__metadata__"])}
+    document["tensor_file"] = {
+        "name": name,
+        "size": len(raw),
+        "sha256": digest,
+        "count": len([k for k in header if k != "__metadata__"]),
+    }
     reseal(index, dump(document))
 
 
@@ -244,7 +264,7 @@ def flip_bits(case: Case) -> None:
 def truncate(case: Case) -> None:
     target = case.target()
     data = target.read_bytes()
-    target.write_bytes(data[:case.rng.randrange(len(data))])
+    target.write_bytes(data[: case.rng.randrange(len(data))])
     case.description, case.expect = f"{target.name} truncated", re.escape(target.name)
 
 
@@ -339,8 +359,10 @@ def from_previous(case: Case) -> None:
     else:
         (older,) = case.previous.glob("*.safetensors")
         shutil.copyfile(older, case.tensors)
-        case.description, case.expect = ("the tensor file's bytes replaced by the previous "
-                                         "checkpoint's", "SHA-256")
+        case.description, case.expect = (
+            "the tensor file's bytes replaced by the previous checkpoint's",
+            "SHA-256",
+        )
 
 
 def whole_directory(case: Case) -> None:
@@ -376,38 +398,66 @@ def forged_document(case: Case) -> None:
         (lambda d: d.update(format_version="1"), "format_version '1'", "format_version='1'"),
         (lambda d: d.pop("tensor_file"), "no tensor_file", "has the keys"),
         (lambda d: d["tensor_file"].update(size=-1), "tensor size -1", "tensor_file="),
-        (lambda d: d["tensor_file"].update(size=SPARSE_SIZE), "tensor size 64 GiB",
-         "has .* bytes, the index records 68719476736|more than this machine's memory"),
+        (
+            lambda d: d["tensor_file"].update(size=SPARSE_SIZE),
+            "tensor size 64 GiB",
+            "has .* bytes, the index records 68719476736|more than this machine's memory",
+        ),
         (lambda d: d["tensor_file"].update(count="2"), "tensor count '2'", "tensor_file="),
-        (lambda d: d["tensor_file"].update(count=d["tensor_file"]["count"] + 1),
-         "tensor count + 1", "holds .* tensors, the index records"),
-        (lambda d: d["tensor_file"].update(name="tensors-0000000000000000.safetensors"),
-         "another tensor file name", "not the name of its recorded sha256"),
-        (lambda d: d["tensor_file"].update(sha256="0" * 64), "tensor sha256 zeroed",
-         "not the name of its recorded sha256"),
+        (
+            lambda d: d["tensor_file"].update(count=d["tensor_file"]["count"] + 1),
+            "tensor count + 1",
+            "holds .* tensors, the index records",
+        ),
+        (
+            lambda d: d["tensor_file"].update(name="tensors-0000000000000000.safetensors"),
+            "another tensor file name",
+            "not the name of its recorded sha256",
+        ),
+        (
+            lambda d: d["tensor_file"].update(sha256="0" * 64),
+            "tensor sha256 zeroed",
+            "not the name of its recorded sha256",
+        ),
     ]
     change, what, expect = case.rng.choice(choices)
     case.forge(change, what, expect)
 
 
-CONTENT_KEYS = ("step", "metrics", "models", "optimizers", "schedulers", "trainer_state",
-                "extra", "rng")
+CONTENT_KEYS = (
+    "step",
+    "metrics",
+    "models",
+    "optimizers",
+    "schedulers",
+    "trainer_state",
+    "extra",
+    "rng",
+)
 
 
 def forged_content_key(case: Case) -> None:
     key = case.rng.choice(CONTENT_KEYS)
     if case.rng.random() < 0.5 or key in ("trainer_state", "extra"):
-        case.forge(lambda d: d["content"].pop(key), f"content without {key!r}",
-                   "content has .* expected the keys")
+        case.forge(
+            lambda d: d["content"].pop(key),
+            f"content without {key!r}",
+            "content has .* expected the keys",
+        )
         return
-    bad = {"step": [-3, "six", 2.5, True, [2]], "metrics": [[], "x", 5],
-           "models": [[], "x", 5, None], "optimizers": [[], "x", 5, None],
-           "schedulers": [[], "x", 5, None], "rng": [{}, "x", 5, []]}[key]
+    bad = {
+        "step": [-3, "six", 2.5, True, [2]],
+        "metrics": [[], "x", 5],
+        "models": [[], "x", 5, None],
+        "optimizers": [[], "x", 5, None],
+        "schedulers": [[], "x", 5, None],
+        "rng": [{}, "x", 5, []],
+    }[key]
     value = case.rng.choice(bad)
-    expect = {"step": "the step label is", "metrics": "metrics has type",
-              "rng": "rng is a"}.get(key, f"{key} is a")
-    case.forge(lambda d: d["content"].update({key: value}), f"content[{key!r}] = {value!r}",
-               expect)
+    expect = {"step": "the step label is", "metrics": "metrics has type", "rng": "rng is a"}.get(
+        key, f"{key} is a"
+    )
+    case.forge(lambda d: d["content"].update({key: value}), f"content[{key!r}] = {value!r}", expect)
 
 
 def forged_json(case: Case) -> None:
@@ -437,57 +487,129 @@ def _state_entries(document: dict[str, Any]) -> list[list[Any]]:
 def forged_structure(case: Case) -> None:
     content = "content"
     choices: list[tuple[Callable[[dict[str, Any]], Any], str, str]] = [
-        (lambda d: d[content]["models"]["0"].pop("metadata"), "a model without metadata",
-         r"models\['0'\] has"),
-        (lambda d: d[content]["models"]["0"].update(type=7), "a model type 7",
-         r"models\['0'\]\['type'\]"),
-        (lambda d: d[content]["models"]["0"]["metadata"][""].update(version="x"),
-         "module version 'x'", r"models\['0'\]\['metadata'\]\[''\]"),
-        (lambda d: d[content]["models"]["0"].update(state=[1]), "model state a list",
-         r"models\['0'\]\['state'\]"),
-        (lambda d: _optimizer(d).pop("param_groups"), "no param_groups",
-         r"optimizers\['0'\]\['state'\] is not an optimizer state dict"),
-        (lambda d: _optimizer(d)["param_groups"][0].update(params=5), "params = 5",
-         r"\['param_groups'\] is not a list"),
-        (lambda d: _state_entries(d).append([99, {}]), "state of parameter 99",
-         r"\['state'\]\[99\] is the state of a parameter that no param group lists"),
-        (lambda d: _state_entries(d)[0].__setitem__(1, [1, 2]), "a state entry that is a list",
-         r"\['state'\]\[0\] is a list"),
-        (lambda d: _state_entries(d)[1][1].update(step=-1), "step -1",
-         r"\['state'\]\[1\]\['step'\]=-1; expected a whole number >= 0"),
-        (lambda d: _state_entries(d)[1][1].update(step=2.5), "step 2.5",
-         r"\['step'\]=2.5; expected a whole number"),
-        (lambda d: _state_entries(d)[1][1].update(step="six"), "step 'six'",
-         r"\['step'\]='six'; expected a number"),
-        (lambda d: _state_entries(d)[1][1].update(step=True), "step true",
-         r"\['step'\]=True"),
-        (lambda d: d[content]["schedulers"]["0"]["state"].update(last_epoch=-3),
-         "scheduler last_epoch -3", r"\['last_epoch'\]=-3; expected an integer >= -1"),
-        (lambda d: d[content]["schedulers"]["0"]["state"].update(last_epoch="six"),
-         "scheduler last_epoch 'six'", r"\['last_epoch'\]='six'"),
-        (lambda d: d[content]["schedulers"]["0"].pop("type"), "scheduler without type",
-         r"schedulers\['0'\] has"),
-        (lambda d: d[content]["rng"][0]["python"].update(state=[1, 2, 3]),
-         "a short Python generator state", r"rng\[0\]: restore_rng_state"),
-        (lambda d: d[content]["rng"][0]["numpy"].pop("keys"), "NumPy keys missing",
-         r"rng\[0\]: restore_rng_state"),
-        (lambda d: d[content]["rng"][0].update(torch=5), "torch generator state 5",
-         r"rng\[0\]: restore_rng_state: state\['torch'\]"),
-        (lambda d: d[content]["rng"][0].update(cuda=[1]), "CUDA states [1]",
-         r"rng\[0\]: restore_rng_state: state\['cuda'\]"),
-        (lambda d: d[content].update(extra={"__tuple__": 5}), "a tuple tag holding 5",
-         "a tuple tag holds a int"),
-        (lambda d: d[content].update(extra={"__float__": "big"}), "a float tag 'big'",
-         "unknown float 'big'"),
-        (lambda d: d[content].update(extra={"__dict__": 5}), "a dict tag holding 5",
-         "a dict tag must hold"),
-        (lambda d: d[content].update(extra={"__tensor__": "nowhere"}), "a missing tensor",
-         "refers to tensor 'nowhere'"),
-        (lambda d: d[content]["trainer_state"].update(
-            w={"__complex__": _state_entries(d)[0][1]["exp_avg"]["__tensor__"]}),
-         "a real tensor tagged complex", "is stored as .* not as"),
-        (lambda d: d[content]["models"]["0"]["state"].pop("0.weight"),
-         "a tensor no longer referred to", "never refers to"),
+        (
+            lambda d: d[content]["models"]["0"].pop("metadata"),
+            "a model without metadata",
+            r"models\['0'\] has",
+        ),
+        (
+            lambda d: d[content]["models"]["0"].update(type=7),
+            "a model type 7",
+            r"models\['0'\]\['type'\]",
+        ),
+        (
+            lambda d: d[content]["models"]["0"]["metadata"][""].update(version="x"),
+            "module version 'x'",
+            r"models\['0'\]\['metadata'\]\[''\]",
+        ),
+        (
+            lambda d: d[content]["models"]["0"].update(state=[1]),
+            "model state a list",
+            r"models\['0'\]\['state'\]",
+        ),
+        (
+            lambda d: _optimizer(d).pop("param_groups"),
+            "no param_groups",
+            r"optimizers\['0'\]\['state'\] is not an optimizer state dict",
+        ),
+        (
+            lambda d: _optimizer(d)["param_groups"][0].update(params=5),
+            "params = 5",
+            r"\['param_groups'\] is not a list",
+        ),
+        (
+            lambda d: _state_entries(d).append([99, {}]),
+            "state of parameter 99",
+            r"\['state'\]\[99\] is the state of a parameter that no param group lists",
+        ),
+        (
+            lambda d: _state_entries(d)[0].__setitem__(1, [1, 2]),
+            "a state entry that is a list",
+            r"\['state'\]\[0\] is a list",
+        ),
+        (
+            lambda d: _state_entries(d)[1][1].update(step=-1),
+            "step -1",
+            r"\['state'\]\[1\]\['step'\]=-1; expected a whole number >= 0",
+        ),
+        (
+            lambda d: _state_entries(d)[1][1].update(step=2.5),
+            "step 2.5",
+            r"\['step'\]=2.5; expected a whole number",
+        ),
+        (
+            lambda d: _state_entries(d)[1][1].update(step="six"),
+            "step 'six'",
+            r"\['step'\]='six'; expected a number",
+        ),
+        (lambda d: _state_entries(d)[1][1].update(step=True), "step true", r"\['step'\]=True"),
+        (
+            lambda d: d[content]["schedulers"]["0"]["state"].update(last_epoch=-3),
+            "scheduler last_epoch -3",
+            r"\['last_epoch'\]=-3; expected an integer >= -1",
+        ),
+        (
+            lambda d: d[content]["schedulers"]["0"]["state"].update(last_epoch="six"),
+            "scheduler last_epoch 'six'",
+            r"\['last_epoch'\]='six'",
+        ),
+        (
+            lambda d: d[content]["schedulers"]["0"].pop("type"),
+            "scheduler without type",
+            r"schedulers\['0'\] has",
+        ),
+        (
+            lambda d: d[content]["rng"][0]["python"].update(state=[1, 2, 3]),
+            "a short Python generator state",
+            r"rng\[0\]: restore_rng_state",
+        ),
+        (
+            lambda d: d[content]["rng"][0]["numpy"].pop("keys"),
+            "NumPy keys missing",
+            r"rng\[0\]: restore_rng_state",
+        ),
+        (
+            lambda d: d[content]["rng"][0].update(torch=5),
+            "torch generator state 5",
+            r"rng\[0\]: restore_rng_state: state\['torch'\]",
+        ),
+        (
+            lambda d: d[content]["rng"][0].update(cuda=[1]),
+            "CUDA states [1]",
+            r"rng\[0\]: restore_rng_state: state\['cuda'\]",
+        ),
+        (
+            lambda d: d[content].update(extra={"__tuple__": 5}),
+            "a tuple tag holding 5",
+            "a tuple tag holds a int",
+        ),
+        (
+            lambda d: d[content].update(extra={"__float__": "big"}),
+            "a float tag 'big'",
+            "unknown float 'big'",
+        ),
+        (
+            lambda d: d[content].update(extra={"__dict__": 5}),
+            "a dict tag holding 5",
+            "a dict tag must hold",
+        ),
+        (
+            lambda d: d[content].update(extra={"__tensor__": "nowhere"}),
+            "a missing tensor",
+            "refers to tensor 'nowhere'",
+        ),
+        (
+            lambda d: d[content]["trainer_state"].update(
+                w={"__complex__": _state_entries(d)[0][1]["exp_avg"]["__tensor__"]}
+            ),
+            "a real tensor tagged complex",
+            "is stored as .* not as",
+        ),
+        (
+            lambda d: d[content]["models"]["0"]["state"].pop("0.weight"),
+            "a tensor no longer referred to",
+            "never refers to",
+        ),
     ]
     change, what, expect = case.rng.choice(choices)
     case.forge(change, what, expect)
@@ -523,9 +645,25 @@ def forged_tensors(case: Case) -> None:
 
 
 DAMAGES: list[Callable[[Case], None]] = [
-    flip_bits, truncate, append, overwrite, delete, empty, link_dev_zero, link_to_copy, fifo,
-    sparse, directory, pickled, from_previous, whole_directory, forged_document,
-    forged_content_key, forged_json, forged_structure, forged_tensors,
+    flip_bits,
+    truncate,
+    append,
+    overwrite,
+    delete,
+    empty,
+    link_dev_zero,
+    link_to_copy,
+    fifo,
+    sparse,
+    directory,
+    pickled,
+    from_previous,
+    whole_directory,
+    forged_document,
+    forged_content_key,
+    forged_json,
+    forged_structure,
+    forged_tensors,
 ]
 
 
@@ -554,10 +692,11 @@ def listing(path: Path) -> dict[str, tuple[int, int, int]]:
     """What is on disk (without following links or reading anything)."""
     if not os.path.lexists(path):
         return {}
-    entries = [path] + (sorted(path.iterdir()) if path.is_dir() and not path.is_symlink()
-                        else [])
-    return {str(p): (s.st_mode, s.st_size, s.st_mtime_ns)
-            for p, s in ((p, os.lstat(p)) for p in entries)}
+    entries = [path] + (sorted(path.iterdir()) if path.is_dir() and not path.is_symlink() else [])
+    return {
+        str(p): (s.st_mode, s.st_size, s.st_mtime_ns)
+        for p, s in ((p, os.lstat(p)) for p in entries)
+    }
 
 
 @dataclass
@@ -603,8 +742,7 @@ def _check_refusal(case: Case, outcome: Outcome) -> None:
     torch.manual_seed(4242)
     before, on_disk = snapshot(model, optimizer, scheduler), listing(case.checkpoint)
     try:
-        load_checkpoint(case.checkpoint, model=model, optimizers=optimizer,
-                        schedulers=scheduler)
+        load_checkpoint(case.checkpoint, model=model, optimizers=optimizer, schedulers=scheduler)
     except CorruptCheckpointError as error:
         message = str(error)
         if str(case.checkpoint) not in message:
@@ -645,8 +783,9 @@ def _check_repair(run: Run, manager: CheckpointManager, outcome: Outcome) -> Non
             warnings.simplefilter("error")
             newest = manager.latest()
         model, optimizer, scheduler = make_objects(seed=9)
-        load_checkpoint(manager.path_for(2), model=model, optimizers=optimizer,
-                        schedulers=scheduler)
+        load_checkpoint(
+            manager.path_for(2), model=model, optimizers=optimizer, schedulers=scheduler
+        )
     except Exception as error:
         outcome.problems.append(f"saving step 2 again: {type(error).__name__}: {error}")
         return
@@ -691,11 +830,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as workspace:
         counts, outcomes = fuzz(options.cases, options.seed, Path(workspace))
     by_damage: Counter[str] = Counter(o.description.split(":")[0] for o in outcomes)
-    sys.stdout.write(f"cases {counts['cases']}, refused {counts['refused']}, fell back "
-                     f"{counts['fell back']}, repaired {counts['repaired']}, silent "
-                     f"{counts['silent']}\n")
-    sys.stdout.write("cases per damage: " + ", ".join(f"{name} {count}" for name, count
-                                                      in sorted(by_damage.items())) + "\n")
+    sys.stdout.write(
+        f"cases {counts['cases']}, refused {counts['refused']}, fell back "
+        f"{counts['fell back']}, repaired {counts['repaired']}, silent "
+        f"{counts['silent']}\n"
+    )
+    sys.stdout.write(
+        "cases per damage: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(by_damage.items()))
+        + "\n"
+    )
     for outcome in outcomes:
         if outcome.silent:
             sys.stdout.write(f"SILENT {outcome.description}: {'; '.join(outcome.problems)}\n")

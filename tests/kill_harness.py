@@ -52,9 +52,11 @@ def serve(warm_up: Callable[[str], None], run: Callable[[list[str], Say], None])
         pid = os.fork()
         if pid == 0:
             with open(log, "a") as file:
+
                 def say(message: str) -> None:  # appends a line to the run's log
                     file.write(message + "\n")
                     file.flush()
+
                 try:
                     run(fields, say)
                     code = 0
@@ -70,6 +72,7 @@ def serve(warm_up: Callable[[str], None], run: Callable[[list[str], Say], None])
 
 # -- test side ------------------------------------------------------------------------------
 
+
 def script_env() -> dict[str, str]:
     """The environment of a script: one OpenMP thread, no warnings, this directory importable."""
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
@@ -78,17 +81,26 @@ def script_env() -> dict[str, str]:
 
 def run_in_fresh_interpreter(script: Path, *args: object) -> subprocess.CompletedProcess[str]:
     """Run ``script args...`` to its end in a new interpreter (no fork server)."""
-    return subprocess.run([sys.executable, str(script), *map(str, args)], env=script_env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class ForkServer:
     """The script in server mode: each ``start`` is a forked child that the test may kill."""
 
     def __init__(self, script: Path) -> None:
-        self.process = subprocess.Popen([sys.executable, str(script), "serve"],
-                                        env=script_env(), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), "serve"],
+            env=script_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def start(self, fields: Sequence[object], log: Path) -> int:
         """Start a run with ``fields`` (the script's arguments) logging to ``log``; return
@@ -136,8 +148,14 @@ def run_to_end(server: ForkServer, fields: Sequence[object], log: Path) -> int:
     return resumed_step(log)
 
 
-def run_and_kill(server: ForkServer, fields: Sequence[object], log: Path, trigger: str,
-                 count: Count, delay: float) -> int:
+def run_and_kill(
+    server: ForkServer,
+    fields: Sequence[object],
+    log: Path,
+    trigger: str,
+    count: Count,
+    delay: float,
+) -> int:
     """Start a run; SIGKILL it ``delay`` s after its ``count``-th ``trigger`` line (counted
     from its start). ``count`` may be a function of the step the run resumed from; None
     (or a function returning None) lets the run finish. Returns the step it resumed from.
@@ -158,17 +176,28 @@ def run_and_kill(server: ForkServer, fields: Sequence[object], log: Path, trigge
     return resumed
 
 
-def kill_at_random(server: ForkServer, fields: Sequence[object], log: Path, trigger: str,
-                   target: Callable[[int], int | None], rng: random.Random,
-                   kills: int) -> list[int]:
+def kill_at_random(
+    server: ForkServer,
+    fields: Sequence[object],
+    log: Path,
+    trigger: str,
+    target: Callable[[int], int | None],
+    rng: random.Random,
+    kills: int,
+) -> list[int]:
     """Kill the run ``kills`` times, each a random 0-15 ms after its ``target(resumed)``-th
     ``trigger`` line, then let it finish (a run for which ``target`` gives None finishes
     early). Returns the steps the runs resumed from."""
     resumed_from: list[int] = []
     for _ in range(kills + 1):
-        resumed = run_and_kill(server, fields, log, trigger,
-                               target if len(resumed_from) < kills else None,
-                               rng.uniform(0.0, 0.015))
+        resumed = run_and_kill(
+            server,
+            fields,
+            log,
+            trigger,
+            target if len(resumed_from) < kills else None,
+            rng.uniform(0.0, 0.015),
+        )
         resumed_from.append(resumed)
         if lines(log)[-1] == "DONE":
             break

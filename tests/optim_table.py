@@ -25,10 +25,17 @@ class PaperSignum:
     x_{t+1} = x_t - lr * wd * x_t - lr * sign(m_t)
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 weight_decay: float = 0.0, maximize: bool = False) -> None:
-        self.param_groups = _reference_groups(params, dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize))
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        self.param_groups = _reference_groups(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize)
+        )
         self.memory: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -57,10 +64,17 @@ class PaperLion:
     m_t = beta2 * m_{t-1} + (1 - beta2) * g_t
     """
 
-    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, maximize: bool = False) -> None:
-        self.param_groups = _reference_groups(params, dict(
-            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        self.param_groups = _reference_groups(
+            params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+        )
         self.memory: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -162,8 +176,9 @@ def _common_errors(has_betas: bool = True, has_eps: bool = True) -> list[ErrorIn
     ]
     if has_betas:
         errors += [
-            ErrorInput({"betas": (1.0, 0.9)}, ValueError,
-                       re.escape("betas[0]=1.0") + r".*\[0, 1\)"),
+            ErrorInput(
+                {"betas": (1.0, 0.9)}, ValueError, re.escape("betas[0]=1.0") + r".*\[0, 1\)"
+            ),
             ErrorInput({"betas": (0.9, -0.1)}, ValueError, re.escape("betas[1]=-0.1")),
             ErrorInput({"betas": 0.9}, TypeError, r"betas=0\.9.*pair"),
         ]
@@ -174,7 +189,8 @@ def _common_errors(has_betas: bool = True, has_eps: bool = True) -> list[ErrorIn
 
 OPTIMIZERS: list[OptimizerInfo] = [
     OptimizerInfo(
-        descent.SGD, torch.optim.SGD,
+        descent.SGD,
+        torch.optim.SGD,
         configs=[
             {"lr": 0.05},
             {"lr": 0.05, "momentum": 0.9},
@@ -182,35 +198,45 @@ OPTIMIZERS: list[OptimizerInfo] = [
             {"lr": 0.05, "momentum": 0.9, "nesterov": True},
             {"lr": 0.05, "weight_decay": 0.1},
             {"lr": 0.05, "momentum": 0.5, "maximize": True},
-            {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01,
-             "maximize": True},
+            {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True},
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"nesterov": True}, ValueError, r"nesterov=True needs momentum > 0"),
-            ErrorInput({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError,
-                       r"dampening == 0"),
+            ErrorInput(
+                {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, r"dampening == 0"
+            ),
             ErrorInput({"momentum": -0.5}, ValueError, r"momentum=-0\.5"),
             ErrorInput({"differentiable": True}, ValueError, r"differentiable=True.*functional"),
         ],
     ),
     OptimizerInfo(
-        descent.Adam, torch.optim.Adam,
+        descent.Adam,
+        torch.optim.Adam,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "amsgrad": True},
             {"lr": 1e-2, "weight_decay": 0.1},
             {"lr": 1e-2, "maximize": True},
             {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
-            {"lr": 5e-3, "betas": (0.8, 0.95), "eps": 1e-6, "amsgrad": True,
-             "weight_decay": 0.05, "maximize": True},
+            {
+                "lr": 5e-3,
+                "betas": (0.8, 0.95),
+                "eps": 1e-6,
+                "amsgrad": True,
+                "weight_decay": 0.05,
+                "maximize": True,
+            },
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"capturable": True}, ValueError, r"capturable=True is not supported"),
             ErrorInput({"amsgrad": "yes"}, TypeError, r"amsgrad='yes'"),
         ],
     ),
     OptimizerInfo(
-        descent.AdamW, torch.optim.AdamW,
+        descent.AdamW,
+        torch.optim.AdamW,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "amsgrad": True},
@@ -220,7 +246,8 @@ OPTIMIZERS: list[OptimizerInfo] = [
         error_inputs=_common_errors(),
     ),
     OptimizerInfo(
-        descent.RMSprop, torch.optim.RMSprop,
+        descent.RMSprop,
+        torch.optim.RMSprop,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "centered": True},
@@ -229,13 +256,15 @@ OPTIMIZERS: list[OptimizerInfo] = [
             {"lr": 1e-2, "weight_decay": 0.1, "alpha": 0.9},
             {"lr": 1e-2, "maximize": True, "eps": 1e-4},
         ],
-        error_inputs=_common_errors(has_betas=False) + [
+        error_inputs=_common_errors(has_betas=False)
+        + [
             ErrorInput({"alpha": -0.9}, ValueError, r"alpha=-0\.9"),
             ErrorInput({"momentum": float("nan")}, ValueError, r"momentum=nan"),
         ],
     ),
     OptimizerInfo(
-        descent.Adagrad, torch.optim.Adagrad,
+        descent.Adagrad,
+        torch.optim.Adagrad,
         configs=[
             {"lr": 5e-2},
             {"lr": 5e-2, "lr_decay": 0.05},
@@ -243,14 +272,17 @@ OPTIMIZERS: list[OptimizerInfo] = [
             {"lr": 5e-2, "weight_decay": 0.1},
             {"lr": 5e-2, "maximize": True, "eps": 1e-6},
         ],
-        error_inputs=_common_errors(has_betas=False) + [
+        error_inputs=_common_errors(has_betas=False)
+        + [
             ErrorInput({"lr_decay": -1.0}, ValueError, r"lr_decay=-1\.0"),
-            ErrorInput({"initial_accumulator_value": -0.1}, ValueError,
-                       r"initial_accumulator_value=-0\.1"),
+            ErrorInput(
+                {"initial_accumulator_value": -0.1}, ValueError, r"initial_accumulator_value=-0\.1"
+            ),
         ],
     ),
     OptimizerInfo(
-        descent.NAdam, torch.optim.NAdam,
+        descent.NAdam,
+        torch.optim.NAdam,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1},
@@ -258,12 +290,14 @@ OPTIMIZERS: list[OptimizerInfo] = [
             {"lr": 1e-2, "momentum_decay": 0.01, "betas": (0.8, 0.99)},
             {"lr": 1e-2, "maximize": True},
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"momentum_decay": -1e-3}, ValueError, r"momentum_decay=-0\.001"),
         ],
     ),
     OptimizerInfo(
-        descent.RAdam, torch.optim.RAdam,
+        descent.RAdam,
+        torch.optim.RAdam,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1},
@@ -273,7 +307,8 @@ OPTIMIZERS: list[OptimizerInfo] = [
         error_inputs=_common_errors(),
     ),
     OptimizerInfo(
-        descent.Adamax, torch.optim.Adamax,
+        descent.Adamax,
+        torch.optim.Adamax,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1},
@@ -282,20 +317,23 @@ OPTIMIZERS: list[OptimizerInfo] = [
         error_inputs=_common_errors(),
     ),
     OptimizerInfo(
-        descent.SignSGD, PaperSignum,
+        descent.SignSGD,
+        PaperSignum,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "momentum": 0.9},
             {"lr": 1e-2, "weight_decay": 0.1},
             {"lr": 1e-2, "momentum": 0.5, "maximize": True},
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"momentum": 1.0}, ValueError, r"momentum=1\.0.*\[0, 1\)"),
         ],
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.Lion, PaperLion,
+        descent.Lion,
+        PaperLion,
         configs=[
             {"lr": 1e-3},
             {"lr": 1e-3, "weight_decay": 0.5},
@@ -309,25 +347,29 @@ OPTIMIZERS: list[OptimizerInfo] = [
     # torch.testing._internal.common_optimizers); every one of optim_db's is also run
     # against torch in tests/test_torch_optim_db.py.
     OptimizerInfo(
-        descent.Adadelta, torch.optim.Adadelta,
+        descent.Adadelta,
+        torch.optim.Adadelta,
         configs=[
             {"lr": 1.0},
             {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
             {"lr": 1.0, "rho": 0.95, "weight_decay": 0.9},
         ],
-        error_inputs=_common_errors(has_betas=False) + [
+        error_inputs=_common_errors(has_betas=False)
+        + [
             ErrorInput({"rho": 1.1}, ValueError, r"rho=1\.1.*\[0, 1\]"),
             ErrorInput({"capturable": True}, ValueError, r"capturable=True is not supported"),
         ],
     ),
     OptimizerInfo(
-        descent.Adafactor, torch.optim.Adafactor,
+        descent.Adafactor,
+        torch.optim.Adafactor,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "d": 1.5},
             {"lr": 5e-3, "eps": (1e-30, 1e-3), "beta2_decay": -1.0},
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"eps": (-1e-30, 1e-3)}, ValueError, r"eps\[0\]=-1e-30"),
             ErrorInput({"eps": (None, -1.0)}, ValueError, r"eps\[1\]=-1\.0"),
             ErrorInput({"eps": 1e-3}, TypeError, r"eps=0\.001.*pair"),
@@ -336,69 +378,96 @@ OPTIMIZERS: list[OptimizerInfo] = [
         ],
     ),
     OptimizerInfo(
-        descent.ASGD, torch.optim.ASGD,
+        descent.ASGD,
+        torch.optim.ASGD,
         configs=[
             {"lr": 1e-2},
             {"lr": 0.02, "lambd": 0.1, "t0": 10},
             {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "t0": 5},
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"lambd": -1.0}, ValueError, r"lambd=-1\.0"),
             ErrorInput({"t0": float("nan")}, ValueError, r"t0=nan"),
         ],
     ),
     OptimizerInfo(
-        descent.LBFGS, torch.optim.LBFGS,
+        descent.LBFGS,
+        torch.optim.LBFGS,
         configs=[
             {"lr": 1, "max_iter": 5},
             {"lr": 1, "max_iter": 5, "line_search_fn": "strong_wolfe"},
             {"lr": 0.5, "history_size": 3, "max_iter": 7, "line_search_fn": "strong_wolfe"},
         ],
-        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
-                      if "weight_decay" not in e.kwargs and "maximize" not in e.kwargs] + [
-            ErrorInput({"line_search_fn": "armijo"}, ValueError,
-                       r"line_search_fn='armijo' is not supported"),
+        error_inputs=[
+            e
+            for e in _common_errors(has_betas=False, has_eps=False)
+            if "weight_decay" not in e.kwargs and "maximize" not in e.kwargs
+        ]
+        + [
+            ErrorInput(
+                {"line_search_fn": "armijo"},
+                ValueError,
+                r"line_search_fn='armijo' is not supported",
+            ),
             ErrorInput({"max_iter": 0}, ValueError, r"max_iter=0.*>= 1"),
             ErrorInput({"history_size": 2.5}, TypeError, r"history_size=2\.5.*int"),
         ],
-        closure=True, groups=False,
+        closure=True,
+        groups=False,
     ),
     OptimizerInfo(
-        descent.Muon, torch.optim.Muon,
+        descent.Muon,
+        torch.optim.Muon,
         configs=[
             {"lr": 0.01, "momentum": 0.8, "ns_steps": 6, "ns_coefficients": (3.4, -4.7, 2.0)},
             {"lr": 1e-2, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"},
         ],
-        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
-                      if "maximize" not in e.kwargs] + [
-            ErrorInput({"adjust_lr_fn": "arbitrary"}, ValueError,
-                       r"adjust_lr_fn='arbitrary' is not supported"),
+        error_inputs=[
+            e for e in _common_errors(has_betas=False, has_eps=False) if "maximize" not in e.kwargs
+        ]
+        + [
+            ErrorInput(
+                {"adjust_lr_fn": "arbitrary"},
+                ValueError,
+                r"adjust_lr_fn='arbitrary' is not supported",
+            ),
             ErrorInput({"ns_steps": 100}, ValueError, r"ns_steps=100.*< 100"),
             ErrorInput({"ns_coefficients": (1.0, 2.0)}, TypeError, r"three numbers"),
         ],
         matrices_only=True,
     ),
     OptimizerInfo(
-        descent.Rprop, torch.optim.Rprop,
+        descent.Rprop,
+        torch.optim.Rprop,
         configs=[
             {"lr": 1e-2},
             {"lr": 2e-4, "etas": (0.5, 1.5)},
             {"lr": 1e-2, "step_sizes": (2e-6, 100), "maximize": True},
         ],
-        error_inputs=[e for e in _common_errors(has_betas=False, has_eps=False)
-                      if "weight_decay" not in e.kwargs] + [
+        error_inputs=[
+            e
+            for e in _common_errors(has_betas=False, has_eps=False)
+            if "weight_decay" not in e.kwargs
+        ]
+        + [
             ErrorInput({"etas": (1.0, 0.5)}, ValueError, r"0 < eta_minus < 1 < eta_plus"),
             ErrorInput({"step_sizes": (1.0, 0.5)}, ValueError, r"minimum <= maximum"),
         ],
     ),
     OptimizerInfo(
-        descent.SparseAdam, torch.optim.SparseAdam,
+        descent.SparseAdam,
+        torch.optim.SparseAdam,
         configs=[
             {"lr": 1e-3},
             {"lr": 4e-2, "betas": (0.8, 0.99), "eps": 1e-6, "maximize": True},
         ],
-        error_inputs=[e for e in _common_errors(has_eps=False)
-                      if "weight_decay" not in e.kwargs and e.kwargs.get("lr") != -1.0] + [
+        error_inputs=[
+            e
+            for e in _common_errors(has_eps=False)
+            if "weight_decay" not in e.kwargs and e.kwargs.get("lr") != -1.0
+        ]
+        + [
             ErrorInput({"lr": -1.0}, ValueError, r"lr=-1\.0.*> 0"),
             ErrorInput({"lr": 0.0}, ValueError, r"lr=0\.0.*> 0"),
             ErrorInput({"eps": 0.0}, ValueError, r"eps=0\.0.*> 0"),
@@ -459,42 +528,48 @@ class PerParameter:
 
 def _train_mode(cls: type) -> Callable[..., Any]:
     """A schedulefree optimizer, switched to train mode as the package asks (quietly)."""
+
     def make(params: Any, **options: Any) -> Any:
         optimizer = cls(params, **options)
         with contextlib.redirect_stdout(io.StringIO()):
             optimizer.train()
         return optimizer
+
     return make
 
 
 def ScheduleFreeReference(cls: type) -> Callable[..., Any]:
     def make(params: Any, **options: Any) -> PerParameter:
         return PerParameter(_train_mode(cls), params, **options)
+
     return make
 
 
-def ADOPTReference(params: Any, decoupled_weight_decay: bool = False,
-                   clip_exponent: float | None = 0.25, **options: Any) -> Any:
+def ADOPTReference(
+    params: Any,
+    decoupled_weight_decay: bool = False,
+    clip_exponent: float | None = 0.25,
+    **options: Any,
+) -> Any:
     """torch-adopt's ADOPT, with descent's names for its options."""
-    clip = None if clip_exponent is None else (lambda step: step ** clip_exponent)
-    return torch_adopt.ADOPT(params, decouple=decoupled_weight_decay, clip_lambda=clip,
-                             **options)
+    clip = None if clip_exponent is None else (lambda step: step**clip_exponent)
+    return torch_adopt.ADOPT(params, decouple=decoupled_weight_decay, clip_lambda=clip, **options)
 
 
-def AdEMAMixReference(params: Any, t_alpha: float | None = None,
-                      t_beta3: float | None = None, **options: Any) -> PerParameter:
+def AdEMAMixReference(
+    params: Any, t_alpha: float | None = None, t_beta3: float | None = None, **options: Any
+) -> PerParameter:
     """pytorch-optimizer's AdEMAMix with decoupled decay (the paper's); one warm-up length."""
     assert t_alpha == t_beta3, "pytorch-optimizer has one warm-up for alpha and beta3"
-    return PerParameter(pytorch_optimizer.AdEMAMix, params, t_alpha_beta3=t_alpha,
-                        weight_decouple=True, **options)
+    return PerParameter(
+        pytorch_optimizer.AdEMAMix, params, t_alpha_beta3=t_alpha, weight_decouple=True, **options
+    )
 
 
-def StableAdamWReference(params: Any, eps: float = 1e-6,
-                         **options: Any) -> PerParameter:
+def StableAdamWReference(params: Any, eps: float = 1e-6, **options: Any) -> PerParameter:
     """pytorch-optimizer's StableAdamW without Kahan summation (a low-precision option),
     with the paper's eps (its own default is 1e-8)."""
-    return PerParameter(pytorch_optimizer.StableAdamW, params, kahan_sum=False, eps=eps,
-                        **options)
+    return PerParameter(pytorch_optimizer.StableAdamW, params, kahan_sum=False, eps=eps, **options)
 
 
 def SOAPReference(params: Any, **options: Any) -> PerParameter:
@@ -511,8 +586,11 @@ class _PaperOptimizer:
     def gradients(self, group: dict[str, Any]) -> Any:
         for p in group["params"]:
             if p.grad is not None:
-                yield p, (-p.grad if group["maximize"] else p.grad), \
-                    self.memory.setdefault(id(p), {"t": 0})
+                yield (
+                    p,
+                    (-p.grad if group["maximize"] else p.grad),
+                    self.memory.setdefault(id(p), {"t": 0}),
+                )
 
 
 class PaperLAMB(_PaperOptimizer):
@@ -522,11 +600,25 @@ class PaperLAMB(_PaperOptimizer):
     x = x - lr * ||x|| / ||r|| * r   (ratio 1 when a norm is 0)
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.01, bias_correction: bool = True,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         bias_correction=bias_correction, maximize=maximize)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        bias_correction: bool = True,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            maximize=maximize,
+        )
 
     @torch.no_grad()
     def step(self) -> None:
@@ -553,11 +645,23 @@ class PaperLARS(_PaperOptimizer):
     v = m v + lr * local * (g + beta w),  w = w - v
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, trust_coefficient: float = 1e-3,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         trust_coefficient=trust_coefficient, maximize=maximize)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            maximize=maximize,
+        )
 
     @torch.no_grad()
     def step(self) -> None:
@@ -568,8 +672,9 @@ class PaperLARS(_PaperOptimizer):
                 numerator = group["trust_coefficient"] * w_norm
                 denominator = g_norm + beta * w_norm
                 local = numerator / denominator if numerator > 0 and denominator > 0 else 1.0
-                v = group["momentum"] * memory.get("v", torch.zeros_like(p)) \
-                    + group["lr"] * local * (g + beta * p)
+                v = group["momentum"] * memory.get("v", torch.zeros_like(p)) + group[
+                    "lr"
+                ] * local * (g + beta * p)
                 memory["v"] = v
                 p.copy_(p - v)
 
@@ -582,11 +687,25 @@ class PaperMARS(_PaperOptimizer):
     x = x - lr * (m^ / (sqrt(v^) + eps) + wd x)
     """
 
-    def __init__(self, params: Any, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.99),
-                 gamma: float = 0.025, eps: float = 1e-8, weight_decay: float = 0.0,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, gamma=gamma, eps=eps,
-                         weight_decay=weight_decay, maximize=maximize)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.99),
+        gamma: float = 0.025,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            gamma=gamma,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
 
     @torch.no_grad()
     def step(self) -> None:
@@ -617,13 +736,31 @@ class PaperProdigy(_PaperOptimizer):
     x = x - lr_k d m / (sqrt(v) + d eps)    with the d before this step's estimate
     """
 
-    def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                 beta3: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
-                 decoupled_weight_decay: bool = True, use_bias_correction: bool = False,
-                 safeguard_warmup: bool = False, d0: float = 1e-6, d_coef: float = 1.0,
-                 growth_rate: float = math.inf, maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         decoupled=decoupled_weight_decay, maximize=maximize)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        beta3: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = True,
+        use_bias_correction: bool = False,
+        safeguard_warmup: bool = False,
+        d0: float = 1e-6,
+        d_coef: float = 1.0,
+        growth_rate: float = math.inf,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled_weight_decay,
+            maximize=maximize,
+        )
         self.beta1, self.beta2 = betas
         self.beta3 = math.sqrt(self.beta2) if beta3 is None else beta3
         self.bias, self.safeguard = use_bias_correction, safeguard_warmup
@@ -633,8 +770,11 @@ class PaperProdigy(_PaperOptimizer):
     @torch.no_grad()
     def step(self) -> None:
         lr = self.param_groups[0]["lr"]
-        factor = math.sqrt(1 - self.beta2 ** (self.k + 1)) / (1 - self.beta1 ** (self.k + 1)) \
-            if self.bias else 1.0
+        factor = (
+            math.sqrt(1 - self.beta2 ** (self.k + 1)) / (1 - self.beta1 ** (self.k + 1))
+            if self.bias
+            else 1.0
+        )
         lr_k, d = lr * factor, self.d
         self.r *= self.beta3
         norm_s, live = 0.0, []
@@ -644,12 +784,14 @@ class PaperProdigy(_PaperOptimizer):
                     g = g + group["weight_decay"] * p
                 x0 = memory.setdefault("x0", p.clone())
                 scale = d * d / self.d0 * (1.0 if self.safeguard else lr_k)
-                self.r += lr_k * d * d / self.d0 * torch.dot(g.flatten(),
-                                                             (x0 - p).flatten()).item()
-                memory["m"] = self.beta1 * memory.get("m", torch.zeros_like(p)) \
-                    + (1 - self.beta1) * d * g
-                memory["v"] = self.beta2 * memory.get("v", torch.zeros_like(p)) \
+                self.r += lr_k * d * d / self.d0 * torch.dot(g.flatten(), (x0 - p).flatten()).item()
+                memory["m"] = (
+                    self.beta1 * memory.get("m", torch.zeros_like(p)) + (1 - self.beta1) * d * g
+                )
+                memory["v"] = (
+                    self.beta2 * memory.get("v", torch.zeros_like(p))
                     + (1 - self.beta2) * d * d * g * g
+                )
                 memory["s"] = self.beta3 * memory.get("s", torch.zeros_like(p)) + scale * g
                 norm_s += memory["s"].abs().sum().item()
                 live.append((group, p, memory))
@@ -666,9 +808,16 @@ class PaperProdigy(_PaperOptimizer):
             p.copy_(p - d * lr_k * memory["m"] / (torch.sqrt(memory["v"]) + d * group["eps"]))
 
 
-def paper_muon_step(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, lr: float,
-                    momentum: float, nesterov: bool, weight_decay: float,
-                    adjust_lr_fn: str | None) -> None:
+def paper_muon_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buffer: torch.Tensor,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    adjust_lr_fn: str | None,
+) -> None:
     """One Muon step as torch.optim.Muon documents it, written out (Jordan's quintic,
     five iterations, in the parameter's dtype):
 
@@ -686,8 +835,11 @@ def paper_muon_step(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tenso
         x = a * x + (b * gram + c * gram @ gram) @ x
     x = x.T if update.shape[0] > update.shape[1] else x
     rows, cols = param.shape
-    scale = 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == "match_rms_adamw" \
+    scale = (
+        0.2 * math.sqrt(max(rows, cols))
+        if adjust_lr_fn == "match_rms_adamw"
         else math.sqrt(max(1, rows / cols))
+    )
     param.copy_(param * (1 - lr * weight_decay) - lr * scale * x)
 
 
@@ -698,22 +850,40 @@ class MuonWithAdamWReference:
     group's ``lr`` is Muon's; AdamW takes ``adamw_*``. (torch.optim.Muon itself, bit for
     bit with bfloat16 iterations, is compared in test_muon_family.py.)"""
 
-    def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.95,
-                 weight_decay: float = 0.0, nesterov: bool = True,
-                 adjust_lr_fn: str | None = None, ns_dtype: Any = None,
-                 adamw_lr: float = 3e-4, adamw_betas: tuple[float, float] = (0.9, 0.95),
-                 adamw_eps: float = 1e-10, adamw_weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        adjust_lr_fn: str | None = None,
+        ns_dtype: Any = None,
+        adamw_lr: float = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-10,
+        adamw_weight_decay: float = 0.0,
+    ) -> None:
         assert ns_dtype is None, "the written-out Muon iterates in the parameter's dtype"
         groups = _reference_groups(params, {"lr": lr})
         head = [p for group in groups for p in group["params"] if p.ndim >= 2][-1]
-        self.muon = [(p, group["lr"]) for group in groups for p in group["params"]
-                     if p.ndim >= 2 and p is not head]
-        self.options = dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                            adjust_lr_fn=adjust_lr_fn)
+        self.muon = [
+            (p, group["lr"])
+            for group in groups
+            for p in group["params"]
+            if p.ndim >= 2 and p is not head
+        ]
+        self.options = dict(
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            adjust_lr_fn=adjust_lr_fn,
+        )
         self.buffers = {id(p): torch.zeros_like(p) for p, _ in self.muon}
         adamw = [p for group in groups for p in group["params"] if p.ndim < 2 or p is head]
-        self.adamw = torch.optim.AdamW(adamw, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
-                                       weight_decay=adamw_weight_decay)
+        self.adamw = torch.optim.AdamW(
+            adamw, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, weight_decay=adamw_weight_decay
+        )
 
     @torch.no_grad()
     def step(self) -> None:
@@ -725,51 +895,73 @@ class MuonWithAdamWReference:
 
 BEYOND_TORCH: list[OptimizerInfo] = [
     OptimizerInfo(
-        descent.ADOPT, ADOPTReference,
+        descent.ADOPT,
+        ADOPTReference,
         reference_label="torch-adopt's ADOPT",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.05, "decoupled_weight_decay": True},
-            {"lr": 1e-2, "clip_exponent": None, "betas": (0.8, 0.99), "maximize": True,
-             "weight_decay": 0.05},
+            {
+                "lr": 1e-2,
+                "clip_exponent": None,
+                "betas": (0.8, 0.99),
+                "maximize": True,
+                "weight_decay": 0.05,
+            },
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"clip_exponent": -0.25}, ValueError, r"clip_exponent=-0\.25"),
         ],
-        torch_counterpart=False, first_update_step=2,
+        torch_counterpart=False,
+        first_update_step=2,
     ),
     OptimizerInfo(
-        descent.AdEMAMix, AdEMAMixReference,
+        descent.AdEMAMix,
+        AdEMAMixReference,
         reference_label="pytorch-optimizer's AdEMAMix (per parameter)",
         configs=[
             {"lr": 1e-2, "t_alpha": 20, "t_beta3": 20, "alpha": 8.0},
             {"lr": 1e-2, "betas": (0.8, 0.99, 0.999), "weight_decay": 0.1, "maximize": True},
         ],
-        error_inputs=_common_errors(has_betas=False) + [
+        error_inputs=_common_errors(has_betas=False)
+        + [
             ErrorInput({"betas": (0.9, 0.999)}, TypeError, r"betas=\(0\.9, 0\.999\).*three"),
             ErrorInput({"betas": (0.9, 0.999, 1.0)}, ValueError, re.escape("betas[2]=1.0")),
             ErrorInput({"alpha": -1.0}, ValueError, r"alpha=-1\.0"),
             ErrorInput({"t_alpha": 0}, ValueError, r"t_alpha=0.*steps > 0"),
-            ErrorInput({"t_beta3": 10, "betas": (0.0, 0.999, 0.9999)}, ValueError,
-                       r"t_beta3=10 needs beta1 > 0"),
+            ErrorInput(
+                {"t_beta3": 10, "betas": (0.0, 0.999, 0.9999)},
+                ValueError,
+                r"t_beta3=10 needs beta1 > 0",
+            ),
         ],
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.ScheduleFreeSGD, ScheduleFreeReference(schedulefree.SGDScheduleFreeReference),
+        descent.ScheduleFreeSGD,
+        ScheduleFreeReference(schedulefree.SGDScheduleFreeReference),
         reference_label="schedulefree's SGDScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 0.1},
-            {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.05, "warmup_steps": 10, "r": 1.0,
-             "weight_lr_power": 1.0},
+            {
+                "lr": 0.05,
+                "momentum": 0.5,
+                "weight_decay": 0.05,
+                "warmup_steps": 10,
+                "r": 1.0,
+                "weight_lr_power": 1.0,
+            },
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"momentum": 0.0}, ValueError, r"momentum=0 is invalid"),
             ErrorInput({"momentum": 1.0}, ValueError, r"momentum=1\.0.*\[0, 1\)"),
             ErrorInput({"warmup_steps": -1}, TypeError, r"warmup_steps=-1.*integer >= 0"),
             ErrorInput({"cautious": True}, ValueError, r"cautious=True is not supported"),
         ],
-        torch_counterpart=False, positive_beta1=True,
+        torch_counterpart=False,
+        positive_beta1=True,
     ),
     OptimizerInfo(
         descent.ScheduleFreeAdamW,
@@ -777,145 +969,223 @@ BEYOND_TORCH: list[OptimizerInfo] = [
         reference_label="schedulefree's AdamWScheduleFreeReference (per parameter)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.05, "warmup_steps": 10, "betas": (0.5, 0.99),
-             "r": 0.5, "eps": 1e-6},
+            {
+                "lr": 1e-2,
+                "weight_decay": 0.05,
+                "warmup_steps": 10,
+                "betas": (0.5, 0.99),
+                "r": 0.5,
+                "eps": 1e-6,
+            },
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"betas": (0.0, 0.9)}, ValueError, r"betas\[0\]=0 is invalid"),
             ErrorInput({"warmup_steps": 1.5}, TypeError, r"warmup_steps=1\.5"),
         ],
-        torch_counterpart=False, positive_beta1=True,
+        torch_counterpart=False,
+        positive_beta1=True,
     ),
     OptimizerInfo(
-        descent.ScheduleFreeRAdam, ScheduleFreeReference(schedulefree.RAdamScheduleFree),
+        descent.ScheduleFreeRAdam,
+        ScheduleFreeReference(schedulefree.RAdamScheduleFree),
         reference_label="schedulefree's RAdamScheduleFree (per parameter)",
         configs=[
             {"lr": 1e-2, "betas": (0.9, 0.9)},
             {"lr": 1e-2, "weight_decay": 0.05, "silent_sgd_phase": False},
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"silent_sgd_phase": 1}, TypeError, r"silent_sgd_phase=1"),
         ],
-        torch_counterpart=False, positive_beta1=True, first_update_step=5,
+        torch_counterpart=False,
+        positive_beta1=True,
+        first_update_step=5,
     ),
     OptimizerInfo(
-        descent.StableAdamW, StableAdamWReference,
+        descent.StableAdamW,
+        StableAdamWReference,
         reference_label="pytorch-optimizer's StableAdamW (per parameter)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "betas": (0.8, 0.9),
-             "maximize": True},
+            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8, "betas": (0.8, 0.9), "maximize": True},
         ],
         error_inputs=_common_errors(),
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.LAMB, PaperLAMB,
+        descent.LAMB,
+        PaperLAMB,
         reference_label="paper equations (PaperLAMB, tests/optim_table.py)",
         configs=[
             {"lr": 1e-2},
-            {"lr": 1e-2, "weight_decay": 0.0, "bias_correction": False, "betas": (0.8, 0.99),
-             "maximize": True, "eps": 1e-8},
+            {
+                "lr": 1e-2,
+                "weight_decay": 0.0,
+                "bias_correction": False,
+                "betas": (0.8, 0.99),
+                "maximize": True,
+                "eps": 1e-8,
+            },
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"bias_correction": "yes"}, TypeError, r"bias_correction='yes'"),
         ],
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.LARS, PaperLARS,
+        descent.LARS,
+        PaperLARS,
         reference_label="paper equations (PaperLARS, tests/optim_table.py)",
         configs=[
             {"lr": 0.5, "trust_coefficient": 0.1, "weight_decay": 0.01},
             {"lr": 0.5, "momentum": 0.0, "trust_coefficient": 0.05, "maximize": True},
         ],
-        error_inputs=_common_errors(has_betas=False, has_eps=False) + [
+        error_inputs=_common_errors(has_betas=False, has_eps=False)
+        + [
             ErrorInput({"trust_coefficient": -1.0}, ValueError, r"trust_coefficient=-1\.0"),
             ErrorInput({"momentum": -0.5}, ValueError, r"momentum=-0\.5"),
-            ErrorInput({"cautious": True, "weight_decay": 0.1}, ValueError,
-                       r"cautious=True needs decoupled weight decay"),
+            ErrorInput(
+                {"cautious": True, "weight_decay": 0.1},
+                ValueError,
+                r"cautious=True needs decoupled weight decay",
+            ),
         ],
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.MARS, PaperMARS,
+        descent.MARS,
+        PaperMARS,
         reference_label="paper equations (PaperMARS, tests/optim_table.py)",
         configs=[
             {"lr": 1e-2, "gamma": 0.1, "weight_decay": 0.05},
             {"lr": 1e-2, "betas": (0.9, 0.999), "gamma": 0.0, "maximize": True},
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"gamma": -0.1}, ValueError, r"gamma=-0\.1"),
         ],
         torch_counterpart=False,
     ),
     OptimizerInfo(
-        descent.Prodigy, PaperProdigy,
+        descent.Prodigy,
+        PaperProdigy,
         reference_label="paper equations (PaperProdigy, tests/optim_table.py)",
         configs=[
             {"lr": 1.0, "d0": 1e-2},
-            {"lr": 1.0, "weight_decay": 0.05, "use_bias_correction": True, "beta3": 0.9,
-             "betas": (0.8, 0.99)},
-            {"lr": 0.5, "weight_decay": 0.05, "decoupled_weight_decay": False,
-             "safeguard_warmup": True, "growth_rate": 1.5, "d_coef": 0.5},
+            {
+                "lr": 1.0,
+                "weight_decay": 0.05,
+                "use_bias_correction": True,
+                "beta3": 0.9,
+                "betas": (0.8, 0.99),
+            },
+            {
+                "lr": 0.5,
+                "weight_decay": 0.05,
+                "decoupled_weight_decay": False,
+                "safeguard_warmup": True,
+                "growth_rate": 1.5,
+                "d_coef": 0.5,
+            },
         ],
-        error_inputs=_common_errors() + [
+        error_inputs=_common_errors()
+        + [
             ErrorInput({"d0": 0.0}, ValueError, r"d0=0\.0.*> 0"),
             ErrorInput({"growth_rate": 0.0}, ValueError, r"growth_rate=0\.0"),
             ErrorInput({"beta3": 1.0}, ValueError, r"beta3=1\.0"),
             ErrorInput({"cautious": True}, ValueError, r"cautious=True is not supported"),
         ],
-        torch_counterpart=False, functional=False, grouped_lrs=False,
+        torch_counterpart=False,
+        functional=False,
+        grouped_lrs=False,
         refused_dtypes=(torch.float16,),
     ),
     OptimizerInfo(
-        descent.SOAP, SOAPReference,
+        descent.SOAP,
+        SOAPReference,
         reference_label="pytorch-optimizer's SOAP (per parameter)",
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "precondition_frequency": 3, "precondition_1d": True},
-            {"lr": 1e-2, "max_precondition_dim": 8, "shampoo_beta": 0.9, "weight_decay": 0.0,
-             "normalize_gradient": True, "correct_bias": False, "maximize": True},
+            {
+                "lr": 1e-2,
+                "max_precondition_dim": 8,
+                "shampoo_beta": 0.9,
+                "weight_decay": 0.0,
+                "normalize_gradient": True,
+                "correct_bias": False,
+                "maximize": True,
+            },
         ],
-        error_inputs=_common_errors() + [
-            ErrorInput({"precondition_frequency": 0}, ValueError,
-                       r"precondition_frequency=0.*integer >= 1"),
+        error_inputs=_common_errors()
+        + [
+            ErrorInput(
+                {"precondition_frequency": 0}, ValueError, r"precondition_frequency=0.*integer >= 1"
+            ),
         ],
-        torch_counterpart=False, first_update_step=2, vmap_tolerance=1e-6,
+        torch_counterpart=False,
+        first_update_step=2,
+        vmap_tolerance=1e-6,
     ),
     OptimizerInfo(
         # with its defaults (Newton-Schulz in bfloat16) OrthoMuon is torch.optim.Muon
-        descent.OrthoMuon, torch.optim.Muon, reference_label="torch.optim.Muon",
-        configs=[{"lr": 0.02},
-                 {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"}],
+        descent.OrthoMuon,
+        torch.optim.Muon,
+        reference_label="torch.optim.Muon",
+        configs=[{"lr": 0.02}, {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"}],
         error_inputs=_common_errors(has_betas=False),
-        torch_counterpart=False, matrices_only=True, functional=False,
+        torch_counterpart=False,
+        matrices_only=True,
+        functional=False,
     ),
     OptimizerInfo(
         # ns_dtype=None: Muon's iteration in the parameters' dtype, which the written-out
         # reference uses; bfloat16 (the default) is compared with torch.optim.Muon, bit for
         # bit, in test_muon_family.py
-        descent.MuonAdamW, MuonWithAdamWReference,
+        descent.MuonAdamW,
+        MuonWithAdamWReference,
         reference_label="Muon written out + torch.optim.AdamW",
         configs=[
-            {"lr": 0.02, "weight_decay": 0.05, "adamw_weight_decay": 0.01, "adamw_lr": 1e-2,
-             "ns_dtype": None},
-            {"lr": 0.02, "nesterov": False, "adjust_lr_fn": "match_rms_adamw",
-             "adamw_betas": (0.8, 0.99), "adamw_eps": 1e-8, "ns_dtype": None},
+            {
+                "lr": 0.02,
+                "weight_decay": 0.05,
+                "adamw_weight_decay": 0.01,
+                "adamw_lr": 1e-2,
+                "ns_dtype": None,
+            },
+            {
+                "lr": 0.02,
+                "nesterov": False,
+                "adjust_lr_fn": "match_rms_adamw",
+                "adamw_betas": (0.8, 0.99),
+                "adamw_eps": 1e-8,
+                "ns_dtype": None,
+            },
         ],
-        error_inputs=_common_errors(has_betas=False) + [
-            ErrorInput({"adamw_betas": (1.0, 0.9)}, ValueError,
-                       re.escape("adamw_betas[0]=1.0") + r".*\[0, 1\)"),
+        error_inputs=_common_errors(has_betas=False)
+        + [
+            ErrorInput(
+                {"adamw_betas": (1.0, 0.9)},
+                ValueError,
+                re.escape("adamw_betas[0]=1.0") + r".*\[0, 1\)",
+            ),
             ErrorInput({"adamw_lr": -1.0}, ValueError, r"adamw_lr=-1\.0"),
             ErrorInput({"momentum": 1.0}, ValueError, r"momentum=1\.0"),
             ErrorInput({"ns_steps": 0}, ValueError, r"ns_steps=0.*1 to 99"),
             ErrorInput({"ns_coefficients": (1.0, 2.0)}, ValueError, r"ns_coefficients="),
             ErrorInput({"adjust_lr_fn": "rms"}, ValueError, r"adjust_lr_fn='rms'"),
             ErrorInput({"muon": "head"}, TypeError, r"muon='head'.*list of parameter name"),
-            ErrorInput({"normuon": True, "adjust_lr_fn": "original"}, ValueError,
-                       r"normuon=True sets its own step scale"),
+            ErrorInput(
+                {"normuon": True, "adjust_lr_fn": "original"},
+                ValueError,
+                r"normuon=True sets its own step scale",
+            ),
         ],
-        torch_counterpart=False, functional=False, routes_groups=True,
+        torch_counterpart=False,
+        functional=False,
+        routes_groups=True,
     ),
 ]
 OPTIMIZERS += BEYOND_TORCH

@@ -24,8 +24,10 @@ def test_rows_for_each_task_and_optimizer_and_a_table(monkeypatch: pytest.Monkey
     monkeypatch.setattr(descent.ScheduleFreeAdamW, "train", recording)
     rows = compare(["Adam", "ScheduleFreeAdamW", "MuonAdamW"], epochs=1)
     assert [(row.task, row.optimizer) for row in rows] == [
-        (task, name) for task in ("digits MLP", "char GRU")
-        for name in ("Adam", "ScheduleFreeAdamW", "MuonAdamW")]
+        (task, name)
+        for task in ("digits MLP", "char GRU")
+        for name in ("Adam", "ScheduleFreeAdamW", "MuonAdamW")
+    ]
     assert all(math.isfinite(row.train_loss) and row.ms_per_step > 0 for row in rows)
     assert all(0 <= row.metric <= 1 for row in rows if row.task == "digits MLP")
     assert modes[-1] is False and modes.count(False) == 2  # evaluated at the average x

@@ -16,5 +16,6 @@ def test_report_time_needs_no_python_3_11(monkeypatch: pytest.MonkeyPatch) -> No
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", stamp)
     now = datetime.datetime.now(datetime.timezone.utc)
     parsed = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M UTC").replace(
-        tzinfo=datetime.timezone.utc)
+        tzinfo=datetime.timezone.utc
+    )
     assert abs((now - parsed).total_seconds()) < 120

@@ -23,9 +23,14 @@ def make_params(seed: int = 0, info: OptimizerInfo | None = None) -> list[nn.Par
     one that updates matrices only)."""
     generator = torch.Generator().manual_seed(seed)
     shapes = [(4, 3), (5,), (3, 2, 2), (6, 4)]
-    return [nn.Parameter(torch.randn(info.shape(*shape) if info else shape,
-                                     generator=generator, dtype=torch.float64))
-            for shape in shapes]
+    return [
+        nn.Parameter(
+            torch.randn(
+                info.shape(*shape) if info else shape, generator=generator, dtype=torch.float64
+            )
+        )
+        for shape in shapes
+    ]
 
 
 def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
@@ -33,9 +38,15 @@ def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
     return [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
 
 
-def cautious_adamw_paper(params: list[torch.Tensor], grads: list[torch.Tensor],
-                         memory: dict[int, dict[str, Any]], lr: float,
-                         betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+def cautious_adamw_paper(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    memory: dict[int, dict[str, Any]],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> None:
     """C-AdamW (Liang et al. 2024, Algorithm 2) with Cautious Weight Decay (Chen et al.
     2025), written out:
 
@@ -44,8 +55,9 @@ def cautious_adamw_paper(params: list[torch.Tensor], grads: list[torch.Tensor],
     """
     b1, b2 = betas
     for x, g in zip(params, grads, strict=True):
-        state = memory.setdefault(id(x), {"t": 0, "m": torch.zeros_like(x),
-                                          "v": torch.zeros_like(x)})
+        state = memory.setdefault(
+            id(x), {"t": 0, "m": torch.zeros_like(x), "v": torch.zeros_like(x)}
+        )
         state["t"] += 1
         t = state["t"]
         state["m"] = b1 * state["m"] + (1 - b1) * g
@@ -122,13 +134,17 @@ def test_every_rule_masks_its_own_update(info: OptimizerInfo) -> None:
         update = old - a.detach()
         agrees = (update * sign * g > 0).to(update.dtype)
         expected = update * agrees * (update.numel() / (agrees.sum() + 1))
-        torch.testing.assert_close(old - b.detach(), expected, rtol=0,
-                                   atol=1e-12 * old.abs().max().item())
+        torch.testing.assert_close(
+            old - b.detach(), expected, rtol=0, atol=1e-12 * old.abs().max().item()
+        )
 
 
 @pytest.mark.parametrize("mode", ["foreach", "auto"])
-@pytest.mark.parametrize("cls", [descent.AdamW, descent.Lion, descent.ADOPT, descent.SGD,
-                                 descent.RMSprop], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [descent.AdamW, descent.Lion, descent.ADOPT, descent.SGD, descent.RMSprop],
+    ids=lambda c: c.__name__,
+)
 def test_engine_paths_agree_with_cautious_masking(cls: type, mode: str) -> None:
     """Bit for bit with the per-tensor reference (torch's fused kernels stand aside)."""
     results = []
@@ -157,20 +173,27 @@ def test_functional_form_takes_the_option() -> None:
         for tensor, grad in zip(tensors, grads, strict=True):
             tensor.grad = grad.clone()
         opt.step()
-        tree, state = functional.adamw.step(tree, grads, state, lr=0.02, weight_decay=0.1,
-                                            cautious=True)
+        tree, state = functional.adamw.step(
+            tree, grads, state, lr=0.02, weight_decay=0.1, cautious=True
+        )
     assert all(torch.equal(a, b.detach()) for a, b in zip(tree, tensors, strict=True))
     assert functional.adamw.hyperparameters["cautious"] is False
 
 
 def test_coupled_weight_decay_and_unsupported_rules_are_refused() -> None:
     p = nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match=r"Adam: cautious=True needs decoupled weight decay, "
-                                         r"but weight_decay=0\.1.*decoupled_weight_decay=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"Adam: cautious=True needs decoupled weight decay, "
+        r"but weight_decay=0\.1.*decoupled_weight_decay=True",
+    ):
         descent.Adam([p], weight_decay=0.1, cautious=True)
     descent.Adam([p], weight_decay=0.1, decoupled_weight_decay=True, cautious=True)
-    with pytest.raises(ValueError, match=r"SGD: cautious=True needs decoupled weight decay.*"
-                                         r"use weight_decay=0$"):
+    with pytest.raises(
+        ValueError,
+        match=r"SGD: cautious=True needs decoupled weight decay.*"
+        r"use weight_decay=0$",
+    ):
         descent.SGD([p], lr=0.1, weight_decay=0.1, cautious=True)
     with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: cautious=True is not supported"):
         descent.ScheduleFreeAdamW([p], cautious=True)

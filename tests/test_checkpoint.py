@@ -37,12 +37,14 @@ from descent.checkpoint.format import INDEX_NAME
 
 def make_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.25),
-                         nn.Linear(8, 2))
+    return nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.25), nn.Linear(8, 2)
+    )
 
 
-def train_steps(model: nn.Module, opt: torch.optim.Optimizer, sched, steps: int,
-                data_seed: int) -> None:
+def train_steps(
+    model: nn.Module, opt: torch.optim.Optimizer, sched, steps: int, data_seed: int
+) -> None:
     data = torch.Generator().manual_seed(data_seed)
     for _ in range(steps):
         x = torch.randn(6, 4, generator=data)
@@ -92,17 +94,33 @@ def test_round_trip_restores_every_state_dict_exactly(tmp_path):
     model.train()
     train_steps(model, opt, sched, 3, data_seed=0)
     trainer_state = {
-        "epoch": 2, "global_step": 3, "history": {"loss": [0.5, 0.25], "lr": [1e-2, 5e-3]},
-        "best": float("inf"), "worst": float("-inf"), "undefined": float("nan"),
-        "pair": (1, "a"), "by_index": {0: "zero", 7: [1.5]}, "tag_like": {"__tensor__": "x"},
+        "epoch": 2,
+        "global_step": 3,
+        "history": {"loss": [0.5, 0.25], "lr": [1e-2, 5e-3]},
+        "best": float("inf"),
+        "worst": float("-inf"),
+        "undefined": float("nan"),
+        "pair": (1, "a"),
+        "by_index": {0: "zero", 7: [1.5]},
+        "tag_like": {"__tensor__": "x"},
         "weights": {"w": torch.arange(6, dtype=torch.float64).reshape(2, 3)},
-        "mask": np.array([[True, False]]), "empty": torch.zeros(0, 3), "scalar": torch.tensor(3),
+        "mask": np.array([[True, False]]),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(3),
         "half": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
-        "complex": torch.tensor([1 + 2j, -3j], dtype=torch.complex64), "none": None,
+        "complex": torch.tensor([1 + 2j, -3j], dtype=torch.complex64),
+        "none": None,
     }
-    path = save_checkpoint(tmp_path / "ckpt", model=model, optimizers=opt, schedulers=sched,
-                           trainer_state=trainer_state, extra={"note": "hi"}, step=3,
-                           metrics={"loss": 0.25})
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        model=model,
+        optimizers=opt,
+        schedulers=sched,
+        trainer_state=trainer_state,
+        extra={"note": "hi"},
+        step=3,
+        metrics={"loss": 0.25},
+    )
     assert path == tmp_path / "ckpt"
     assert sorted(p.name for p in path.iterdir())[0] == INDEX_NAME
 
@@ -129,17 +147,24 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
     train_steps(model2, opt2, sched2, 5, data_seed=2)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert opt.lr == opt2.lr == 1e-2 * 0.5 ** 4
+    assert opt.lr == opt2.lr == 1e-2 * 0.5**4
 
 
 def test_named_objects_and_ddp_free_models(tmp_path):
     gen, disc = nn.Linear(2, 3), nn.Linear(3, 1)
     g_opt, d_opt = descent.Adam(gen, lr=1e-3), descent.SGD(disc, lr=1e-2, momentum=0.9)
-    save_checkpoint(tmp_path / "gan", model={"generator": gen, "discriminator": disc},
-                    optimizers={"g": g_opt, "d": d_opt}, rng=False)
+    save_checkpoint(
+        tmp_path / "gan",
+        model={"generator": gen, "discriminator": disc},
+        optimizers={"g": g_opt, "d": d_opt},
+        rng=False,
+    )
     gen2, disc2 = nn.Linear(2, 3), nn.Linear(3, 1)
-    load_checkpoint(tmp_path / "gan", model={"generator": gen2, "discriminator": disc2},
-                    optimizers={"g": descent.Adam(gen2), "d": descent.SGD(disc2, lr=0.5)})
+    load_checkpoint(
+        tmp_path / "gan",
+        model={"generator": gen2, "discriminator": disc2},
+        optimizers={"g": descent.Adam(gen2), "d": descent.SGD(disc2, lr=0.5)},
+    )
     assert torch.equal(gen.weight, gen2.weight) and torch.equal(disc.bias, disc2.bias)
     with pytest.raises(CheckpointMismatchError, match=r"models \['discriminator', 'generator'\]"):
         load_checkpoint(tmp_path / "gan", model=gen2)
@@ -172,8 +197,11 @@ def test_rng_state_round_trip_covers_python_numpy_torch():
 
 
 def test_unsupported_values_are_named_and_nothing_is_written(tmp_path):
-    with pytest.raises(TypeError, match=r"content\['trainer_state'\]\['callback'\] has type "
-                                        "function"):
+    with pytest.raises(
+        TypeError,
+        match=r"content\['trainer_state'\]\['callback'\] has type "
+        "function",
+    ):
         save_checkpoint(tmp_path / "x", trainer_state={"callback": lambda: 0})
     with pytest.raises(TypeError, match=r"key .* of type object"):
         save_checkpoint(tmp_path / "x", extra={object(): 1})
@@ -185,12 +213,22 @@ def test_unsupported_values_are_named_and_nothing_is_written(tmp_path):
 # ---------------------------------------------------------------------- mismatches
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: nn.Sequential(nn.Linear(4, 8)), "the checkpoint has keys the model lacks"),
-    (lambda m: nn.Sequential(nn.Linear(4, 9), nn.BatchNorm1d(9), nn.Tanh(), nn.Dropout(),
-                             nn.Linear(9, 2)), r"'0.weight' has shape \(8, 4\) in the checkpoint"),
-    (lambda m: m.double(), "'0.weight' has dtype torch.float32 in the checkpoint, torch.float64"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: nn.Sequential(nn.Linear(4, 8)), "the checkpoint has keys the model lacks"),
+        (
+            lambda m: nn.Sequential(
+                nn.Linear(4, 9), nn.BatchNorm1d(9), nn.Tanh(), nn.Dropout(), nn.Linear(9, 2)
+            ),
+            r"'0.weight' has shape \(8, 4\) in the checkpoint",
+        ),
+        (
+            lambda m: m.double(),
+            "'0.weight' has dtype torch.float32 in the checkpoint, torch.float64",
+        ),
+    ],
+)
 def test_a_different_model_is_refused_and_nothing_changes(tmp_path, change, message):
     model = make_model(0)
     save_checkpoint(tmp_path / "c", model=model)
@@ -211,9 +249,15 @@ def test_a_different_optimizer_is_refused_before_the_model_is_touched(tmp_path):
     before = [p.clone() for p in model2.parameters()]
     cases = [
         (descent.SGD(model2, lr=0.1), "holds a Adam, but a SGD was given"),
-        (descent.Adam([{"params": list(model2.parameters())[:2]},
-                       {"params": list(model2.parameters())[2:]}]),
-         "1 param groups, the optimizer has 2"),
+        (
+            descent.Adam(
+                [
+                    {"params": list(model2.parameters())[:2]},
+                    {"params": list(model2.parameters())[2:]},
+                ]
+            ),
+            "1 param groups, the optimizer has 2",
+        ),
         (descent.Adam(list(model2.parameters())[:3]), "6 parameters in the state dict, 3"),
     ]
     for optimizer, message in cases:
@@ -222,8 +266,12 @@ def test_a_different_optimizer_is_refused_before_the_model_is_touched(tmp_path):
         assert not optimizer.state
     opt2 = descent.Adam(model2)
     with pytest.raises(CheckpointMismatchError, match="holds a StepLR, but a ExponentialLR"):
-        load_checkpoint(tmp_path / "c", model=model2, optimizers=opt2,
-                        schedulers=torch.optim.lr_scheduler.ExponentialLR(opt2, 0.9))
+        load_checkpoint(
+            tmp_path / "c",
+            model=model2,
+            optimizers=opt2,
+            schedulers=torch.optim.lr_scheduler.ExponentialLR(opt2, 0.9),
+        )
     assert all(torch.equal(a, b) for a, b in zip(before, model2.parameters(), strict=True))
     assert not opt2.state
 
@@ -236,8 +284,7 @@ def small_checkpoint(path: Path) -> Path:
     opt = descent.SGD(model, lr=0.1, momentum=0.9)
     model(torch.ones(1, 2)).sum().backward()
     opt.step()
-    return save_checkpoint(path, model=model, optimizers=opt, trainer_state={"epoch": 1},
-                           rng=False)
+    return save_checkpoint(path, model=model, optimizers=opt, trainer_state={"epoch": 1}, rng=False)
 
 
 @pytest.mark.parametrize("which", ["index", "tensors"])
@@ -270,8 +317,11 @@ def test_truncated_missing_and_pickled_files_are_named(tmp_path):
     tensors.write_bytes(data)
 
     index.write_bytes(text[: len(text) // 2])  # the checksum is verified before parsing
-    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json fails its SHA-256 "
-                                                     r"checksum; the file is truncated"):
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=r"checkpoint\.json fails its SHA-256 "
+        r"checksum; the file is truncated",
+    ):
         read_checkpoint(path)
     index.write_bytes(pickle.dumps({"state": 1}))
     with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.json is a pickle file"):
@@ -279,8 +329,11 @@ def test_truncated_missing_and_pickled_files_are_named(tmp_path):
     index.write_bytes(text)
 
     torch.save({"weight": torch.ones(1)}, tmp_path / "model.pt")
-    with pytest.raises(CorruptCheckpointError, match=r"model\.pt is a pickle file .* never "
-                                                     r"unpickles"):
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=r"model\.pt is a pickle file .* never "
+        r"unpickles",
+    ):
         load_checkpoint(tmp_path / "model.pt", model=nn.Linear(2, 1))
     with pytest.raises(CorruptCheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nowhere")
@@ -295,6 +348,7 @@ def test_a_newer_format_version_is_refused(tmp_path):
     document["sha256"] = "0" * 64
     draft = (json.dumps(document, indent=1) + "\n").encode()
     import hashlib
+
     digest = hashlib.sha256(draft).hexdigest()
     index.write_bytes(draft.replace(b"0" * 64, digest.encode(), 1))
     with pytest.raises(CorruptCheckpointError, match="format_version=99"):
@@ -374,8 +428,9 @@ def test_manager_falls_back_when_the_latest_is_damaged(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=3)
     for step in (1, 2):
         train_steps(model, opt, sched, 1, data_seed=step)
-        manager.save(step, model=model, optimizers=opt, schedulers=sched,
-                     trainer_state={"step": step})
+        manager.save(
+            step, model=model, optimizers=opt, schedulers=sched, trainer_state={"step": step}
+        )
     damaged = tensor_file(manager.path_for(2))
     data = bytearray(damaged.read_bytes())
     data[-1] ^= 0xFF
@@ -388,11 +443,15 @@ def test_manager_falls_back_when_the_latest_is_damaged(tmp_path):
     assert ckpt.trainer_state == {"step": 1} and ckpt.path == manager.path_for(1)
     assert opt2.state_dict()["state"][0]["step"].item() == 1
 
-    with pytest.warns(UserWarning, match=r"step-000000002 is in the way of the checkpoint of "
-                                         r"step 2 \(.*SHA-256.*\); moved it to "
-                                         r"step-000000002\.damaged-"):
-        manager.save(2, model=model2, optimizers=opt2, schedulers=sched2,
-                     trainer_state={"step": 2})  # the damaged one is kept aside
+    with pytest.warns(
+        UserWarning,
+        match=r"step-000000002 is in the way of the checkpoint of "
+        r"step 2 \(.*SHA-256.*\); moved it to "
+        r"step-000000002\.damaged-",
+    ):
+        manager.save(
+            2, model=model2, optimizers=opt2, schedulers=sched2, trainer_state={"step": 2}
+        )  # the damaged one is kept aside
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert manager.latest() == manager.path_for(2)
@@ -430,8 +489,9 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_commit = os.fsync, _atomic._commit
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(_atomic, "_commit",
-                        lambda s, t: (events.append("rename"), real_commit(s, t))[1])
+    monkeypatch.setattr(
+        _atomic, "_commit", lambda s, t: (events.append("rename"), real_commit(s, t))[1]
+    )
     save_checkpoint(tmp_path / "c", model=nn.Linear(1, 1), rng=False)
     # two files + the staging directory, the rename, then the parent directory
     assert events == ["fsync", "fsync", "fsync", "rename", "fsync"]

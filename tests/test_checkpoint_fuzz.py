@@ -16,8 +16,10 @@ import pytest
 
 from checkpoint_fuzz import DAMAGES, fuzz
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, links and SIGALRM")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, links and SIGALRM"),
+]
 
 
 def _check(cases: int, seed: int, workspace: Path) -> None:

@@ -35,10 +35,12 @@ from kill_harness import (
     run_to_end,
 )
 
-pytestmark = pytest.mark.skipif(not (hasattr(signal, "SIGKILL") and hasattr(os, "fork")),
-                                reason="needs SIGKILL and fork (POSIX)")
+pytestmark = pytest.mark.skipif(
+    not (hasattr(signal, "SIGKILL") and hasattr(os, "fork")),
+    reason="needs SIGKILL and fork (POSIX)",
+)
 
-SCRIPT = r'''
+SCRIPT = r"""
 import os, random, sys, time
 import numpy as np
 import torch
@@ -132,13 +134,14 @@ if __name__ == "__main__":
         serve(warm_up, run)
     else:
         train(sys.argv[1], sys.argv[2], 0, lambda message: print(message, flush=True))
-'''
+"""
 
 TOTAL_STEPS = 15
 
 
-def fields(workdir: Path, result: Path, stall_commit: int = 0,
-           restore_rng: bool = True) -> list[object]:
+def fields(
+    workdir: Path, result: Path, stall_commit: int = 0, restore_rng: bool = True
+) -> list[object]:
     """The fields of a run, as the script's ``run`` reads them."""
     return [workdir, result, stall_commit, "1" if restore_rng else "0"]
 
@@ -169,20 +172,21 @@ def test_killed_while_committing_a_checkpoint(setup, tmp_path, commit):
     """Killed inside the commit of a checkpoint: the previous one is the latest valid."""
     server, reference = setup
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1,
-                 delay=0.05)
+    run_and_kill(
+        server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1, delay=0.05
+    )
     saved_steps = [2, 4, 5, 6, 8, 10, 12, 14, 15]
     interrupted, previous = saved_steps[commit - 1], saved_steps[commit - 2]
-    assert any(entry.name.startswith(f".step-{interrupted:09d}.tmp-")
-               for entry in workdir.iterdir())
+    assert any(
+        entry.name.startswith(f".step-{interrupted:09d}.tmp-") for entry in workdir.iterdir()
+    )
     assert CheckpointManager(workdir).latest() == workdir / f"step-{previous:09d}"
     assert run_to_end(server, fields(workdir, result), log) == previous
     assert_bit_identical(result, reference)
     assert not any(entry.name.startswith(".") for entry in workdir.iterdir())
 
 
-def random_trial(server: ForkServer, tmp_path: Path, rng: random.Random,
-                 kills: int) -> list[int]:
+def random_trial(server: ForkServer, tmp_path: Path, rng: random.Random, kills: int) -> list[int]:
     """Kill the run ``kills`` times at random moments, then let it finish.
 
     Each kill comes a random 0-15 ms after a random step's end (steps take about as
@@ -221,8 +225,9 @@ def test_killed_at_random_moments_many_trials(setup, tmp_path, seed):
 def test_killed_while_committing_every_checkpoint(setup, tmp_path, commit):
     server, reference = setup
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1,
-                 delay=0.05)
+    run_and_kill(
+        server, fields(workdir, result, stall_commit=commit), log, "STALLED", 1, delay=0.05
+    )
     run_to_end(server, fields(workdir, result), log)
     assert_bit_identical(result, reference)
 

@@ -39,9 +39,15 @@ def _save_checkpoints(root: Path) -> dict[str, Path]:
     model(torch.randn(3, 4)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
-    good = descent.save_checkpoint(root / "good", model=model, optimizers=opt,
-                                   schedulers=sched, trainer_state={"epoch": 3}, step=5,
-                                   metrics={"loss": 0.5})
+    good = descent.save_checkpoint(
+        root / "good",
+        model=model,
+        optimizers=opt,
+        schedulers=sched,
+        trainer_state={"epoch": 3},
+        step=5,
+        metrics={"loss": 0.5},
+    )
     damaged = descent.save_checkpoint(root / "damaged", model=model, optimizers=opt)
     tensor_file = next(damaged.glob("*.safetensors"))
     data = bytearray(tensor_file.read_bytes())
@@ -51,8 +57,7 @@ def _save_checkpoints(root: Path) -> dict[str, Path]:
     other_opt = descent.Adam(other, lr=1e-2)
     other(torch.randn(3, 4)).sum().backward()
     other_opt.step()
-    mismatched = descent.save_checkpoint(root / "mismatched", model=model,
-                                         optimizers=other_opt)
+    mismatched = descent.save_checkpoint(root / "mismatched", model=model, optimizers=other_opt)
     return {"good": good, "damaged": damaged, "mismatched": mismatched}
 
 
@@ -61,13 +66,34 @@ def _commands(tmp: Path, checkpoints: dict[str, Path]) -> dict[str, tuple[list[s
     other cases of each command run in this process through ``descent.cli.main``."""
     return {
         "version": (["--version"], {}),
-        "schedule cosine": (["schedule", "Cosine", "total_steps=100", "--every", "10",
-                             "--out", str(tmp / "cosine.png")], {}),
+        "schedule cosine": (
+            [
+                "schedule",
+                "Cosine",
+                "total_steps=100",
+                "--every",
+                "10",
+                "--out",
+                str(tmp / "cosine.png"),
+            ],
+            {},
+        ),
         "inspect": (["checkpoint", "inspect", str(checkpoints["good"])], {}),
         "verify damaged": (["checkpoint", "verify", str(checkpoints["damaged"])], {}),
         "env": (["env", "--json"], {"DESCENT_ENGINE": "per_tensor", "DESCENT_NO_CODEGEN": "1"}),
-        "compare": (["compare", "--optimizers", "SGD", "adam", "--epochs", "2", "--out",
-                     str(tmp / "compare")], {}),
+        "compare": (
+            [
+                "compare",
+                "--optimizers",
+                "SGD",
+                "adam",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp / "compare"),
+            ],
+            {},
+        ),
         "lr-find": (["lr-find", "--steps", "12", "--out", str(tmp / "lr.png")], {}),
         "bench bad": (["bench", "--only", "Adamm"], {}),
     }
@@ -84,20 +110,29 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(workdir: Path, checkpoints: dict[str, Path]
-            ) -> dict[str, subprocess.CompletedProcess]:
+def results(workdir: Path, checkpoints: dict[str, Path]) -> dict[str, subprocess.CompletedProcess]:
     commands = _commands(workdir, checkpoints)
-    base = {key: value for key, value in os.environ.items()
-            if key not in ("DESCENT_ENGINE", "DESCENT_NO_CODEGEN")}
-    base.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC),
-                                                          os.environ.get("PYTHONPATH")])),
-                OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DESCENT_ENGINE", "DESCENT_NO_CODEGEN")
+    }
+    base.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+    )
 
     def run(item: tuple[str, tuple[list[str], dict]]) -> subprocess.CompletedProcess:
         argv, env = item[1]
-        return subprocess.run([sys.executable, "-m", "descent", *argv], cwd=workdir,
-                              env={**base, **env}, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "descent", *argv],
+            cwd=workdir,
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(zip(commands, pool.map(run, commands.items()), strict=True))
@@ -144,7 +179,8 @@ def usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
 def test_version_names_descent_torch_and_python(results):
     assert ok(results["version"]).strip() == (
         f"descent {descent.__version__} (torch {torch.__version__}, Python "
-        f"{platform.python_version()})")
+        f"{platform.python_version()})"
+    )
 
 
 def test_help_lists_every_command_with_examples(descent_cli):
@@ -195,8 +231,11 @@ def test_schedule_prints_the_cosine_closed_form_and_plots_it(results, workdir):
 
 
 def test_schedule_of_a_scheduler_follows_torch(descent_cli):
-    text = ok(descent_cli("schedule", "StepLR", "3", "gamma=0.5", "--lr", "0.2", "--steps",
-                          "12", "--every", "1"))
+    text = ok(
+        descent_cli(
+            "schedule", "StepLR", "3", "gamma=0.5", "--lr", "0.2", "--steps", "12", "--every", "1"
+        )
+    )
     assert "StepLR(step_size=3, gamma=0.5) on SGD(lr=0.2)" in text
     param = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([param], lr=0.2)
@@ -214,8 +253,19 @@ def test_schedule_refuses_unknown_names_and_bad_values(descent_cli):
     usage_error(descent_cli("schedule", "Cosin", "100"), "unknown schedule 'Cosin'", "Cosine")
     usage_error(descent_cli("schedule", "Cosine", "total_steps=0"), "total_steps=0")
     usage_error(descent_cli("schedule", "Warmup", "Foo(3)", "10"), "cannot read 'Foo(3)'")
-    usage_error(descent_cli("schedule", "OneCycle", "total_steps=10", "initial=0.1", "peak=1",
-                            "final=0", "--steps", "20"), "step=11 is past total_steps=10")
+    usage_error(
+        descent_cli(
+            "schedule",
+            "OneCycle",
+            "total_steps=10",
+            "initial=0.1",
+            "peak=1",
+            "final=0",
+            "--steps",
+            "20",
+        ),
+        "step=11 is past total_steps=10",
+    )
 
 
 # ---------------------------------------------------------------------- checkpoint
@@ -231,7 +281,7 @@ def test_checkpoint_inspect_shows_format_hashes_and_content(results):
     assert hashlib.sha256(tensor_file.read_bytes()).hexdigest() in text
     assert f"descent {descent.__version__}" in text
     assert re.search(r"step\s+5\b", text) and "loss=0.5" in text
-    assert "Sequential, 4 tensors, 49 values (float32)" in text   # 4*8 + 8 + 8 + 1
+    assert "Sequential, 4 tensors, 49 values (float32)" in text  # 4*8 + 8 + 8 + 1
     assert "Adam" in text and "StepLR, last_epoch 0" in text
     assert "keys epoch" in text and "verified" in text
 
@@ -249,16 +299,19 @@ def test_checkpoint_verify_fails_on_a_flipped_byte(results):
 
 
 def test_checkpoint_verify_fails_when_the_optimizer_state_does_not_fit_the_model(
-        descent_cli, checkpoints):
+    descent_cli, checkpoints
+):
     result = descent_cli("checkpoint", "verify", str(checkpoints["mismatched"]))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Adam refuses it" in result.stdout and "FAILED" in result.stdout
 
 
-def test_checkpoint_of_a_missing_path_or_an_unknown_action_is_a_usage_error(descent_cli,
-                                                                           workdir):
-    usage_error(descent_cli("checkpoint", "verify", str(workdir / "nowhere")),
-                "argument PATH", "does not exist")
+def test_checkpoint_of_a_missing_path_or_an_unknown_action_is_a_usage_error(descent_cli, workdir):
+    usage_error(
+        descent_cli("checkpoint", "verify", str(workdir / "nowhere")),
+        "argument PATH",
+        "does not exist",
+    )
     usage_error(descent_cli("checkpoint", "check", str(workdir)), "invalid choice: 'check'")
 
 
@@ -271,8 +324,8 @@ def test_env_reports_versions_devices_and_the_mode_set_in_the_environment(result
     assert report["torch"]["version"] == torch.__version__
     assert report["devices"]["cpu"]["logical_cores"] == os.cpu_count()
     assert len(report["devices"]["cuda"]) == torch.cuda.device_count()
-    assert report["engine"]["default_mode"] == "per_tensor"          # DESCENT_ENGINE
-    assert report["engine"]["cpu_kernels"] is False                  # DESCENT_NO_CODEGEN
+    assert report["engine"]["default_mode"] == "per_tensor"  # DESCENT_ENGINE
+    assert report["engine"]["cpu_kernels"] is False  # DESCENT_NO_CODEGEN
     assert report["engine"]["cuda_kernels"] is False
 
 
@@ -288,22 +341,29 @@ def test_env_names_an_invalid_engine_mode(descent_cli, monkeypatch):
 def test_compare_prints_a_table_and_writes_an_overlaid_plot(results, workdir):
     pytest.importorskip("sklearn")
     text = ok(results["compare"])
-    rows = {line.split()[0]: line.split() for line in text.splitlines()
-            if line.startswith(("SGD ", "Adam "))}
-    assert list(rows) == ["SGD", "Adam"]                              # names resolved
+    rows = {
+        line.split()[0]: line.split()
+        for line in text.splitlines()
+        if line.startswith(("SGD ", "Adam "))
+    }
+    assert list(rows) == ["SGD", "Adam"]  # names resolved
     for fields in rows.values():
         train_loss, test_loss = float(fields[1]), float(fields[2])
         final, best = (float(fields[i].rstrip("%")) for i in (3, 4))
         assert 0 < train_loss < math.log(10) and 0 < test_loss < math.log(10)
         assert 0 <= final <= best <= 100 and fields[5] in ("1", "2")
-    assert float(rows["SGD"][3].rstrip("%")) > 80       # the preset trains the MLP
+    assert float(rows["SGD"][3].rstrip("%")) > 80  # the preset trains the MLP
     assert "SGD(lr=0.1, momentum=0.9, nesterov=True)" in text
     assert (workdir / "compare" / "compare.png").read_bytes()[:8] == PNG
 
 
 def test_compare_refuses_unknown_optimizers_and_bad_numbers(descent_cli):
-    usage_error(descent_cli("compare", "--optimizers", "SGD", "Adamm"), "argument --optimizers",
-                "'Adamm'", "Adam")
+    usage_error(
+        descent_cli("compare", "--optimizers", "SGD", "Adamm"),
+        "argument --optimizers",
+        "'Adamm'",
+        "Adam",
+    )
     usage_error(descent_cli("compare", "--epochs", "0"), "argument --epochs", "0")
     usage_error(descent_cli("compare", "--lr", "-1"), "argument --lr", "-1")
 
@@ -313,9 +373,12 @@ def test_compare_refuses_unknown_optimizers_and_bad_numbers(descent_cli):
 
 def test_lr_find_suggests_a_tenth_of_the_rate_at_the_lowest_smoothed_loss(results, workdir):
     text = ok(results["lr-find"])
-    rows = [line.split() for line in text.splitlines()
-            if re.match(r"^\s+\d+\s+[\d.e+-]+\s+[\d.na]+\s+[\d.]+$", line)]
-    assert [int(row[0]) for row in rows] == list(range(1, 13))      # every step shown
+    rows = [
+        line.split()
+        for line in text.splitlines()
+        if re.match(r"^\s+\d+\s+[\d.e+-]+\s+[\d.na]+\s+[\d.]+$", line)
+    ]
+    assert [int(row[0]) for row in rows] == list(range(1, 13))  # every step shown
     lowest = min(rows, key=lambda row: float(row[3]))
     suggestion = float(re.search(r"suggestion ([\d.e+-]+)", text).group(1))
     assert suggestion == pytest.approx(float(lowest[1]) / 10, rel=2e-2)
@@ -343,8 +406,22 @@ def test_bench_passes_its_arguments_to_the_benchmark(results):
 def test_bench_quick_writes_its_report(tmp_path):
     report = tmp_path / "bench.md"
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    done = subprocess.run([sys.executable, "-m", "descent", "bench", "--quick", "--only",
-                           "Adam", "--output", str(report)], env=env, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "descent",
+            "bench",
+            "--quick",
+            "--only",
+            "Adam",
+            "--output",
+            str(report),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Adam" in report.read_text()

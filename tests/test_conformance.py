@@ -43,8 +43,10 @@ def _needs_closure(cls: type) -> bool:
 
 def subjects() -> list[OptimizerInfo]:
     """Every registered optimizer, with its table row (or a default one)."""
-    return [BY_NAME.get(name) or OptimizerInfo(cls, cls, [{}], closure=_needs_closure(cls))
-            for name, cls in algorithms().items()]
+    return [
+        BY_NAME.get(name) or OptimizerInfo(cls, cls, [{}], closure=_needs_closure(cls))
+        for name, cls in algorithms().items()
+    ]
 
 
 SUBJECTS = subjects()
@@ -63,12 +65,15 @@ def lr_of(info: OptimizerInfo) -> float:
     return float(options["lr"] if "lr" in options else info.cls.hyperparameters["lr"].default)
 
 
-def make_params(info: OptimizerInfo, dtype: torch.dtype = torch.float64,
-                seed: int = 0) -> list[nn.Parameter]:
+def make_params(
+    info: OptimizerInfo, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> list[nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
     shapes = [info.shape(3, 4), info.shape(4), info.shape(2, 3, 2)]
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
-            for shape in shapes]
+    return [
+        nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
+        for shape in shapes
+    ]
 
 
 def targets(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
@@ -80,13 +85,13 @@ def targets(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
             pairs = torch.randn((*p.shape, 2), generator=generator, dtype=torch.float64)
             found.append(torch.view_as_complex(pairs).to(p.dtype))
         else:
-            found.append(torch.randn(p.shape, generator=generator,
-                                     dtype=torch.float64).to(p.dtype))
+            found.append(torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype))
     return found
 
 
-def computer(info: OptimizerInfo, params: list[torch.Tensor], step: int,
-             sign: float = 1.0) -> Callable[[], torch.Tensor]:
+def computer(
+    info: OptimizerInfo, params: list[torch.Tensor], step: int, sign: float = 1.0
+) -> Callable[[], torch.Tensor]:
     """A closure: gradients of ``sign`` times a quadratic loss, in the layout the
     optimizer takes; returns the loss."""
 
@@ -94,8 +99,10 @@ def computer(info: OptimizerInfo, params: list[torch.Tensor], step: int,
         with torch.enable_grad():
             for p in params:
                 p.grad = None
-            loss = sign * sum(_real(p - t).square().sum()
-                              for p, t in zip(params, targets(params, step), strict=True))
+            loss = sign * sum(
+                _real(p - t).square().sum()
+                for p, t in zip(params, targets(params, step), strict=True)
+            )
             loss.backward()
         for p in params:
             p.grad = info.gradient(p.grad)
@@ -110,8 +117,13 @@ def _real(tensor: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
-def run(info: OptimizerInfo, opt: torch.optim.Optimizer, params: list[torch.Tensor],
-        steps: range, sign: float = 1.0) -> None:
+def run(
+    info: OptimizerInfo,
+    opt: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    steps: range,
+    sign: float = 1.0,
+) -> None:
     for step in steps:
         info.step(opt, computer(info, params, step, sign))
 
@@ -227,9 +239,11 @@ def test_step_hooks_run_around_the_step(info: OptimizerInfo) -> None:
     calls: list[tuple[str, bool]] = []
     start = [p.detach().clone() for p in params]
     pre = opt.register_step_pre_hook(
-        lambda optimizer, args, kwargs: calls.append(("pre", same(params, start))))
+        lambda optimizer, args, kwargs: calls.append(("pre", same(params, start)))
+    )
     post = opt.register_step_post_hook(
-        lambda optimizer, args, kwargs: calls.append(("post", same(params, start))))
+        lambda optimizer, args, kwargs: calls.append(("post", same(params, start)))
+    )
     run(info, opt, params, range(len(warm_up), len(warm_up) + 1))
     assert calls == [("pre", True), ("post", False)]
     pre.remove()
@@ -249,8 +263,10 @@ def test_state_dict_hooks(info: OptimizerInfo) -> None:
 
     def mark(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
         order.append("post")
-        return {**state_dict, "param_groups": [{**g, "lr": 0.25} for g in
-                                               state_dict["param_groups"]]}
+        return {
+            **state_dict,
+            "param_groups": [{**g, "lr": 0.25} for g in state_dict["param_groups"]],
+        }
 
     opt.register_state_dict_post_hook(mark)
     state_dict = opt.state_dict()
@@ -268,7 +284,8 @@ def test_state_dict_hooks(info: OptimizerInfo) -> None:
 
     other.register_load_state_dict_pre_hook(change)
     other.register_load_state_dict_post_hook(
-        lambda optimizer: seen.append(optimizer.param_groups[0]["lr"]))
+        lambda optimizer: seen.append(optimizer.param_groups[0]["lr"])
+    )
     other.load_state_dict(state_dict)
     assert other.param_groups[0]["lr"] == 0.125
     assert seen == [0.125]
@@ -319,12 +336,16 @@ def test_step_takes_a_closure_and_returns_its_loss(info: OptimizerInfo) -> None:
     assert torch.equal(loss, first)  # the loss at the parameters it started from
 
 
-@pytest.mark.parametrize("info", [i for i in SUBJECTS if "maximize" in i.cls.hyperparameters],
-                         ids=ids)
+@pytest.mark.parametrize(
+    "info", [i for i in SUBJECTS if "maximize" in i.cls.hyperparameters], ids=ids
+)
 def test_maximize_equals_minimizing_the_negated_objective(info: OptimizerInfo) -> None:
     ours, negated = make_params(info), make_params(info)
-    options = {**config(info), "weight_decay": 0.1} \
-        if "weight_decay" in info.cls.hyperparameters else config(info)
+    options = (
+        {**config(info), "weight_decay": 0.1}
+        if "weight_decay" in info.cls.hyperparameters
+        else config(info)
+    )
     maximizing = info.cls(ours, **{**options, "maximize": True})
     minimizing = info.cls(negated, **{**options, "maximize": False})
     run(info, maximizing, ours, moving(info, 4), sign=-1.0)
@@ -349,15 +370,17 @@ def test_complex_parameters_are_updated_as_pairs_of_reals(info: OptimizerInfo) -
         info.step(complex_opt, computer(info, complex_params, step))
         info.step(real_opt, computer(info, pairs, step))
     for z, pair in zip(complex_params, pairs, strict=True):
-        torch.testing.assert_close(torch.view_as_real(z.detach()), pair.detach(),
-                                   rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(
+            torch.view_as_real(z.detach()), pair.detach(), rtol=1e-13, atol=1e-14
+        )
     assert not same(pairs, make_params(info)[2:])
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (1, 1), (1, 1, 1)], ids=str)
 @pytest.mark.parametrize("info", SUBJECTS, ids=ids)
-def test_tensor_learning_rate_of_every_shape_torch_accepts(info: OptimizerInfo,
-                                                          shape: tuple[int, ...]) -> None:
+def test_tensor_learning_rate_of_every_shape_torch_accepts(
+    info: OptimizerInfo, shape: tuple[int, ...]
+) -> None:
     """A one-element tensor lr, of any shape, gives the float lr's results in every mode."""
     lr = lr_of(info)
     for mode in ENGINE_MODES if info.cls.elementwise else ("auto",):
@@ -388,8 +411,7 @@ def test_zero_grad_sets_none_or_zeros(info: OptimizerInfo) -> None:
 
 
 @pytest.mark.parametrize("info", SUBJECTS, ids=ids)
-def test_add_param_group_keeps_state_and_updates_the_new_parameters(info: OptimizerInfo
-                                                                   ) -> None:
+def test_add_param_group_keeps_state_and_updates_the_new_parameters(info: OptimizerInfo) -> None:
     params = make_params(info)
     first, later = params[:2], params[2:]
     opt = info.cls(first, **config(info))
@@ -411,8 +433,9 @@ def test_add_param_group_keeps_state_and_updates_the_new_parameters(info: Optimi
     kinds = opt.param_groups[:count] + info.cls(clone(params), **config(info)).param_groups
     for group in added:
         twin = next(g for g in kinds if g.keys() == group.keys())
-        assert {k: v for k, v in group.items() if k not in ("params", "lr")} == \
-            {k: v for k, v in twin.items() if k not in ("params", "lr")}
+        assert {k: v for k, v in group.items() if k not in ("params", "lr")} == {
+            k: v for k, v in twin.items() if k not in ("params", "lr")
+        }
     for a, b in zip(state_values(opt), state, strict=True):
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
     run(info, opt, params, range(2, 2 + info.first_update_step))
@@ -436,8 +459,9 @@ def test_missing_and_empty_gradients(info: OptimizerInfo) -> None:
     assert not same([used], make_params(info)[:1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64],
-                         ids=["f16", "bf16", "f64"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["f16", "bf16", "f64"]
+)
 @pytest.mark.parametrize("info", SUBJECTS, ids=ids)
 def test_half_and_double_precision_parameters(info: OptimizerInfo, dtype: torch.dtype) -> None:
     """Parameters of the dtype are updated, stay finite, keep their dtype (and the
@@ -487,12 +511,19 @@ SCHEDULERS: dict[str, Callable[[Any, OptimizerInfo], Any]] = {
     "CosineAnnealingLR": lambda opt, info: lr_scheduler.CosineAnnealingLR(opt, T_max=4),
     "LambdaLR": lambda opt, info: lr_scheduler.LambdaLR(opt, lambda epoch: 1 / (1 + epoch)),
     "OneCycleLR": lambda opt, info: lr_scheduler.OneCycleLR(
-        opt, max_lr=2 * lr_of(info), total_steps=8, cycle_momentum=_cycles_momentum(info)),
+        opt, max_lr=2 * lr_of(info), total_steps=8, cycle_momentum=_cycles_momentum(info)
+    ),
     "SequentialLR": lambda opt, info: lr_scheduler.SequentialLR(
-        opt, [lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=2),
-              lr_scheduler.ExponentialLR(opt, gamma=0.9)], milestones=[2]),
-    "ReduceLROnPlateau": lambda opt, info: lr_scheduler.ReduceLROnPlateau(opt, patience=0,
-                                                                         factor=0.5),
+        opt,
+        [
+            lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=2),
+            lr_scheduler.ExponentialLR(opt, gamma=0.9),
+        ],
+        milestones=[2],
+    ),
+    "ReduceLROnPlateau": lambda opt, info: lr_scheduler.ReduceLROnPlateau(
+        opt, patience=0, factor=0.5
+    ),
 }
 
 
@@ -511,8 +542,14 @@ def test_torch_lr_schedulers_drive_the_optimizer(info: OptimizerInfo, name: str)
     params = make_params(info)
     opt = info.cls(params, **config(info))
     # one torch group per group of the optimizer, with its lr (a router's groups differ)
-    torch_sgd = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
-                                 for group in opt.param_groups], lr=lr_of(info), momentum=0.9)
+    torch_sgd = torch.optim.SGD(
+        [
+            {"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
+            for group in opt.param_groups
+        ],
+        lr=lr_of(info),
+        momentum=0.9,
+    )
     scheduler = SCHEDULERS[name](opt, info)
     torch_scheduler = SCHEDULERS[name](torch_sgd, info)
     by_hand_params = make_params(info)
@@ -520,8 +557,9 @@ def test_torch_lr_schedulers_drive_the_optimizer(info: OptimizerInfo, name: str)
     rates = []
     for step in range(6):
         rates.append(opt.param_groups[0]["lr"])
-        for group, torch_group, set_by_hand in zip(opt.param_groups, torch_sgd.param_groups,
-                                                   by_hand.param_groups, strict=True):
+        for group, torch_group, set_by_hand in zip(
+            opt.param_groups, torch_sgd.param_groups, by_hand.param_groups, strict=True
+        ):
             assert group["lr"] == pytest.approx(torch_group["lr"], rel=1e-12)
             for key in ("lr", "momentum", "betas"):
                 if key in group:

@@ -31,23 +31,36 @@ N, FEATURES, BATCH, EPOCHS = 48, 6, 4, 2  # per-process batch b = 4 on 2 process
 WORLD = 2
 SCENARIOS = {
     # name: (optimizer factory given params, accumulation, use ZeRO)
-    "plain_sgd": (lambda p, zero: make_optimizer(p, zero, descent.SGD, lr=0.05, momentum=0.9,
-                                                  nesterov=True), 1, False),
-    "accumulation_adam": (lambda p, zero: make_optimizer(p, zero, descent.Adam, lr=0.01), 4,
-                          False),
-    "zero_adam": (lambda p, zero: make_optimizer(p, zero, descent.Adam, lr=0.01,
-                                                 weight_decay=0.01), 1, True),
-    "zero_sgd_accumulation": (lambda p, zero: make_optimizer(p, zero, descent.SGD, lr=0.05,
-                                                             momentum=0.9), 3, True),
+    "plain_sgd": (
+        lambda p, zero: make_optimizer(p, zero, descent.SGD, lr=0.05, momentum=0.9, nesterov=True),
+        1,
+        False,
+    ),
+    "accumulation_adam": (lambda p, zero: make_optimizer(p, zero, descent.Adam, lr=0.01), 4, False),
+    "zero_adam": (
+        lambda p, zero: make_optimizer(p, zero, descent.Adam, lr=0.01, weight_decay=0.01),
+        1,
+        True,
+    ),
+    "zero_sgd_accumulation": (
+        lambda p, zero: make_optimizer(p, zero, descent.SGD, lr=0.05, momentum=0.9),
+        3,
+        True,
+    ),
     # a one-parameter group: ZeRO hands one rank an empty group of it
-    "zero_adam_groups": (lambda p, zero: make_optimizer(two_groups(p), zero, descent.Adam,
-                                                        lr=0.01), 2, True),
+    "zero_adam_groups": (
+        lambda p, zero: make_optimizer(two_groups(p), zero, descent.Adam, lr=0.01),
+        2,
+        True,
+    ),
 }
 
 
 def two_groups(model: nn.Module) -> list[dict]:
-    return [{"params": [model[0].weight, model[0].bias, model[2].weight]},
-            {"params": [model[2].bias], "lr": 0.02}]
+    return [
+        {"params": [model[0].weight, model[0].bias, model[2].weight]},
+        {"params": [model[2].bias], "lr": 0.02},
+    ]
 
 
 def make_optimizer(params, zero, optimizer_class, **options):
@@ -68,14 +81,13 @@ def make_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, 8), nn.Tanh(), nn.Linear(8, 1)).double()
 
 
-def train(model, opt, sampler, x, y, batch, accumulation, epochs, start_epoch=0,
-          on_epoch_end=None):
+def train(model, opt, sampler, x, y, batch, accumulation, epochs, start_epoch=0, on_epoch_end=None):
     """A plain loop: seeded sharded order, accumulation windows with no_sync inside."""
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
         batches = list(torch.utils.data.BatchSampler(sampler, batch, drop_last=False))
         for start in range(0, len(batches), accumulation):
-            window = batches[start:start + accumulation]
+            window = batches[start : start + accumulation]
             for i, index in enumerate(window):
                 with dist.gradient_sync(model, sync=i == len(window) - 1):
                     (F.mse_loss(model(x[index]), y[index]) / len(window)).backward()
@@ -133,8 +145,7 @@ def run_scenarios(out: Path) -> None:
     sampler = dist.ResumableSampler(N, seed=3)
 
     def save(epoch):
-        manager.save(epoch + 1, model=model, optimizers=opt,
-                     trainer_state={"epoch": epoch + 1})
+        manager.save(epoch + 1, model=model, optimizers=opt, trainer_state={"epoch": epoch + 1})
 
     train(model, opt, sampler, x, y, BATCH, 1, 1, on_epoch_end=save)
     train(model, opt, sampler, x, y, BATCH, 1, EPOCHS, start_epoch=1)
@@ -144,11 +155,21 @@ def run_scenarios(out: Path) -> None:
     opt2 = dist.zero_optimizer(dist.unwrap_model(model2), descent.Adam, lr=0.5)
     checkpoint = manager.load_latest(model=model2, optimizers=opt2)
     assert checkpoint is not None and checkpoint.trainer_state == {"epoch": 1}
-    train(model2, opt2, dist.ResumableSampler(N, seed=3), x, y, BATCH, 1, EPOCHS,
-          start_epoch=checkpoint.trainer_state["epoch"])
+    train(
+        model2,
+        opt2,
+        dist.ResumableSampler(N, seed=3),
+        x,
+        y,
+        BATCH,
+        1,
+        EPOCHS,
+        start_epoch=checkpoint.trainer_state["epoch"],
+    )
     resumed = params_of(model2)
     report[f"zero_resume_identical_rank{rank}"] = all(
-        torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted)
+        torch.equal(uninterrupted[key], resumed[key]) for key in uninterrupted
+    )
     report[f"zero_local_state_rank{rank}"] = len(opt2.optim.state)
     report = dist.all_gather_object(report)
     if dist.is_main_process():
@@ -165,8 +186,16 @@ def reference_run(name: str, batch: int = WORLD * BATCH) -> dict[str, torch.Tens
     x, y = make_data()
     model = make_model()
     opt = factory(model, False)
-    train(model, opt, dist.ResumableSampler(N, seed=3, num_replicas=1, rank=0), x, y,
-          batch, accumulation, EPOCHS)
+    train(
+        model,
+        opt,
+        dist.ResumableSampler(N, seed=3, num_replicas=1, rank=0),
+        x,
+        y,
+        batch,
+        accumulation,
+        EPOCHS,
+    )
     return params_of(model)
 
 
@@ -182,8 +211,10 @@ def check_no_sync(x: torch.Tensor, y: torch.Tensor) -> dict[str, bool]:
     with dist.gradient_sync(model, sync=True):
         F.mse_loss(model(x[index]), y[index]).backward()
     synced = dist.all_gather_object(weight.grad.clone())
-    return {"differ_inside_no_sync": not torch.equal(local[0], local[1]),
-            "equal_after_sync": torch.equal(synced[0], synced[1])}
+    return {
+        "differ_inside_no_sync": not torch.equal(local[0], local[1]),
+        "equal_after_sync": torch.equal(synced[0], synced[1]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +223,16 @@ def two_processes(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={WORLD}", __file__, "--worker", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        __file__,
+        "--worker",
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return load_file(out / "params.safetensors"), json.loads((out / "report.json").read_text()), out
@@ -247,14 +286,23 @@ def test_zero_state_is_sharded_consolidated_saved_and_resumed(two_processes):
     x, y = make_data()
     model = make_model()
     opt = descent.Adam(model.parameters(), lr=0.01)
-    train(model, opt, dist.ResumableSampler(N, seed=3, num_replicas=1, rank=0), x, y,
-          WORLD * BATCH, 1, 1)
+    train(
+        model,
+        opt,
+        dist.ResumableSampler(N, seed=3, num_replicas=1, rank=0),
+        x,
+        y,
+        WORLD * BATCH,
+        1,
+        1,
+    )
     expected = opt.state_dict()["state"]
     assert sorted(saved["state"]["state"]) == sorted(expected) == [0, 1, 2, 3]
     for index, state in expected.items():
         for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(saved["state"]["state"][index][key], state[key],
-                                       rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                saved["state"]["state"][index][key], state[key], rtol=1e-12, atol=1e-15
+            )
         assert saved["state"]["state"][index]["step"].item() == state["step"].item() == 6
     assert len(content["rng"]) == WORLD  # every rank's generators
 
@@ -278,8 +326,10 @@ def test_sampler_shards_interleave_into_the_single_process_order():
 def test_sampler_pads_or_drops_and_resumes_at_a_position():
     padded = [dist.ResumableSampler(5, shuffle=False, num_replicas=2, rank=r) for r in range(2)]
     assert [list(s) for s in padded] == [[0, 2, 4], [1, 3, 0]]
-    dropped = [dist.ResumableSampler(5, shuffle=False, drop_last=True, num_replicas=2, rank=r)
-               for r in range(2)]
+    dropped = [
+        dist.ResumableSampler(5, shuffle=False, drop_last=True, num_replicas=2, rank=r)
+        for r in range(2)
+    ]
     assert [list(s) for s in dropped] == [[0, 2], [1, 3]]
 
     sampler = dist.ResumableSampler(12, seed=1, num_replicas=1, rank=0)
@@ -319,8 +369,11 @@ def test_sampler_load_state_dict_names_a_missing_or_bad_position():
         partial = {name: value for name, value in state.items() if name != key}
         with pytest.raises(ValueError, match=f"load_state_dict: the state lacks '{key}'"):
             sampler.load_state_dict(partial)
-    with pytest.raises(ValueError, match=r"load_state_dict: position=9; expected an integer "
-                                         r"from 0 to 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"load_state_dict: position=9; expected an integer "
+        r"from 0 to 4",
+    ):
         sampler.load_state_dict({**state, "position": 9})
     with pytest.raises(ValueError, match=r"set_epoch: epoch=-1"):
         sampler.set_epoch(-1)

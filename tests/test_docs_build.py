@@ -52,13 +52,13 @@ def test_every_public_name_is_documented():
     missing = set(apidoc.undocumented())
     assert missing <= KNOWN_UNDOCUMENTED, sorted(missing - KNOWN_UNDOCUMENTED)
     assert not KNOWN_UNDOCUMENTED - missing, (
-        f"now documented, remove from KNOWN_UNDOCUMENTED: {sorted(KNOWN_UNDOCUMENTED - missing)}")
+        f"now documented, remove from KNOWN_UNDOCUMENTED: {sorted(KNOWN_UNDOCUMENTED - missing)}"
+    )
 
 
 def test_every_public_module_has_a_docstring():
     modules = apidoc.public_modules()
-    assert {"descent", "descent.optim.adam", "descent.cli.compare", "descent.train"} <= set(
-        modules)
+    assert {"descent", "descent.optim.adam", "descent.cli.compare", "descent.train"} <= set(modules)
     assert [m for m in modules if not (importlib.import_module(m).__doc__ or "").strip()] == []
 
 
@@ -71,10 +71,15 @@ def test_api_pages_describe_each_object_once_and_list_every_name(tmp_path):
         for entry in apidoc.entries(module):
             assert f"`~{entry.target}`" in text, (module, entry.name)
     assert [name for name, count in described.items() if count > 1] == []
-    for name in ("descent.optim.adam.Adam", "descent.optim.base.Optimizer",
-                 "descent.schedules.functions.Cosine", "descent.train.supervised.SupervisedTrainer",
-                 "descent.checkpoint.state.save_checkpoint", "descent.optim.registry.algorithms",
-                 "descent.cli.compare.compare_on_digits"):
+    for name in (
+        "descent.optim.adam.Adam",
+        "descent.optim.base.Optimizer",
+        "descent.schedules.functions.Cosine",
+        "descent.train.supervised.SupervisedTrainer",
+        "descent.checkpoint.state.save_checkpoint",
+        "descent.optim.registry.algorithms",
+        "descent.cli.compare.compare_on_digits",
+    ):
         assert described[name] == 1, name
     # re-exports link to the one description: descent.Adam is described in descent.optim.adam
     assert "`~descent.optim.adam.Adam`" in (tmp_path / "descent.rst").read_text()
@@ -91,18 +96,22 @@ def test_optimizer_docstrings_carry_a_generated_args_section():
 
 
 GUIDES = {
-    "migrate": "guide_migrate.py", "lightning": "guide_lightning.py",
-    "transformers": "guide_transformers.py", "accelerate": "guide_accelerate.py",
-    "compile": "guide_compile.py", "ddp-zero": "guide_ddp_zero.py",
-    "fsdp2": "guide_fsdp2.py", "dcp": "guide_dcp.py",
+    "migrate": "guide_migrate.py",
+    "lightning": "guide_lightning.py",
+    "transformers": "guide_transformers.py",
+    "accelerate": "guide_accelerate.py",
+    "compile": "guide_compile.py",
+    "ddp-zero": "guide_ddp_zero.py",
+    "fsdp2": "guide_fsdp2.py",
+    "dcp": "guide_dcp.py",
 }
 
 
 def test_each_guide_shows_the_example_its_test_runs():
     tests = (ROOT / "tests" / "test_guides.py").read_text() + (
-        ROOT / "tests" / "run_distributed_guides.py").read_text()
-    assert sorted(p.name for p in (DOCS / "examples").glob("guide_*.py")) == sorted(
-        GUIDES.values())
+        ROOT / "tests" / "run_distributed_guides.py"
+    ).read_text()
+    assert sorted(p.name for p in (DOCS / "examples").glob("guide_*.py")) == sorted(GUIDES.values())
     for page, example in GUIDES.items():
         text = (DOCS / "guides" / f"{page}.md").read_text()
         assert f"```{{literalinclude}} ../examples/{example}" in text, page
@@ -113,8 +122,18 @@ def test_each_guide_shows_the_example_its_test_runs():
 def test_readme_is_a_front_page_linking_every_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 100
-    for page in ("optimizers", "schedules", "beyond-torch", "trainers", "training",
-                 "checkpoints", "guides/index", "cli", "speed", "development"):
+    for page in (
+        "optimizers",
+        "schedules",
+        "beyond-torch",
+        "trainers",
+        "training",
+        "checkpoints",
+        "guides/index",
+        "cli",
+        "speed",
+        "development",
+    ):
         assert f"(docs/{page}.md)" in readme, page
         assert (DOCS / f"{page}.md").exists(), page
     command = 'pip install -c constraints.txt -e ".[test]" && python -m pytest tests'
@@ -123,21 +142,51 @@ def test_readme_is_a_front_page_linking_every_page():
 
 @pytest.mark.slow
 def test_sphinx_builds_without_warnings(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b",
-                           "html", str(DOCS), str(tmp_path / "html")], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            str(DOCS),
+            str(tmp_path / "html"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-5000:]
     adam = (tmp_path / "html" / "api" / "generated" / "descent.optim.adam.html").read_text()
-    assert "Parameters" in adam and "decoupled_weight_decay" in adam   # the Args section
+    assert "Parameters" in adam and "decoupled_weight_decay" in adam  # the Args section
 
 
 @pytest.mark.slow
 def test_the_wheel_ships_py_typed(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     wheel = next(tmp_path.glob("descent-*.whl"))
     assert "descent/py.typed" in zipfile.ZipFile(wheel).namelist()
@@ -160,9 +209,14 @@ def _mypy(tmp_path: Path, source: str) -> list[str]:
     pytest.importorskip("mypy")
     (tmp_path / "user.py").write_text(source)
     env = dict(os.environ, MYPYPATH=str(ROOT / "src"))
-    done = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental",
-                           "--ignore-missing-imports", "user.py"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--ignore-missing-imports", "user.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return re.findall(r"^user\.py:(\d+): error", done.stdout, flags=re.M)
 
 

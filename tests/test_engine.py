@@ -26,15 +26,15 @@ from optim_table import OPTIMIZERS, OptimizerInfo, case_id, config_cases
 STEPS = 8
 
 
-def make_params(dtype: torch.dtype = torch.float64, seed: int = 0,
-                info: OptimizerInfo | None = None) -> list[nn.Parameter]:
+def make_params(
+    dtype: torch.dtype = torch.float64, seed: int = 0, info: OptimizerInfo | None = None
+) -> list[nn.Parameter]:
     """Parameters of several shapes (matrices only, for an optimizer that takes only those)."""
     generator = torch.Generator().manual_seed(seed)
     shapes = [(4, 3), (5,), (2, 3, 2), (7,), (1,)]
     if info is not None:
         shapes = [info.shape(*shape) for shape in shapes]
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
-            for shape in shapes]
+    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype)) for shape in shapes]
 
 
 def give_grads(params: list[torch.Tensor], step: int, info: OptimizerInfo | None = None) -> None:
@@ -47,8 +47,13 @@ def give_grads(params: list[torch.Tensor], step: int, info: OptimizerInfo | None
         param.grad = None if missing else grad if info is None else info.gradient(grad)
 
 
-def run(info: OptimizerInfo, config: dict[str, Any], mode: str,
-        dtype: torch.dtype = torch.float64, steps: int = STEPS) -> tuple[list, Any]:
+def run(
+    info: OptimizerInfo,
+    config: dict[str, Any],
+    mode: str,
+    dtype: torch.dtype = torch.float64,
+    steps: int = STEPS,
+) -> tuple[list, Any]:
     params = make_params(dtype)
     opt = info.cls(params, **config)
     engine.set_mode(opt, mode)
@@ -68,16 +73,23 @@ def relative_difference(ours: list[torch.Tensor], reference: list[torch.Tensor])
 
 def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     state = opt.state_dict()["state"]
-    return [torch.as_tensor(entry[key]) for index in sorted(state)
-            for entry in [state[index]] for key in sorted(entry)]
+    return [
+        torch.as_tensor(entry[key])
+        for index in sorted(state)
+        for entry in [state[index]]
+        for key in sorted(entry)
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("info", "config"), [(info, config) for info, config in config_cases()
-                                              if info.cls.elementwise], ids=case_id)
-def test_foreach_path_is_bit_identical_to_per_tensor(info: OptimizerInfo,
-                                                     config: dict[str, Any],
-                                                     dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    ("info", "config"),
+    [(info, config) for info, config in config_cases() if info.cls.elementwise],
+    ids=case_id,
+)
+def test_foreach_path_is_bit_identical_to_per_tensor(
+    info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype
+) -> None:
     """The math on lists runs the same kernels per tensor: the same bits, params and state."""
     ours, ours_opt = run(info, config, "foreach", dtype)
     reference, reference_opt = run(info, config, "per_tensor", dtype)
@@ -88,13 +100,15 @@ def test_foreach_path_is_bit_identical_to_per_tensor(info: OptimizerInfo,
         assert torch.equal(a, b)
 
 
-FUSED_CASES = [(info, config) for info, config in config_cases()
-               if info.cls.fused_kernel is not None]
+FUSED_CASES = [
+    (info, config) for info, config in config_cases() if info.cls.fused_kernel is not None
+]
 
 
 @pytest.mark.parametrize(("info", "config"), FUSED_CASES, ids=case_id)
-def test_torch_fused_kernels_match_the_math_functions(info: OptimizerInfo,
-                                                      config: dict[str, Any]) -> None:
+def test_torch_fused_kernels_match_the_math_functions(
+    info: OptimizerInfo, config: dict[str, Any]
+) -> None:
     """torch's fused kernel vs descent's math per tensor: float64, <= 1e-12."""
     ours, ours_opt = run(info, config, "fused")
     reference, reference_opt = run(info, config, "per_tensor")
@@ -267,8 +281,12 @@ def test_model_to_another_dtype_keeps_training_with_converted_state() -> None:
             model(x).square().mean().backward()
             opt.step()
         assert all(p.dtype == torch.float64 for p in model.parameters())
-        assert all(v.dtype == torch.float64 for s in opt.state.values()
-                   for k, v in s.items() if k != "step")
+        assert all(
+            v.dtype == torch.float64
+            for s in opt.state.values()
+            for k, v in s.items()
+            if k != "step"
+        )
         results.append(list(model.parameters()))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
@@ -328,8 +346,7 @@ def test_sgd_takes_sparse_gradients_as_torch_does(momentum: float) -> None:
             dense(embedding(index)).square().sum().backward()
             assert embedding.weight.grad.is_sparse
             opt.step()
-        results.append([p.detach().clone() for p in (*embedding.parameters(),
-                                                      *dense.parameters())])
+        results.append([p.detach().clone() for p in (*embedding.parameters(), *dense.parameters())])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
 
@@ -381,13 +398,17 @@ def test_non_elementwise_optimizers_run_per_tensor_on_plain_tensors() -> None:
         elementwise = False
 
     params = make_params()
-    expected = [p.detach() - 0.1 * g / g.norm() for p, g in
-                zip(params, [torch.full_like(p, 2.0) for p in params], strict=True)]
+    expected = [
+        p.detach() - 0.1 * g / g.norm()
+        for p, g in zip(params, [torch.full_like(p, 2.0) for p in params], strict=True)
+    ]
     for param in params:
         param.grad = torch.full_like(param, 2.0)
     Normalised(params).step()
-    assert seen == [torch.nn.Parameter] * len(params) or set(seen) <= {torch.Tensor,
-                                                                       torch.nn.Parameter}
+    assert seen == [torch.nn.Parameter] * len(params) or set(seen) <= {
+        torch.Tensor,
+        torch.nn.Parameter,
+    }
     for param, value in zip(params, expected, strict=True):
         torch.testing.assert_close(param.detach(), value, rtol=1e-15, atol=1e-15)
 
@@ -512,7 +533,8 @@ def test_step_between_forward_and_backward_is_caught_by_autograd(mode: str) -> N
 @pytest.mark.parametrize("mode", ["auto", "foreach", "per_tensor"])
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
 def test_parameters_keep_their_storage_and_gradients_are_never_written(
-        info: OptimizerInfo, mode: str) -> None:
+    info: OptimizerInfo, mode: str
+) -> None:
     params = make_params(torch.float32, info=info)
     pointers = [p.data_ptr() for p in params]
     opt = info.cls(params, **info.configs[-1])
@@ -568,26 +590,30 @@ def test_pickled_model_and_submodule_state_dicts_hold_only_their_own_tensors() -
 
 # ---------------------------------------------------------------------- generated kernels
 
-needs_compiler = pytest.mark.skipif(descent.engine.cpu.compiler() is None,
-                                    reason="needs a C compiler")
+needs_compiler = pytest.mark.skipif(
+    descent.engine.cpu.compiler() is None, reason="needs a C compiler"
+)
 
 
-ELEMENTWISE_CASES = [(info, config) for info, config in config_cases()
-                     if info.cls.elementwise and not info.sparse_gradients]
+ELEMENTWISE_CASES = [
+    (info, config)
+    for info, config in config_cases()
+    if info.cls.elementwise and not info.sparse_gradients
+]
 
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("info", "config"), ELEMENTWISE_CASES, ids=case_id)
-def test_generated_kernels_match_per_tensor(info: OptimizerInfo, config: dict[str, Any],
-                                            dtype: torch.dtype) -> None:
+def test_generated_kernels_match_per_tensor(
+    info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype
+) -> None:
     """One C loop generated from the math vs the math per tensor: params and state."""
     ours, ours_opt = run(info, config, "compiled", dtype)
     reference, reference_opt = run(info, config, "per_tensor", dtype)
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
     assert relative_difference(ours, reference) <= tolerance
-    assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= \
-        tolerance
+    assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= tolerance
 
 
 def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -603,8 +629,7 @@ def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @needs_compiler
-def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch,
-                                        tmp_path: Any) -> None:
+def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """While a kernel is being built, auto steps run the math on lists; then the kernel."""
     import threading
 
@@ -700,8 +725,8 @@ TRITON_CASES = ELEMENTWISE_CASES[::3]
 
 @pytest.mark.parametrize(("info", "config"), TRITON_CASES, ids=case_id)
 def test_generated_triton_kernels_match_per_tensor_in_the_interpreter(
-        info: OptimizerInfo, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Any) -> None:
+    info: OptimizerInfo, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     """The CUDA backend's generated source, run by Triton's CPU interpreter (float64)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")

@@ -13,24 +13,41 @@ from descent.engine import default_mode
 from optim_table import MATRIX_RULES, OPTIMIZERS, OptimizerInfo, case_id, config_cases
 
 FUNCTIONAL = {
-    "SGD": functional.sgd, "Adam": functional.adam, "AdamW": functional.adamw,
-    "RMSprop": functional.rmsprop, "Adagrad": functional.adagrad, "NAdam": functional.nadam,
-    "RAdam": functional.radam, "Adamax": functional.adamax, "SignSGD": functional.sign_sgd,
-    "Lion": functional.lion, "Adadelta": functional.adadelta, "ASGD": functional.asgd,
+    "SGD": functional.sgd,
+    "Adam": functional.adam,
+    "AdamW": functional.adamw,
+    "RMSprop": functional.rmsprop,
+    "Adagrad": functional.adagrad,
+    "NAdam": functional.nadam,
+    "RAdam": functional.radam,
+    "Adamax": functional.adamax,
+    "SignSGD": functional.sign_sgd,
+    "Lion": functional.lion,
+    "Adadelta": functional.adadelta,
+    "ASGD": functional.asgd,
     "Rprop": functional.rprop,
 }
-FUNCTIONAL_INFOS = [info for info in OPTIMIZERS
-                    if info.functional and info.cls.registry_name in functional.ALGORITHMS]
-FUNCTIONAL.update({info.name: functional.ALGORITHMS[info.cls.registry_name]
-                   for info in FUNCTIONAL_INFOS if info.name not in FUNCTIONAL})
+FUNCTIONAL_INFOS = [
+    info
+    for info in OPTIMIZERS
+    if info.functional and info.cls.registry_name in functional.ALGORITHMS
+]
+FUNCTIONAL.update(
+    {
+        info.name: functional.ALGORITHMS[info.cls.registry_name]
+        for info in FUNCTIONAL_INFOS
+        if info.name not in FUNCTIONAL
+    }
+)
 FIRST_UPDATE = {info.cls.registry_name: info.first_update_step for info in OPTIMIZERS}
 VMAP_TOLERANCE = {info.cls.registry_name: info.vmap_tolerance for info in OPTIMIZERS}
 # every functional form, but those of rules that take matrices only (no 1-D parameters)
 ANY_SHAPE = [name for name in functional.ALGORITHMS if name not in MATRIX_RULES]
 
 
-def split_config(algorithm: functional.FunctionalOptimizer,
-                 config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_config(
+    algorithm: functional.FunctionalOptimizer, config: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A class config as (init options, step hyperparameters)."""
     init = {k: v for k, v in config.items() if k in algorithm.init_options}
     step = {k: v for k, v in config.items() if k in algorithm.hyperparameters}
@@ -40,16 +57,23 @@ def split_config(algorithm: functional.FunctionalOptimizer,
 
 def make_params(dtype: torch.dtype) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
-    return {"w": torch.randn(4, 3, generator=generator, dtype=dtype),
-            "layers": [torch.randn(3, generator=generator, dtype=dtype),
-                       torch.randn(2, 2, generator=generator, dtype=dtype)]}
+    return {
+        "w": torch.randn(4, 3, generator=generator, dtype=dtype),
+        "layers": [
+            torch.randn(3, generator=generator, dtype=dtype),
+            torch.randn(2, 2, generator=generator, dtype=dtype),
+        ],
+    }
 
 
 def grads_for(params: dict[str, Any], step: int) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(100 + step)
-    return {"w": torch.randn(params["w"].shape, generator=generator, dtype=params["w"].dtype),
-            "layers": [torch.randn(p.shape, generator=generator, dtype=p.dtype)
-                       for p in params["layers"]]}
+    return {
+        "w": torch.randn(params["w"].shape, generator=generator, dtype=params["w"].dtype),
+        "layers": [
+            torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params["layers"]
+        ],
+    }
 
 
 def flat(tree: dict[str, Any]) -> list[torch.Tensor]:
@@ -58,11 +82,14 @@ def flat(tree: dict[str, Any]) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["per_tensor", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("info", "config"),
-                         [case for case in config_cases() if case[0] in FUNCTIONAL_INFOS],
-                         ids=case_id)
-def test_functional_steps_equal_the_optimizer_class(info: OptimizerInfo, config: dict[str, Any],
-                                                    dtype: torch.dtype, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("info", "config"),
+    [case for case in config_cases() if case[0] in FUNCTIONAL_INFOS],
+    ids=case_id,
+)
+def test_functional_steps_equal_the_optimizer_class(
+    info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype, mode: str
+) -> None:
     algorithm = FUNCTIONAL[info.name]
     init_options, hyperparameters = split_config(algorithm, config)
     params = make_params(dtype)
@@ -83,8 +110,11 @@ def test_functional_steps_equal_the_optimizer_class(info: OptimizerInfo, config:
             tolerance = {torch.float64: 1e-13, torch.float32: 1e-5}[dtype]
             torch.testing.assert_close(new, tensor.detach(), rtol=tolerance, atol=tolerance)
     assert int(state["step"]) == 8
-    assert state["step"].dtype == (torch.float64 if dtype == torch.float64 and
-                                   torch.get_default_dtype() == torch.float64 else torch.float32)
+    assert state["step"].dtype == (
+        torch.float64
+        if dtype == torch.float64 and torch.get_default_dtype() == torch.float64
+        else torch.float32
+    )
 
 
 @pytest.mark.parametrize("name", ANY_SHAPE)
@@ -97,8 +127,9 @@ def test_step_mutates_nothing(name: str) -> None:
         params, state = algorithm.step(params, grads_for(params, step), state)
     grads = grads_for(params, steps)
     before = [t.clone() for t in flat(params) + flat(grads)]
-    state_before = {k: [t.clone() for t in (flat(v) if isinstance(v, dict) else [v])]
-                    for k, v in state.items()}
+    state_before = {
+        k: [t.clone() for t in (flat(v) if isinstance(v, dict) else [v])] for k, v in state.items()
+    }
     new_params, new_state = algorithm.step(params, grads, state, lr=0.1)
     for old, now in zip(before, flat(params) + flat(grads), strict=True):
         assert torch.equal(old, now)
@@ -131,10 +162,18 @@ def test_tree_forms_single_tensor_tuple_and_namedtuple() -> None:
     from collections import namedtuple
 
     pair = namedtuple("pair", ["a", "b"])
-    for params in (torch.ones(3), (torch.ones(2), torch.ones(1)), pair(torch.ones(2),
-                                                                       torch.ones(1))):
-        grads = params if isinstance(params, torch.Tensor) else type(params)(*params) \
-            if hasattr(params, "_fields") else tuple(params)
+    for params in (
+        torch.ones(3),
+        (torch.ones(2), torch.ones(1)),
+        pair(torch.ones(2), torch.ones(1)),
+    ):
+        grads = (
+            params
+            if isinstance(params, torch.Tensor)
+            else type(params)(*params)
+            if hasattr(params, "_fields")
+            else tuple(params)
+        )
         new, _ = functional.sgd.step(params, grads, functional.sgd.init(params), lr=0.5)
         assert type(new) is type(params)
         leaves = [new] if isinstance(new, torch.Tensor) else list(new)
@@ -168,8 +207,11 @@ def test_bad_inputs_raise_clear_errors() -> None:
         functional.adam.step(params, grads, functional.sgd.init(params))
     with pytest.raises(ValueError, match=r"state\['exp_avg'\]\['w'\] has shape \(4,\)"):
         functional.adam.step(params, grads, functional.adam.init({"w": torch.ones(4)}))
-    with pytest.raises(ValueError, match=r"state\['exp_avg'\]\['w'\] has shape \(3,\) and "
-                                         r"dtype torch\.float64"):
+    with pytest.raises(
+        ValueError,
+        match=r"state\['exp_avg'\]\['w'\] has shape \(3,\) and "
+        r"dtype torch\.float64",
+    ):
         functional.adam.step(params, grads, functional.adam.init({"w": torch.ones(3).double()}))
     with pytest.raises(ValueError, match=r"init\(params, momentum=0\.9\)"):
         functional.sgd.step(params, grads, functional.sgd.init(params), momentum=0.9)
@@ -189,8 +231,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
 # ---------------------------------------------------------------------- torch.func
 
 
-def quadratic_loss(params: dict[str, torch.Tensor], x: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
+def quadratic_loss(
+    params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     return ((x @ params["w"] + params["b"] - y) ** 2).mean()
 
 
@@ -202,8 +245,10 @@ def test_vmap_over_an_ensemble_equals_a_loop(name: str) -> None:
     members = 4
     x = torch.randn(16, 3, generator=generator, dtype=torch.float64)
     y = torch.randn(16, 2, generator=generator, dtype=torch.float64)
-    stacked = {"w": torch.randn(members, 3, 2, generator=generator, dtype=torch.float64),
-               "b": torch.randn(members, 2, generator=generator, dtype=torch.float64)}
+    stacked = {
+        "w": torch.randn(members, 3, 2, generator=generator, dtype=torch.float64),
+        "b": torch.randn(members, 2, generator=generator, dtype=torch.float64),
+    }
     options = {"momentum": 0.5} if "momentum" in algorithm.init_options else {}
 
     def train(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -218,8 +263,9 @@ def test_vmap_over_an_ensemble_equals_a_loop(name: str) -> None:
         alone = train({key: value[member] for key, value in stacked.items()})
         for key in stacked:
             tolerance = VMAP_TOLERANCE.get(name, 1e-12)
-            torch.testing.assert_close(together[key][member], alone[key], rtol=tolerance,
-                                       atol=tolerance)
+            torch.testing.assert_close(
+                together[key][member], alone[key], rtol=tolerance, atol=tolerance
+            )
 
 
 @pytest.mark.parametrize("name", ["adam", "nadam", "rmsprop", "sgd"])
@@ -236,22 +282,29 @@ def test_vmap_of_one_step_with_state_outside(name: str) -> None:
         return algorithm.step(p, g, s, lr=0.1)
 
     new, new_state = torch.func.vmap(one, in_dims=(0, 0, in_dims), out_dims=out_dims)(
-        stacked, grads, state)
+        stacked, grads, state
+    )
     whole, whole_state = algorithm.step(stacked, grads, state, lr=0.1)
     torch.testing.assert_close(new["w"], whole["w"], rtol=1e-14, atol=1e-14)
     assert int(new_state["step"]) == int(whole_state["step"]) == 1
 
 
-def unrolled_loss(algorithm: functional.FunctionalOptimizer, log_lr: torch.Tensor,
-                  hyperparameters: dict[str, Any], init: dict[str, Any]) -> torch.Tensor:
+def unrolled_loss(
+    algorithm: functional.FunctionalOptimizer,
+    log_lr: torch.Tensor,
+    hyperparameters: dict[str, Any],
+    init: dict[str, Any],
+) -> torch.Tensor:
     """Validation loss after 6 steps on a training regression, as a function of log(lr)."""
     generator = torch.Generator().manual_seed(11)
     x_train = torch.randn(20, 3, generator=generator, dtype=torch.float64)
     y_train = torch.randn(20, 2, generator=generator, dtype=torch.float64)
     x_val = torch.randn(20, 3, generator=generator, dtype=torch.float64)
     y_val = torch.randn(20, 2, generator=generator, dtype=torch.float64)
-    params = {"w": torch.randn(3, 2, generator=generator, dtype=torch.float64),
-              "b": torch.zeros(2, dtype=torch.float64)}
+    params = {
+        "w": torch.randn(3, 2, generator=generator, dtype=torch.float64),
+        "b": torch.zeros(2, dtype=torch.float64),
+    }
     state = algorithm.init(params, **init)
     lr = torch.exp(log_lr)
     for _ in range(6):
@@ -260,21 +313,26 @@ def unrolled_loss(algorithm: functional.FunctionalOptimizer, log_lr: torch.Tenso
     return quadratic_loss(params, x_val, y_val)
 
 
-@pytest.mark.parametrize(("name", "init", "hyperparameters"), [
-    ("sgd", {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.1}),
-    ("sgd", {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("adam", {"amsgrad": True}, {}),
-    ("adamw", {}, {"weight_decay": 0.1}),
-    ("rmsprop", {"momentum": 0.5, "centered": True}, {"momentum": 0.5}),
-    ("adagrad", {}, {"lr_decay": 0.1}),
-    ("nadam", {}, {}),
-    ("radam", {}, {"betas": (0.9, 0.9)}),
-    ("adamax", {}, {}),
-    ("sign_sgd", {"momentum": 0.9}, {"momentum": 0.9, "weight_decay": 0.1}),
-    ("lion", {}, {"weight_decay": 0.1}),
-], ids=lambda case: case if isinstance(case, str) else None)
+@pytest.mark.parametrize(
+    ("name", "init", "hyperparameters"),
+    [
+        ("sgd", {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.1}),
+        ("sgd", {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+        ("adam", {"amsgrad": True}, {}),
+        ("adamw", {}, {"weight_decay": 0.1}),
+        ("rmsprop", {"momentum": 0.5, "centered": True}, {"momentum": 0.5}),
+        ("adagrad", {}, {"lr_decay": 0.1}),
+        ("nadam", {}, {}),
+        ("radam", {}, {"betas": (0.9, 0.9)}),
+        ("adamax", {}, {}),
+        ("sign_sgd", {"momentum": 0.9}, {"momentum": 0.9, "weight_decay": 0.1}),
+        ("lion", {}, {"weight_decay": 0.1}),
+    ],
+    ids=lambda case: case if isinstance(case, str) else None,
+)
 def test_learning_rate_meta_gradient_matches_finite_differences(
-        name: str, init: dict[str, Any], hyperparameters: dict[str, Any]) -> None:
+    name: str, init: dict[str, Any], hyperparameters: dict[str, Any]
+) -> None:
     algorithm = functional.ALGORITHMS[name]
     log_lr = torch.tensor(math.log(0.05), dtype=torch.float64, requires_grad=True)
     loss = unrolled_loss(algorithm, log_lr, hyperparameters, init)
@@ -298,15 +356,22 @@ def test_maml_on_sine_regression_matches_finite_differences() -> None:
         amplitude = 0.1 + 4.9 * torch.rand((), generator=generator, dtype=dtype)
         phase = math.pi * torch.rand((), generator=generator, dtype=dtype)
         x = 10 * torch.rand(20, 1, generator=generator, dtype=dtype) - 5
-        tasks.append((x[:10], amplitude * torch.sin(x[:10] + phase),
-                      x[10:], amplitude * torch.sin(x[10:] + phase)))
-    meta = {"w1": 0.5 * torch.randn(1, 16, generator=generator, dtype=dtype),
-            "b1": torch.zeros(16, dtype=dtype),
-            "w2": 0.5 * torch.randn(16, 1, generator=generator, dtype=dtype),
-            "b2": torch.zeros(1, dtype=dtype)}
+        tasks.append(
+            (
+                x[:10],
+                amplitude * torch.sin(x[:10] + phase),
+                x[10:],
+                amplitude * torch.sin(x[10:] + phase),
+            )
+        )
+    meta = {
+        "w1": 0.5 * torch.randn(1, 16, generator=generator, dtype=dtype),
+        "b1": torch.zeros(16, dtype=dtype),
+        "w2": 0.5 * torch.randn(16, 1, generator=generator, dtype=dtype),
+        "b2": torch.zeros(1, dtype=dtype),
+    }
 
-    def net_loss(params: dict[str, torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor) -> torch.Tensor:
+    def net_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         hidden = torch.tanh(x @ params["w1"] + params["b1"])
         return ((hidden @ params["w2"] + params["b2"] - y) ** 2).mean()
 
@@ -323,8 +388,9 @@ def test_maml_on_sine_regression_matches_finite_differences() -> None:
     meta_gradient = torch.func.grad(meta_loss)(meta)
     h = 1e-6
     for trial in range(3):
-        direction = {k: torch.randn(v.shape, generator=generator, dtype=dtype)
-                     for k, v in meta.items()}
+        direction = {
+            k: torch.randn(v.shape, generator=generator, dtype=dtype) for k, v in meta.items()
+        }
         plus = meta_loss({k: meta[k] + h * direction[k] for k in meta})
         minus = meta_loss({k: meta[k] - h * direction[k] for k in meta})
         finite_difference = (plus - minus) / (2 * h)
@@ -378,7 +444,8 @@ def class_cases() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
 
 @pytest.mark.parametrize(("info", "config"), class_cases(), ids=case_id)
 def test_a_run_moves_between_the_class_and_the_functional_form(
-        info: OptimizerInfo, config: dict[str, Any]) -> None:
+    info: OptimizerInfo, config: dict[str, Any]
+) -> None:
     algorithm = FUNCTIONAL[info.name]
     init_options, hyperparameters = split_config(algorithm, config)
     start = make_params(torch.float64)
@@ -388,8 +455,9 @@ def test_a_run_moves_between_the_class_and_the_functional_form(
         """Ten functional steps from the start."""
         params, state = start, algorithm.init(start, **init_options)
         for step in range(10):
-            params, state = algorithm.step(params, grads_for(params, step), state,
-                                           **hyperparameters)
+            params, state = algorithm.step(
+                params, grads_for(params, step), state, **hyperparameters
+            )
         return params
 
     def as_tree(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -406,8 +474,7 @@ def test_a_run_moves_between_the_class_and_the_functional_form(
     params = as_tree({n: t.detach().clone() for n, t in tensors.items()})
     state = algorithm.state_from_optimizer(opt, as_tree(tensors))
     for step in range(5, 10):
-        params, state = algorithm.step(params, grads_for(params, step), state,
-                                       **hyperparameters)
+        params, state = algorithm.step(params, grads_for(params, step), state, **hyperparameters)
     expected = reference()
     for got, want in zip(flat(params), flat(expected), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
@@ -415,8 +482,7 @@ def test_a_run_moves_between_the_class_and_the_functional_form(
     # functional for 5 steps, then the class for 5
     params, state = start, algorithm.init(start, **init_options)
     for step in range(5):
-        params, state = algorithm.step(params, grads_for(params, step), state,
-                                       **hyperparameters)
+        params, state = algorithm.step(params, grads_for(params, step), state, **hyperparameters)
     tensors = {n: p.clone().requires_grad_() for n, p in zip(names, flat(params), strict=True)}
     opt = info.cls(list(tensors.values()), **config)
     algorithm.load_into_optimizer(state, opt, as_tree(tensors))
@@ -448,8 +514,11 @@ def test_state_bridge_errors() -> None:
     grouped = functional.adam.optimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
     with pytest.raises(ValueError, match=r"params\[1\] is in a group with lr=0\.5"):
         functional.adam.state_from_optimizer(grouped, [a, b])
-    with pytest.raises(ValueError, match=r"state has buffers \['exp_avg', 'exp_avg_sq'\], "
-                                         r"expected \['exp_avg', 'exp_avg_sq', "
-                                         r"'max_exp_avg_sq'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"state has buffers \['exp_avg', 'exp_avg_sq'\], "
+        r"expected \['exp_avg', 'exp_avg_sq', "
+        r"'max_exp_avg_sq'\]",
+    ):
         amsgrad = functional.adam.optimizer([a], lr=0.1, amsgrad=True)
         functional.adam.load_into_optimizer(functional.adam.init([a]), amsgrad, [a])

@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 from descent.optim import _validate
 from optim_table import OPTIMIZERS, OptimizerInfo, case_id
 
-NUMBERS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6)
-NON_NEGATIVE = {name for info in OPTIMIZERS for name, spec in info.cls.hyperparameters.items()
-                if spec.check is _validate.non_negative}
+NUMBERS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**6), 10**6)
+NON_NEGATIVE = {
+    name
+    for info in OPTIMIZERS
+    for name, spec in info.cls.hyperparameters.items()
+    if spec.check is _validate.non_negative
+}
 
 
 def _param(info: OptimizerInfo | None = None) -> torch.Tensor:
@@ -37,9 +41,16 @@ def test_non_negative_hyperparameters(info: OptimizerInfo, value: float) -> None
                 info.cls([_param(info)], **{name: value})
 
 
-@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if "betas" in i.cls.hyperparameters
-                                  and i.cls.hyperparameters["betas"].check is _validate.betas],
-                         ids=case_id)
+@pytest.mark.parametrize(
+    "info",
+    [
+        i
+        for i in OPTIMIZERS
+        if "betas" in i.cls.hyperparameters
+        and i.cls.hyperparameters["betas"].check is _validate.betas
+    ],
+    ids=case_id,
+)
 @settings(max_examples=60, deadline=None)
 @given(beta1=NUMBERS, beta2=NUMBERS)
 def test_betas_in_unit_interval(info: OptimizerInfo, beta1: float, beta2: float) -> None:
@@ -61,8 +72,11 @@ def test_the_property_tests_cover_the_usual_hyperparameters() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
-       lr=st.floats(1e-6, 1.0), seed=st.integers(0, 2**31 - 1))
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    lr=st.floats(1e-6, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_first_sgd_step_is_closed_form(shape: list[int], lr: float, seed: int) -> None:
     import descent
 
@@ -79,11 +93,17 @@ def test_first_sgd_step_is_closed_form(shape: list[int], lr: float, seed: int) -
 
 
 @settings(max_examples=50, deadline=None)
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), lr=st.floats(1e-6, 1.0),
-       beta1=st.floats(0, 0.99), beta2=st.floats(0, 0.999), eps=st.floats(1e-12, 1e-2),
-       seed=st.integers(0, 2**31 - 1))
-def test_first_adam_step_is_closed_form(shape: list[int], lr: float, beta1: float,
-                                        beta2: float, eps: float, seed: int) -> None:
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    lr=st.floats(1e-6, 1.0),
+    beta1=st.floats(0, 0.99),
+    beta2=st.floats(0, 0.999),
+    eps=st.floats(1e-12, 1e-2),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_first_adam_step_is_closed_form(
+    shape: list[int], lr: float, beta1: float, beta2: float, eps: float, seed: int
+) -> None:
     """With zero moments, bias correction makes the first Adam step -lr * g / (|g| + eps)."""
     import descent
 

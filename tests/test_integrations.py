@@ -37,13 +37,21 @@ def make_model(seed: int = 0) -> nn.Module:
 
 def make_batches(count: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(BATCH, FEATURES, generator=generator, dtype=torch.float64),
-             torch.randn(BATCH, OUTPUTS, generator=generator, dtype=torch.float64))
-            for _ in range(count)]
+    return [
+        (
+            torch.randn(BATCH, FEATURES, generator=generator, dtype=torch.float64),
+            torch.randn(BATCH, OUTPUTS, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(count)
+    ]
 
 
-def train(model: nn.Module, opt: Any, batches: list[tuple[torch.Tensor, torch.Tensor]],
-          backward: Callable[[torch.Tensor], None] = torch.Tensor.backward) -> None:
+def train(
+    model: nn.Module,
+    opt: Any,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+) -> None:
     for x, y in batches:
         opt.zero_grad()
         backward(F.mse_loss(model(x), y))
@@ -56,9 +64,12 @@ def values(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def state_tensors(opt: torch.optim.Optimizer) -> dict[tuple[int, str], torch.Tensor]:
     """Every tensor of an optimizer's state dict (copies), keyed by (parameter, name)."""
-    return {(index, key): value.detach().clone()
-            for index, entry in opt.state_dict()["state"].items()
-            for key, value in entry.items() if torch.is_tensor(value)}
+    return {
+        (index, key): value.detach().clone()
+        for index, entry in opt.state_dict()["state"].items()
+        for key, value in entry.items()
+        if torch.is_tensor(value)
+    }
 
 
 def assert_identical(got: dict[Any, torch.Tensor], expected: dict[Any, torch.Tensor]) -> None:
@@ -88,8 +99,9 @@ def accelerator_class() -> Iterator[type]:
 
 
 @pytest.mark.parametrize("name", list(PATHS))
-def test_accelerate_save_model_writes_every_tensor(accelerator_class: type, tmp_path: Any,
-                                                   name: str, one_thread: None) -> None:
+def test_accelerate_save_model_writes_every_tensor(
+    accelerator_class: type, tmp_path: Any, name: str, one_thread: None
+) -> None:
     accelerator = accelerator_class(cpu=True)
     model = make_model()
     model, opt = accelerator.prepare(model, PATHS[name](model.parameters()))
@@ -101,7 +113,8 @@ def test_accelerate_save_model_writes_every_tensor(accelerator_class: type, tmp_
 
 @pytest.mark.parametrize("name", list(PATHS))
 def test_accelerate_save_state_and_load_state_resume_exactly(
-        accelerator_class: type, tmp_path: Any, name: str, one_thread: None) -> None:
+    accelerator_class: type, tmp_path: Any, name: str, one_thread: None
+) -> None:
     batches = make_batches(7)
 
     def prepared(seed: int) -> tuple[Any, nn.Module, Any, Any]:
@@ -182,7 +195,8 @@ def saved_size(obj: Any) -> int:
 
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=case_id)
 def test_models_trained_by_descent_save_like_models_trained_by_the_reference(
-        info: OptimizerInfo, tmp_path: Any) -> None:
+    info: OptimizerInfo, tmp_path: Any
+) -> None:
     """safetensors, pickle and torch.save see the model as they see one trained without
     descent: every tensor written, nothing more."""
     model, reference = trained(info), trained(info, reference=True)
@@ -202,8 +216,13 @@ def test_models_trained_by_descent_save_like_models_trained_by_the_reference(
 
 # ---------------------------------------------------------------------- torch.compile
 
-def steps_through(info: OptimizerInfo, config: dict[str, Any], mode: str | None,
-                  wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> list[torch.Tensor]:
+
+def steps_through(
+    info: OptimizerInfo,
+    config: dict[str, Any],
+    mode: str | None,
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> list[torch.Tensor]:
     """Parameters after three calls of ``wrap(a function that steps)`` and three of
     ``wrap(a whole train step: forward, backward, step)``."""
     model = make_model()
@@ -243,39 +262,54 @@ def quiet_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def compile_case(name: str, config: dict[str, Any], backend: str, mode: str | None = None,
-                 slow: bool = False) -> Any:
+def compile_case(
+    name: str, config: dict[str, Any], backend: str, mode: str | None = None, slow: bool = False
+) -> Any:
     marks = [pytest.mark.slow] if slow else []
     label = ",".join(filter(None, [name, case_id(config), backend, mode]))
     return pytest.param(name, config, backend, mode, marks=marks, id=label)
 
 
-ADAMW_OPTIONS, NADAM_OPTIONS, SGD_OPTIONS = ({"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.01},
-                                             {"lr": 0.05, "momentum": 0.9})
-COMPILE_CASES = [
-    compile_case("AdamW", ADAMW_OPTIONS, "eager"),  # torch's fused kernel
-    compile_case("NAdam", NADAM_OPTIONS, "eager"),  # the math on lists, scalar state
-    compile_case("AdamW", ADAMW_OPTIONS, "aot_eager"),
-    compile_case("NAdam", NADAM_OPTIONS, "aot_eager"),
-    compile_case("SGD", SGD_OPTIONS, "aot_eager"),
-    compile_case("AdamW", ADAMW_OPTIONS, "aot_eager", mode="foreach"),
-] + [
-    compile_case("SGD", SGD_OPTIONS, "eager", slow=True),
-    compile_case("SGD", SGD_OPTIONS, "aot_eager", mode="foreach", slow=True),
-] + [
-    compile_case(info.name, info.configs[-1], backend, slow=True)
-    for info in OPTIMIZERS for backend in ("eager", "aot_eager", "inductor")
-]
+ADAMW_OPTIONS, NADAM_OPTIONS, SGD_OPTIONS = (
+    {"lr": 0.01, "weight_decay": 0.1},
+    {"lr": 0.01},
+    {"lr": 0.05, "momentum": 0.9},
+)
+COMPILE_CASES = (
+    [
+        compile_case("AdamW", ADAMW_OPTIONS, "eager"),  # torch's fused kernel
+        compile_case("NAdam", NADAM_OPTIONS, "eager"),  # the math on lists, scalar state
+        compile_case("AdamW", ADAMW_OPTIONS, "aot_eager"),
+        compile_case("NAdam", NADAM_OPTIONS, "aot_eager"),
+        compile_case("SGD", SGD_OPTIONS, "aot_eager"),
+        compile_case("AdamW", ADAMW_OPTIONS, "aot_eager", mode="foreach"),
+    ]
+    + [
+        compile_case("SGD", SGD_OPTIONS, "eager", slow=True),
+        compile_case("SGD", SGD_OPTIONS, "aot_eager", mode="foreach", slow=True),
+    ]
+    + [
+        compile_case(info.name, info.configs[-1], backend, slow=True)
+        for info in OPTIMIZERS
+        for backend in ("eager", "aot_eager", "inductor")
+    ]
+)
 
 
 @pytest.mark.parametrize(("name", "config", "backend", "mode"), COMPILE_CASES)
-def test_compiled_step_and_train_step_match_eager(name: str, config: dict[str, Any],
-                                                  backend: str, mode: str | None,
-                                                  quiet_dynamo: None, one_thread: None) -> None:
+def test_compiled_step_and_train_step_match_eager(
+    name: str,
+    config: dict[str, Any],
+    backend: str,
+    mode: str | None,
+    quiet_dynamo: None,
+    one_thread: None,
+) -> None:
     info = BY_NAME[name]
     torch._dynamo.reset()
-    compiled = steps_through(info, config, mode,
-                             lambda function: torch.compile(function, backend=backend))
+    compiled = steps_through(
+        info, config, mode, lambda function: torch.compile(function, backend=backend)
+    )
     eager = steps_through(info, config, mode, lambda function: function)
     assert not torch.equal(eager[0], make_model()[0].weight)  # it trained
     for got, expected in zip(compiled, eager, strict=True):

@@ -36,12 +36,12 @@ WORLD, FEATURES, OUTPUTS, BATCH, STEPS = 2, 6, 3, 4, 6  # batch b = 4 per proces
 # ZeRO over a descent optimizer whose parameters ZeRO re-binds to views of its buckets
 ZERO = {
     "Adam": lambda params: _zero_direct(params, descent.Adam, lr=0.01, weight_decay=0.01),
-    "Adam_helper": lambda params: dist.zero_optimizer(params, descent.Adam,
-                                                      parameters_as_bucket_view=True,
-                                                      lr=0.01, weight_decay=0.01),
-    "SGD_helper": lambda params: dist.zero_optimizer(params, descent.SGD,
-                                                     parameters_as_bucket_view=True, lr=0.05,
-                                                     momentum=0.9, nesterov=True),
+    "Adam_helper": lambda params: dist.zero_optimizer(
+        params, descent.Adam, parameters_as_bucket_view=True, lr=0.01, weight_decay=0.01
+    ),
+    "SGD_helper": lambda params: dist.zero_optimizer(
+        params, descent.SGD, parameters_as_bucket_view=True, lr=0.05, momentum=0.9, nesterov=True
+    ),
 }
 ZERO_REFERENCE = {
     "Adam": lambda params: descent.Adam(params, lr=0.01, weight_decay=0.01),
@@ -72,8 +72,7 @@ FSDP_WHOLE = {
     # only the sides whose eigenvalues are distinct (8 samples a step: an 8 x 8 side is
     # rank-deficient, its zero eigenspace has no preferred basis, and SOAP run twice on
     # gradients 1e-15 apart ends 1e-2 apart there, with or without FSDP2)
-    "SOAP": (descent.SOAP, {"lr": 0.01, "precondition_frequency": 2,
-                            "max_precondition_dim": 6}),
+    "SOAP": (descent.SOAP, {"lr": 0.01, "precondition_frequency": 2, "max_precondition_dim": 6}),
 }
 DCP_STEPS = 3
 
@@ -81,8 +80,9 @@ DCP_STEPS = 3
 def _zero_direct(params: Any, optimizer_class: type, **options: Any) -> Any:
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    return ZeroRedundancyOptimizer(list(params), optimizer_class=optimizer_class,
-                                   parameters_as_bucket_view=True, **options)
+    return ZeroRedundancyOptimizer(
+        list(params), optimizer_class=optimizer_class, parameters_as_bucket_view=True, **options
+    )
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -93,13 +93,23 @@ def make_model(seed: int = 0) -> nn.Module:
 def make_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """STEPS whole batches of WORLD * BATCH samples; rank r takes rows r, r + WORLD, ..."""
     generator = torch.Generator().manual_seed(0)
-    return [(torch.randn(WORLD * BATCH, FEATURES, generator=generator, dtype=torch.float64),
-             torch.randn(WORLD * BATCH, OUTPUTS, generator=generator, dtype=torch.float64))
-            for _ in range(STEPS)]
+    return [
+        (
+            torch.randn(WORLD * BATCH, FEATURES, generator=generator, dtype=torch.float64),
+            torch.randn(WORLD * BATCH, OUTPUTS, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(STEPS)
+    ]
 
 
-def train(model: nn.Module, opt: Any, batches: list[tuple[torch.Tensor, torch.Tensor]],
-          rank: int = 0, world: int = 1, check: Callable[[], None] | None = None) -> None:
+def train(
+    model: nn.Module,
+    opt: Any,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    rank: int = 0,
+    world: int = 1,
+    check: Callable[[], None] | None = None,
+) -> None:
     """One step per batch on this rank's rows; ``check`` runs around each step."""
     for x, y in batches:
         F.mse_loss(model(x[rank::world]), y[rank::world]).backward()
@@ -151,22 +161,27 @@ def run_zero(tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
     rank = dist.get_rank()
     batches = make_batches()
     for name, factory in ZERO.items():
+
         def scenario(name: str = name, factory: Callable[[Any], Any] = factory) -> None:
             model = dist.wrap_model(make_model())
             opt = factory(dist.unwrap_model(model).parameters())
             params = list(dist.unwrap_model(model).parameters())
             train(model, opt, batches, rank, WORLD)
             # the parameters are still views of ZeRO's buckets: nothing re-bound them
-            buckets = {b.untyped_storage().data_ptr() for rank_buckets in opt._buckets
-                       for b in rank_buckets}
+            buckets = {
+                b.untyped_storage().data_ptr()
+                for rank_buckets in opt._buckets
+                for b in rank_buckets
+            }
             report[f"zero/{name}/views_of_buckets"] = all(
-                p.untyped_storage().data_ptr() in buckets for p in params)
+                p.untyped_storage().data_ptr() in buckets for p in params
+            )
             report[f"zero/{name}/local_state"] = len(opt.optim.state)
             for key, p in dist.unwrap_model(model).named_parameters():
                 tensors[f"zero/{name}/rank{rank}/{key}"] = p.detach().clone()
-            for key, p in dist.all_gather_object({k: p.detach() for k, p in
-                                                  dist.unwrap_model(model).named_parameters()}
-                                                 )[1 - rank].items():
+            for key, p in dist.all_gather_object(
+                {k: p.detach() for k, p in dist.unwrap_model(model).named_parameters()}
+            )[1 - rank].items():
                 tensors[f"zero/{name}/rank{1 - rank}/{key}"] = p.clone()
 
         attempt(report, f"zero/{name}", scenario)
@@ -193,14 +208,15 @@ def run_fsdp(tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
         runs[f"{name}/descent"] = lambda params, o, cls=cls: cls(params, **o)
         runs[f"{name}/torch"] = lambda params, o, torch_cls=torch_cls: torch_cls(params, **o)
         if name in TORCH_FUSED:
-            runs[f"{name}/torch_fused"] = (lambda params, o, torch_cls=torch_cls:
-                                           torch_cls(params, **o, fused=True))
+            runs[f"{name}/torch_fused"] = lambda params, o, torch_cls=torch_cls: torch_cls(
+                params, **o, fused=True
+            )
     for name, (cls, options) in FSDP_WHOLE.items():
-        runs[f"{name}/descent"] = lambda params, o, cls=cls, options=options: cls(params,
-                                                                                  **options)
+        runs[f"{name}/descent"] = lambda params, o, cls=cls, options=options: cls(params, **options)
     runs["SGD/descent_foreach"] = lambda params, o: _mode(descent.SGD(params, **o), "foreach")
-    runs["Adagrad/descent_foreach"] = lambda params, o: _mode(descent.Adagrad(params, **o),
-                                                              "foreach")
+    runs["Adagrad/descent_foreach"] = lambda params, o: _mode(
+        descent.Adagrad(params, **o), "foreach"
+    )
     for label, factory in runs.items():
         name = label.split("/")[0]
 
@@ -212,8 +228,9 @@ def run_fsdp(tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
             for key, p in model.named_parameters():
                 tensors[f"fsdp/{label}/{key}"] = full(p)
             if checks is not None:
-                report.update({f"fsdp/{label}/{key}": value
-                               for key, value in checks.results().items()})
+                report.update(
+                    {f"fsdp/{label}/{key}": value for key, value in checks.results().items()}
+                )
 
         attempt(report, f"fsdp/{label}", scenario)
 
@@ -244,7 +261,8 @@ class StepChecks:
         step()
         self.steps += 1
         for i, (p, grad, value, pointer) in enumerate(
-                zip(self.params, grads, before, storage, strict=True)):
+            zip(self.params, grads, before, storage, strict=True)
+        ):
             if p.grad is not grad:
                 self.failures.append(f"step {self.steps}: param {i}'s .grad was replaced")
             elif not torch.equal(grad.to_local(), value):
@@ -257,10 +275,14 @@ class StepChecks:
     def results(self) -> dict[str, Any]:
         from torch.distributed.tensor import DTensor
 
-        sharded = all(isinstance(value, DTensor) and value.placements == p.placements
-                      and value.to_local().shape == p.to_local().shape
-                      for p in self.params for key, value in self.opt.state[p].items()
-                      if key != "step")
+        sharded = all(
+            isinstance(value, DTensor)
+            and value.placements == p.placements
+            and value.to_local().shape == p.to_local().shape
+            for p in self.params
+            for key, value in self.opt.state[p].items()
+            if key != "step"
+        )
         return {"failures": self.failures, "steps": self.steps, "state_sharded": sharded}
 
 
@@ -278,7 +300,8 @@ def run_dcp(directory: Path, tensors: dict[str, torch.Tensor], report: dict[str,
         for index, p in enumerate(model.parameters()):
             for key, value in opt.state[p].items():
                 tensors[f"{prefix}/state/{index}/{key}"] = (
-                    full(value) if key != "step" else value.detach().clone())
+                    full(value) if key != "step" else value.detach().clone()
+                )
 
     def scenario() -> None:
         model = sharded_model()
@@ -295,8 +318,12 @@ def run_dcp(directory: Path, tensors: dict[str, torch.Tensor], report: dict[str,
         model_state, optim_state = get_state_dict(resumed, resumed_opt)
         content = {"model": model_state, "optim": optim_state}
         dcp.load(content, checkpoint_id=directory)
-        set_state_dict(resumed, resumed_opt, model_state_dict=content["model"],
-                       optim_state_dict=content["optim"])
+        set_state_dict(
+            resumed,
+            resumed_opt,
+            model_state_dict=content["model"],
+            optim_state_dict=content["optim"],
+        )
         state_of(resumed, resumed_opt, "dcp/loaded")
         report["dcp/loaded_lr"] = resumed_opt.param_groups[0]["lr"]
         train(resumed, resumed_opt, batches[DCP_STEPS:], rank, WORLD)
@@ -311,8 +338,16 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={WORLD}", __file__, "--worker", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        __file__,
+        "--worker",
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return load_file(out / "tensors.safetensors"), json.loads((out / "report.json").read_text())
@@ -329,8 +364,11 @@ def no_error(reports: list[dict], name: str) -> None:
 
 
 def scenario_params(tensors: dict, prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix) + 1:]: value for key, value in tensors.items()
-            if key.startswith(prefix + "/")}
+    return {
+        key[len(prefix) + 1 :]: value
+        for key, value in tensors.items()
+        if key.startswith(prefix + "/")
+    }
 
 
 def assert_close_to(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -369,6 +407,7 @@ def test_zero_with_bucket_views_matches_one_process_and_ranks_agree(two_processe
 
 
 # ---------------------------------------------------------------------- FSDP2
+
 
 @pytest.mark.parametrize("name", list(FSDP))
 def test_fsdp2_trains_like_torch_and_like_one_process(two_processes, name):
@@ -429,7 +468,10 @@ def test_dcp_saves_and_restores_model_and_descent_optimizer_exactly(two_processe
     no_error(reports, "dcp")
     saved = scenario_params(tensors, "dcp/saved")
     assert {key.split("/")[-1] for key in saved if key.startswith("state/")} == {
-        "step", "exp_avg", "exp_avg_sq"}
+        "step",
+        "exp_avg",
+        "exp_avg_sq",
+    }
     assert_identical(scenario_params(tensors, "dcp/loaded"), saved)
     assert all(report["dcp/loaded_lr"] == FSDP["AdamW"][2]["lr"] for report in reports)
     resumed = scenario_params(tensors, "dcp/resumed")

@@ -26,8 +26,12 @@ def data(n: int = 32, d: int = 5, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 def initial_weights(d: int = 5, h: int = 8, k: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    return {"W1": rng.standard_normal((d, h)) * 0.5, "b1": np.zeros(h),
-            "W2": rng.standard_normal((h, k)) * 0.5, "b2": np.zeros(k)}
+    return {
+        "W1": rng.standard_normal((d, h)) * 0.5,
+        "b1": np.zeros(h),
+        "W2": rng.standard_normal((h, k)) * 0.5,
+        "b2": np.zeros(k),
+    }
 
 
 class NumpyTwoLayerNet:
@@ -86,8 +90,9 @@ def train_torch(cls: type[descent.Optimizer], config: dict[str, Any]) -> dict[st
 
 
 @pytest.mark.parametrize(("cls", "config"), CONFIGS, ids=lambda c: getattr(c, "__name__", ""))
-def test_numpy_module_trains_like_the_torch_network(cls: type[descent.Optimizer],
-                                                    config: dict[str, Any]) -> None:
+def test_numpy_module_trains_like_the_torch_network(
+    cls: type[descent.Optimizer], config: dict[str, Any]
+) -> None:
     x, y = data()
     net = NumpyTwoLayerNet(initial_weights())
     arrays = net.parameters()
@@ -105,8 +110,9 @@ def test_numpy_module_trains_like_the_torch_network(cls: type[descent.Optimizer]
 
 
 @pytest.mark.parametrize(("cls", "config"), CONFIGS, ids=lambda c: getattr(c, "__name__", ""))
-def test_dict_of_named_arrays_with_step_grads(cls: type[descent.Optimizer],
-                                              config: dict[str, Any]) -> None:
+def test_dict_of_named_arrays_with_step_grads(
+    cls: type[descent.Optimizer], config: dict[str, Any]
+) -> None:
     x, y = data()
     weights = initial_weights()
     net = NumpyTwoLayerNet(weights)
@@ -130,13 +136,13 @@ class Parameter:
 
 
 @pytest.mark.parametrize(("cls", "config"), CONFIGS, ids=lambda c: getattr(c, "__name__", ""))
-def test_parameter_objects_with_data_and_grad(cls: type[descent.Optimizer],
-                                              config: dict[str, Any]) -> None:
+def test_parameter_objects_with_data_and_grad(
+    cls: type[descent.Optimizer], config: dict[str, Any]
+) -> None:
     x, y = data()
     net = NumpyTwoLayerNet(initial_weights())
     names = ["W1", "b1", "W2", "b2"]
-    objects = [Parameter(array, name) for array, name in zip(net.parameters(), names,
-                                                              strict=True)]
+    objects = [Parameter(array, name) for array, name in zip(net.parameters(), names, strict=True)]
     opt = cls(objects, **config)
     for _ in range(STEPS):
         opt.zero_grad()
@@ -164,10 +170,10 @@ def test_closure_gradients_are_read_after_the_closure() -> None:
 
     loss = opt.step(closure)
     reference.loss_and_backward(x, y)
-    assert loss == pytest.approx(float(np.mean((np.tanh(x @ reference.W1) @ reference.W2
-                                                - y) ** 2)))
-    np.testing.assert_allclose(net.W1, reference.W1 - 0.1 * reference.dW1, rtol=1e-15,
-                               atol=1e-18)
+    assert loss == pytest.approx(
+        float(np.mean((np.tanh(x @ reference.W1) @ reference.W2 - y) ** 2))
+    )
+    np.testing.assert_allclose(net.W1, reference.W1 - 0.1 * reference.dW1, rtol=1e-15, atol=1e-18)
 
 
 def test_module_without_zero_grad_has_its_gradient_arrays_zeroed() -> None:
@@ -203,19 +209,26 @@ def test_param_groups_of_modules_mixed_dtypes_and_a_state_dict_round_trip() -> N
     # Adam's first step (Kingma & Ba, m/sqrt(v) = g/|g|): -lr * g / (|g| + eps).
     for moved, net, lr in ((moved_first, first, 0.1), (moved_second, second, 0.01)):
         gradient = net.dW1.astype(np.float64)
-        np.testing.assert_allclose(moved, -lr * gradient / (np.abs(gradient) + 1e-8),
-                                   rtol=1e-5 if net is second else 1e-12)
+        np.testing.assert_allclose(
+            moved, -lr * gradient / (np.abs(gradient) + 1e-8), rtol=1e-5 if net is second else 1e-12
+        )
     assert second.W1.dtype == np.float32
 
     saved = opt.state_dict()
-    again = descent.Adam([{"params": [NumpyTwoLayerNet(initial_weights())], "lr": 0.1},
-                          {"params": NumpyTwoLayerNet(initial_weights())}], lr=0.01)
+    again = descent.Adam(
+        [
+            {"params": [NumpyTwoLayerNet(initial_weights())], "lr": 0.1},
+            {"params": NumpyTwoLayerNet(initial_weights())},
+        ],
+        lr=0.01,
+    )
     with pytest.raises(ValueError, match=r"dtype"):
         again.load_state_dict(saved)  # the float32 W1 is float64 in the new second net
     third = NumpyTwoLayerNet(initial_weights())
     third.W1 = third.W1.astype(np.float32)
-    again = descent.Adam([{"params": [NumpyTwoLayerNet(initial_weights())], "lr": 0.1},
-                          {"params": third}], lr=0.01)
+    again = descent.Adam(
+        [{"params": [NumpyTwoLayerNet(initial_weights())], "lr": 0.1}, {"params": third}], lr=0.01
+    )
     again.load_state_dict(saved)
     assert int(again.state_dict()["state"][0]["step"]) == 1
 
@@ -242,26 +255,55 @@ class Module:
         return self._grads
 
 
-@pytest.mark.parametrize(("params", "error", "match"), [
-    ([Module([np.ones(3, dtype=np.int64)], [np.ones(3)])], TypeError,
-     r"params\[0\] \(Module\)\.parameters\(\)\[0\] has dtype int64.*truncate"),
-    ([Module([np.ones(3, dtype=bool)], [np.ones(3)])], TypeError, r"dtype bool"),
-    ([Module([np.ones(3)], [np.ones(3), np.ones(3)])], ValueError,
-     r"grads\(\) returned 2 arrays and parameters\(\) 1"),
-    ([Module([np.ones(3)], [np.ones(4)])], ValueError,
-     r"params\[0\] \(Module\)\.grads\(\)\[0\] has shape \(4,\); its parameter has shape \(3,\)"),
-    ([Module([np.ones((3, 2)).T], [np.ones((2, 3))])], ValueError,
-     r"parameters\(\)\[0\] with shape \(2, 3\).*not C-contiguous"),
-    ([Module([np.ones(6)[::2]], [np.ones(3)])], ValueError, r"not C-contiguous"),
-    ({"w": np.ones(3, dtype=np.int32)}, TypeError, r"params\[0\]\['w'\] has dtype int32"),
-    ([Parameter(np.arange(3))], TypeError, r"params\[0\]\.data has dtype int64"),
-    ([np.ones(3)], TypeError, r"params\[0\] is a bare NumPy array"),
-    ({1: np.ones(3)}, TypeError, r"key 1 of type int; expected str"),
-    ([Module([np.ones(3).astype(">f8")], [np.ones(3)])], TypeError, r"non-native byte order"),
-], ids=["int", "bool", "lengths", "shape", "transposed", "strided", "dict-int", "object-int",
-        "bare-array", "key", "byteorder"])
-def test_bad_containers_are_refused_naming_the_array(params: Any, error: type[Exception],
-                                                      match: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        (
+            [Module([np.ones(3, dtype=np.int64)], [np.ones(3)])],
+            TypeError,
+            r"params\[0\] \(Module\)\.parameters\(\)\[0\] has dtype int64.*truncate",
+        ),
+        ([Module([np.ones(3, dtype=bool)], [np.ones(3)])], TypeError, r"dtype bool"),
+        (
+            [Module([np.ones(3)], [np.ones(3), np.ones(3)])],
+            ValueError,
+            r"grads\(\) returned 2 arrays and parameters\(\) 1",
+        ),
+        (
+            [Module([np.ones(3)], [np.ones(4)])],
+            ValueError,
+            r"params\[0\] \(Module\)\.grads\(\)\[0\] has shape \(4,\); "
+            r"its parameter has shape \(3,\)",
+        ),
+        (
+            [Module([np.ones((3, 2)).T], [np.ones((2, 3))])],
+            ValueError,
+            r"parameters\(\)\[0\] with shape \(2, 3\).*not C-contiguous",
+        ),
+        ([Module([np.ones(6)[::2]], [np.ones(3)])], ValueError, r"not C-contiguous"),
+        ({"w": np.ones(3, dtype=np.int32)}, TypeError, r"params\[0\]\['w'\] has dtype int32"),
+        ([Parameter(np.arange(3))], TypeError, r"params\[0\]\.data has dtype int64"),
+        ([np.ones(3)], TypeError, r"params\[0\] is a bare NumPy array"),
+        ({1: np.ones(3)}, TypeError, r"key 1 of type int; expected str"),
+        ([Module([np.ones(3).astype(">f8")], [np.ones(3)])], TypeError, r"non-native byte order"),
+    ],
+    ids=[
+        "int",
+        "bool",
+        "lengths",
+        "shape",
+        "transposed",
+        "strided",
+        "dict-int",
+        "object-int",
+        "bare-array",
+        "key",
+        "byteorder",
+    ],
+)
+def test_bad_containers_are_refused_naming_the_array(
+    params: Any, error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         descent.SGD(params, lr=0.1)
 
@@ -273,8 +315,7 @@ def test_read_only_and_shared_arrays_are_refused() -> None:
         descent.SGD([Module([frozen], [np.ones(3)])], lr=0.1)
     shared = np.ones(4)
     with pytest.raises(ValueError, match=r"shares memory with"):
-        descent.SGD([Module([shared], [np.ones(4)]), Module([shared[2:]], [np.ones(2)])],
-                    lr=0.1)
+        descent.SGD([Module([shared], [np.ones(4)]), Module([shared[2:]], [np.ones(2)])], lr=0.1)
     with pytest.raises(ValueError, match=r"shares memory with"):
         descent.SGD({"a": shared, "b": shared}, lr=0.1)
 
@@ -282,8 +323,11 @@ def test_read_only_and_shared_arrays_are_refused() -> None:
 def test_step_errors_change_nothing() -> None:
     weights = {"w": np.ones(3), "v": np.ones(2)}
     opt = descent.SGD(weights, lr=0.5)
-    with pytest.raises(ValueError, match=r"pass their gradients to each step as "
-                                         r"opt\.step\(grads="):
+    with pytest.raises(
+        ValueError,
+        match=r"pass their gradients to each step as "
+        r"opt\.step\(grads=",
+    ):
         opt.step()
     with pytest.raises(ValueError, match=r"grads has keys \['W'\] that name no parameter"):
         opt.step(grads={"W": np.ones(3)})

@@ -23,8 +23,10 @@ MAKERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 def tensors(seed: int, *shapes: tuple[int, ...]) -> list[nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
-            for shape in shapes]
+    return [
+        nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
+        for shape in shapes
+    ]
 
 
 def set_grads(params: list[torch.Tensor], step: int) -> None:
@@ -64,14 +66,17 @@ def test_added_parameters_leave_the_others_on_their_trajectory(maker: str) -> No
         opt.step()
         set_grads(reference_old, step)
         reference.step()
-        for fresh, params, index in ((fresh_joined, reference_joined, 2),
-                                     (fresh_separate, reference_separate, 3)):
+        for fresh, params, index in (
+            (fresh_joined, reference_joined, 2),
+            (fresh_separate, reference_separate, 3),
+        ):
             generator = torch.Generator().manual_seed(1000 * step + index)
             noise = torch.randn(params[0].shape, generator=generator, dtype=torch.float64)
             params[0].grad = (params[0].detach() - 0.5) + noise
             fresh.step()
-    for got, want in zip(old + joined + separate,
-                         reference_old + reference_joined + reference_separate, strict=True):
+    for got, want in zip(
+        old + joined + separate, reference_old + reference_joined + reference_separate, strict=True
+    ):
         # Equal up to rounding: descent's engine may lay the group out differently.
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
     assert opt.param_groups[1]["lr"] == 0.002
@@ -83,13 +88,16 @@ def test_removed_parameters_stop_and_the_others_continue(maker: str) -> None:
     params = tensors(0, (3, 2), (4,), (2, 2))
     reference_params = [p.detach().clone().requires_grad_() for p in params]
     opt = make([{"params": params[:2]}, {"params": params[2:], "lr": 0.003}])
-    reference = make([{"params": reference_params[:2]},
-                      {"params": reference_params[2:], "lr": 0.003}])
+    reference = make(
+        [{"params": reference_params[:2]}, {"params": reference_params[2:], "lr": 0.003}]
+    )
     steps(opt, params, range(4))
     steps(reference, reference_params, range(4))
 
-    expected_state = {key: value.clone() if torch.is_tensor(value) else value
-                      for key, value in opt.state[params[1]].items()}
+    expected_state = {
+        key: value.clone() if torch.is_tensor(value) else value
+        for key, value in opt.state[params[1]].items()
+    }
     removed = remove_params(opt, [params[1]])
     assert len(removed) == 1 and removed[0].keys() == expected_state.keys()
     assert all(torch.equal(removed[0][k], v) for k, v in expected_state.items())
@@ -102,8 +110,7 @@ def test_removed_parameters_stop_and_the_others_continue(maker: str) -> None:
         reference.step()
     torch.testing.assert_close(params[1].detach(), frozen, rtol=0, atol=0)
     for index in (0, 2):
-        torch.testing.assert_close(params[index], reference_params[index], rtol=1e-13,
-                                   atol=1e-15)
+        torch.testing.assert_close(params[index], reference_params[index], rtol=1e-13, atol=1e-15)
 
     # The changed optimizer's state dict loads into a fresh one of the same shape.
     clone = [p.detach().clone().requires_grad_() for p in params]
@@ -142,22 +149,37 @@ def test_bad_requests_change_nothing() -> None:
     snapshot = ([list(g["params"]) for g in opt.param_groups], dict(opt.state))
 
     cases: list[tuple[Callable[[], Any], type[Exception], str]] = [
-        (lambda: add_params(opt, [b, a], group=0), ValueError,
-         r"params\[1\] is already optimized as param_groups\[0\]\['params'\]\[0\]"),
+        (
+            lambda: add_params(opt, [b, a], group=0),
+            ValueError,
+            r"params\[1\] is already optimized as param_groups\[0\]\['params'\]\[0\]",
+        ),
         (lambda: add_params(opt, [b, b], group=0), ValueError, r"params\[1\] is given twice"),
-        (lambda: add_params(opt, [torch.ones(2, dtype=torch.long)], group=0), TypeError,
-         r"params\[0\] has dtype torch\.int64"),
+        (
+            lambda: add_params(opt, [torch.ones(2, dtype=torch.long)], group=0),
+            TypeError,
+            r"params\[0\] has dtype torch\.int64",
+        ),
         (lambda: add_params(opt, [b * 2], group=0), ValueError, r"not a leaf"),
         (lambda: add_params(opt, [b], group=3), ValueError, r"group=3 is not the index"),
         (lambda: add_params(opt, [b], group=True), ValueError, r"group=True"),
-        (lambda: add_params(opt, [b], group=0, lr=0.1), ValueError,
-         r"options \['lr'\] apply to a new group"),
-        (lambda: add_params(opt, [("b", b)], group=0), ValueError,
-         r"group 0 does not name its parameters; pass bare tensors"),
+        (
+            lambda: add_params(opt, [b], group=0, lr=0.1),
+            ValueError,
+            r"options \['lr'\] apply to a new group",
+        ),
+        (
+            lambda: add_params(opt, [("b", b)], group=0),
+            ValueError,
+            r"group 0 does not name its parameters; pass bare tensors",
+        ),
         (lambda: add_params(opt, [], group=0), ValueError, r"params is empty"),
         (lambda: add_params(opt, [b], lr=-1.0), ValueError, r"lr=-1\.0"),
-        (lambda: remove_params(opt, [b]), ValueError,
-         r"params\[0\] \(shape \(3,\)\) is not optimized by this optimizer"),
+        (
+            lambda: remove_params(opt, [b]),
+            ValueError,
+            r"params\[0\] \(shape \(3,\)\) is not optimized by this optimizer",
+        ),
         (lambda: remove_params(opt, [a, a]), ValueError, r"params\[1\] is given twice"),
         (lambda: remove_params(opt, ["a"]), ValueError, r"'a' is not optimized"),
     ]
@@ -167,11 +189,13 @@ def test_bad_requests_change_nothing() -> None:
         assert [list(g["params"]) for g in opt.param_groups] == snapshot[0]
         assert dict(opt.state) == snapshot[1]
     named = descent.Adam([("a", a)], lr=0.1)
-    with pytest.raises(ValueError, match=r"group 0 names its parameters; pass \(name, "
-                                         r"tensor\) pairs"):
+    with pytest.raises(
+        ValueError,
+        match=r"group 0 names its parameters; pass \(name, "
+        r"tensor\) pairs",
+    ):
         add_params(named, [b], group=0)
     with pytest.raises(ValueError, match=r"already has parameters named \['a'\]"):
         add_params(named, [("a", b)], group=0)
     with pytest.raises(TypeError, match=r"complex"):
-        add_params(descent.Lion([a]), [nn.Parameter(torch.ones(2, dtype=torch.complex64))],
-                   group=0)
+        add_params(descent.Lion([a]), [nn.Parameter(torch.ones(2, dtype=torch.complex64))], group=0)

@@ -26,8 +26,10 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
-    return [{"params": list(model[0].named_parameters()), "lr": lr * 0.5},
-            {"params": list(model[2].named_parameters())}]
+    return [
+        {"params": list(model[0].named_parameters()), "lr": lr * 0.5},
+        {"params": list(model[2].named_parameters())},
+    ]
 
 
 def backward(model: nn.Module, step: int) -> None:
@@ -56,7 +58,8 @@ def assert_same_parameters(a: nn.Module, b: nn.Module, tolerance: float = 1e-12)
 
 @pytest.mark.parametrize(("info", "config"), TORCH_CASES, ids=case_id)
 def test_ten_torch_steps_then_ten_descent_steps_equal_twenty_torch_steps(
-        info: OptimizerInfo, config: dict[str, Any]) -> None:
+    info: OptimizerInfo, config: dict[str, Any]
+) -> None:
     switched, reference = make_model(), make_model()
     torch_cls = info.reference
     first = torch_cls(groups(switched, config["lr"]), **config)
@@ -72,7 +75,8 @@ def test_ten_torch_steps_then_ten_descent_steps_equal_twenty_torch_steps(
 
 @pytest.mark.parametrize(("info", "config"), TORCH_CASES, ids=case_id)
 def test_ten_descent_steps_then_ten_torch_steps_equal_twenty_descent_steps(
-        info: OptimizerInfo, config: dict[str, Any]) -> None:
+    info: OptimizerInfo, config: dict[str, Any]
+) -> None:
     switched, reference = make_model(), make_model()
     first = info.cls(groups(switched, config["lr"]), **config)
     run(first, switched, range(10))
@@ -131,8 +135,11 @@ def test_torch_execution_options() -> None:
     assert all(group["capturable"] is False for group in back.param_groups)
     assert int(back.state[next(model.parameters())]["step"]) == 2
     run(back, model, range(2, 3))
-    with pytest.raises(ValueError, match=r"options \['momentum'\] are not options of "
-                                         r"torch\.optim\.Adam"):
+    with pytest.raises(
+        ValueError,
+        match=r"options \['momentum'\] are not options of "
+        r"torch\.optim\.Adam",
+    ):
         to_torch(opt, momentum=0.9)
 
 
@@ -143,8 +150,7 @@ def test_adagrad_parameters_descent_never_updated_get_torch_initial_state() -> N
     opt.step()
     torch_opt = to_torch(opt)
     assert float(torch_opt.state[model[0].weight]["step"]) == 1
-    assert torch.equal(torch_opt.state[model[2].bias]["sum"],
-                       torch.full_like(model[2].bias, 0.2))
+    assert torch.equal(torch_opt.state[model[2].bias]["sum"], torch.full_like(model[2].bias, 0.2))
     run(torch_opt, model, range(2))
 
 
@@ -236,16 +242,18 @@ def test_convert_state_dict_normalises_and_checks() -> None:
     model[0].weight.grad = torch.ones_like(model[0].weight)
     adagrad.step()  # only one parameter has state
     torch_adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    torch_adagrad.load_state_dict(descent.interop.convert_state_dict(adagrad.state_dict(),
-                                                                     torch_adagrad))
+    torch_adagrad.load_state_dict(
+        descent.interop.convert_state_dict(adagrad.state_dict(), torch_adagrad)
+    )
     assert len(torch_adagrad.state) == 4
     run(torch_adagrad, model, range(2))
 
     with pytest.raises(ValueError, match=r"groups of \[4\] parameters, the optimizer \[2, 2\]"):
         descent.interop.convert_state_dict(saved, descent.Adam(groups(model, 0.1)))
     with pytest.raises(ValueError, match=r"the state dict is descent's 'Adagrad', not 'Adam'"):
-        descent.interop.convert_state_dict(adagrad.state_dict(),
-                                           torch.optim.Adam(model.parameters()))
+        descent.interop.convert_state_dict(
+            adagrad.state_dict(), torch.optim.Adam(model.parameters())
+        )
     with pytest.raises(TypeError, match=r"not an optimizer state dict"):
         descent.interop.convert_state_dict({"state": {}}, opt)
     with pytest.raises(TypeError, match=r"optimizer has type Lion"):

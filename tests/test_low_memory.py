@@ -29,8 +29,12 @@ from descent.optim.registry import algorithms
 ELEMENTWISE = sorted(name for name, cls in algorithms().items() if cls.elementwise)
 QUANTISABLE = [name for name in ELEMENTWISE if not algorithms()[name].quantized_state_refused]
 """The elementwise rules whose state may be block-quantised (Schedule-Free's z may not)."""
-FULL_STATE = {"SGD": {"momentum": 0.9}, "SignSGD": {"momentum": 0.9},
-              "RMSprop": {"momentum": 0.9, "centered": True}, "Adam": {"amsgrad": True}}
+FULL_STATE = {
+    "SGD": {"momentum": 0.9},
+    "SignSGD": {"momentum": 0.9},
+    "RMSprop": {"momentum": 0.9, "centered": True},
+    "Adam": {"amsgrad": True},
+}
 STATE_DTYPES = ("bf16", "int8", "int4")
 
 
@@ -38,8 +42,9 @@ def make(name: str, params: Any, **options: Any) -> torch.optim.Optimizer:
     return algorithms()[name](params, lr=1e-3, **FULL_STATE.get(name, {}), **options)
 
 
-def step_with(opt: torch.optim.Optimizer, params: list[torch.Tensor], seed: int,
-              steps: int = 1) -> None:
+def step_with(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], seed: int, steps: int = 1
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         for p in params:
@@ -52,15 +57,15 @@ def state_values(opt: torch.optim.Optimizer) -> list[tuple[str, Any]]:
 
 
 def assert_same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:
-    for (key_a, value_a), (key_b, value_b) in zip(state_values(a), state_values(b),
-                                                  strict=True):
+    for (key_a, value_a), (key_b, value_b) in zip(state_values(a), state_values(b), strict=True):
         assert key_a == key_b
         if isinstance(value_a, dict):
             assert value_a.keys() == value_b.keys()
             for name in value_a:
                 item_a, item_b = value_a[name], value_b[name]
-                assert torch.equal(item_a, item_b) if torch.is_tensor(item_a) \
-                    else item_a == item_b, (key_a, name)
+                assert (
+                    torch.equal(item_a, item_b) if torch.is_tensor(item_a) else item_a == item_b
+                ), (key_a, name)
         else:
             assert value_a.dtype == value_b.dtype and torch.equal(value_a, value_b), key_a
 
@@ -83,11 +88,17 @@ def test_encoding_rounds_to_the_nearest_value(bits: int, signed: bool) -> None:
     values = q.code_values(bits, signed)
     midpoints = (values[:-1] + values[1:]) / 2
     generator = torch.Generator().manual_seed(bits)
-    x = torch.cat([torch.rand(200_000, generator=generator) * 2 - 1,
-                   torch.randn(10_000, generator=generator) * 1e-4, values, midpoints,
-                   torch.nextafter(midpoints, torch.tensor(2.0)),
-                   torch.nextafter(midpoints, torch.tensor(-2.0)),
-                   torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-38, -1e-38, 1e-45])])
+    x = torch.cat(
+        [
+            torch.rand(200_000, generator=generator) * 2 - 1,
+            torch.randn(10_000, generator=generator) * 1e-4,
+            values,
+            midpoints,
+            torch.nextafter(midpoints, torch.tensor(2.0)),
+            torch.nextafter(midpoints, torch.tensor(-2.0)),
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-38, -1e-38, 1e-45]),
+        ]
+    )
     # One block whose absolute maximum is 1: the values are encoded as they are.
     stored = q.quantize(x, bits=bits, signed=signed, block_size=len(x) + len(x) % 2)
     assert stored["absmax"].tolist() == [1.0]
@@ -111,7 +122,7 @@ def test_block_codes_match_bitsandbytes() -> None:
         codes, absmax = torch.ops.bitsandbytes.quantize_blockwise(data, qmap, 256)
         stored = q.quantize(data, bits=8, signed=signed, block_size=256)
         assert torch.equal(stored["absmax"], absmax)
-        scaled = data / absmax.repeat_interleave(256)[:len(data)]
+        scaled = data / absmax.repeat_interleave(256)[: len(data)]
         ours = (qmap[stored["codes"].long()] - scaled).abs()
         theirs = (qmap[codes.long()] - scaled).abs()
         differ = stored["codes"] != codes
@@ -121,8 +132,9 @@ def test_block_codes_match_bitsandbytes() -> None:
         assert bool((ours[differ] < theirs[differ]).all())
         assert differ.float().mean() < 0.05  # measured: 0.3 % signed, 3 % unsigned
         same = dict(stored, codes=codes)
-        reference = torch.ops.bitsandbytes.dequantize_blockwise(codes, absmax, qmap, 256,
-                                                                torch.float32)
+        reference = torch.ops.bitsandbytes.dequantize_blockwise(
+            codes, absmax, qmap, 256, torch.float32
+        )
         assert torch.equal(q.dequantize(same, len(data)), reference)
 
 
@@ -136,8 +148,7 @@ def test_round_trip_error_matches_torchao(bits: int, block: int) -> None:
         theirs = state_class.zeros(data.shape, signed, block)
         theirs.copy_(data)
         reference = theirs.dequantize()
-        ours = q.dequantize(q.quantize(data, bits=bits, signed=signed, block_size=block),
-                            len(data))
+        ours = q.dequantize(q.quantize(data, bits=bits, signed=signed, block_size=block), len(data))
         # torchao divides by the scale where we (and bitsandbytes) multiply by its
         # reciprocal, and breaks ties upwards: a value may round to a neighbour.
         assert (ours != reference).float().mean() < 0.01
@@ -170,11 +181,17 @@ def test_round_trip_error_is_within_half_the_map_gap(bits: int, signed: bool, n:
 # ---------------------------------------------------------------------- the options
 
 
-@pytest.mark.parametrize(("name", "state_dtype"),
-                         [(name, state_dtype) for state_dtype in STATE_DTYPES
-                          for name in (ELEMENTWISE if state_dtype == "bf16" else QUANTISABLE)])
-def test_every_elementwise_rule_keeps_its_state_in_the_asked_form(name: str,
-                                                                  state_dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "state_dtype"),
+    [
+        (name, state_dtype)
+        for state_dtype in STATE_DTYPES
+        for name in (ELEMENTWISE if state_dtype == "bf16" else QUANTISABLE)
+    ],
+)
+def test_every_elementwise_rule_keeps_its_state_in_the_asked_form(
+    name: str, state_dtype: str
+) -> None:
     big = nn.Parameter(torch.randn(80, 70))
     small = nn.Parameter(torch.randn(70))
     opt = make(name, [big, small], state_dtype=state_dtype)
@@ -204,8 +221,10 @@ def test_every_elementwise_rule_keeps_its_state_in_the_asked_form(name: str,
 @pytest.mark.parametrize("state_dtype", ["int8", "int4"])
 def test_a_rule_that_refuses_quantised_state_says_why(name: str, state_dtype: str) -> None:
     reason = algorithms()[name].quantized_state_refused
-    with pytest.raises(ValueError, match=re.escape(f"{name}: state_dtype={state_dtype!r} is "
-                                                   f"not supported: {reason}")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{name}: state_dtype={state_dtype!r} is not supported: {reason}"),
+    ):
         make(name, [nn.Parameter(torch.zeros(5000))], state_dtype=state_dtype)
     opt = make(name, [nn.Parameter(torch.zeros(5000))])
     with pytest.raises(ValueError, match=r"param_groups\[0\]: state_dtype="):
@@ -239,18 +258,25 @@ def test_declared_non_negative_state_is_never_negative(name: str) -> None:
     assert not undeclared, f"{name}: {undeclared} stayed >= 0; declare non_negative=True"
 
 
-@pytest.mark.parametrize(("option", "value", "error", "message"), [
-    ("state_dtype", "int2", ValueError, r"state_dtype='int2' is invalid; expected one of None"),
-    ("state_dtype", torch.int8, ValueError, r"state_dtype=torch.int8 is invalid"),
-    ("state_block_size", 255, ValueError, r"state_block_size=255 is invalid; expected an even"),
-    ("state_block_size", 256.0, TypeError, r"state_block_size=256.0 has type float"),
-    ("state_block_size", True, TypeError, r"state_block_size=True has type bool"),
-    ("state_block_size", 0, ValueError, r"state_block_size=0 is invalid"),
-    ("param_rounding", "up", ValueError, r"param_rounding='up' is invalid; expected one of "
-                                         r"'nearest', 'stochastic', 'kahan'"),
-])
-def test_bad_options_are_refused(option: str, value: Any, error: type,
-                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "error", "message"),
+    [
+        ("state_dtype", "int2", ValueError, r"state_dtype='int2' is invalid; expected one of None"),
+        ("state_dtype", torch.int8, ValueError, r"state_dtype=torch.int8 is invalid"),
+        ("state_block_size", 255, ValueError, r"state_block_size=255 is invalid; expected an even"),
+        ("state_block_size", 256.0, TypeError, r"state_block_size=256.0 has type float"),
+        ("state_block_size", True, TypeError, r"state_block_size=True has type bool"),
+        ("state_block_size", 0, ValueError, r"state_block_size=0 is invalid"),
+        (
+            "param_rounding",
+            "up",
+            ValueError,
+            r"param_rounding='up' is invalid; expected one of "
+            r"'nearest', 'stochastic', 'kahan'",
+        ),
+    ],
+)
+def test_bad_options_are_refused(option: str, value: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=r"Adam: " + message):
         descent.Adam([nn.Parameter(torch.zeros(2))], **{option: value})
     opt = descent.Adam([nn.Parameter(torch.zeros(2))])
@@ -322,8 +348,9 @@ def test_quantised_buckets_never_reach_a_fused_kernel(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD", "Lion", "RMSprop"])
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES)
-def test_engine_modes_and_chunking_give_the_same_bits(name: str, state_dtype: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_modes_and_chunking_give_the_same_bits(
+    name: str, state_dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """per_tensor and foreach agree bit for bit, and so does a step cut into chunks of
     512 elements (NAdam's scalar mu_product is updated once; SGD's momentum buffer is
     created across chunks; several parameters share a chunk)."""
@@ -365,8 +392,9 @@ def test_first_quantised_step_is_the_float32_step(name: str, state_dtype: str) -
     for key, value in opt.state[param].items():
         if key in opt.scalar_state:
             continue
-        expected = q.quantize(plain.state[reference][key], bits=bits,
-                              signed=key not in non_negative)
+        expected = q.quantize(
+            plain.state[reference][key], bits=bits, signed=key not in non_negative
+        )
         assert torch.equal(value["codes"], expected["codes"]), key
         assert torch.equal(value["absmax"], expected["absmax"]), key
 
@@ -452,8 +480,9 @@ def test_state_bytes_per_parameter_meets_the_targets() -> None:
 # ---------------------------------------------------------------------- state dicts
 
 
-def trained(state_dtype: str | None = "int8", **options: Any
-            ) -> tuple[list[nn.Parameter], descent.Adam]:
+def trained(
+    state_dtype: str | None = "int8", **options: Any
+) -> tuple[list[nn.Parameter], descent.Adam]:
     torch.manual_seed(0)
     params = [nn.Parameter(torch.randn(64, 80)), nn.Parameter(torch.randn(80))]
     opt = descent.Adam(params, lr=1e-2, state_dtype=state_dtype, **options)
@@ -473,8 +502,9 @@ def test_state_dict_holds_the_quantised_state_as_it_is() -> None:
 
 
 @pytest.mark.parametrize("state_dtype", ["bf16", "int8", "int4"])
-def test_checkpoints_round_trip_exactly_and_resume_the_same_run(state_dtype: str,
-                                                                tmp_path: Path) -> None:
+def test_checkpoints_round_trip_exactly_and_resume_the_same_run(
+    state_dtype: str, tmp_path: Path
+) -> None:
     params, opt = trained(state_dtype)
     descent.save_checkpoint(tmp_path / "ckpt", optimizers=opt)
     copies = [nn.Parameter(p.detach().clone()) for p in params]
@@ -492,8 +522,7 @@ def test_checkpoints_round_trip_exactly_and_resume_the_same_run(state_dtype: str
 def test_torch_save_round_trip_is_exact(tmp_path: Path) -> None:
     params, opt = trained("int8")
     torch.save(opt.state_dict(), tmp_path / "opt.pt")
-    loaded = descent.Adam([nn.Parameter(p.detach().clone()) for p in params],
-                          state_dtype="int8")
+    loaded = descent.Adam([nn.Parameter(p.detach().clone()) for p in params], state_dtype="int8")
     loaded.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
     assert_same_state(opt, loaded)
 
@@ -502,33 +531,55 @@ def _entry(saved: dict[str, Any]) -> dict[str, Any]:
     return saved["state"][0]["exp_avg"]
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda s: _entry(s).update(absmax=_entry(s)["absmax"][:-1]),
-     r"exp_avg\['absmax'\] has dtype torch.float32 and shape \(19,\); expected 20 elements"),
-    (lambda s: _entry(s).update(codes=_entry(s)["codes"][:-2]),
-     r"exp_avg\['codes'\] has dtype torch.uint8 and shape \(5118,\); expected 5120"),
-    (lambda s: _entry(s).update(codes=_entry(s)["codes"].float()),
-     r"exp_avg\['codes'\] has dtype torch.float32"),
-    (lambda s: _entry(s).update(block_size=128),
-     r"exp_avg has \(bits, signed, block_size\)=\(8, True, 128\); the group's options give "
-     r"\(8, True, 256\)"),
-    (lambda s: _entry(s).update(bits=4), r"exp_avg has \(bits, signed, block_size\)=\(4,"),
-    (lambda s: _entry(s).update(signed=False), r"=\(8, False, 256\)"),
-    (lambda s: s["param_groups"][0].update(state_block_size=128),
-     r"block_size\)=\(8, True, 256\); the group's options give \(8, True, 128\)"),
-    (lambda s: s["param_groups"][0].update(state_dtype="int4"),
-     r"=\(8, True, 256\); the group's options give \(4, True, 256\)"),
-    (lambda s: s["param_groups"][0].update(state_dtype=None),
-     r"exp_avg has type dict; expected a tensor"),
-    (lambda s: s["state"][0].update(exp_avg=torch.zeros(64, 80)),
-     r"exp_avg has type Tensor; expected the int8 form of state_block_size=256"),
-    (lambda s: s["state"][0]["exp_avg"].pop("absmax"), r"exp_avg has keys \['bits', "),
-    (lambda s: s["state"][1].update(exp_avg=torch.zeros(80, dtype=torch.bfloat16)),
-     r"exp_avg has dtype torch.bfloat16; the group's options \(state_dtype='int8'\) store "
-     r"it as torch.float32"),
-])
-def test_a_state_whose_layout_does_not_match_is_refused(damage: Callable[[dict], None],
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda s: _entry(s).update(absmax=_entry(s)["absmax"][:-1]),
+            r"exp_avg\['absmax'\] has dtype torch.float32 and shape \(19,\); expected 20 elements",
+        ),
+        (
+            lambda s: _entry(s).update(codes=_entry(s)["codes"][:-2]),
+            r"exp_avg\['codes'\] has dtype torch.uint8 and shape \(5118,\); expected 5120",
+        ),
+        (
+            lambda s: _entry(s).update(codes=_entry(s)["codes"].float()),
+            r"exp_avg\['codes'\] has dtype torch.float32",
+        ),
+        (
+            lambda s: _entry(s).update(block_size=128),
+            r"exp_avg has \(bits, signed, block_size\)=\(8, True, 128\); the group's options give "
+            r"\(8, True, 256\)",
+        ),
+        (lambda s: _entry(s).update(bits=4), r"exp_avg has \(bits, signed, block_size\)=\(4,"),
+        (lambda s: _entry(s).update(signed=False), r"=\(8, False, 256\)"),
+        (
+            lambda s: s["param_groups"][0].update(state_block_size=128),
+            r"block_size\)=\(8, True, 256\); the group's options give \(8, True, 128\)",
+        ),
+        (
+            lambda s: s["param_groups"][0].update(state_dtype="int4"),
+            r"=\(8, True, 256\); the group's options give \(4, True, 256\)",
+        ),
+        (
+            lambda s: s["param_groups"][0].update(state_dtype=None),
+            r"exp_avg has type dict; expected a tensor",
+        ),
+        (
+            lambda s: s["state"][0].update(exp_avg=torch.zeros(64, 80)),
+            r"exp_avg has type Tensor; expected the int8 form of state_block_size=256",
+        ),
+        (lambda s: s["state"][0]["exp_avg"].pop("absmax"), r"exp_avg has keys \['bits', "),
+        (
+            lambda s: s["state"][1].update(exp_avg=torch.zeros(80, dtype=torch.bfloat16)),
+            r"exp_avg has dtype torch.bfloat16; the group's options \(state_dtype='int8'\) store "
+            r"it as torch.float32",
+        ),
+    ],
+)
+def test_a_state_whose_layout_does_not_match_is_refused(
+    damage: Callable[[dict], None], message: str
+) -> None:
     params, opt = trained("int8")
     saved = copy.deepcopy(opt.state_dict())
     damage(saved)
@@ -541,10 +592,13 @@ def test_a_state_whose_layout_does_not_match_is_refused(damage: Callable[[dict],
     after = target.state_dict()
     assert after["param_groups"] == before["param_groups"]
     for key in before["state"]:
-        assert torch.equal(after["state"][key]["exp_avg"]["codes"],
-                           before["state"][key]["exp_avg"]["codes"]) \
-            if isinstance(before["state"][key]["exp_avg"], dict) else \
-            torch.equal(after["state"][key]["exp_avg"], before["state"][key]["exp_avg"])
+        assert (
+            torch.equal(
+                after["state"][key]["exp_avg"]["codes"], before["state"][key]["exp_avg"]["codes"]
+            )
+            if isinstance(before["state"][key]["exp_avg"], dict)
+            else torch.equal(after["state"][key]["exp_avg"], before["state"][key]["exp_avg"])
+        )
 
 
 def test_float32_state_is_quantised_on_load_and_decoded_back() -> None:
@@ -564,8 +618,9 @@ def test_float32_state_is_quantised_on_load_and_decoded_back() -> None:
     assert back.param_groups[0]["state_dtype"] is None
     decoded = back.state[back.param_groups[0]["params"][0]]["exp_avg"]
     assert decoded.dtype == torch.float32
-    assert torch.equal(decoded.view(-1),
-                       q.dequantize(low.state[copies[0]]["exp_avg"], decoded.numel()))
+    assert torch.equal(
+        decoded.view(-1), q.dequantize(low.state[copies[0]]["exp_avg"], decoded.numel())
+    )
     step_with(back, back.param_groups[0]["params"], seed=3)  # it runs on, fused
 
 
@@ -628,8 +683,10 @@ def test_functional_state_moves_to_and_from_a_quantised_optimizer() -> None:
     tree = {"w": params[0], "b": params[1]}
     state = functional.adam.state_from_optimizer(opt, tree)
     assert state["exp_avg"]["w"].dtype == torch.float32
-    assert torch.equal(state["exp_avg"]["w"].view(-1),
-                       q.dequantize(opt.state[params[0]]["exp_avg"], params[0].numel()))
+    assert torch.equal(
+        state["exp_avg"]["w"].view(-1),
+        q.dequantize(opt.state[params[0]]["exp_avg"], params[0].numel()),
+    )
     grads = {"w": torch.ones_like(params[0]), "b": torch.ones_like(params[1])}
     _, new_state = functional.adam.step(tree, grads, state, lr=1e-2)
     functional.adam.load_into_optimizer(new_state, opt, tree)
@@ -642,15 +699,17 @@ def test_functional_state_moves_to_and_from_a_quantised_optimizer() -> None:
 # ---------------------------------------------------------------------- references
 
 
-def _load_state(kind: str, opt: Any, param: torch.Tensor, exp_avg: torch.Tensor,
-                exp_avg_sq: torch.Tensor) -> None:
+def _load_state(
+    kind: str, opt: Any, param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor
+) -> None:
     """Put the same float32 moments into an optimizer, each by its own quantiser."""
     state = opt.state[param]
     if kind == "bitsandbytes":
         functional = pytest.importorskip("bitsandbytes.functional")
         for index, value in ((1, exp_avg), (2, exp_avg_sq)):
             codes, absmax = torch.ops.bitsandbytes.quantize_blockwise(
-                value, functional.create_dynamic_map(index == 1), 256)
+                value, functional.create_dynamic_map(index == 1), 256
+            )
             state[f"state{index}"].copy_(codes)
             state[f"absmax{index}"].copy_(absmax)
     elif kind == "torchao":
@@ -662,8 +721,9 @@ def _load_state(kind: str, opt: Any, param: torch.Tensor, exp_avg: torch.Tensor,
         state["exp_avg_sq"] = q.quantize(exp_avg_sq, signed=False, **form)
 
 
-def _reference(kind: str, bits: int, params: list[torch.Tensor],
-               monkeypatch: pytest.MonkeyPatch) -> torch.optim.Optimizer:
+def _reference(
+    kind: str, bits: int, params: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> torch.optim.Optimizer:
     if kind == "bitsandbytes":
         bnb = pytest.importorskip("bitsandbytes")
         return bnb.optim.AdamW8bit(params, lr=1e-3, weight_decay=1e-2)
@@ -673,10 +733,10 @@ def _reference(kind: str, bits: int, params: list[torch.Tensor],
     return cls(params, lr=1e-3, weight_decay=1e-2)
 
 
-@pytest.mark.parametrize(("kind", "bits"), [("bitsandbytes", 8), ("torchao", 8),
-                                            ("torchao", 4)])
+@pytest.mark.parametrize(("kind", "bits"), [("bitsandbytes", 8), ("torchao", 8), ("torchao", 4)])
 def test_a_step_from_the_same_quantised_state_matches_the_reference(
-        kind: str, bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind: str, bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(128, 256, generator=generator)
     exp_avg = torch.randn(128, 256, generator=generator) * 1e-2
@@ -685,8 +745,7 @@ def test_a_step_from_the_same_quantised_state_matches_the_reference(
     block = 256 if bits == 8 else 128
     ours_param = nn.Parameter(start.clone())
     theirs_param = nn.Parameter(start.clone())
-    ours = descent.AdamW([ours_param], lr=1e-3, state_dtype=f"int{bits}",
-                         state_block_size=block)
+    ours = descent.AdamW([ours_param], lr=1e-3, state_dtype=f"int{bits}", state_block_size=block)
     theirs = _reference(kind, bits, [theirs_param], monkeypatch)
     for opt, param in ((ours, ours_param), (theirs, theirs_param)):
         param.grad = torch.zeros_like(param)
@@ -703,8 +762,12 @@ def test_a_step_from_the_same_quantised_state_matches_the_reference(
     assert relative < 1e-2, relative
 
 
-def digits_loss(make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], epochs: int,
-                dtype: torch.dtype = torch.float32, seed: int = 0) -> float:
+def digits_loss(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    epochs: int,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> float:
     """Train the demo's digits MLP; return the final loss on the training set."""
     from descent.cli.demo import load_digits, make_mlp
 
@@ -715,9 +778,10 @@ def digits_loss(make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], ep
     for _ in range(epochs):
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(x_train), 32):
-            batch = order[start:start + 32]
-            loss = nn.functional.cross_entropy(model(x_train[batch].to(dtype)).float(),
-                                               y_train[batch])
+            batch = order[start : start + 32]
+            loss = nn.functional.cross_entropy(
+                model(x_train[batch].to(dtype)).float(), y_train[batch]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -725,8 +789,9 @@ def digits_loss(make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], ep
         return nn.functional.cross_entropy(model(x_train.to(dtype)).float(), y_train).item()
 
 
-def gru_loss(make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], epochs: int,
-             seed: int = 0) -> float:
+def gru_loss(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], epochs: int, seed: int = 0
+) -> float:
     """Train the demo's character GRU on the bundled text; return the held-out loss."""
     from descent.cli.demo import CharGRU
     from descent.data import char_sequences, load_text
@@ -740,7 +805,7 @@ def gru_loss(make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], epoch
     for _ in range(epochs):
         order = torch.randperm(cut, generator=generator)
         for start in range(0, cut, 32):
-            batch = order[start:start + 32]
+            batch = order[start : start + 32]
             logits, _ = model(x[batch], None)
             loss = nn.functional.cross_entropy(logits.flatten(0, 1), y[batch].flatten())
             opt.zero_grad()
@@ -769,8 +834,10 @@ def test_pure_bf16_training_tracks_float32_with_stochastic_or_kahan_rounding() -
         return lambda model: descent.AdamW(model, lr=1e-4, param_rounding=rounding)
 
     reference = digits_loss(adamw("nearest"), epochs=2)
-    losses = {rounding: digits_loss(adamw(rounding), epochs=2, dtype=torch.bfloat16)
-              for rounding in ("nearest", "stochastic", "kahan")}
+    losses = {
+        rounding: digits_loss(adamw(rounding), epochs=2, dtype=torch.bfloat16)
+        for rounding in ("nearest", "stochastic", "kahan")
+    }
     assert abs(losses["stochastic"] - reference) < 0.02, (losses, reference)
     assert abs(losses["kahan"] - reference) < 0.02, (losses, reference)
     assert losses["nearest"] - reference > 0.1, (losses, reference)  # updates were lost
@@ -803,7 +870,8 @@ def test_final_gru_loss_is_within_the_margin_of_float32(state_dtype: str) -> Non
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("kind", "bits"), [("bitsandbytes", 8), ("torchao", 4)])
 def test_trajectories_track_float32_as_closely_as_the_reference(
-        kind: str, bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    kind: str, bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """300 steps of the digits MLP: the parameters end no farther from the float32 run's
     than the reference's do (times 1.5)."""
     from descent.cli.demo import load_digits, make_mlp
@@ -815,7 +883,7 @@ def test_trajectories_track_float32_as_closely_as_the_reference(
         opt = make(list(model.parameters()))
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
         for i in range(300):
-            batch = order[(i * 32) % 1408:(i * 32) % 1408 + 32]
+            batch = order[(i * 32) % 1408 : (i * 32) % 1408 + 32]
             loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
             opt.zero_grad()
             loss.backward()
@@ -824,8 +892,11 @@ def test_trajectories_track_float32_as_closely_as_the_reference(
 
     block = 256 if bits == 8 else 128
     full = run(lambda params: descent.AdamW(params, lr=1e-3))
-    ours = run(lambda params: descent.AdamW(params, lr=1e-3, state_dtype=f"int{bits}",
-                                            state_block_size=block))
+    ours = run(
+        lambda params: descent.AdamW(
+            params, lr=1e-3, state_dtype=f"int{bits}", state_block_size=block
+        )
+    )
     theirs = run(lambda params: _reference(kind, bits, params, monkeypatch))
     assert (ours - full).norm() <= 1.5 * (theirs - full).norm()
 
@@ -842,8 +913,11 @@ def test_to_torch_refuses_low_precision_state_until_it_is_decoded() -> None:
     from descent.interop import to_torch
 
     params, opt = trained("int8")
-    with pytest.raises(TypeError, match=r"to_torch: a group has state_dtype='int8', "
-                                        r"param_rounding='nearest', which torch.optim"):
+    with pytest.raises(
+        TypeError,
+        match=r"to_torch: a group has state_dtype='int8', "
+        r"param_rounding='nearest', which torch.optim",
+    ):
         to_torch(opt)
     opt.state_dtype = None
     converted = to_torch(opt)

@@ -22,8 +22,13 @@ from torch import nn
 import descent
 
 WORLD, STEPS, BATCH = 2, 4, 8
-OPTIONS = {"lr": 0.02, "weight_decay": 0.01, "adamw_lr": 1e-2, "adamw_weight_decay": 0.01,
-           "ns_dtype": None}
+OPTIONS = {
+    "lr": 0.02,
+    "weight_decay": 0.01,
+    "adamw_lr": 1e-2,
+    "adamw_weight_decay": 0.01,
+    "ns_dtype": None,
+}
 
 
 class Net(nn.Module):
@@ -46,8 +51,10 @@ def make_model() -> Net:
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(step)
-    return (torch.randint(0, 10, (BATCH,), generator=generator),
-            torch.randint(0, 3, (BATCH,), generator=generator))
+    return (
+        torch.randint(0, 10, (BATCH,), generator=generator),
+        torch.randint(0, 3, (BATCH,), generator=generator),
+    )
 
 
 def train(model: nn.Module, opt: Any, rank: int = 0, world: int = 1) -> None:
@@ -60,8 +67,9 @@ def train(model: nn.Module, opt: Any, rank: int = 0, world: int = 1) -> None:
 
 
 def worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     torch.set_num_threads(1)
     try:
         results: dict[str, Any] = {}
@@ -74,8 +82,9 @@ def worker(rank: int, port: int, out: str) -> None:
 
         model = make_model()
         ddp = nn.parallel.DistributedDataParallel(model)
-        zero = ZeroRedundancyOptimizer(descent.MuonAdamW.param_groups_for(model, **OPTIONS),
-                                       optimizer_class=descent.MuonAdamW)
+        zero = ZeroRedundancyOptimizer(
+            descent.MuonAdamW.param_groups_for(model, **OPTIONS), optimizer_class=descent.MuonAdamW
+        )
         train(ddp, zero, rank, WORLD)
         zero.consolidate_state_dict(to=0)
         results["zero"] = [p.detach().clone() for p in model.parameters()]
@@ -125,8 +134,10 @@ def test_two_processes_match_one(two_processes: dict[str, Any], scenario: str) -
     model, _ = single_process()
     for got, want in zip(two_processes[scenario], model.parameters(), strict=True):
         torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
-    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(),
-                                                     make_model().parameters(), strict=True)]
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(model.parameters(), make_model().parameters(), strict=True)
+    ]
     assert all(moved)
 
 

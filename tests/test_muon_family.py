@@ -42,8 +42,9 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def quintic(x: torch.Tensor, coefficients: list[tuple[float, float, float]],
-            steps: int) -> torch.Tensor:
+def quintic(
+    x: torch.Tensor, coefficients: list[tuple[float, float, float]], steps: int
+) -> torch.Tensor:
     """X <- a X + (b A + c A^2) X with A = X X^T, on a wide (or square) matrix."""
     for k in range(steps):
         a, b, c = coefficients[min(k, len(coefficients) - 1)]
@@ -52,8 +53,13 @@ def quintic(x: torch.Tensor, coefficients: list[tuple[float, float, float]],
     return x
 
 
-def reference_newton_schulz(g: torch.Tensor, coefficients: list[tuple[float, float, float]],
-                            steps: int, eps: float = 1e-7, safety: float = 1.0) -> torch.Tensor:
+def reference_newton_schulz(
+    g: torch.Tensor,
+    coefficients: list[tuple[float, float, float]],
+    steps: int,
+    eps: float = 1e-7,
+    safety: float = 1.0,
+) -> torch.Tensor:
     """The iteration of torch.optim.Muon's documentation: X0 = G / max(s ||G||_F, eps)."""
     tall = g.shape[0] > g.shape[1]
     x = g.T if tall else g
@@ -73,8 +79,9 @@ def polar_express_paper(g: torch.Tensor, steps: int) -> torch.Tensor:
         (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
         (1.875, -1.25, 0.375),
     ]
-    coefficients = [(a / 1.01, b / 1.01**3, c / 1.01**5)
-                    for a, b, c in coefficients[:-1]] + [coefficients[-1]]
+    coefficients = [(a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in coefficients[:-1]] + [
+        coefficients[-1]
+    ]
     x = g.T if g.shape[0] > g.shape[1] else g
     x = x / (x.norm() * 1.01 + 1e-7)
     x = quintic(x, coefficients, steps)
@@ -89,8 +96,7 @@ def test_newton_schulz_converges_to_the_polar_factor(shape: tuple[int, int]) -> 
     g = random_matrix(*shape)
     cubic = newton_schulz(g, steps=60, coefficients=(1.5, -0.5, 0.0), dtype=None)
     torch.testing.assert_close(cubic, polar_factor(g), rtol=0, atol=1e-10)
-    express = newton_schulz(g, steps=16, coefficients="polar_express", dtype=None,
-                            safety=1.01)
+    express = newton_schulz(g, steps=16, coefficients="polar_express", dtype=None, safety=1.01)
     torch.testing.assert_close(express, polar_factor(g), rtol=0, atol=1e-10)
 
 
@@ -101,15 +107,17 @@ def test_polar_express_is_the_papers_algorithm(steps: int) -> None:
     g = random_matrix(6, 9, scale=1e4 / math.sqrt(54))
     ours = newton_schulz(g, steps=steps, coefficients=POLAR_EXPRESS, dtype=None, safety=1.01)
     torch.testing.assert_close(ours, polar_express_paper(g, steps), rtol=0, atol=1e-10)
-    assert torch.equal(ours, newton_schulz(g, steps=steps, coefficients="polar_express",
-                                           dtype=None, safety=1.01))
+    assert torch.equal(
+        ours, newton_schulz(g, steps=steps, coefficients="polar_express", dtype=None, safety=1.01)
+    )
 
 
 @pytest.mark.parametrize("shape", [(8, 3), (3, 8)])
 def test_jordan_iteration_is_the_documented_one(shape: tuple[int, int]) -> None:
     g = random_matrix(*shape, seed=2)
-    torch.testing.assert_close(newton_schulz(g, dtype=None),
-                               reference_newton_schulz(g, [JORDAN], 5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        newton_schulz(g, dtype=None), reference_newton_schulz(g, [JORDAN], 5), rtol=0, atol=1e-12
+    )
 
 
 def test_newton_schulz_leaves_its_input_alone_and_refuses_vectors() -> None:
@@ -126,12 +134,20 @@ def test_newton_schulz_leaves_its_input_alone_and_refuses_vectors() -> None:
 
 def matrices(dtype: torch.dtype = torch.float64, seed: int = 0) -> list[nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
-            for shape in [(12, 5), (5, 12), (6, 6), (9, 4)]]
+    return [
+        nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
+        for shape in [(12, 5), (5, 12), (6, 6), (9, 4)]
+    ]
 
 
-def step_both(ours: list[torch.Tensor], theirs: list[torch.Tensor], opt: Any, ref: Any,
-              steps: int = 12, scale: float = 1.0) -> None:
+def step_both(
+    ours: list[torch.Tensor],
+    theirs: list[torch.Tensor],
+    opt: Any,
+    ref: Any,
+    steps: int = 12,
+    scale: float = 1.0,
+) -> None:
     for step in range(steps):
         generator = torch.Generator().manual_seed(100 + step)
         for a, b in zip(ours, theirs, strict=True):
@@ -233,13 +249,21 @@ def test_conv_filters_are_updated_as_their_matrix_view() -> None:
     assert opt.state[conv]["row_second_moment"].shape == (8, 1)
 
 
-def normuon_paper(params: list[torch.Tensor], grads: list[torch.Tensor],
-                  memory: dict[int, dict[str, torch.Tensor]], lr: float, beta1: float,
-                  beta2: float, eps: float, weight_decay: float) -> None:
+def normuon_paper(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    memory: dict[int, dict[str, torch.Tensor]],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
     """NorMuon, Li et al. 2025, Algorithm 1, written out (Newton-Schulz as above)."""
     for w, g in zip(params, grads, strict=True):
-        state = memory.setdefault(id(w), {"m": torch.zeros_like(w),
-                                          "v": torch.zeros(w.shape[0], dtype=w.dtype)})
+        state = memory.setdefault(
+            id(w), {"m": torch.zeros_like(w), "v": torch.zeros(w.shape[0], dtype=w.dtype)}
+        )
         state["m"] = beta1 * state["m"] + (1 - beta1) * g
         o = reference_newton_schulz(state["m"], [JORDAN], 5)
         state["v"] = beta2 * state["v"] + (1 - beta2) * (o * o).mean(dim=1)
@@ -252,8 +276,16 @@ def normuon_paper(params: list[torch.Tensor], grads: list[torch.Tensor],
 def test_normuon_is_the_papers_algorithm() -> None:
     ours = matrices()
     theirs = [p.detach().clone() for p in ours]
-    opt = descent.OrthoMuon(ours, lr=0.02, normuon=True, nesterov=False, ns_dtype=None,
-                            weight_decay=0.01, beta2=0.9, normuon_eps=1e-8)
+    opt = descent.OrthoMuon(
+        ours,
+        lr=0.02,
+        normuon=True,
+        nesterov=False,
+        ns_dtype=None,
+        weight_decay=0.01,
+        beta2=0.9,
+        normuon_eps=1e-8,
+    )
     memory: dict[int, dict[str, torch.Tensor]] = {}
     for step in range(12):
         generator = torch.Generator().manual_seed(100 + step)
@@ -271,10 +303,17 @@ def test_normuon_matches_pytorch_optimizer() -> None:
     iteration run in float64: <= 1e-10 (it adds eps to the final norm, 1e-10 here)."""
     normuon = pytest.importorskip("pytorch_optimizer.optimizer.muon.normuon")
     ours, theirs = matrices(), matrices()
-    opt = descent.OrthoMuon(ours, lr=0.02, normuon=True, nesterov=False, ns_dtype=None,
-                            weight_decay=0.01)
-    ref = normuon.NorMuon([{"params": theirs, "use_muon": True}], lr=0.02, nesterov=False,
-                          update_scale="match_rms", weight_decay=0.01, foreach=False)
+    opt = descent.OrthoMuon(
+        ours, lr=0.02, normuon=True, nesterov=False, ns_dtype=None, weight_decay=0.01
+    )
+    ref = normuon.NorMuon(
+        [{"params": theirs, "use_muon": True}],
+        lr=0.02,
+        nesterov=False,
+        update_scale="match_rms",
+        weight_decay=0.01,
+        foreach=False,
+    )
     original = normuon.zero_power_via_newton_schulz_5
     normuon.zero_power_via_newton_schulz_5 = functools.partial(original, dtype=torch.float64)
     try:
@@ -288,8 +327,15 @@ def test_normuon_matches_pytorch_optimizer() -> None:
 def test_polar_express_option_uses_the_schedule_and_safety_factor() -> None:
     ours = matrices()
     theirs = [p.detach().clone() for p in ours]
-    opt = descent.OrthoMuon(ours, lr=0.02, nesterov=False, momentum=0.0, weight_decay=0.0,
-                            ns_coefficients="polar_express", ns_dtype=None)
+    opt = descent.OrthoMuon(
+        ours,
+        lr=0.02,
+        nesterov=False,
+        momentum=0.0,
+        weight_decay=0.0,
+        ns_coefficients="polar_express",
+        ns_dtype=None,
+    )
     generator = torch.Generator().manual_seed(9)
     grads = [1e4 * torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in ours]
     for p, g in zip(ours, grads, strict=True):
@@ -338,9 +384,12 @@ def test_normuon_state_round_trips_and_is_checked() -> None:
     resumed.step()
     assert all(torch.equal(a, b) for a, b in zip(params, clone, strict=True))
     saved["state"][0]["row_second_moment"] = torch.zeros(12)
-    with pytest.raises(ValueError, match=r"row_second_moment has shape \(12,\), the parameter "
-                                         r"has shape \(12, 5\), so row_second_moment has "
-                                         r"shape \(12, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"row_second_moment has shape \(12,\), the parameter "
+        r"has shape \(12, 5\), so row_second_moment has "
+        r"shape \(12, 1\)",
+    ):
         resumed.load_state_dict(saved)
 
 
@@ -356,8 +405,9 @@ def test_functional_form_equals_the_class() -> None:
         for tensor, grad in zip(tensors, grads, strict=True):
             tensor.grad = grad.clone()
         opt.step()
-        tree, state = functional.ortho_muon.step(tree, grads, state, lr=0.02, normuon=True,
-                                                  ns_dtype=None)
+        tree, state = functional.ortho_muon.step(
+            tree, grads, state, lr=0.02, normuon=True, ns_dtype=None
+        )
     assert all(torch.equal(a, b.detach()) for a, b in zip(tree, tensors, strict=True))
 
 
@@ -426,12 +476,17 @@ def test_routing_of_a_language_model() -> None:
     assert routes["blocks.0.norm.weight"][0] is False
     assert routes["blocks.1.mix.bias"] == (False, "fewer than 2 dimensions (bias, norm gain)")
     muon = sorted(name for name, (flag, _) in routes.items() if flag)
-    assert muon == ["blocks.0.mix.weight", "blocks.0.out.weight", "blocks.1.mix.weight",
-                    "blocks.1.out.weight"]
+    assert muon == [
+        "blocks.0.mix.weight",
+        "blocks.0.out.weight",
+        "blocks.1.mix.weight",
+        "blocks.1.out.weight",
+    ]
     text = opt.describe()
     assert text.splitlines()[0] == "MuonAdamW: 15 parameters, 4 to Muon, 11 to AdamW"
-    assert any(line.split()[:4] == ["head.weight", "(11,", "8)", "adamw"]
-               for line in text.splitlines())
+    assert any(
+        line.split()[:4] == ["head.weight", "(11,", "8)", "adamw"] for line in text.splitlines()
+    )
     for group in opt.param_groups:
         rule = descent.OrthoMuon if group["use_muon"] else descent.AdamW
         assert set(rule.hyperparameters) <= set(group)
@@ -453,21 +508,36 @@ def test_overrides_by_name_and_by_group() -> None:
     routes = routing(opt)
     assert routes["blocks.0.mix.weight"] == (False, "named by adamw='blocks.0.*'")
     assert routes["wpe.weight"] == (True, "named by muon='wpe.weight'")
-    with pytest.raises(ValueError, match=r"'blocks.0.mix.weight' matches muon='\*.mix.weight' "
-                                         r"and adamw='blocks.0.\*'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'blocks.0.mix.weight' matches muon='\*.mix.weight' "
+        r"and adamw='blocks.0.\*'",
+    ):
         descent.MuonAdamW(model, muon=["*.mix.weight"], adamw=["blocks.0.*"])
-    with pytest.raises(ValueError, match=r"'norm.weight' matches muon='norm.weight' but has "
-                                         r"shape \(8,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'norm.weight' matches muon='norm.weight' but has "
+        r"shape \(8,\)",
+    ):
         descent.MuonAdamW(model, muon=["norm.weight"])
-    groups = [{"params": list(model.blocks.parameters()), "use_muon": False, "lr": 1e-3,
-               "betas": (0.5, 0.9)},
-              {"params": [model.head.weight], "use_muon": True, "lr": 0.01}]
+    groups = [
+        {
+            "params": list(model.blocks.parameters()),
+            "use_muon": False,
+            "lr": 1e-3,
+            "betas": (0.5, 0.9),
+        },
+        {"params": [model.head.weight], "use_muon": True, "lr": 0.01},
+    ]
     opt = descent.MuonAdamW(groups, adamw_lr=5e-4)
     assert opt.param_groups[0]["betas"] == (0.5, 0.9) and opt.param_groups[0]["lr"] == 1e-3
     assert opt.param_groups[1]["momentum"] == 0.95
     assert routing(opt)["param_groups[1][0]"] == (True, "group use_muon=True")
-    with pytest.raises(ValueError, match=r"param_groups\[0\] has options \['betas'\], which "
-                                         r"are not arguments of MuonAdamW"):
+    with pytest.raises(
+        ValueError,
+        match=r"param_groups\[0\] has options \['betas'\], which "
+        r"are not arguments of MuonAdamW",
+    ):
         descent.MuonAdamW([{"params": list(model.parameters()), "betas": (0.5, 0.9)}])
     with pytest.raises(ValueError, match=r"shape \(8,\); Muon updates matrices"):
         descent.MuonAdamW([{"params": [model.norm.weight], "use_muon": True}])
@@ -475,11 +545,19 @@ def test_overrides_by_name_and_by_group() -> None:
 
 def test_routed_group_options_go_to_their_rule() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(),
-                          nn.Linear(6, 2))
-    opt = descent.MuonAdamW([{"params": model[:3].named_parameters(), "lr": 0.05,
-                              "adamw_lr": 1e-2, "adamw_betas": (0.8, 0.9)},
-                             {"params": model[4].named_parameters()}], momentum=0.9)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    opt = descent.MuonAdamW(
+        [
+            {
+                "params": model[:3].named_parameters(),
+                "lr": 0.05,
+                "adamw_lr": 1e-2,
+                "adamw_betas": (0.8, 0.9),
+            },
+            {"params": model[4].named_parameters()},
+        ],
+        momentum=0.9,
+    )
     by_rule = {(g["use_muon"], tuple(g["param_names"])): g for g in opt.param_groups}
     muon = by_rule[(True, ("0.weight", "2.weight"))]
     adamw = by_rule[(False, ("0.bias", "2.bias"))]
@@ -530,11 +608,17 @@ def test_one_state_dict_resumes_exactly_and_pickles() -> None:
         lm_step(model, opt, step)
         lm_step(clone, resumed, step)
         lm_step(pickled[0], pickled[1], step)
-    for a, b, c in zip(model.parameters(), clone.parameters(), pickled[0].parameters(),
-                       strict=True):
+    for a, b, c in zip(
+        model.parameters(), clone.parameters(), pickled[0].parameters(), strict=True
+    ):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert {key for state in opt.state.values() for key in state} == {
-        "momentum_buffer", "row_second_moment", "step", "exp_avg", "exp_avg_sq"}
+        "momentum_buffer",
+        "row_second_moment",
+        "step",
+        "exp_avg",
+        "exp_avg_sq",
+    }
 
 
 def test_scalar_state_is_its_rules_and_loaded_numbers_become_tensors() -> None:
@@ -551,16 +635,18 @@ def test_scalar_state_is_its_rules_and_loaded_numbers_become_tensors() -> None:
     resumed = descent.MuonAdamW(copy.deepcopy(model))
     resumed.load_state_dict(saved)
     steps = [state["step"] for state in resumed.state.values() if "step" in state]
-    assert steps and all(torch.is_tensor(step) and step.device.type == "cpu"
-                         for step in steps)
+    assert steps and all(torch.is_tensor(step) and step.device.type == "cpu" for step in steps)
 
 
 def test_state_dict_with_another_routing_is_refused() -> None:
     weight = nn.Parameter(torch.ones(3, 2))
     saved = descent.MuonAdamW([{"params": [weight], "use_muon": True}]).state_dict()
     other = descent.MuonAdamW([{"params": [weight], "use_muon": False}])
-    with pytest.raises(ValueError, match=r"param_groups\[0\] goes to Muon in the state dict "
-                                         r"and to AdamW here"):
+    with pytest.raises(
+        ValueError,
+        match=r"param_groups\[0\] goes to Muon in the state dict "
+        r"and to AdamW here",
+    ):
         other.load_state_dict(saved)
 
 
@@ -573,14 +659,23 @@ def test_matches_jordans_muon_with_aux_adam() -> None:
     torch.manual_seed(0)
     model = TinyLM().double()
     ours_model, theirs_model = copy.deepcopy(model), copy.deepcopy(model)
-    groups = descent.MuonAdamW.param_groups_for(ours_model, adamw_weight_decay=0.01,
-                                                weight_decay=0.01, ns_dtype=None)
+    groups = descent.MuonAdamW.param_groups_for(
+        ours_model, adamw_weight_decay=0.01, weight_decay=0.01, ns_dtype=None
+    )
     opt = descent.MuonAdamW(groups)
     theirs = descent.MuonAdamW.param_groups_for(theirs_model)
     keys = {True: ("lr", "momentum"), False: ("lr", "betas", "eps")}
-    ref = muon.SingleDeviceMuonWithAuxAdam([
-        {"params": g["params"], "use_muon": g["use_muon"], "weight_decay": 0.01,
-         **{key: g[key] for key in keys[g["use_muon"]]}} for g in theirs])
+    ref = muon.SingleDeviceMuonWithAuxAdam(
+        [
+            {
+                "params": g["params"],
+                "use_muon": g["use_muon"],
+                "weight_decay": 0.01,
+                **{key: g[key] for key in keys[g["use_muon"]]},
+            }
+            for g in theirs
+        ]
+    )
     with bfloat16_cast_disabled():
         for step in range(6):
             lm_step(ours_model, opt, step, scale=1e9)
@@ -612,9 +707,15 @@ def test_a_refused_group_adds_nothing() -> None:
     groups, routes = len(opt.param_groups), len(opt.routes)
     extra = nn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"is already optimized"):
-        opt.add_param_group({"params": [("extra.weight", extra.weight),
-                                        ("extra.bias", extra.bias),
-                                        ("again", model.blocks[0].norm.bias)]})
+        opt.add_param_group(
+            {
+                "params": [
+                    ("extra.weight", extra.weight),
+                    ("extra.bias", extra.bias),
+                    ("again", model.blocks[0].norm.bias),
+                ]
+            }
+        )
     assert (len(opt.param_groups), len(opt.routes)) == (groups, routes)
     opt.add_param_group({"params": [("extra.weight", extra.weight), ("extra.bias", extra.bias)]})
     assert len(opt.routes) == routes + 2

@@ -21,8 +21,13 @@ CLOSURE_STEPS = 5  # for an optimizer whose step runs many iterations (LBFGS)
 
 def make_mlp(dtype: torch.dtype, seed: int = 0, bias: bool = True) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 10, bias=bias), nn.Tanh(), nn.Linear(10, 8, bias=bias),
-                         nn.Tanh(), nn.Linear(8, 3, bias=bias)).to(dtype)
+    return nn.Sequential(
+        nn.Linear(6, 10, bias=bias),
+        nn.Tanh(),
+        nn.Linear(10, 8, bias=bias),
+        nn.Tanh(),
+        nn.Linear(8, 3, bias=bias),
+    ).to(dtype)
 
 
 def model_for(info: OptimizerInfo, dtype: torch.dtype, seed: int = 0) -> nn.Module:
@@ -30,8 +35,7 @@ def model_for(info: OptimizerInfo, dtype: torch.dtype, seed: int = 0) -> nn.Modu
     return make_mlp(dtype, seed, bias=not info.matrices_only)
 
 
-def grouped(model: nn.Module, lr: float, info: OptimizerInfo | None = None
-            ) -> list[dict[str, Any]]:
+def grouped(model: nn.Module, lr: float, info: OptimizerInfo | None = None) -> list[dict[str, Any]]:
     """Three param groups with different learning rates (the last takes the default): one
     group for an optimizer that takes one (``info.groups``), the same rate in each for
     algorithms that take one rate (``info.grouped_lrs``)."""
@@ -46,8 +50,9 @@ def grouped(model: nn.Module, lr: float, info: OptimizerInfo | None = None
     ]
 
 
-def compute_grads(model: nn.Module, step: int, dtype: torch.dtype,
-                  info: OptimizerInfo | None = None) -> torch.Tensor:
+def compute_grads(
+    model: nn.Module, step: int, dtype: torch.dtype, info: OptimizerInfo | None = None
+) -> torch.Tensor:
     """Backward on a fixed batch for this step; some params get no grad on some steps.
 
     Returns the loss; the gradients have the layout ``info``'s optimizer takes."""
@@ -85,8 +90,9 @@ def max_relative_difference(a: nn.Module, b: nn.Module) -> float:
 ENGINE_MODES = ["per_tensor", "foreach", "auto", "compiled"]
 
 
-def parity_run(info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype,
-               mode: str | None = None) -> tuple[float, float]:
+def parity_run(
+    info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype, mode: str | None = None
+) -> tuple[float, float]:
     """Train descent (in engine ``mode``, default if None) and the reference side by side.
 
     Returns the largest relative difference between them over the STEPS-step trajectory,
@@ -123,14 +129,18 @@ def reference_rounding_drift(info: OptimizerInfo, config: dict[str, Any]) -> flo
 
 
 # A rule that is not elementwise runs one tensor at a time in every mode: one suffices.
-PARITY_CASES = [(info, config, mode) for info, config in config_cases()
-                for mode in (ENGINE_MODES if info.cls.elementwise else ["auto"])]
+PARITY_CASES = [
+    (info, config, mode)
+    for info, config in config_cases()
+    for mode in (ENGINE_MODES if info.cls.elementwise else ["auto"])
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("info", "config", "mode"), PARITY_CASES, ids=case_id)
-def test_parity_with_reference(info: OptimizerInfo, config: dict[str, Any],
-                               dtype: torch.dtype, mode: str) -> None:
+def test_parity_with_reference(
+    info: OptimizerInfo, config: dict[str, Any], dtype: torch.dtype, mode: str
+) -> None:
     """50 steps on an MLP with three param groups and missing grads match the reference."""
     worst, moved = parity_run(info, config, dtype, mode)
     tolerance = TOLERANCE[dtype]
@@ -144,17 +154,20 @@ def test_parity_with_reference(info: OptimizerInfo, config: dict[str, Any],
     assert moved > 1e-3
 
 
-@pytest.mark.parametrize("info", [i for i in OPTIMIZERS
-                                  if i.torch_counterpart and i.cls.supports_complex], ids=case_id)
+@pytest.mark.parametrize(
+    "info", [i for i in OPTIMIZERS if i.torch_counterpart and i.cls.supports_complex], ids=case_id
+)
 def test_complex_parameters_match_torch(info: OptimizerInfo) -> None:
     torch.manual_seed(0)
     start = torch.randn(4, 3, dtype=torch.complex128)
     ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
     opt, ref = info.cls([ours], **info.configs[-1]), info.reference([theirs], **info.configs[-1])
     for step in range(20):
-        target = torch.randn(4, 3, dtype=torch.complex128,
-                             generator=torch.Generator().manual_seed(step))
+        target = torch.randn(
+            4, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(step)
+        )
         for p, optimizer in ((ours, opt), (theirs, ref)):
+
             def compute(p: torch.Tensor = p) -> torch.Tensor:
                 p.grad = None
                 loss = (p - target).abs().pow(2).sum()  # noqa: B023
@@ -166,8 +179,7 @@ def test_complex_parameters_match_torch(info: OptimizerInfo) -> None:
     assert not torch.equal(ours, start)
 
 
-@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if not i.cls.supports_complex],
-                         ids=case_id)
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if not i.cls.supports_complex], ids=case_id)
 def test_complex_parameters_refused_where_not_supported(info: OptimizerInfo) -> None:
     """Refused at construction: with torch's exception type where torch's class refuses
     them there too (SparseAdam's ValueError), else descent's TypeError."""
@@ -205,8 +217,9 @@ def test_state_dict_round_trip_mid_training(info: OptimizerInfo, config: dict[st
         assert a.keys() == b.keys()
         for key in a:
             if isinstance(a[key], list):  # LBFGS's curvature pairs (and unset entries)
-                assert all(x is y is None or torch.equal(x, y)
-                           for x, y in zip(a[key], b[key], strict=True)), key
+                assert all(
+                    x is y is None or torch.equal(x, y) for x, y in zip(a[key], b[key], strict=True)
+                ), key
             else:
                 assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
 
@@ -216,8 +229,12 @@ def test_params_without_grad_are_untouched(info: OptimizerInfo) -> None:
     used = nn.Parameter(torch.randn(info.shape(5), dtype=torch.float64))
     unused = nn.Parameter(torch.randn(info.shape(5), dtype=torch.float64))
     before = unused.detach().clone()
-    opt = info.cls([used, unused], **{**info.configs[-1], "weight_decay": 0.5}
-                   if "weight_decay" in info.cls.hyperparameters else info.configs[-1])
+    opt = info.cls(
+        [used, unused],
+        **{**info.configs[-1], "weight_decay": 0.5}
+        if "weight_decay" in info.cls.hyperparameters
+        else info.configs[-1],
+    )
 
     def compute() -> torch.Tensor:
         used.grad = info.gradient(torch.ones_like(used))
@@ -257,8 +274,10 @@ def test_low_precision_dtypes_step(info: OptimizerInfo, dtype: torch.dtype) -> N
 
 
 @pytest.mark.parametrize(
-    ("info", "error"), [(i, e) for i in OPTIMIZERS for e in i.error_inputs],
-    ids=lambda c: case_id(c) if isinstance(c, OptimizerInfo) else ",".join(c.kwargs))
+    ("info", "error"),
+    [(i, e) for i in OPTIMIZERS for e in i.error_inputs],
+    ids=lambda c: case_id(c) if isinstance(c, OptimizerInfo) else ",".join(c.kwargs),
+)
 def test_error_inputs(info: OptimizerInfo, error: Any) -> None:
     p = nn.Parameter(torch.zeros(info.shape(2)))
     with pytest.raises(error.error, match=error.match):
@@ -412,8 +431,9 @@ def test_descent_state_dict_loads_into_torch() -> None:
         opt.step()
     state = copy.deepcopy(opt.state_dict())
     state.pop("descent")
-    torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9,
-                        centered=True).load_state_dict(state)
+    torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9, centered=True).load_state_dict(
+        state
+    )
 
 
 def test_works_with_torch_schedulers_hooks_and_grad_scaler() -> None:

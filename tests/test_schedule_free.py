@@ -40,17 +40,25 @@ def train_steps(model: nn.Module, opt: Any, start: int, stop: int) -> None:
 
 
 CASES = [
-    (descent.ScheduleFreeAdamW, "AdamWScheduleFreeReference",
-     {"lr": 1e-2, "weight_decay": 0.01, "warmup_steps": 5}),
-    (descent.ScheduleFreeSGD, "SGDScheduleFreeReference",
-     {"lr": 0.1, "momentum": 0.8, "weight_decay": 0.01}),
+    (
+        descent.ScheduleFreeAdamW,
+        "AdamWScheduleFreeReference",
+        {"lr": 1e-2, "weight_decay": 0.01, "warmup_steps": 5},
+    ),
+    (
+        descent.ScheduleFreeSGD,
+        "SGDScheduleFreeReference",
+        {"lr": 0.1, "momentum": 0.8, "weight_decay": 0.01},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("cls", "reference", "options"), CASES,
-                         ids=lambda case: getattr(case, "__name__", None))
-def test_eval_puts_the_average_x_into_the_parameters(cls: type, reference: str,
-                                                     options: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("cls", "reference", "options"), CASES, ids=lambda case: getattr(case, "__name__", None)
+)
+def test_eval_puts_the_average_x_into_the_parameters(
+    cls: type, reference: str, options: dict[str, Any]
+) -> None:
     """The authors' *Reference classes keep x, y and z explicitly; descent keeps only z
     and recovers x from y and z: after eval() the parameters are their x (<= 1e-10)."""
     ours, theirs = make_model(), make_model()
@@ -68,17 +76,23 @@ def test_eval_puts_the_average_x_into_the_parameters(cls: type, reference: str,
     opt.train()
     assert opt.training
     for param, reference_param in zip(ours.parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(param.detach(), ref.state[reference_param]["y"],
-                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            param.detach(), ref.state[reference_param]["y"], rtol=1e-10, atol=1e-12
+        )
 
 
-@pytest.mark.parametrize(("cls", "package", "options"), [
-    (descent.ScheduleFreeAdamW, "AdamWScheduleFree", {"lr": 1e-2, "warmup_steps": 4}),
-    (descent.ScheduleFreeSGD, "SGDScheduleFree", {"lr": 0.1, "weight_decay": 0.01}),
-    (descent.ScheduleFreeRAdam, "RAdamScheduleFree", {"lr": 1e-2, "weight_decay": 0.01}),
-], ids=lambda case: getattr(case, "__name__", case if isinstance(case, str) else None))
+@pytest.mark.parametrize(
+    ("cls", "package", "options"),
+    [
+        (descent.ScheduleFreeAdamW, "AdamWScheduleFree", {"lr": 1e-2, "warmup_steps": 4}),
+        (descent.ScheduleFreeSGD, "SGDScheduleFree", {"lr": 0.1, "weight_decay": 0.01}),
+        (descent.ScheduleFreeRAdam, "RAdamScheduleFree", {"lr": 1e-2, "weight_decay": 0.01}),
+    ],
+    ids=lambda case: getattr(case, "__name__", case if isinstance(case, str) else None),
+)
 def test_the_authors_memory_efficient_classes_with_mode_switches(
-        cls: type, package: str, options: dict[str, Any]) -> None:
+    cls: type, package: str, options: dict[str, Any]
+) -> None:
     """Their AdamWScheduleFree / SGDScheduleFree / RAdamScheduleFree (the same arithmetic as
     descent's, z-only), through eval/train switches: <= 1e-10."""
     ours, theirs = make_model(), make_model()
@@ -110,8 +124,11 @@ def test_a_step_in_eval_mode_is_refused_with_the_fix() -> None:
 
 
 @pytest.mark.parametrize("saved_in", ["train", "eval"])
-@pytest.mark.parametrize("cls", [descent.ScheduleFreeAdamW, descent.ScheduleFreeSGD,
-                                 descent.ScheduleFreeRAdam], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [descent.ScheduleFreeAdamW, descent.ScheduleFreeSGD, descent.ScheduleFreeRAdam],
+    ids=lambda c: c.__name__,
+)
 def test_a_checkpoint_saved_in_either_mode_resumes_exactly(cls: type, saved_in: str) -> None:
     """The run that saved and the run resumed from its checkpoint (model and optimizer,
     through torch.save) end bit for bit equal."""

@@ -27,13 +27,13 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 def data() -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(96, 5, generator=generator)
-    y = x @ torch.randn(5, 2, generator=generator) + 0.1 * torch.randn(96, 2,
-                                                                        generator=generator)
+    y = x @ torch.randn(5, 2, generator=generator) + 0.1 * torch.randn(96, 2, generator=generator)
     return x[:64], y[:64], x[64:], y[64:]
 
 
-def setup(directory: Path | None = None) -> tuple[nn.Module, descent.ScheduleFreeAdamW,
-                                                  SupervisedTrainer]:
+def setup(
+    directory: Path | None = None,
+) -> tuple[nn.Module, descent.ScheduleFreeAdamW, SupervisedTrainer]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
     optimizer = descent.ScheduleFreeAdamW(model, lr=2e-2, warmup_steps=4)
@@ -76,8 +76,12 @@ def test_checkpoints_hold_the_average_and_resume_exactly(tmp_path: Path) -> None
     manager = trainer.checkpoint_manager
     assert manager is not None and manager.latest() is not None
     saved_model, saved_optimizer, _ = setup()
-    load_checkpoint(manager.latest(), model=saved_model,
-                    optimizers={"optimizer": saved_optimizer}, restore_rng=False)
+    load_checkpoint(
+        manager.latest(),
+        model=saved_model,
+        optimizers={"optimizer": saved_optimizer},
+        restore_rng=False,
+    )
     assert not saved_optimizer.training  # saved in eval mode: the model's weights are x
     for a, b in zip(saved_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -32,38 +32,50 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 # ---------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("schedule,points", [
-    (S.Constant(0.3), {0: 0.3, 999: 0.3}),
-    (S.Step(3, 0.5, init=2.0), {0: 2.0, 2: 2.0, 3: 1.0, 5: 1.0, 6: 0.5, 9: 0.25}),
-    (S.MultiStep([2, 5], 0.1), {0: 1.0, 1: 1.0, 2: 0.1, 4: 0.1, 5: 0.1 * 0.1, 100: 0.1 * 0.1}),
-    (S.Exponential(0.5, init=8.0), {0: 8.0, 1: 4.0, 3: 1.0}),
-    (S.Linear(1.0, 0.0, 4), {0: 1.0, 1: 0.75, 2: 0.5, 4: 0.0, 10: 0.0}),
-    (S.Linear(0.0, 2.0, 8), {4: 1.0, 8: 2.0, 9: 2.0}),
-    (S.Polynomial(10, 2.0, init=1.0, final=0.1), {0: 1.0, 5: 0.9 * 0.25 + 0.1, 10: 0.1,
-                                                  20: 0.1}),
-    (S.Cosine(10, init=1.0, final=0.0), {0: 1.0, 5: 0.5, 10: 0.0, 15: 0.0}),
-    (S.Cosine(10, after_end="continue"), {10: 0.0, 15: 0.5, 20: 1.0}),
-    (S.CosineRestarts(10, 2), {0: 1.0, 5: 0.5, 10: 1.0, 20: 0.5, 30: 1.0, 70: 1.0, 150: 1.0}),
-    (S.CosineRestarts(4), {0: 1.0, 2: 0.5, 4: 1.0, 6: 0.5}),
-    (S.Cyclic(0.0, 1.0, 5), {0: 0.0, 2: 0.4, 5: 1.0, 7: 0.6, 10: 0.0, 15: 1.0}),
-    (S.Cyclic(0.0, 1.0, 5, mode="triangular2"), {5: 1.0, 15: 0.5, 25: 0.25}),
-    (S.Cyclic(0.0, 1.0, 2, 6), {2: 1.0, 5: 0.5, 8: 0.0}),
-    (S.WarmupStableDecay(100, 10, 20), {0: 0.0, 5: 0.5, 10: 1.0, 79: 1.0, 80: 1.0, 90: 0.5,
-                                        100: 0.0, 120: 0.0}),
-    (S.WarmupStableDecay(100, 10, 20, decay_shape="cosine", final=0.2), {90: 0.6, 100: 0.2}),
-    (S.WarmupStableDecay(100, 0, 20, decay_shape="1-sqrt"), {0: 1.0, 85: 0.5, 100: 0.0}),
-    (S.InverseSqrt(4, peak=2.0), {0: 0.0, 2: 1.0, 4: 2.0, 16: 1.0, 64: 0.5}),
-    (S.Lambda(lambda t: t * t), {3: 9.0}),
-    (S.Warmup(S.Exponential(0.5), 4, init=0.2), {0: 0.2, 2: 0.6, 4: 1.0, 5: 0.5, 6: 0.25}),
-    (S.Join([S.Constant(1.0), S.Linear(1.0, 0.0, 10), S.Constant(0.01)], [5, 15]),
-     {4: 1.0, 5: 1.0, 10: 0.5, 14: 0.1, 15: 0.01, 99: 0.01}),
-    (3.0 * S.Linear(0.0, 1.0, 2), {1: 1.5}),
-    (S.Linear(0.0, 1.0, 2) * 3.0 + 1.0, {1: 2.5}),
-    (1.0 + S.Constant(0.5), {7: 1.5}),
-    (S.Linear(0.0, 1.0, 4) * S.Step(2, 0.5), {2: 0.25, 4: 0.25}),
-    (S.warmup_cosine(110, 10, peak=2.0, final=0.2), {0: 0.0, 5: 1.0, 10: 2.0, 60: 1.1,
-                                                     110: 0.2, 500: 0.2}),
-], ids=repr)
+@pytest.mark.parametrize(
+    "schedule,points",
+    [
+        (S.Constant(0.3), {0: 0.3, 999: 0.3}),
+        (S.Step(3, 0.5, init=2.0), {0: 2.0, 2: 2.0, 3: 1.0, 5: 1.0, 6: 0.5, 9: 0.25}),
+        (S.MultiStep([2, 5], 0.1), {0: 1.0, 1: 1.0, 2: 0.1, 4: 0.1, 5: 0.1 * 0.1, 100: 0.1 * 0.1}),
+        (S.Exponential(0.5, init=8.0), {0: 8.0, 1: 4.0, 3: 1.0}),
+        (S.Linear(1.0, 0.0, 4), {0: 1.0, 1: 0.75, 2: 0.5, 4: 0.0, 10: 0.0}),
+        (S.Linear(0.0, 2.0, 8), {4: 1.0, 8: 2.0, 9: 2.0}),
+        (
+            S.Polynomial(10, 2.0, init=1.0, final=0.1),
+            {0: 1.0, 5: 0.9 * 0.25 + 0.1, 10: 0.1, 20: 0.1},
+        ),
+        (S.Cosine(10, init=1.0, final=0.0), {0: 1.0, 5: 0.5, 10: 0.0, 15: 0.0}),
+        (S.Cosine(10, after_end="continue"), {10: 0.0, 15: 0.5, 20: 1.0}),
+        (S.CosineRestarts(10, 2), {0: 1.0, 5: 0.5, 10: 1.0, 20: 0.5, 30: 1.0, 70: 1.0, 150: 1.0}),
+        (S.CosineRestarts(4), {0: 1.0, 2: 0.5, 4: 1.0, 6: 0.5}),
+        (S.Cyclic(0.0, 1.0, 5), {0: 0.0, 2: 0.4, 5: 1.0, 7: 0.6, 10: 0.0, 15: 1.0}),
+        (S.Cyclic(0.0, 1.0, 5, mode="triangular2"), {5: 1.0, 15: 0.5, 25: 0.25}),
+        (S.Cyclic(0.0, 1.0, 2, 6), {2: 1.0, 5: 0.5, 8: 0.0}),
+        (
+            S.WarmupStableDecay(100, 10, 20),
+            {0: 0.0, 5: 0.5, 10: 1.0, 79: 1.0, 80: 1.0, 90: 0.5, 100: 0.0, 120: 0.0},
+        ),
+        (S.WarmupStableDecay(100, 10, 20, decay_shape="cosine", final=0.2), {90: 0.6, 100: 0.2}),
+        (S.WarmupStableDecay(100, 0, 20, decay_shape="1-sqrt"), {0: 1.0, 85: 0.5, 100: 0.0}),
+        (S.InverseSqrt(4, peak=2.0), {0: 0.0, 2: 1.0, 4: 2.0, 16: 1.0, 64: 0.5}),
+        (S.Lambda(lambda t: t * t), {3: 9.0}),
+        (S.Warmup(S.Exponential(0.5), 4, init=0.2), {0: 0.2, 2: 0.6, 4: 1.0, 5: 0.5, 6: 0.25}),
+        (
+            S.Join([S.Constant(1.0), S.Linear(1.0, 0.0, 10), S.Constant(0.01)], [5, 15]),
+            {4: 1.0, 5: 1.0, 10: 0.5, 14: 0.1, 15: 0.01, 99: 0.01},
+        ),
+        (3.0 * S.Linear(0.0, 1.0, 2), {1: 1.5}),
+        (S.Linear(0.0, 1.0, 2) * 3.0 + 1.0, {1: 2.5}),
+        (1.0 + S.Constant(0.5), {7: 1.5}),
+        (S.Linear(0.0, 1.0, 4) * S.Step(2, 0.5), {2: 0.25, 4: 0.25}),
+        (
+            S.warmup_cosine(110, 10, peak=2.0, final=0.2),
+            {0: 0.0, 5: 1.0, 10: 2.0, 60: 1.1, 110: 0.2, 500: 0.2},
+        ),
+    ],
+    ids=repr,
+)
 def test_schedule_values(schedule: S.Schedule, points: dict[int, float]) -> None:
     for step, expected in points.items():
         assert schedule(step) == pytest.approx(expected, rel=1e-12, abs=1e-15), step
@@ -118,10 +130,16 @@ def test_cosine_restart_positions() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(total=st.integers(2, 5000), warmup=st.integers(0, 1000), peak=st.floats(1e-6, 10.0),
-       final_fraction=st.floats(0.0, 1.0), data=st.data())
-def test_warmup_cosine_properties(total: int, warmup: int, peak: float, final_fraction: float,
-                                  data: Any) -> None:
+@given(
+    total=st.integers(2, 5000),
+    warmup=st.integers(0, 1000),
+    peak=st.floats(1e-6, 10.0),
+    final_fraction=st.floats(0.0, 1.0),
+    data=st.data(),
+)
+def test_warmup_cosine_properties(
+    total: int, warmup: int, peak: float, final_fraction: float, data: Any
+) -> None:
     """Rises to ``peak`` at ``warmup_steps``, then never increases and stays >= final."""
     warmup = min(warmup, total - 1)
     final = peak * final_fraction
@@ -151,8 +169,7 @@ def test_step_lr_follows_torch_not_tinytorch() -> None:
     scheduler = S.StepLR(optimizer, step_size=5, gamma=0.5)
     for k in range(1, 40):
         scheduler.step()
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** (k // 5),
-                                                                rel=1e-15)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** (k // 5), rel=1e-15)
         tinytorch = 0.1 * 0.5 ** ((k - 1) // 5)
         assert (optimizer.param_groups[0]["lr"] == pytest.approx(tinytorch)) == (k % 5 != 0)
 
@@ -175,8 +192,9 @@ def test_relative_and_absolute_values_per_group() -> None:
 
 
 def test_other_keys_are_driven() -> None:
-    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)], betas=(0.9, 0.999),
-                            weight_decay=0.1)
+    adam = torch.optim.Adam(
+        [torch.zeros(1, requires_grad=True)], betas=(0.9, 0.999), weight_decay=0.1
+    )
     beta1 = S.Scheduler(adam, S.Linear(0.85, 0.95, 10), key="betas[0]", relative=False)
     beta2 = S.Scheduler(adam, S.Constant(0.98), key="betas[1]", relative=False)
     decay = S.Scheduler(adam, S.Linear(1.0, 0.0, 10), key="weight_decay")
@@ -284,144 +302,335 @@ BAD_INPUT: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("negative step size", lambda: S.StepLR(_sgd(), step_size=-1), ValueError, "step_size=-1"),
     ("zero step size", lambda: S.Step(0), ValueError, "step_size=0"),
     ("float step size", lambda: S.StepLR(_sgd(), step_size=2.5), TypeError, "step_size"),
-    ("cyclic step size", lambda: S.CyclicLR(_sgd(), 0.1, 1.0, step_size_up=-5), ValueError,
-     "step_size_up=-5"),
-    ("warmup longer than total", lambda: S.warmup_cosine(100, 200), ValueError,
-     "warmup_steps=200"),
-    ("warmup plus decay longer than total", lambda: S.WarmupStableDecay(100, 60, 50),
-     ValueError, "warmup_steps=60 plus decay_steps=50"),
-    ("milestones not increasing", lambda: S.MultiStepLR(_sgd(), milestones=[30, 10]),
-     ValueError, r"milestones=\[30, 10\]"),
+    (
+        "cyclic step size",
+        lambda: S.CyclicLR(_sgd(), 0.1, 1.0, step_size_up=-5),
+        ValueError,
+        "step_size_up=-5",
+    ),
+    ("warmup longer than total", lambda: S.warmup_cosine(100, 200), ValueError, "warmup_steps=200"),
+    (
+        "warmup plus decay longer than total",
+        lambda: S.WarmupStableDecay(100, 60, 50),
+        ValueError,
+        "warmup_steps=60 plus decay_steps=50",
+    ),
+    (
+        "milestones not increasing",
+        lambda: S.MultiStepLR(_sgd(), milestones=[30, 10]),
+        ValueError,
+        r"milestones=\[30, 10\]",
+    ),
     ("milestones repeated", lambda: S.MultiStep([5, 5]), ValueError, "milestones"),
-    ("join boundaries", lambda: S.Join([S.Constant(1.0), S.Constant(2.0)], [0]), ValueError,
-     r"boundaries\[0\]=0"),
+    (
+        "join boundaries",
+        lambda: S.Join([S.Constant(1.0), S.Constant(2.0)], [0]),
+        ValueError,
+        r"boundaries\[0\]=0",
+    ),
     ("join count", lambda: S.Join([S.Constant(1.0)], [3]), ValueError, "boundaries"),
     ("sequential milestones", lambda: _sequential([5, 5]), ValueError, "milestones"),
-    ("unknown cyclic mode", lambda: S.CyclicLR(_sgd(), 0.1, 1.0, mode="triangle"),
-     ValueError, "mode='triangle'"),
-    ("unknown plateau mode", lambda: S.ReduceLROnPlateau(_sgd(), mode="avg"), ValueError,
-     "mode='avg'"),
-    ("unknown threshold mode", lambda: S.ReduceLROnPlateau(_sgd(), threshold_mode="pct"),
-     ValueError, "threshold_mode='pct'"),
-    ("unknown anneal strategy", lambda: S.OneCycleLR(_sgd(), 0.1, 10, anneal_strategy="cosine"),
-     ValueError, "anneal_strategy='cosine'"),
-    ("unknown decay shape", lambda: S.WarmupStableDecay(10, 1, 1, decay_shape="exp"),
-     ValueError, "decay_shape='exp'"),
+    (
+        "unknown cyclic mode",
+        lambda: S.CyclicLR(_sgd(), 0.1, 1.0, mode="triangle"),
+        ValueError,
+        "mode='triangle'",
+    ),
+    (
+        "unknown plateau mode",
+        lambda: S.ReduceLROnPlateau(_sgd(), mode="avg"),
+        ValueError,
+        "mode='avg'",
+    ),
+    (
+        "unknown threshold mode",
+        lambda: S.ReduceLROnPlateau(_sgd(), threshold_mode="pct"),
+        ValueError,
+        "threshold_mode='pct'",
+    ),
+    (
+        "unknown anneal strategy",
+        lambda: S.OneCycleLR(_sgd(), 0.1, 10, anneal_strategy="cosine"),
+        ValueError,
+        "anneal_strategy='cosine'",
+    ),
+    (
+        "unknown decay shape",
+        lambda: S.WarmupStableDecay(10, 1, 1, decay_shape="exp"),
+        ValueError,
+        "decay_shape='exp'",
+    ),
     ("unknown after_end", lambda: S.Cosine(10, after_end="wrap"), ValueError, "after_end"),
-    ("total_steps zero", lambda: S.OneCycleLR(_sgd(), 0.1, total_steps=0), ValueError,
-     "total_steps=0"),
-    ("total_steps missing", lambda: S.OneCycleLR(_sgd(), 0.1, epochs=3), ValueError,
-     "total_steps"),
+    (
+        "total_steps zero",
+        lambda: S.OneCycleLR(_sgd(), 0.1, total_steps=0),
+        ValueError,
+        "total_steps=0",
+    ),
+    ("total_steps missing", lambda: S.OneCycleLR(_sgd(), 0.1, epochs=3), ValueError, "total_steps"),
     ("cosine total_steps", lambda: S.Cosine(0), ValueError, "total_steps=0"),
     ("T_max zero", lambda: S.CosineAnnealingLR(_sgd(), T_max=0), ValueError, "T_max=0"),
     ("T_0 zero", lambda: S.CosineAnnealingWarmRestarts(_sgd(), T_0=0), ValueError, "T_0=0"),
-    ("T_mult zero", lambda: S.CosineAnnealingWarmRestarts(_sgd(), 5, T_mult=0), ValueError,
-     "T_mult=0"),
-    ("total_iters negative", lambda: S.PolynomialLR(_sgd(), total_iters=-3), ValueError,
-     "total_iters=-3"),
-    ("linear total_iters", lambda: S.LinearLR(_sgd(), total_iters=0), ValueError,
-     "total_iters=0"),
-    ("linear start factor", lambda: S.LinearLR(_sgd(), start_factor=0.0), ValueError,
-     "start_factor=0.0"),
+    (
+        "T_mult zero",
+        lambda: S.CosineAnnealingWarmRestarts(_sgd(), 5, T_mult=0),
+        ValueError,
+        "T_mult=0",
+    ),
+    (
+        "total_iters negative",
+        lambda: S.PolynomialLR(_sgd(), total_iters=-3),
+        ValueError,
+        "total_iters=-3",
+    ),
+    ("linear total_iters", lambda: S.LinearLR(_sgd(), total_iters=0), ValueError, "total_iters=0"),
+    (
+        "linear start factor",
+        lambda: S.LinearLR(_sgd(), start_factor=0.0),
+        ValueError,
+        "start_factor=0.0",
+    ),
     ("constant factor", lambda: S.ConstantLR(_sgd(), factor=1.5), ValueError, "factor=1.5"),
-    ("plateau factor", lambda: S.ReduceLROnPlateau(_sgd(), factor=1.0), ValueError,
-     "factor=1.0"),
-    ("plateau patience", lambda: S.ReduceLROnPlateau(_sgd(), patience=-1), ValueError,
-     "patience=-1"),
-    ("plateau min_lr list", lambda: S.ReduceLROnPlateau(_sgd(), min_lr=[0.1]), ValueError,
-     "min_lr has 1 values"),
+    ("plateau factor", lambda: S.ReduceLROnPlateau(_sgd(), factor=1.0), ValueError, "factor=1.0"),
+    (
+        "plateau patience",
+        lambda: S.ReduceLROnPlateau(_sgd(), patience=-1),
+        ValueError,
+        "patience=-1",
+    ),
+    (
+        "plateau min_lr list",
+        lambda: S.ReduceLROnPlateau(_sgd(), min_lr=[0.1]),
+        ValueError,
+        "min_lr has 1 values",
+    ),
     ("plateau metric", lambda: S.ReduceLROnPlateau(_sgd()).step("low"), TypeError, "metrics"),
     ("negative gamma", lambda: S.ExponentialLR(_sgd(), gamma=-0.5), ValueError, "gamma=-0.5"),
     ("nan gamma", lambda: S.StepLR(_sgd(), 3, gamma=math.nan), ValueError, "gamma=nan"),
-    ("pct_start", lambda: S.OneCycleLR(_sgd(), 0.1, 10, pct_start=1.5), ValueError,
-     "pct_start=1.5"),
-    ("zero-length phase", lambda: S.OneCycle(10, 0.1, 1.0, 0.0, pct_start=0.1), ValueError,
-     "pct_start=0.1"),
-    ("per-group list length", lambda: S.CyclicLR(_sgd(), 0.1, [1.0, 2.0, 3.0]), ValueError,
-     "max_lr has 3 values"),
+    (
+        "pct_start",
+        lambda: S.OneCycleLR(_sgd(), 0.1, 10, pct_start=1.5),
+        ValueError,
+        "pct_start=1.5",
+    ),
+    (
+        "zero-length phase",
+        lambda: S.OneCycle(10, 0.1, 1.0, 0.0, pct_start=0.1),
+        ValueError,
+        "pct_start=0.1",
+    ),
+    (
+        "per-group list length",
+        lambda: S.CyclicLR(_sgd(), 0.1, [1.0, 2.0, 3.0]),
+        ValueError,
+        "max_lr has 3 values",
+    ),
     ("lambda count", lambda: S.LambdaLR(_sgd(), [lambda t: 1.0]), ValueError, "lr_lambda"),
-    ("schedule count", lambda: S.Scheduler(_sgd(), [S.Constant(1.0)] * 3), ValueError,
-     "schedule has 3 entries"),
+    (
+        "schedule count",
+        lambda: S.Scheduler(_sgd(), [S.Constant(1.0)] * 3),
+        ValueError,
+        "schedule has 3 entries",
+    ),
     ("not a schedule", lambda: S.Scheduler(_sgd(), 0.5), TypeError, "schedule=0.5"),
-    ("unknown key", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="betas[0]"), ValueError,
-     "no 'betas' option"),
-    ("bad key", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="lr/2"), ValueError,
-     "key='lr/2'"),
-    ("flag option", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="nesterov"), TypeError,
-     "nesterov=False, which is not a number"),
-    ("beta index", lambda: S.Scheduler(_adam(), S.Constant(0.9), key="betas[2]"), ValueError,
-     "no element 2"),
-    ("no momentum", lambda: S.OneCycleLR(torch.optim.Adagrad([torch.zeros(1)]), 0.1, 10),
-     ValueError, "cycle_momentum"),
+    (
+        "unknown key",
+        lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="betas[0]"),
+        ValueError,
+        "no 'betas' option",
+    ),
+    ("bad key", lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="lr/2"), ValueError, "key='lr/2'"),
+    (
+        "flag option",
+        lambda: S.Scheduler(_sgd(), S.Constant(1.0), key="nesterov"),
+        TypeError,
+        "nesterov=False, which is not a number",
+    ),
+    (
+        "beta index",
+        lambda: S.Scheduler(_adam(), S.Constant(0.9), key="betas[2]"),
+        ValueError,
+        "no element 2",
+    ),
+    (
+        "no momentum",
+        lambda: S.OneCycleLR(torch.optim.Adagrad([torch.zeros(1)]), 0.1, 10),
+        ValueError,
+        "cycle_momentum",
+    ),
     ("not an optimizer", lambda: S.StepLR(object(), 3), TypeError, "optimizer=object"),
     ("negative step", lambda: S.StepLR(_sgd(), 3).step(-1), ValueError, "epoch=-1"),
     ("negative value_at", lambda: S.StepLR(_sgd(), 3).value_at(-2), ValueError, "step=-2"),
     ("float step", lambda: S.Cosine(10)(1.5), TypeError, "step=1.5"),
     ("bool step", lambda: S.Cosine(10)(True), TypeError, "step=True"),
-    ("last_epoch without initial_lr", lambda: S.StepLR(_sgd(), 3, last_epoch=4), ValueError,
-     "initial_lr"),
-    ("last_epoch below -1", lambda: S.StepLR(_sgd(), 3, last_epoch=-2), ValueError,
-     "last_epoch=-2"),
+    (
+        "last_epoch without initial_lr",
+        lambda: S.StepLR(_sgd(), 3, last_epoch=4),
+        ValueError,
+        "initial_lr",
+    ),
+    (
+        "last_epoch below -1",
+        lambda: S.StepLR(_sgd(), 3, last_epoch=-2),
+        ValueError,
+        "last_epoch=-2",
+    ),
     ("lambda result", lambda: S.Lambda(lambda t: "x")(0), TypeError, "returned 'x'"),
     ("lambda not callable", lambda: S.Lambda(3), TypeError, "fn=3"),
     ("warmup of a number", lambda: S.Warmup(0.1, 5), TypeError, "schedule=0.1"),
-    ("sequential of torch", lambda: S.SequentialLR(
-        (o := _sgd()), [torch.optim.lr_scheduler.StepLR(o, 3)], []), TypeError,
-     "descent scheduler"),
-    ("sequential other optimizer", lambda: S.SequentialLR(_sgd(), [S.StepLR(_sgd(), 3)], []),
-     ValueError, "another optimizer"),
+    (
+        "sequential of torch",
+        lambda: S.SequentialLR((o := _sgd()), [torch.optim.lr_scheduler.StepLR(o, 3)], []),
+        TypeError,
+        "descent scheduler",
+    ),
+    (
+        "sequential other optimizer",
+        lambda: S.SequentialLR(_sgd(), [S.StepLR(_sgd(), 3)], []),
+        ValueError,
+        "another optimizer",
+    ),
     # values that would put a negative learning rate or momentum into the optimizer
-    ("negative eta_min", lambda: S.CosineAnnealingLR(_sgd(), T_max=2, eta_min=-0.1),
-     ValueError, "CosineAnnealingLR: eta_min=-0.1 is invalid; expected a finite number >= 0"),
-    ("negative restarts eta_min",
-     lambda: S.CosineAnnealingWarmRestarts(_sgd(), 5, eta_min=-1e-3), ValueError,
-     "CosineAnnealingWarmRestarts: eta_min=-0.001"),
-    ("negative base_lr", lambda: S.CyclicLR(_sgd(), base_lr=-0.01, max_lr=0.1), ValueError,
-     "CyclicLR: base_lr=-0.01"),
-    ("negative max_lr of a group", lambda: S.CyclicLR(_sgd(), 0.01, [0.1, -0.1]), ValueError,
-     r"CyclicLR: max_lr\[1\]=-0.1"),
-    ("negative one-cycle max_lr", lambda: S.OneCycleLR(_sgd(), -0.1, 10), ValueError,
-     "OneCycleLR: max_lr=-0.1"),
-    ("negative base_momentum", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, base_momentum=-0.8),
-     ValueError, "CyclicLR: base_momentum=-0.8"),
-    ("negative max_momentum of a group",
-     lambda: S.OneCycleLR(_sgd(), 0.1, 10, max_momentum=[0.9, -0.95]), ValueError,
-     r"OneCycleLR: max_momentum\[1\]=-0.95"),
-    ("nan momentum", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, max_momentum=math.nan), ValueError,
-     "max_momentum=nan"),
-    ("beta1 of one", lambda: S.OneCycleLR(_adam(), 0.1, 10, max_momentum=1.0), ValueError,
-     "max_momentum=1.0 is invalid; expected a finite number >= 0.0 and < 1.0"),
-    ("negative lr in a group", lambda: S.StepLR(_sgd((0.1, -0.1)), 3), ValueError,
-     r"base value of 'lr' in param_groups\[1\]=-0.1"),
-    ("negative lambda value", lambda: S.LambdaLR(_sgd(), lambda t: -1.0), ValueError,
-     r"lr=-0.1 for param_groups\[0\] at step 0; expected a finite number >= 0"),
+    (
+        "negative eta_min",
+        lambda: S.CosineAnnealingLR(_sgd(), T_max=2, eta_min=-0.1),
+        ValueError,
+        "CosineAnnealingLR: eta_min=-0.1 is invalid; expected a finite number >= 0",
+    ),
+    (
+        "negative restarts eta_min",
+        lambda: S.CosineAnnealingWarmRestarts(_sgd(), 5, eta_min=-1e-3),
+        ValueError,
+        "CosineAnnealingWarmRestarts: eta_min=-0.001",
+    ),
+    (
+        "negative base_lr",
+        lambda: S.CyclicLR(_sgd(), base_lr=-0.01, max_lr=0.1),
+        ValueError,
+        "CyclicLR: base_lr=-0.01",
+    ),
+    (
+        "negative max_lr of a group",
+        lambda: S.CyclicLR(_sgd(), 0.01, [0.1, -0.1]),
+        ValueError,
+        r"CyclicLR: max_lr\[1\]=-0.1",
+    ),
+    (
+        "negative one-cycle max_lr",
+        lambda: S.OneCycleLR(_sgd(), -0.1, 10),
+        ValueError,
+        "OneCycleLR: max_lr=-0.1",
+    ),
+    (
+        "negative base_momentum",
+        lambda: S.CyclicLR(_sgd(), 0.01, 0.1, base_momentum=-0.8),
+        ValueError,
+        "CyclicLR: base_momentum=-0.8",
+    ),
+    (
+        "negative max_momentum of a group",
+        lambda: S.OneCycleLR(_sgd(), 0.1, 10, max_momentum=[0.9, -0.95]),
+        ValueError,
+        r"OneCycleLR: max_momentum\[1\]=-0.95",
+    ),
+    (
+        "nan momentum",
+        lambda: S.CyclicLR(_sgd(), 0.01, 0.1, max_momentum=math.nan),
+        ValueError,
+        "max_momentum=nan",
+    ),
+    (
+        "beta1 of one",
+        lambda: S.OneCycleLR(_adam(), 0.1, 10, max_momentum=1.0),
+        ValueError,
+        "max_momentum=1.0 is invalid; expected a finite number >= 0.0 and < 1.0",
+    ),
+    (
+        "negative lr in a group",
+        lambda: S.StepLR(_sgd((0.1, -0.1)), 3),
+        ValueError,
+        r"base value of 'lr' in param_groups\[1\]=-0.1",
+    ),
+    (
+        "negative lambda value",
+        lambda: S.LambdaLR(_sgd(), lambda t: -1.0),
+        ValueError,
+        r"lr=-0.1 for param_groups\[0\] at step 0; expected a finite number >= 0",
+    ),
     # lengths are whole numbers of steps, as StepLR's step_size
-    ("fractional step_size_up", lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2.5),
-     TypeError, r"CyclicLR: step_size_up=2.5 \(type float\) is invalid; expected an integer"),
-    ("fractional step_size_down",
-     lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2, step_size_down=1.5), TypeError,
-     "CyclicLR: step_size_down=1.5"),
-    ("fractional cyclic schedule", lambda: S.Cyclic(0.1, 1.0, 2.5), TypeError,
-     "Cyclic: step_size_up=2.5"),
+    (
+        "fractional step_size_up",
+        lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2.5),
+        TypeError,
+        r"CyclicLR: step_size_up=2.5 \(type float\) is invalid; expected an integer",
+    ),
+    (
+        "fractional step_size_down",
+        lambda: S.CyclicLR(_sgd(), 0.01, 0.1, step_size_up=2, step_size_down=1.5),
+        TypeError,
+        "CyclicLR: step_size_down=1.5",
+    ),
+    (
+        "fractional cyclic schedule",
+        lambda: S.Cyclic(0.1, 1.0, 2.5),
+        TypeError,
+        "Cyclic: step_size_up=2.5",
+    ),
     # user functions named by the argument that holds them
-    ("lr_lambda not callable", lambda: S.LambdaLR(_sgd(), 5), TypeError,
-     "LambdaLR: lr_lambda=5 is not callable"),
-    ("lr_lambda element not callable", lambda: S.LambdaLR(_sgd(), [lambda t: 1.0, "x"]),
-     TypeError, r"LambdaLR: lr_lambda\[1\]='x' is not callable"),
-    ("lr_lambda result", lambda: S.LambdaLR(_sgd(), lambda t: "x"), TypeError,
-     "LambdaLR: lr_lambda=.*<lambda> returned 'x' at step 0"),
-    ("multiplicative not callable", lambda: S.MultiplicativeLR(_sgd(), None), TypeError,
-     "MultiplicativeLR: lr_lambda=None is not callable"),
-    ("multiplicative count", lambda: S.MultiplicativeLR(_sgd(), [lambda t: 1.0]), ValueError,
-     "MultiplicativeLR: lr_lambda has 1 functions; expected one per param group"),
-    ("multiplicative result", lambda: S.MultiplicativeLR(_sgd(), lambda t: None).step(),
-     TypeError, "MultiplicativeLR: lr_lambda=.*returned None at step 1"),
-    ("multiplicative negative", lambda: S.MultiplicativeLR(_sgd(), lambda t: -0.5).step(),
-     ValueError, r"lr=-0.05 for param_groups\[0\] at step 1"),
-    ("scheduler function result", lambda: S.Scheduler(_sgd(), lambda t: "x"), TypeError,
-     "Scheduler: schedule=.*returned 'x'"),
-    ("chain of torch", lambda: S.ChainedScheduler(
-        [torch.optim.lr_scheduler.StepLR(_sgd(), 3)]), TypeError, "torch's StepLR"),
+    (
+        "lr_lambda not callable",
+        lambda: S.LambdaLR(_sgd(), 5),
+        TypeError,
+        "LambdaLR: lr_lambda=5 is not callable",
+    ),
+    (
+        "lr_lambda element not callable",
+        lambda: S.LambdaLR(_sgd(), [lambda t: 1.0, "x"]),
+        TypeError,
+        r"LambdaLR: lr_lambda\[1\]='x' is not callable",
+    ),
+    (
+        "lr_lambda result",
+        lambda: S.LambdaLR(_sgd(), lambda t: "x"),
+        TypeError,
+        "LambdaLR: lr_lambda=.*<lambda> returned 'x' at step 0",
+    ),
+    (
+        "multiplicative not callable",
+        lambda: S.MultiplicativeLR(_sgd(), None),
+        TypeError,
+        "MultiplicativeLR: lr_lambda=None is not callable",
+    ),
+    (
+        "multiplicative count",
+        lambda: S.MultiplicativeLR(_sgd(), [lambda t: 1.0]),
+        ValueError,
+        "MultiplicativeLR: lr_lambda has 1 functions; expected one per param group",
+    ),
+    (
+        "multiplicative result",
+        lambda: S.MultiplicativeLR(_sgd(), lambda t: None).step(),
+        TypeError,
+        "MultiplicativeLR: lr_lambda=.*returned None at step 1",
+    ),
+    (
+        "multiplicative negative",
+        lambda: S.MultiplicativeLR(_sgd(), lambda t: -0.5).step(),
+        ValueError,
+        r"lr=-0.05 for param_groups\[0\] at step 1",
+    ),
+    (
+        "scheduler function result",
+        lambda: S.Scheduler(_sgd(), lambda t: "x"),
+        TypeError,
+        "Scheduler: schedule=.*returned 'x'",
+    ),
+    (
+        "chain of torch",
+        lambda: S.ChainedScheduler([torch.optim.lr_scheduler.StepLR(_sgd(), 3)]),
+        TypeError,
+        "torch's StepLR",
+    ),
 ]
 
 
@@ -431,10 +640,12 @@ def _sequential(milestones: list[int]) -> Any:
     return S.SequentialLR(optimizer, parts, milestones)
 
 
-@pytest.mark.parametrize("make,error,message", [case[1:] for case in BAD_INPUT],
-                         ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_raises_clear_error(make: Callable[[], Any], error: type[Exception],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    "make,error,message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT]
+)
+def test_bad_input_raises_clear_error(
+    make: Callable[[], Any], error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         make()
 
@@ -448,11 +659,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_plot_writes_png(tmp_path: Any) -> None:
     optimizer = _sgd()
     scheduler = S.OneCycleLR(optimizer, max_lr=[0.1, 0.05], total_steps=100)
-    figure = S.plot({"warmup + cosine": S.warmup_cosine(100, 10), "one-cycle": scheduler},
-                    steps=100, path=tmp_path / "schedules.png", columns=2, title="schedules")
+    figure = S.plot(
+        {"warmup + cosine": S.warmup_cosine(100, 10), "one-cycle": scheduler},
+        steps=100,
+        path=tmp_path / "schedules.png",
+        columns=2,
+        title="schedules",
+    )
     data = (tmp_path / "schedules.png").read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
-    assert len(figure.axes) == 2                  # the figure is returned, one panel each
+    assert len(figure.axes) == 2  # the figure is returned, one panel each
     assert scheduler.last_epoch == 0  # plotted with value_at, not stepped
     S.plot(S.Cosine(50), 60, tmp_path / "one.png", log_scale=False)
     assert (tmp_path / "one.png").read_bytes().startswith(PNG_MAGIC)
@@ -467,14 +683,18 @@ def test_plot_without_matplotlib(tmp_path: Any, monkeypatch: pytest.MonkeyPatch)
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("schedules,steps,error,message", [
-    (42, 10, TypeError, "schedules=42"),
-    ({}, 10, ValueError, "empty"),
-    ([S.Cosine(5)], 0, ValueError, "steps=0"),
-    ({"plateau": "not a schedule"}, 5, TypeError, "plateau="),
-])
-def test_plot_bad_input(tmp_path: Any, schedules: Any, steps: int, error: type[Exception],
-                        message: str) -> None:
+@pytest.mark.parametrize(
+    "schedules,steps,error,message",
+    [
+        (42, 10, TypeError, "schedules=42"),
+        ({}, 10, ValueError, "empty"),
+        ([S.Cosine(5)], 0, ValueError, "steps=0"),
+        ({"plateau": "not a schedule"}, 5, TypeError, "plateau="),
+    ],
+)
+def test_plot_bad_input(
+    tmp_path: Any, schedules: Any, steps: int, error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         S.plot(schedules, steps, tmp_path / "bad.png")
 
@@ -492,8 +712,7 @@ def test_negative_values_torch_writes_are_refused() -> None:
     reference = _sgd()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch_sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=2,
-                                                                 eta_min=-0.1)
+        torch_sched = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=2, eta_min=-0.1)
         for _ in range(2):
             reference.step()
             torch_sched.step()
@@ -507,8 +726,12 @@ def test_negative_values_torch_writes_are_refused() -> None:
     # a chain whose torch recursion crosses zero: the decay takes the lr below eta_min,
     # then the cosine, rising again, scales the (negative) distance to eta_min up
     def chain(module: Any, opt: Any) -> Any:
-        return module.ChainedScheduler([module.ExponentialLR(opt, gamma=0.5),
-                                        module.CosineAnnealingLR(opt, T_max=2, eta_min=0.02)])
+        return module.ChainedScheduler(
+            [
+                module.ExponentialLR(opt, gamma=0.5),
+                module.CosineAnnealingLR(opt, T_max=2, eta_min=0.02),
+            ]
+        )
 
     reference = _sgd()
     with warnings.catch_warnings():
@@ -520,8 +743,11 @@ def test_negative_values_torch_writes_are_refused() -> None:
     assert reference.param_groups[1]["lr"] == pytest.approx(-0.015)
     optimizer = _sgd()
     ours = chain(S, optimizer)
-    with pytest.raises(ValueError, match=r"ChainedScheduler: the schedule gives lr=-0.015.* "
-                                         r"for param_groups\[1\] at step 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"ChainedScheduler: the schedule gives lr=-0.015.* "
+        r"for param_groups\[1\] at step 4",
+    ):
         for _ in range(4):
             before = ([dict(g) for g in optimizer.param_groups], ours.last_epoch)
             optimizer.step()
@@ -558,8 +784,11 @@ def _descent_sgd() -> descent.SGD:
 def test_stepping_the_scheduler_first_warns_like_torch(make_optimizer: Any) -> None:
     optimizer = make_optimizer()
     scheduler = S.StepLR(optimizer, step_size=2)
-    with pytest.warns(UserWarning, match=r"Detected call of `StepLR.step\(\)` before "
-                                         r"`optimizer.step\(\)`") as caught:
+    with pytest.warns(
+        UserWarning,
+        match=r"Detected call of `StepLR.step\(\)` before "
+        r"`optimizer.step\(\)`",
+    ) as caught:
         scheduler.step()
     assert caught[0].filename == __file__  # points at the caller
     with warnings.catch_warnings():
@@ -605,7 +834,8 @@ def test_torch_sequential_start_is_not_a_first_step() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scheduler = torch.optim.lr_scheduler.SequentialLR(
-            optimizer, [S.LinearLR(optimizer, total_iters=3), S.StepLR(optimizer, 2)], [3])
+            optimizer, [S.LinearLR(optimizer, total_iters=3), S.StepLR(optimizer, 2)], [3]
+        )
         optimizer.step()
         scheduler.step()
 
@@ -613,9 +843,16 @@ def test_torch_sequential_start_is_not_a_first_step() -> None:
 # ---------------------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("name", ["descent.schedules", "descent.schedules.functions",
-                                  "descent.schedules.scheduler", "descent.schedules.lr_scheduler",
-                                  "descent.schedules.plateau"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "descent.schedules",
+        "descent.schedules.functions",
+        "descent.schedules.scheduler",
+        "descent.schedules.lr_scheduler",
+        "descent.schedules.plateau",
+    ],
+)
 def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
     with warnings.catch_warnings():

@@ -52,7 +52,7 @@ class Entry:
 
     name: str
     kwargs: dict[str, Any]
-    optimizer: str = "sgd"          # "sgd" (momentum) or "adam" (betas)
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adam" (betas)
     steps: int = STEPS
     momentum_key: str | None = None  # the momentum option the scheduler also drives
     id: str = field(default="")
@@ -85,22 +85,68 @@ TABLE: list[Entry] = [
     Entry("CosineAnnealingWarmRestarts", dict(T_0=10)),
     Entry("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=2, eta_min=1e-4)),
     Entry("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=3)),
-    Entry("CyclicLR", dict(base_lr=[0.01, 0.001], max_lr=[0.1, 0.05], step_size_up=30),
-          momentum_key="momentum"),
-    Entry("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=30, mode="triangular2",
-                           base_momentum=[0.7, 0.8], max_momentum=[0.9, 0.95]),
-          momentum_key="momentum"),
-    Entry("CyclicLR", dict(base_lr=[0.01, 0.02], max_lr=0.1, step_size_up=30, step_size_down=13,
-                           mode="exp_range", gamma=0.999), optimizer="adam",
-          momentum_key="betas"),
-    Entry("CyclicLR", dict(base_lr=0.01, max_lr=[0.1, 0.2], step_size_up=20, scale_fn=_half_life,
-                           scale_mode="iterations", cycle_momentum=False)),
+    Entry(
+        "CyclicLR",
+        dict(base_lr=[0.01, 0.001], max_lr=[0.1, 0.05], step_size_up=30),
+        momentum_key="momentum",
+    ),
+    Entry(
+        "CyclicLR",
+        dict(
+            base_lr=0.01,
+            max_lr=0.1,
+            step_size_up=30,
+            mode="triangular2",
+            base_momentum=[0.7, 0.8],
+            max_momentum=[0.9, 0.95],
+        ),
+        momentum_key="momentum",
+    ),
+    Entry(
+        "CyclicLR",
+        dict(
+            base_lr=[0.01, 0.02],
+            max_lr=0.1,
+            step_size_up=30,
+            step_size_down=13,
+            mode="exp_range",
+            gamma=0.999,
+        ),
+        optimizer="adam",
+        momentum_key="betas",
+    ),
+    Entry(
+        "CyclicLR",
+        dict(
+            base_lr=0.01,
+            max_lr=[0.1, 0.2],
+            step_size_up=20,
+            scale_fn=_half_life,
+            scale_mode="iterations",
+            cycle_momentum=False,
+        ),
+    ),
     Entry("OneCycleLR", dict(max_lr=[0.1, 0.5], total_steps=STEPS), momentum_key="momentum"),
-    Entry("OneCycleLR", dict(max_lr=[0.1, 0.2], total_steps=STEPS, three_phase=True,
-                             anneal_strategy="linear"), optimizer="adam", momentum_key="betas"),
-    Entry("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=100, pct_start=0.25,
-                             div_factor=10.0, final_div_factor=100.0, base_momentum=[0.8, 0.85],
-                             max_momentum=0.9), momentum_key="momentum"),
+    Entry(
+        "OneCycleLR",
+        dict(max_lr=[0.1, 0.2], total_steps=STEPS, three_phase=True, anneal_strategy="linear"),
+        optimizer="adam",
+        momentum_key="betas",
+    ),
+    Entry(
+        "OneCycleLR",
+        dict(
+            max_lr=0.3,
+            epochs=10,
+            steps_per_epoch=100,
+            pct_start=0.25,
+            div_factor=10.0,
+            final_div_factor=100.0,
+            base_momentum=[0.8, 0.85],
+            max_momentum=0.9,
+        ),
+        momentum_key="momentum",
+    ),
     Entry("LambdaLR", dict(lr_lambda=_inverse_decay)),
     Entry("LambdaLR", dict(lr_lambda=[_inverse_decay, _half_life])),
     Entry("MultiplicativeLR", dict(lr_lambda=_slow_decay)),
@@ -110,8 +156,10 @@ TABLE: list[Entry] = [
 
 def make_optimizer(kind: str, module: Any = torch.optim, lrs: tuple[float, ...] = LRS) -> Any:
     """Two param groups (float64) with different learning rates."""
-    params = [torch.nn.Parameter(torch.linspace(-1, 1, 3, dtype=torch.float64) * (i + 1))
-              for i in range(len(lrs))]
+    params = [
+        torch.nn.Parameter(torch.linspace(-1, 1, 3, dtype=torch.float64) * (i + 1))
+        for i in range(len(lrs))
+    ]
     groups = [{"params": [p], "lr": lr} for p, lr in zip(params, lrs, strict=True)]
     if kind == "sgd":
         return module.SGD(groups, lr=0.1, momentum=0.9)
@@ -158,11 +206,15 @@ def run_descent(entry: Entry, optimizer: Any) -> list[list[float]]:
     return trace
 
 
-def assert_traces_close(expected: list[list[float]], actual: list[list[float]],
-                        rtol: float = RTOL) -> None:
+def assert_traces_close(
+    expected: list[list[float]], actual: list[list[float]], rtol: float = RTOL
+) -> None:
     assert len(expected) == len(actual)
-    worst = max(rel_diff(a, b) for e, g in zip(expected, actual, strict=True)
-                for a, b in zip(e, g, strict=True))
+    worst = max(
+        rel_diff(a, b)
+        for e, g in zip(expected, actual, strict=True)
+        for a, b in zip(e, g, strict=True)
+    )
     assert worst <= rtol, f"largest relative difference {worst:.3g} > {rtol}"
 
 
@@ -188,21 +240,37 @@ def test_matches_torch_over_1000_steps(entry: Entry) -> None:
 
 
 def test_table_covers_every_torch_named_scheduler() -> None:
-    covered = {entry.name for entry in TABLE} | {"SequentialLR", "ReduceLROnPlateau",
-                                                 "ChainedScheduler"}
-    torch_names = {name for name, value in vars(torch_sched).items()
-                   if isinstance(value, type) and issubclass(value, torch_sched.LRScheduler)
-                   and not name.startswith("_") and name != "LRScheduler"}
+    covered = {entry.name for entry in TABLE} | {
+        "SequentialLR",
+        "ReduceLROnPlateau",
+        "ChainedScheduler",
+    }
+    torch_names = {
+        name
+        for name, value in vars(torch_sched).items()
+        if isinstance(value, type)
+        and issubclass(value, torch_sched.LRScheduler)
+        and not name.startswith("_")
+        and name != "LRScheduler"
+    }
     assert covered == torch_names
     assert all(hasattr(schedules, name) for name in torch_names)
 
 
-RECURSIVE_IN_TORCH = ["StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR",
-                      "PolynomialLR", "CosineAnnealingLR"]
+RECURSIVE_IN_TORCH = [
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+]
 
 
-@pytest.mark.parametrize("entry", [e for e in TABLE if e.name in RECURSIVE_IN_TORCH],
-                         ids=lambda e: e.id)
+@pytest.mark.parametrize(
+    "entry", [e for e in TABLE if e.name in RECURSIVE_IN_TORCH], ids=lambda e: e.id
+)
 def test_equals_torch_closed_form(entry: Entry) -> None:
     """For the schedulers torch steps recursively, descent equals torch's own closed form
     (what torch computes for ``step(epoch)``) to rounding, at every step: the remaining
@@ -229,8 +297,9 @@ def test_cosine_annealing_drift_is_torch_recursion() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = torch_sched.CosineAnnealingLR(opt, T_max=7, eta_min=0.001)
-        ours = schedules.CosineAnnealingLR(make_optimizer("sgd", lrs=(0.1,)), T_max=7,
-                                           eta_min=0.001)
+        ours = schedules.CosineAnnealingLR(
+            make_optimizer("sgd", lrs=(0.1,)), T_max=7, eta_min=0.001
+        )
         drift, exact = 0.0, 0.0
         for t in range(1, 20_001):
             opt.step()
@@ -264,21 +333,41 @@ def test_one_cycle_past_total_steps_raises_like_torch() -> None:
 
 
 SEQUENCES = [
-    ([("LinearLR", dict(start_factor=0.01, total_iters=50)),
-      ("CosineAnnealingLR", dict(T_max=950, eta_min=1e-5))], [50]),
-    ([("ConstantLR", dict(factor=0.5, total_iters=10)), ("ExponentialLR", dict(gamma=0.995))],
-     [20]),
-    ([("LinearLR", dict(start_factor=0.2, total_iters=10)), ("StepLR", dict(step_size=30)),
-      ("LambdaLR", dict(lr_lambda=_inverse_decay))], [10, 400]),
-    ([("ConstantLR", dict(factor=0.1, total_iters=5)),
-      ("PolynomialLR", dict(total_iters=100, power=2.0)),
-      ("MultiStepLR", dict(milestones=[10, 20]))], [5, 600]),
+    (
+        [
+            ("LinearLR", dict(start_factor=0.01, total_iters=50)),
+            ("CosineAnnealingLR", dict(T_max=950, eta_min=1e-5)),
+        ],
+        [50],
+    ),
+    (
+        [("ConstantLR", dict(factor=0.5, total_iters=10)), ("ExponentialLR", dict(gamma=0.995))],
+        [20],
+    ),
+    (
+        [
+            ("LinearLR", dict(start_factor=0.2, total_iters=10)),
+            ("StepLR", dict(step_size=30)),
+            ("LambdaLR", dict(lr_lambda=_inverse_decay)),
+        ],
+        [10, 400],
+    ),
+    (
+        [
+            ("ConstantLR", dict(factor=0.1, total_iters=5)),
+            ("PolynomialLR", dict(total_iters=100, power=2.0)),
+            ("MultiStepLR", dict(milestones=[10, 20])),
+        ],
+        [5, 600],
+    ),
 ]
 
 
-@pytest.mark.parametrize("parts,milestones", SEQUENCES,
-                         ids=lambda v: "+".join(p[0] for p in v) if isinstance(v[0], tuple)
-                         else str(v))
+@pytest.mark.parametrize(
+    "parts,milestones",
+    SEQUENCES,
+    ids=lambda v: "+".join(p[0] for p in v) if isinstance(v[0], tuple) else str(v),
+)
 def test_sequential_matches_torch(parts: list[tuple[str, dict]], milestones: list[int]) -> None:
     def build(module: Any, optimizer: Any) -> Any:
         children = [getattr(module, name)(optimizer, **kwargs) for name, kwargs in parts]
@@ -332,11 +421,13 @@ def test_reduce_on_plateau_matches_torch(config: dict[str, Any], seed: int) -> N
         reference.step(metric)
         ours.step(torch.tensor(metric, dtype=torch.float64))
         reductions += torch_opt.param_groups[0]["lr"] != before
-        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in
-                                                             torch_opt.param_groups]
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups]
         assert ours.get_last_lr() == reference.get_last_lr()
         assert (ours.best, ours.num_bad_epochs, ours.cooldown_counter) == (
-            reference.best, reference.num_bad_epochs, reference.cooldown_counter)
+            reference.best,
+            reference.num_bad_epochs,
+            reference.cooldown_counter,
+        )
     assert reductions >= 2
 
 
@@ -361,16 +452,21 @@ def _train(optimizer: Any, scheduler_step: Callable[[int], None], steps: int = 6
 INTEROP = [
     Entry("StepLR", dict(step_size=7, gamma=0.5)),
     Entry("CosineAnnealingLR", dict(T_max=40, eta_min=1e-3)),
-    Entry("OneCycleLR", dict(max_lr=[0.1, 0.05], total_steps=60), optimizer="adam",
-          momentum_key="betas"),
+    Entry(
+        "OneCycleLR",
+        dict(max_lr=[0.1, 0.05], total_steps=60),
+        optimizer="adam",
+        momentum_key="betas",
+    ),
     Entry("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=5), momentum_key="momentum"),
     Entry("LambdaLR", dict(lr_lambda=_inverse_decay), optimizer="adam"),
 ]
 
 
 @pytest.mark.parametrize("entry", INTEROP, ids=lambda e: e.id)
-@pytest.mark.parametrize("direction", ["descent-scheduler-on-torch-optimizer",
-                                       "torch-scheduler-on-descent-optimizer"])
+@pytest.mark.parametrize(
+    "direction", ["descent-scheduler-on-torch-optimizer", "torch-scheduler-on-descent-optimizer"]
+)
 def test_interop(entry: Entry, direction: str) -> None:
     """Either side swapped for the other gives the reference run (torch + torch)."""
     reference_opt = make_optimizer(entry.optimizer)
@@ -389,7 +485,8 @@ def test_interop(entry: Entry, direction: str) -> None:
         for pe, pa in zip(e, a, strict=True):
             torch.testing.assert_close(pa, pe, rtol=1e-12, atol=1e-14)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
-        [g["lr"] for g in reference_opt.param_groups], rel=1e-12)
+        [g["lr"] for g in reference_opt.param_groups], rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("direction", ["descent-on-torch", "torch-on-descent"])
@@ -441,9 +538,12 @@ def test_loads_torch_state_dict() -> None:
 def test_torch_sequential_holding_descent_schedulers() -> None:
     """torch's SequentialLR drives its schedulers through last_epoch, _initial_step and
     _get_closed_form_lr; with descent's schedulers inside it gives torch's values."""
+
     def build(module: Any, optimizer: Any) -> Any:
-        children = [module.LinearLR(optimizer, start_factor=0.1, total_iters=10),
-                    module.CosineAnnealingLR(optimizer, T_max=50)]
+        children = [
+            module.LinearLR(optimizer, start_factor=0.1, total_iters=10),
+            module.CosineAnnealingLR(optimizer, T_max=50),
+        ]
         return torch_sched.SequentialLR(optimizer, children, milestones=[10])
 
     traces = []
@@ -466,27 +566,86 @@ def test_torch_sequential_holding_descent_schedulers() -> None:
 # Each chain: (scheduler name, arguments) in order, the optimizer, the momentum option
 # also driven (or None), and the number of steps.
 CHAINS: list[tuple[list[tuple[str, dict[str, Any]]], str, str | None, int]] = [
-    ([("ConstantLR", dict(factor=0.1, total_iters=20)), ("ExponentialLR", dict(gamma=0.99))],
-     "sgd", None, STEPS),
-    ([("LinearLR", dict(start_factor=0.01, total_iters=50)),
-      ("CosineAnnealingLR", dict(T_max=300, eta_min=1e-4))], "sgd", None, STEPS),
-    ([("CosineAnnealingLR", dict(T_max=40, eta_min=1e-3)), ("ExponentialLR", dict(gamma=0.999))],
-     "sgd", None, STEPS),
-    ([("StepLR", dict(step_size=7, gamma=0.5)), ("MultiStepLR", dict(milestones=[100, 300])),
-      ("PolynomialLR", dict(total_iters=500, power=2.0))], "sgd", None, STEPS),
-    ([("ExponentialLR", dict(gamma=0.995)), ("LambdaLR", dict(lr_lambda=_inverse_decay))],
-     "sgd", None, STEPS),
-    ([("LambdaLR", dict(lr_lambda=_half_life)), ("ExponentialLR", dict(gamma=0.99))],
-     "sgd", None, STEPS),
-    ([("MultiplicativeLR", dict(lr_lambda=_wobble)),
-      ("ConstantLR", dict(factor=0.5, total_iters=30))], "sgd", None, STEPS),
-    ([("CyclicLR", dict(base_lr=0.01, max_lr=[0.1, 0.05], step_size_up=25)),
-      ("ExponentialLR", dict(gamma=0.999))], "sgd", "momentum", STEPS),
-    ([("LinearLR", dict(start_factor=0.1, total_iters=10)),
-      ("OneCycleLR", dict(max_lr=[0.1, 0.2], total_steps=400)),
-      ("ExponentialLR", dict(gamma=0.998))], "adam", "betas", 400),
-    ([("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=2, eta_min=1e-4)),
-      ("LinearLR", dict(start_factor=0.5, total_iters=100))], "sgd", None, STEPS),
+    (
+        [("ConstantLR", dict(factor=0.1, total_iters=20)), ("ExponentialLR", dict(gamma=0.99))],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [
+            ("LinearLR", dict(start_factor=0.01, total_iters=50)),
+            ("CosineAnnealingLR", dict(T_max=300, eta_min=1e-4)),
+        ],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [("CosineAnnealingLR", dict(T_max=40, eta_min=1e-3)), ("ExponentialLR", dict(gamma=0.999))],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [
+            ("StepLR", dict(step_size=7, gamma=0.5)),
+            ("MultiStepLR", dict(milestones=[100, 300])),
+            ("PolynomialLR", dict(total_iters=500, power=2.0)),
+        ],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [("ExponentialLR", dict(gamma=0.995)), ("LambdaLR", dict(lr_lambda=_inverse_decay))],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [("LambdaLR", dict(lr_lambda=_half_life)), ("ExponentialLR", dict(gamma=0.99))],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [
+            ("MultiplicativeLR", dict(lr_lambda=_wobble)),
+            ("ConstantLR", dict(factor=0.5, total_iters=30)),
+        ],
+        "sgd",
+        None,
+        STEPS,
+    ),
+    (
+        [
+            ("CyclicLR", dict(base_lr=0.01, max_lr=[0.1, 0.05], step_size_up=25)),
+            ("ExponentialLR", dict(gamma=0.999)),
+        ],
+        "sgd",
+        "momentum",
+        STEPS,
+    ),
+    (
+        [
+            ("LinearLR", dict(start_factor=0.1, total_iters=10)),
+            ("OneCycleLR", dict(max_lr=[0.1, 0.2], total_steps=400)),
+            ("ExponentialLR", dict(gamma=0.998)),
+        ],
+        "adam",
+        "betas",
+        400,
+    ),
+    (
+        [
+            ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=2, eta_min=1e-4)),
+            ("LinearLR", dict(start_factor=0.5, total_iters=100)),
+        ],
+        "sgd",
+        None,
+        STEPS,
+    ),
     ([("ExponentialLR", dict(gamma=0.97))], "sgd", None, 200),
 ]
 
@@ -536,8 +695,9 @@ def test_chained_matches_torch(chain: Any) -> None:
             alone.step()
             alone_trace.append([float(g["lr"]) for g in alone_opt.param_groups])
     sets = parts[-1][0] in ("LambdaLR", "CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts")
-    assert (len(parts) == 1 or sets) == all(rel_diff(a[0], b[0]) <= RTOL
-                                            for a, b in zip(alone_trace, expected, strict=True))
+    assert (len(parts) == 1 or sets) == all(
+        rel_diff(a[0], b[0]) <= RTOL for a, b in zip(alone_trace, expected, strict=True)
+    )
 
 
 def test_chained_loads_torch_state_dict() -> None:
@@ -555,9 +715,13 @@ def test_chained_loads_torch_state_dict() -> None:
     ours.load_state_dict(reference.state_dict())
     assert ours.last_epoch == 120
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
-        [g["lr"] for g in torch_opt.param_groups], rel=RTOL)
-    other = _build_chain(schedules, make_optimizer("sgd"),
-                         [parts[0], ("CosineAnnealingLR", dict(T_max=200, eta_min=1e-4))])
+        [g["lr"] for g in torch_opt.param_groups], rel=RTOL
+    )
+    other = _build_chain(
+        schedules,
+        make_optimizer("sgd"),
+        [parts[0], ("CosineAnnealingLR", dict(T_max=200, eta_min=1e-4))],
+    )
     with pytest.raises(ValueError, match="T_max=300"):
         other.load_state_dict(reference.state_dict())
 
@@ -567,14 +731,21 @@ def test_chained_refuses_what_it_cannot_chain() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch_step = torch_sched.StepLR(optimizer, step_size=3)
-    with pytest.raises(TypeError, match=r"schedulers\[1\] is torch's StepLR.*"
-                                        r"descent\.schedules\.StepLR"):
+    with pytest.raises(
+        TypeError,
+        match=r"schedulers\[1\] is torch's StepLR.*"
+        r"descent\.schedules\.StepLR",
+    ):
         schedules.ChainedScheduler([schedules.ExponentialLR(optimizer, 0.9), torch_step])
     with pytest.raises(ValueError, match=r"schedulers\[0\] is a ReduceLROnPlateau"):
         schedules.ChainedScheduler([schedules.ReduceLROnPlateau(optimizer)])
     with pytest.raises(ValueError, match="another optimizer"):
-        schedules.ChainedScheduler([schedules.ExponentialLR(optimizer, 0.9),
-                                    schedules.ExponentialLR(make_optimizer("sgd"), 0.9)])
+        schedules.ChainedScheduler(
+            [
+                schedules.ExponentialLR(optimizer, 0.9),
+                schedules.ExponentialLR(make_optimizer("sgd"), 0.9),
+            ]
+        )
     with pytest.raises(ValueError, match="non-empty list"):
         schedules.ChainedScheduler([])
     with pytest.raises(TypeError, match=r"schedulers\[0\] is a str"):

@@ -16,8 +16,10 @@ import descent
 def trained_adam(amsgrad: bool = False) -> tuple[descent.Adam, nn.Module]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    opt = descent.Adam([{"params": model[0].parameters()},
-                        {"params": model[1].parameters(), "lr": 0.01}], amsgrad=amsgrad)
+    opt = descent.Adam(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.01}],
+        amsgrad=amsgrad,
+    )
     for _ in range(3):
         model(torch.randn(5, 3)).sum().backward()
         opt.step()
@@ -43,6 +45,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return edit
 
 
@@ -52,27 +55,39 @@ def _delete(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], None]:
         for key in path[:-1]:
             target = target[key]
         del target[path[-1]]
+
     return edit
 
 
 CORRUPTIONS = {
-    "other optimizer": (_set(("descent", "optimizer"), "SGD"),
-                        r"from optimizer 'SGD', not 'Adam'"),
+    "other optimizer": (_set(("descent", "optimizer"), "SGD"), r"from optimizer 'SGD', not 'Adam'"),
     "future format": (_set(("descent", "format_version"), 99), r"format_version=99"),
     "group count": (lambda sd: sd["param_groups"].pop(), r"1 param groups, the optimizer has 2"),
-    "param count": (lambda sd: sd["param_groups"][1]["params"].pop(),
-                    r"param_groups\[1\] has 1 parameters in the state dict, 2 in the optimizer"),
-    "bad hyperparameter": (_set(("param_groups", 0, "betas"), (0.9, 1.5)),
-                           r"param_groups\[0\]: betas\[1\]=1\.5"),
-    "missing hyperparameter": (_delete(("param_groups", 1, "eps")),
-                               r"param_groups\[1\]: missing hyperparameter 'eps'"),
-    "shape": (_set(("state", 2, "exp_avg"), torch.zeros(4)),
-              r"exp_avg has shape \(4,\), the parameter has shape \(2, 4\)"),
-    "dtype": (_set(("state", 0, "exp_avg_sq"), torch.zeros(4, 3, dtype=torch.float64)),
-              r"exp_avg_sq has dtype torch.float64, the parameter has dtype torch.float32"),
+    "param count": (
+        lambda sd: sd["param_groups"][1]["params"].pop(),
+        r"param_groups\[1\] has 1 parameters in the state dict, 2 in the optimizer",
+    ),
+    "bad hyperparameter": (
+        _set(("param_groups", 0, "betas"), (0.9, 1.5)),
+        r"param_groups\[0\]: betas\[1\]=1\.5",
+    ),
+    "missing hyperparameter": (
+        _delete(("param_groups", 1, "eps")),
+        r"param_groups\[1\]: missing hyperparameter 'eps'",
+    ),
+    "shape": (
+        _set(("state", 2, "exp_avg"), torch.zeros(4)),
+        r"exp_avg has shape \(4,\), the parameter has shape \(2, 4\)",
+    ),
+    "dtype": (
+        _set(("state", 0, "exp_avg_sq"), torch.zeros(4, 3, dtype=torch.float64)),
+        r"exp_avg_sq has dtype torch.float64, the parameter has dtype torch.float32",
+    ),
     "missing key": (_delete(("state", 1, "exp_avg")), r"missing \['exp_avg'\] keys"),
-    "unknown key": (_set(("state", 1, "momentum_buffer"), torch.zeros(4)),
-                    r"unknown \['momentum_buffer'\] keys"),
+    "unknown key": (
+        _set(("state", 1, "momentum_buffer"), torch.zeros(4)),
+        r"unknown \['momentum_buffer'\] keys",
+    ),
     "negative step": (_set(("state", 3, "step"), torch.tensor(-1.0)), r"step=.*>= 0"),
     "non-finite step": (_set(("state", 3, "step"), torch.tensor(float("nan"))), r"step="),
     "state for unknown id": (_set(("state", 17), {}), r"parameter id 17"),
@@ -104,15 +119,17 @@ def test_amsgrad_state_needs_its_extra_buffer() -> None:
     with_max, _ = trained_adam(amsgrad=True)
     with pytest.raises(ValueError, match=r"missing \['max_exp_avg_sq'\]"):
         with_max.load_state_dict(
-            {**snapshot(plain), "param_groups": snapshot(with_max)["param_groups"]})
+            {**snapshot(plain), "param_groups": snapshot(with_max)["param_groups"]}
+        )
 
 
 def test_loaded_state_does_not_alias_the_source() -> None:
     opt, model = trained_adam()
     source = opt.state_dict()
     clone = copy.deepcopy(model)
-    other = descent.Adam([{"params": clone[0].parameters()},
-                          {"params": clone[1].parameters(), "lr": 0.01}])
+    other = descent.Adam(
+        [{"params": clone[0].parameters()}, {"params": clone[1].parameters(), "lr": 0.01}]
+    )
     other.load_state_dict(source)
     before = source["state"][0]["exp_avg"].clone()
     clone(torch.randn(5, 3)).sum().backward()
@@ -128,7 +145,11 @@ def test_state_dict_keeps_torch_layout_plus_descent_metadata() -> None:
     assert state_dict["descent"] == {"optimizer": "Adam", "format_version": 1}
     # torch's keys and descent's own options of every rule (cautious masking, storage)
     assert set(state_dict["param_groups"][0]) == set(reference["param_groups"][0]) | {
-        "cautious", "state_dtype", "state_block_size", "param_rounding"}
+        "cautious",
+        "state_dtype",
+        "state_block_size",
+        "param_rounding",
+    }
     assert set(state_dict["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert state_dict["state"][0]["step"].item() == 3.0
 

@@ -36,8 +36,10 @@ def quadratic_step(params: list[torch.Tensor], step: int) -> None:
     generator = torch.Generator().manual_seed(step)
     for p in params:
         p.grad = None
-    loss = sum((p - torch.randn(p.shape, generator=generator, dtype=p.dtype)).abs().square().sum()
-               for p in params)
+    loss = sum(
+        (p - torch.randn(p.shape, generator=generator, dtype=p.dtype)).abs().square().sum()
+        for p in params
+    )
     loss.backward()
 
 
@@ -66,9 +68,9 @@ OLD_TORCH = [
 
 
 @pytest.mark.parametrize(("name", "options"), OLD_TORCH, ids=[n for n, _ in OLD_TORCH])
-def test_torch_state_dict_without_later_flags_resumes_in_descent(name: str,
-                                                                  options: dict[str, Any]
-                                                                  ) -> None:
+def test_torch_state_dict_without_later_flags_resumes_in_descent(
+    name: str, options: dict[str, Any]
+) -> None:
     """torch's state dict without the later-added flags at their defaults (as an older
     torch, which had no such flag, wrote it) loads into descent, which continues
     torch's run."""
@@ -111,14 +113,17 @@ def test_adamw_without_the_flag_stays_decoupled() -> None:
     assert opt.param_groups[0]["decoupled_weight_decay"] is True
 
 
-@pytest.mark.parametrize(("edit", "error", "match"), [
-    (lambda g: g.pop("lr"), ValueError, r"missing hyperparameter 'lr'"),
-    (lambda g: g.pop("momentum"), ValueError, r"missing hyperparameter 'momentum'"),
-    (lambda g: g.update(maximize="yes"), TypeError, r"maximize='yes'"),
-    (lambda g: g.update(momentum=-1.0), ValueError, r"momentum=-1\.0"),
-], ids=["lr missing", "momentum missing", "bad flag", "bad value"])
-def test_real_mismatches_are_still_refused(edit: Any, error: type[Exception],
-                                           match: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "error", "match"),
+    [
+        (lambda g: g.pop("lr"), ValueError, r"missing hyperparameter 'lr'"),
+        (lambda g: g.pop("momentum"), ValueError, r"missing hyperparameter 'momentum'"),
+        (lambda g: g.update(maximize="yes"), TypeError, r"maximize='yes'"),
+        (lambda g: g.update(momentum=-1.0), ValueError, r"momentum=-1\.0"),
+    ],
+    ids=["lr missing", "momentum missing", "bad flag", "bad value"],
+)
+def test_real_mismatches_are_still_refused(edit: Any, error: type[Exception], match: str) -> None:
     params = mlp_params()
     opt = descent.SGD(params, lr=0.1, momentum=0.9)
     quadratic_step(params, 0)
@@ -143,13 +148,17 @@ def test_loading_does_not_change_the_callers_state_dict() -> None:
 # ---------------------------------------------------------------------- sparse gradients
 
 
-def embedding_run(cls: Any, options: dict[str, Any], steps: int = 5,
-                  mode: str | None = None) -> list[torch.Tensor]:
+def embedding_run(
+    cls: Any, options: dict[str, Any], steps: int = 5, mode: str | None = None
+) -> list[torch.Tensor]:
     torch.manual_seed(0)
     embedding = nn.Embedding(12, 3, sparse=True).double()
     dense = nn.Linear(3, 1).double()
-    params = [embedding.weight] if cls in (descent.SparseAdam, torch.optim.SparseAdam) \
+    params = (
+        [embedding.weight]
+        if cls in (descent.SparseAdam, torch.optim.SparseAdam)
         else [embedding.weight, *dense.parameters()]
+    )
     opt = cls(params, **options)
     if mode is not None:
         engine.set_mode(opt, mode)
@@ -164,12 +173,16 @@ def embedding_run(cls: Any, options: dict[str, Any], steps: int = 5,
 
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # torch's own sparse path
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("options", [
-    {"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.2},
-    {"lr": 0.05, "maximize": True, "eps": 1e-6},
-], ids=["plain", "lr_decay", "maximize"])
-def test_adagrad_takes_sparse_gradients_as_torch_does(options: dict[str, Any],
-                                                      mode: str) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lr": 0.1},
+        {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.2},
+        {"lr": 0.05, "maximize": True, "eps": 1e-6},
+    ],
+    ids=["plain", "lr_decay", "maximize"],
+)
+def test_adagrad_takes_sparse_gradients_as_torch_does(options: dict[str, Any], mode: str) -> None:
     ours = embedding_run(descent.Adagrad, options, mode=mode)
     theirs = embedding_run(torch.optim.Adagrad, options)
     for a, b in zip(ours, theirs, strict=True):
@@ -190,9 +203,11 @@ def test_adagrad_refuses_weight_decay_with_sparse_gradients_before_any_update() 
         torch.optim.Adagrad([dense, embedding.weight], lr=0.1, weight_decay=0.1).step()
 
 
-@pytest.mark.parametrize("options", [{"lr": 0.01}, {"lr": 0.05, "betas": (0.8, 0.9),
-                                                    "maximize": True}],
-                         ids=["plain", "betas,maximize"])
+@pytest.mark.parametrize(
+    "options",
+    [{"lr": 0.01}, {"lr": 0.05, "betas": (0.8, 0.9), "maximize": True}],
+    ids=["plain", "betas,maximize"],
+)
 def test_sparse_adam_equals_torch(options: dict[str, Any]) -> None:
     ours = embedding_run(descent.SparseAdam, options, steps=6)
     theirs = embedding_run(torch.optim.SparseAdam, options, steps=6)
@@ -240,16 +255,24 @@ def test_complex_adagrad_with_an_initial_accumulator_matches_torch(mode: str) ->
 def test_a_multi_element_tensor_lr_raises_a_value_error(name: str) -> None:
     cls = algorithms()[name]
     param = nn.Parameter(torch.zeros(2, 2))
-    with pytest.raises(ValueError, match=r"lr is a tensor of shape \(2,\); expected a real "
-                                         r"number or a one-element tensor"):
+    with pytest.raises(
+        ValueError,
+        match=r"lr is a tensor of shape \(2,\); expected a real "
+        r"number or a one-element tensor",
+    ):
         cls([param], lr=torch.tensor([0.1, 0.1]))
     with pytest.raises(TypeError, match=r"lr=tensor\(1\).*floating-point"):
         cls([param], lr=torch.tensor(1))  # an integer tensor is a wrong type
 
 
-@pytest.mark.parametrize("name", [name for name, cls in algorithms().items()
-                                  if "betas" in cls.hyperparameters
-                                  and len(cls.hyperparameters["betas"].default) == 2])
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        for name, cls in algorithms().items()
+        if "betas" in cls.hyperparameters and len(cls.hyperparameters["betas"].default) == 2
+    ],
+)
 def test_betas_mixing_a_tensor_and_a_number_raise_a_value_error(name: str) -> None:
     cls = algorithms()[name]
     param = nn.Parameter(torch.zeros(2, 2))
@@ -265,19 +288,23 @@ def test_betas_mixing_a_tensor_and_a_number_raise_a_value_error(name: str) -> No
 
 
 @pytest.mark.parametrize("name", [name for name in algorithms() if hasattr(torch.optim, name)])
-def test_constructor_takes_torchs_arguments_in_torchs_order_with_its_defaults(name: str
-                                                                              ) -> None:
+def test_constructor_takes_torchs_arguments_in_torchs_order_with_its_defaults(name: str) -> None:
     def described(cls: type) -> tuple[list[Any], dict[str, Any]]:
         parameters = list(inspect.signature(cls.__init__).parameters.values())
-        positional = [(p.name, p.default) for p in parameters
-                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        keyword_only = {p.name: p.default for p in parameters
-                        if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        positional = [
+            (p.name, p.default)
+            for p in parameters
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
+        keyword_only = {
+            p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
         return positional, keyword_only
 
     ours, keyword_only = described(algorithms()[name])
     theirs, torch_keyword_only = described(getattr(torch.optim, name))
     assert ours == theirs
     # beyond torch's: only descent's own options of every rule, keyword-only
-    assert {key: value for key, value in keyword_only.items()
-            if key not in DESCENT_OPTIONS} == torch_keyword_only
+    assert {
+        key: value for key, value in keyword_only.items() if key not in DESCENT_OPTIONS
+    } == torch_keyword_only

@@ -34,33 +34,41 @@ precision. Given the same lr as a float64 tensor, the two agree to 1e-10."""
 
 
 def _cases(names: tuple[str, ...]) -> list[tuple[db.Config, torch.dtype]]:
-    return [(config, dtype) for name in names for config in db.configs(name)
-            for dtype in (torch.float64, torch.float32)]
+    return [
+        (config, dtype)
+        for name in names
+        for config in db.configs(name)
+        for dtype in (torch.float64, torch.float32)
+    ]
 
 
-@pytest.mark.parametrize(("config", "dtype"), _cases(NEW),
-                         ids=lambda c: c.id if isinstance(c, db.Config) else str(c)[6:])
-def test_parity_with_torch_on_its_own_configurations(config: db.Config,
-                                                     dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    ("config", "dtype"), _cases(NEW), ids=lambda c: c.id if isinstance(c, db.Config) else str(c)[6:]
+)
+def test_parity_with_torch_on_its_own_configurations(config: db.Config, dtype: torch.dtype) -> None:
     steps = LBFGS_STEPS if config.name == "LBFGS" else STEPS
     if (config.name, config.desc) in FLOAT32_LR_PRODUCTS and dtype == torch.float64:
         worst, _ = db.parity(config, dtype, steps=steps)
         assert 1e-10 < worst <= 1e-4  # torch's float32 rounding, documented above
-        config = db.Config(config.name, config.desc,
-                           {**config.kwargs, "lr": config.kwargs["lr"].double()})
+        config = db.Config(
+            config.name, config.desc, {**config.kwargs, "lr": config.kwargs["lr"].double()}
+        )
     worst, moved = db.parity(config, dtype, steps=steps)
     assert worst <= db.TOLERANCE[dtype], f"largest relative difference {worst:.2e}"
     assert moved > 1e-4  # the parameters really moved
 
 
 DELIBERATE = {
-    "a param group cannot have duplicate parameters":
+    "a param group cannot have duplicate parameters": (
         "refused with a ValueError naming both positions (torch only warns, then steps the "
-        "parameter twice)",
-    "lr as Tensor doesn't work with foreach & not capturable":
-        "accepted: foreach is a hint to descent, whose engine takes a tensor lr on every path",
-    r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True":
-        "accepted: foreach is a hint to descent, whose engine takes tensor betas on every path",
+        "parameter twice)"
+    ),
+    "lr as Tensor doesn't work with foreach & not capturable": (
+        "accepted: foreach is a hint to descent, whose engine takes a tensor lr on every path"
+    ),
+    r"betas\[0\] as a Tensor is not supported for capturable=False and foreach=True": (
+        "accepted: foreach is a hint to descent, whose engine takes tensor betas on every path"
+    ),
 }
 """optim_db's construction errors that descent deliberately answers otherwise, and how."""
 
@@ -75,7 +83,8 @@ def _default_params() -> list[nn.Parameter]:
 
 @pytest.mark.parametrize("error", _construction_errors(), ids=lambda e: e.id)
 def test_constructor_refuses_what_torch_refuses_with_its_exception_type(
-        error: db.ConstructionError) -> None:
+    error: db.ConstructionError,
+) -> None:
     cls = db.counterpart(error.name)
     params = _default_params() if error.params is None else error.params
     if error.desc in DELIBERATE:
@@ -98,8 +107,11 @@ def test_every_class_of_torch_optim_has_a_counterpart() -> None:
         assert issubclass(db.counterpart(name), torch.optim.Optimizer)
     for name in torch.optim.__all__:
         value = getattr(torch.optim, name)
-        if (isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
-                and value is not torch.optim.Optimizer):
+        if (
+            isinstance(value, type)
+            and issubclass(value, torch.optim.Optimizer)
+            and value is not torch.optim.Optimizer
+        ):
             assert db.counterpart(name).__name__ == name
 
 

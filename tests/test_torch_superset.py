@@ -23,7 +23,8 @@ from descent.optim.muon import NS_COEFFICIENTS, adjusted_lr, newton_schulz
 
 @pytest.mark.parametrize("shape", [(8, 5), (5, 8), (16, 16)])
 def test_newton_schulz_keeps_the_singular_vectors_and_flattens_the_values(
-        shape: tuple[int, int]) -> None:
+    shape: tuple[int, int],
+) -> None:
     """Jordan's quintic: singular values pushed into about (0.5, 1.5), singular vectors
     those of the input (U^T O V nearly diagonal), in bfloat16, shape kept."""
     matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -34,8 +35,10 @@ def test_newton_schulz_keeps_the_singular_vectors_and_flattens_the_values(
     u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
     inner = u.T @ orthogonal.double() @ vh.T
     assert (inner - torch.diag(torch.diagonal(inner))).abs().max() < 0.05
-    assert torch.equal(newton_schulz(matrix, NS_COEFFICIENTS, 0, 1e-7),
-                       (matrix.bfloat16() / matrix.bfloat16().norm()))
+    assert torch.equal(
+        newton_schulz(matrix, NS_COEFFICIENTS, 0, 1e-7),
+        (matrix.bfloat16() / matrix.bfloat16().norm()),
+    )
 
 
 def test_newton_schulz_never_writes_its_input() -> None:
@@ -48,15 +51,19 @@ def test_newton_schulz_never_writes_its_input() -> None:
 def test_adjusted_lr_scales() -> None:
     assert adjusted_lr(0.1, None, torch.Size([32, 8])) == pytest.approx(0.1 * 2.0)
     assert adjusted_lr(0.1, "original", torch.Size([8, 32])) == pytest.approx(0.1)
-    assert adjusted_lr(0.1, "match_rms_adamw", torch.Size([8, 32])) == \
-        pytest.approx(0.1 * 0.2 * math.sqrt(32))
+    assert adjusted_lr(0.1, "match_rms_adamw", torch.Size([8, 32])) == pytest.approx(
+        0.1 * 0.2 * math.sqrt(32)
+    )
 
 
-def _muon_run(cls: Any, options: dict[str, Any], dtype: torch.dtype = torch.float64,
-              steps: int = 6) -> list[torch.Tensor]:
+def _muon_run(
+    cls: Any, options: dict[str, Any], dtype: torch.dtype = torch.float64, steps: int = 6
+) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    params = [nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
-              for shape in [(6, 4), (4, 9), (5, 5)]]
+    params = [
+        nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype))
+        for shape in [(6, 4), (4, 9), (5, 5)]
+    ]
     opt = cls(params, **options)
     for step in range(steps):
         g = torch.Generator().manual_seed(step)
@@ -66,12 +73,16 @@ def _muon_run(cls: Any, options: dict[str, Any], dtype: torch.dtype = torch.floa
     return [p.detach().clone() for p in params]
 
 
-@pytest.mark.parametrize("options", [
-    {"adjust_lr_fn": "original", "lr": 0.02},
-    {"adjust_lr_fn": "match_rms_adamw", "lr": 0.02, "weight_decay": 0.01},
-    {"nesterov": False, "momentum": 0.9},
-    {"ns_steps": 0},
-], ids=["original", "match_rms_adamw", "no nesterov", "no iteration"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"adjust_lr_fn": "original", "lr": 0.02},
+        {"adjust_lr_fn": "match_rms_adamw", "lr": 0.02, "weight_decay": 0.01},
+        {"nesterov": False, "momentum": 0.9},
+        {"ns_steps": 0},
+    ],
+    ids=["original", "match_rms_adamw", "no nesterov", "no iteration"],
+)
 def test_muon_options_match_torch(options: dict[str, Any]) -> None:
     ours, theirs = _muon_run(descent.Muon, options), _muon_run(torch.optim.Muon, options)
     for a, b in zip(ours, theirs, strict=True):
@@ -103,8 +114,10 @@ def test_muon_refuses_parameters_that_are_not_matrices() -> None:
 
 def _adafactor_params(generator: torch.Generator) -> list[nn.Parameter]:
     shapes = [(), (5,), (4, 3), (2, 3, 4)]
-    return [nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
-            for shape in shapes]
+    return [
+        nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64))
+        for shape in shapes
+    ]
 
 
 def test_adafactor_factors_every_rank_as_torch_does() -> None:
@@ -136,8 +149,11 @@ def test_adafactor_state_of_the_wrong_shape_is_refused() -> None:
     opt.step()
     bad = copy.deepcopy(opt.state_dict())
     bad["state"][2]["row_var"] = torch.zeros(4, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"row_var has shape \(4, 3\), the parameter has "
-                                         r"shape \(4, 3\), so row_var has shape \(4, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"row_var has shape \(4, 3\), the parameter has "
+        r"shape \(4, 3\), so row_var has shape \(4, 1\)",
+    ):
         opt.load_state_dict(bad)
     bad = copy.deepcopy(opt.state_dict())
     bad["state"][1]["row_var"] = torch.zeros(5, 1, dtype=torch.float64)
@@ -168,9 +184,12 @@ def test_lbfgs_solves_a_least_squares_problem() -> None:
 
     for _ in range(3):
         opt.step(closure)
-    torch.testing.assert_close(model.weight.detach(),
-                               torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        model.weight.detach(),
+        torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     assert abs(model.bias.item() - 0.1) < 1e-4
 
 

@@ -34,8 +34,10 @@ def float64():
 
 
 def relative_difference(a: nn.Module, b: nn.Module) -> float:
-    return max(float((p - q).detach().abs().max() / q.detach().abs().max())
-               for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    return max(
+        float((p - q).detach().abs().max() / q.detach().abs().max())
+        for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
 
 
 def regression(n: int = 46, seed: int = 1):
@@ -49,15 +51,16 @@ def mlp(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
-def big_batch_reference(model, optimizer, x, y, loss_fn, *, window: int,
-                        orders: list[torch.Tensor]) -> list[list[float]]:
+def big_batch_reference(
+    model, optimizer, x, y, loss_fn, *, window: int, orders: list[torch.Tensor]
+) -> list[list[float]]:
     """One step per ``window`` samples of each epoch's order (the last may be short): the
     mean loss over all of them, the step of one batch. Returns each epoch's window losses."""
     losses = []
     for order in orders:
         losses.append([])
         for start in range(0, len(order), window):
-            rows = order[start:start + window]
+            rows = order[start : start + window]
             optimizer.zero_grad()
             loss = loss_fn(model(x[rows]), y[rows])
             loss.backward()
@@ -71,33 +74,40 @@ def seeded_orders(n: int, seed: int, epochs: int) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("source", ["tensors", "dataloader"])
-@pytest.mark.parametrize("make_optimizer", [
-    lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
-    lambda m: descent.Adam(m, lr=1e-2),
-], ids=["torch.SGD-momentum", "descent.Adam"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+        lambda m: descent.Adam(m, lr=1e-2),
+    ],
+    ids=["torch.SGD-momentum", "descent.Adam"],
+)
 def test_uneven_micro_batches_equal_one_batch_of_the_window(make_optimizer, source):
     # 46 samples in micro-batches of 4 (the last one of 2), windows of 3: per epoch three
     # windows of 12 samples and a last one of 4 + 4 + 2 = 10
     x, y = regression(46)
     model, reference = mlp(), mlp()
-    trainer = SupervisedTrainer(make_optimizer(model), batch_size=4, epochs=3,
-                                gradient_accumulation_steps=3, seed=5)
+    trainer = SupervisedTrainer(
+        make_optimizer(model), batch_size=4, epochs=3, gradient_accumulation_steps=3, seed=5
+    )
     if source == "tensors":
         trainer.train(model, x, y, nn.MSELoss())
         orders = seeded_orders(46, 5, 3)
-    else:   # a user's DataLoader with a seeded sampler (its own order, set_epoch each epoch)
+    else:  # a user's DataLoader with a seeded sampler (its own order, set_epoch each epoch)
         sampler = ResumableSampler(46, seed=11, num_replicas=1, rank=0)
-        trainer.train(model, DataLoader(TensorDataset(x, y), batch_size=4, sampler=sampler),
-                      loss=nn.MSELoss())
+        trainer.train(
+            model, DataLoader(TensorDataset(x, y), batch_size=4, sampler=sampler), loss=nn.MSELoss()
+        )
         orders = []
         for epoch in range(3):
             sampler.set_epoch(epoch)
             orders.append(torch.tensor(sampler.order()))
-    big_batch_reference(reference, make_optimizer(reference), x, y, nn.MSELoss(), window=12,
-                        orders=orders)
+    big_batch_reference(
+        reference, make_optimizer(reference), x, y, nn.MSELoss(), window=12, orders=orders
+    )
     assert trainer.state.step == 3 * 4
     assert relative_difference(model, reference) <= 1e-12
-    assert relative_difference(model, mlp()) > 1e-2       # it trained
+    assert relative_difference(model, mlp()) > 1e-2  # it trained
 
 
 def test_dividing_by_the_number_of_micro_batches_would_be_measurably_wrong():
@@ -109,16 +119,22 @@ def test_dividing_by_the_number_of_micro_batches_would_be_measurably_wrong():
     optimizer = torch.optim.SGD(naive.parameters(), lr=0.05, momentum=0.9)
     for epoch in range(3):
         order = epoch_permutation(46, 5, epoch)
-        micro = [order[i:i + 4] for i in range(0, 46, 4)]
+        micro = [order[i : i + 4] for i in range(0, 46, 4)]
         for start in range(0, len(micro), 3):
-            window = micro[start:start + 3]
+            window = micro[start : start + 3]
             for rows in window:
                 (nn.MSELoss()(naive(x[rows]), y[rows]) / len(window)).backward()
             optimizer.step()
             optimizer.zero_grad()
-    big_batch_reference(reference, torch.optim.SGD(reference.parameters(), lr=0.05,
-                                                   momentum=0.9),
-                        x, y, nn.MSELoss(), window=12, orders=seeded_orders(46, 5, 3))
+    big_batch_reference(
+        reference,
+        torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9),
+        x,
+        y,
+        nn.MSELoss(),
+        window=12,
+        orders=seeded_orders(46, 5, 3),
+    )
     assert relative_difference(naive, reference) > 1e-3
 
 
@@ -156,19 +172,26 @@ def test_token_normalised_windows_equal_one_batch_of_all_their_tokens(class_weig
     weight = torch.linspace(0.5, 2.0, 6) if class_weights else None
     loss = nn.CrossEntropyLoss(ignore_index=PAD, weight=weight)
     model, reference = Tagger(), Tagger()
-    trainer = SupervisedTrainer(descent.Adam(model, lr=1e-2), batch_size=3, epochs=2,
-                                gradient_accumulation_steps=3, normalize_by="targets", seed=4)
+    trainer = SupervisedTrainer(
+        descent.Adam(model, lr=1e-2),
+        batch_size=3,
+        epochs=2,
+        gradient_accumulation_steps=3,
+        normalize_by="targets",
+        seed=4,
+    )
     history = trainer.train(model, x, y, loss)
     # the reference: CrossEntropyLoss's own mean over every non-padding token of the window
     orders = seeded_orders(23, 4, 2)
-    window_losses = big_batch_reference(reference, descent.Adam(reference, lr=1e-2), x, y,
-                                        loss, window=9, orders=orders)
+    window_losses = big_batch_reference(
+        reference, descent.Adam(reference, lr=1e-2), x, y, loss, window=9, orders=orders
+    )
     assert relative_difference(model, reference) <= 1e-12
     # the epoch's loss is the mean over its tokens too (each counted with its class weight)
     for epoch, order in enumerate(orders):
         counts = []
         for start in range(0, 23, 9):
-            target = y[order[start:start + 9]]
+            target = y[order[start : start + 9]]
             kept = target[target != PAD]
             counts.append(float(weight[kept].sum()) if class_weights else kept.numel())
         expected = sum(c * value for c, value in zip(counts, window_losses[epoch], strict=True))
@@ -180,10 +203,18 @@ def test_sample_normalisation_is_not_exact_with_padding():
     x, y = padded_tokens()
     loss = nn.CrossEntropyLoss(ignore_index=PAD)
     model, reference = Tagger(), Tagger()
-    SupervisedTrainer(descent.Adam(model, lr=1e-2), batch_size=3, epochs=2,
-                      gradient_accumulation_steps=3, seed=4).train(model, x, y, loss)
-    big_batch_reference(reference, descent.Adam(reference, lr=1e-2), x, y, loss, window=9,
-                        orders=seeded_orders(23, 4, 2))
+    SupervisedTrainer(
+        descent.Adam(model, lr=1e-2), batch_size=3, epochs=2, gradient_accumulation_steps=3, seed=4
+    ).train(model, x, y, loss)
+    big_batch_reference(
+        reference,
+        descent.Adam(reference, lr=1e-2),
+        x,
+        y,
+        loss,
+        window=9,
+        orders=seeded_orders(23, 4, 2),
+    )
     assert relative_difference(model, reference) > 1e-4
 
 
@@ -191,11 +222,23 @@ def test_a_callable_count_is_used_as_the_weight():
     x, y = padded_tokens()
     loss = nn.CrossEntropyLoss(ignore_index=PAD)
     model, reference = Tagger(), Tagger()
-    SupervisedTrainer(descent.SGD(model, lr=0.5), batch_size=3, epochs=1,
-                      gradient_accumulation_steps=3, seed=4,
-                      normalize_by=lambda target: (target != PAD).sum()).train(model, x, y, loss)
-    big_batch_reference(reference, descent.SGD(reference, lr=0.5), x, y, loss, window=9,
-                        orders=seeded_orders(23, 4, 1))
+    SupervisedTrainer(
+        descent.SGD(model, lr=0.5),
+        batch_size=3,
+        epochs=1,
+        gradient_accumulation_steps=3,
+        seed=4,
+        normalize_by=lambda target: (target != PAD).sum(),
+    ).train(model, x, y, loss)
+    big_batch_reference(
+        reference,
+        descent.SGD(reference, lr=0.5),
+        x,
+        y,
+        loss,
+        window=9,
+        orders=seeded_orders(23, 4, 1),
+    )
     assert relative_difference(model, reference) <= 1e-12
 
 
@@ -221,23 +264,31 @@ def test_recurrent_windows_are_normalised_by_their_tokens(step_every):
     x, y = padded_tokens(n=14)
     model, reference = GRUTagger(), GRUTagger()
     accumulation = 3 if step_every == "sequence" else 2
-    trainer = RecurrentTrainer(descent.SGD(model, lr=0.3), batch_size=4, epochs=1,
-                               bptt_steps=3, step_every=step_every, normalize_by="targets",
-                               gradient_accumulation_steps=accumulation, seed=6)
+    trainer = RecurrentTrainer(
+        descent.SGD(model, lr=0.3),
+        batch_size=4,
+        epochs=1,
+        bptt_steps=3,
+        step_every=step_every,
+        normalize_by="targets",
+        gradient_accumulation_steps=accumulation,
+        seed=6,
+    )
     trainer.train(model, x, y, nn.CrossEntropyLoss(ignore_index=PAD))
     summed = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
     optimizer = descent.SGD(reference, lr=0.3)
     order = epoch_permutation(14, 6, 0)
-    batches = [order[i:i + 4] for i in range(0, 14, 4)]
+    batches = [order[i : i + 4] for i in range(0, 14, 4)]
     spans = [(0, 3), (3, 6), (6, 7)]
     if step_every == "sequence":
-        windows = [[(rows, spans) for rows in batches[i:i + 3]] for i in range(0, 4, 3)]
-    else:   # windows of 2 chunks within a batch: (0-3, 3-6) then (6-7)
-        windows = [[(rows, spans[i:i + 2])] for rows in batches for i in range(0, 3, 2)]
-    carried = None      # the hidden state a batch's next chunk window starts from
+        windows = [[(rows, spans) for rows in batches[i : i + 3]] for i in range(0, 4, 3)]
+    else:  # windows of 2 chunks within a batch: (0-3, 3-6) then (6-7)
+        windows = [[(rows, spans[i : i + 2])] for rows in batches for i in range(0, 3, 2)]
+    carried = None  # the hidden state a batch's next chunk window starts from
     for window in windows:
-        tokens = sum(int((y[rows][:, a:b] != PAD).sum()) for rows, chunk in window
-                     for a, b in chunk)
+        tokens = sum(
+            int((y[rows][:, a:b] != PAD).sum()) for rows, chunk in window for a, b in chunk
+        )
         for rows, chunk in window:
             hidden = carried if chunk[0][0] > 0 else None
             for a, b in chunk:
@@ -249,9 +300,13 @@ def test_recurrent_windows_are_normalised_by_their_tokens(step_every):
         optimizer.zero_grad()
     assert trainer.state.step == len(windows)
     assert relative_difference(model, reference) <= 1e-12
-    if step_every == "chunk":   # some chunk windows are all padding: they add nothing
-        assert any(int((y[rows][:, a:b] != PAD).sum()) == 0
-                   for window in windows for rows, chunk in window for a, b in chunk)
+    if step_every == "chunk":  # some chunk windows are all padding: they add nothing
+        assert any(
+            int((y[rows][:, a:b] != PAD).sum()) == 0
+            for window in windows
+            for rows, chunk in window
+            for a, b in chunk
+        )
 
 
 # ---------------------------------------------------------------- adversarial
@@ -275,9 +330,20 @@ def test_adversarial_windows_equal_one_batch_of_all_their_samples():
     runs = []
     for batch_size, accumulation in ((8, 3), (24, 1)):
         g, d, g_opt, d_opt = build()
-        trainer = AdversarialTrainer(g, d, g_opt, d_opt, latent_dim=3, batch_size=batch_size,
-                                     gradient_accumulation_steps=accumulation, epochs=3,
-                                     n_critic=2, loss="wgan-gp", drop_last=False, seed=1)
+        trainer = AdversarialTrainer(
+            g,
+            d,
+            g_opt,
+            d_opt,
+            latent_dim=3,
+            batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            epochs=3,
+            n_critic=2,
+            loss="wgan-gp",
+            drop_last=False,
+            seed=1,
+        )
         trainer.train(real)
         runs.append((trainer, g, d))
     (micro, g1, d1), (big, g2, d2) = runs
@@ -291,8 +357,9 @@ def test_adversarial_windows_equal_one_batch_of_all_their_samples():
 
 
 def test_window_weights_are_shares_of_the_count_over_the_ranks():
-    window = Window(first=6, batches=["a", "b", "c"], counts=[4.0, 4.0, 2.0], total=20.0,
-                    replicas=2)
+    window = Window(
+        first=6, batches=["a", "b", "c"], counts=[4.0, 4.0, 2.0], total=20.0, replicas=2
+    )
     assert [window.weight(i) for i in (6, 7, 8)] == [0.4, 0.4, 0.2]
     assert list(window.remaining(7)) == [(7, "b"), (8, "c")]
     assert window.size == 3
@@ -312,10 +379,13 @@ def test_counting_targets_follows_the_loss():
     assert float(weighted(scores, target)) == pytest.approx(float(total) / 4.5, rel=1e-12)
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("tokens", "normalize_by='tokens'; expected 'samples', 'targets' or a callable"),
-    (3, "normalize_by=3"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tokens", "normalize_by='tokens'; expected 'samples', 'targets' or a callable"),
+        (3, "normalize_by=3"),
+    ],
+)
 def test_bad_normalize_by_is_refused(value, message):
     with pytest.raises(ValueError, match=message):
         SupervisedTrainer(descent.SGD(mlp(), lr=0.1), normalize_by=value)
@@ -324,7 +394,8 @@ def test_bad_normalize_by_is_refused(value, message):
 def test_a_count_that_is_not_a_number_is_named():
     x, y = regression(8)
     model = mlp()
-    trainer = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=4,
-                                normalize_by=lambda target: "four")
+    trainer = SupervisedTrainer(
+        descent.SGD(model, lr=0.1), batch_size=4, normalize_by=lambda target: "four"
+    )
     with pytest.raises(ValueError, match=r"normalize_by returned 'four' for a batch"):
         trainer.train(model, x, y, nn.MSELoss())

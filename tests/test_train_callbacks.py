@@ -70,15 +70,27 @@ def test_events_arrive_in_loop_order():
     recorder = Recorder()
     x, y = toy_data(24)
     model = mlp()
-    SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=8, epochs=1,
-                      gradient_accumulation_steps=2, callbacks=[recorder]).train(
-        model, x, y, nn.CrossEntropyLoss())
+    SupervisedTrainer(
+        descent.SGD(model, lr=0.1),
+        batch_size=8,
+        epochs=1,
+        gradient_accumulation_steps=2,
+        callbacks=[recorder],
+    ).train(model, x, y, nn.CrossEntropyLoss())
     assert recorder.events == [
-        "train_begin", "epoch_begin 0",
-        "batch_begin 0", "batch_end 0",
-        "batch_begin 1", "step", "batch_end 1",
-        "batch_begin 2", "step", "batch_end 2",
-        "epoch_end 0", "train_end"]
+        "train_begin",
+        "epoch_begin 0",
+        "batch_begin 0",
+        "batch_end 0",
+        "batch_begin 1",
+        "step",
+        "batch_end 1",
+        "batch_begin 2",
+        "step",
+        "batch_end 2",
+        "epoch_end 0",
+        "train_end",
+    ]
 
 
 def test_on_exception_sees_the_error_and_it_is_re_raised():
@@ -91,7 +103,8 @@ def test_on_exception_sees_the_error_and_it_is_re_raised():
     model = mlp()
     with pytest.raises(RuntimeError, match="boom"):
         SupervisedTrainer(descent.SGD(model, lr=0.1), callbacks=[recorder]).train(
-            model, x, y, failing_loss)
+            model, x, y, failing_loss
+        )
     assert recorder.events[-1] == "exception RuntimeError"
     assert "train_end" not in recorder.events
 
@@ -130,8 +143,9 @@ def test_early_stopping_restores_the_best_weights_of_a_real_run():
 
     model = mlp()
     stop = EarlyStopping("val_loss", patience=2, restore_best_weights=True)
-    trainer = SupervisedTrainer(descent.SGD(model, lr=2.0), batch_size=8, epochs=12,
-                                callbacks=[Snapshot(), stop])
+    trainer = SupervisedTrainer(
+        descent.SGD(model, lr=2.0), batch_size=8, epochs=12, callbacks=[Snapshot(), stop]
+    )
     history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_data=(x_val, y_val))
     best = min(range(len(history["val_loss"])), key=lambda e: history["val_loss"][e])
     assert stop.best_epoch == best
@@ -144,8 +158,9 @@ def test_early_stopping_names_a_missing_metric_and_bad_arguments():
     x, y = toy_data()
     model = mlp()
     with pytest.raises(ValueError, match=r"monitor='val_loss' is not among the epoch metrics"):
-        SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1,
-                          callbacks=[EarlyStopping()]).train(model, x, y, nn.CrossEntropyLoss())
+        SupervisedTrainer(descent.SGD(model, lr=0.1), epochs=1, callbacks=[EarlyStopping()]).train(
+            model, x, y, nn.CrossEntropyLoss()
+        )
     with pytest.raises(ValueError, match="patience=0"):
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode='up'"):
@@ -170,10 +185,10 @@ def test_lr_monitor_records_the_scheduled_rate_of_each_step():
     model = mlp()
     optimizer = descent.SGD(model, lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-    history = SupervisedTrainer(optimizer, batch_size=8, epochs=2, scheduler=scheduler,
-                                callbacks=[LRMonitor()]).train(model, x, y,
-                                                               nn.CrossEntropyLoss())
-    expected = [0.1 * 0.5 ** (step // 2) for step in range(12)]   # StepLR in closed form
+    history = SupervisedTrainer(
+        optimizer, batch_size=8, epochs=2, scheduler=scheduler, callbacks=[LRMonitor()]
+    ).train(model, x, y, nn.CrossEntropyLoss())
+    expected = [0.1 * 0.5 ** (step // 2) for step in range(12)]  # StepLR in closed form
     assert history.steps["lr"] == pytest.approx(expected)
     assert history.step_indices["lr"] == list(range(1, 13))
     assert history["lr"] == pytest.approx([0.1 * 0.5**3, 0.1 * 0.5**6])
@@ -182,10 +197,13 @@ def test_lr_monitor_records_the_scheduled_rate_of_each_step():
 def test_csv_and_json_loggers_write_the_history(tmp_path):
     x, y = toy_data()
     model = mlp()
-    trainer = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=16, epochs=3,
-                                metrics=["accuracy"],
-                                callbacks=[CSVLogger(tmp_path / "log.csv"),
-                                           JSONLogger(tmp_path / "sub" / "log.json")])
+    trainer = SupervisedTrainer(
+        descent.SGD(model, lr=0.1),
+        batch_size=16,
+        epochs=3,
+        metrics=["accuracy"],
+        callbacks=[CSVLogger(tmp_path / "log.csv"), JSONLogger(tmp_path / "sub" / "log.json")],
+    )
     history = trainer.train(model, x, y, nn.CrossEntropyLoss())
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
@@ -201,15 +219,19 @@ def test_progress_bar_draws_one_line_per_epoch():
     x, y = toy_data()
     stream = io.StringIO()
     model = mlp()
-    SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=16, epochs=2, metrics=["accuracy"],
-                      callbacks=[ProgressBar(file=stream)]).train(model, x, y,
-                                                                  nn.CrossEntropyLoss())
+    SupervisedTrainer(
+        descent.SGD(model, lr=0.1),
+        batch_size=16,
+        epochs=2,
+        metrics=["accuracy"],
+        callbacks=[ProgressBar(file=stream)],
+    ).train(model, x, y, nn.CrossEntropyLoss())
     text = stream.getvalue()
     finished = [line for line in text.replace("\r", "\n").split("\n") if "3/3" in line]
     assert any(line.startswith("epoch 1/2") for line in finished)
     assert any(line.startswith("epoch 2/2") for line in finished)
     assert "loss=" in text and "accuracy=" in text
-    assert text.count("\n") == 2     # each epoch's line is redrawn in place, then left
+    assert text.count("\n") == 2  # each epoch's line is redrawn in place, then left
 
 
 def test_callbacks_are_quiet_off_the_main_process(tmp_path):
@@ -221,9 +243,11 @@ def test_callbacks_are_quiet_off_the_main_process(tmp_path):
     x, y = toy_data()
     stream = io.StringIO()
     model = mlp()
-    Worker(descent.SGD(model, lr=0.1), epochs=1,
-           callbacks=[ProgressBar(file=stream), CSVLogger(tmp_path / "log.csv")]).train(
-        model, x, y, nn.CrossEntropyLoss())
+    Worker(
+        descent.SGD(model, lr=0.1),
+        epochs=1,
+        callbacks=[ProgressBar(file=stream), CSVLogger(tmp_path / "log.csv")],
+    ).train(model, x, y, nn.CrossEntropyLoss())
     assert stream.getvalue() == "" and not (tmp_path / "log.csv").exists()
 
 
@@ -244,8 +268,7 @@ def test_history_is_a_mapping_with_padding_and_round_trip():
     copy.load_state_dict(history.state_dict())
     assert json.dumps(copy.state_dict()) == json.dumps(history.state_dict())
     with pytest.raises(ValueError, match="3 values for 2 epochs"):
-        copy.load_state_dict({**history.state_dict(),
-                              "epoch_metrics": {"loss": [1.0, 2.0, 3.0]}})
+        copy.load_state_dict({**history.state_dict(), "epoch_metrics": {"loss": [1.0, 2.0, 3.0]}})
     assert copy["loss"] == [1.0, 0.5]
 
 
@@ -253,11 +276,11 @@ def test_history_plot_returns_the_figure_and_leaves_the_backend_alone(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     x, y = toy_data()
     model = mlp()
-    history = SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=16, epochs=3,
-                                metrics=["accuracy"]).train(
-        model, x, y, nn.CrossEntropyLoss(), validation_split=0.25)
+    history = SupervisedTrainer(
+        descent.SGD(model, lr=0.1), batch_size=16, epochs=3, metrics=["accuracy"]
+    ).train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.25)
     backend = matplotlib.get_backend()
-    matplotlib.use("pdf")             # a user's backend, which plotting must not switch
+    matplotlib.use("pdf")  # a user's backend, which plotting must not switch
     try:
         figure = history.plot(tmp_path / "curves.png", title="toy")
         assert matplotlib.get_backend() == "pdf"
@@ -269,10 +292,12 @@ def test_history_plot_returns_the_figure_and_leaves_the_backend_alone(tmp_path):
     # loss and accuracy panels, each with its validation curve and per-step values
     assert [axis.get_title() for axis in figure.axes] == ["loss", "accuracy"]
     assert [line.get_label() for line in figure.axes[0].lines] == [
-        "loss (per step)", "loss", "val_loss"]
+        "loss (per step)",
+        "loss",
+        "val_loss",
+    ]
     assert figure.axes[0].lines[1].get_ydata().tolist() == history["loss"]
-    unsaved = history.plot(keys=["loss"])          # no path: drawn, returned, not saved
-    assert len(unsaved.axes) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "curves.png"]
+    unsaved = history.plot(keys=["loss"])  # no path: drawn, returned, not saved
+    assert len(unsaved.axes) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
     with pytest.raises(ValueError, match="were not recorded"):
         history.plot(tmp_path / "x.png", keys=["perplexity"])

@@ -42,18 +42,26 @@ def data():
     return x, (x[:, 0] + x[:, 1] > 0).long()
 
 
-def setup(directory: Path | None, crash: tuple[int, int] | None = None, hidden: int = 16,
-          **options):
+def setup(
+    directory: Path | None, crash: tuple[int, int] | None = None, hidden: int = 16, **options
+):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, hidden), nn.Dropout(0.1), nn.Tanh(), nn.Linear(hidden, 2))
     optimizer = descent.Adam(model, lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.7)
     if directory is not None:
         options.setdefault("checkpoint_every", 2)
-    trainer = SupervisedTrainer(optimizer, batch_size=8, epochs=4, gradient_accumulation_steps=3,
-                                scheduler=scheduler, metrics=["accuracy"],
-                                callbacks=[EarlyStopping("val_loss", patience=20), Crash(crash)],
-                                checkpoint_dir=directory, **options)
+    trainer = SupervisedTrainer(
+        optimizer,
+        batch_size=8,
+        epochs=4,
+        gradient_accumulation_steps=3,
+        scheduler=scheduler,
+        metrics=["accuracy"],
+        callbacks=[EarlyStopping("val_loss", patience=20), Crash(crash)],
+        checkpoint_dir=directory,
+        **options,
+    )
     return model, optimizer, scheduler, trainer
 
 
@@ -64,26 +72,40 @@ def fit(model, trainer, resume=False):
 
 
 def same_parameters(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
-                                                 b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(p, q)
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
-@pytest.mark.parametrize(("options", "error", "pattern"), [
-    ({"checkpoint_every": 0}, ValueError, r"checkpoint_every=0; expected a positive integer"),
-    ({"checkpoint_dir": None, "checkpoint_every": 5}, ValueError,
-     r"checkpoint_every=5 needs a checkpoint directory"),
-    ({"checkpoint_dir": None, "checkpoint_monitor": "val_loss"}, ValueError,
-     r"checkpoint_monitor='val_loss' needs a checkpoint directory"),
-    ({"checkpoint_each_epoch": False}, ValueError, r"would never save"),
-    ({"checkpoint_every": 2, "checkpoint_each_epoch": False, "checkpoint_monitor": "loss"},
-     ValueError, r"needs checkpoint_each_epoch=True"),
-    ({"keep_last": 0}, ValueError, r"keep_last=0; expected a positive integer"),
-    ({"checkpoint_mode": "best"}, ValueError, r"checkpoint_mode='best'; expected one of"),
-    ({"checkpoint_dir": 7}, TypeError, r"checkpoint_dir=7; expected a path"),
-    ({"checkpoint_each_epoch": "yes"}, TypeError, r"checkpoint_each_epoch='yes'"),
-    ({"checkpoint_monitor": 3}, TypeError, r"checkpoint_monitor=3"),
-    ({"zero_redundancy": 1}, TypeError, r"zero_redundancy=1; expected a bool"),
-])
+@pytest.mark.parametrize(
+    ("options", "error", "pattern"),
+    [
+        ({"checkpoint_every": 0}, ValueError, r"checkpoint_every=0; expected a positive integer"),
+        (
+            {"checkpoint_dir": None, "checkpoint_every": 5},
+            ValueError,
+            r"checkpoint_every=5 needs a checkpoint directory",
+        ),
+        (
+            {"checkpoint_dir": None, "checkpoint_monitor": "val_loss"},
+            ValueError,
+            r"checkpoint_monitor='val_loss' needs a checkpoint directory",
+        ),
+        ({"checkpoint_each_epoch": False}, ValueError, r"would never save"),
+        (
+            {"checkpoint_every": 2, "checkpoint_each_epoch": False, "checkpoint_monitor": "loss"},
+            ValueError,
+            r"needs checkpoint_each_epoch=True",
+        ),
+        ({"keep_last": 0}, ValueError, r"keep_last=0; expected a positive integer"),
+        ({"checkpoint_mode": "best"}, ValueError, r"checkpoint_mode='best'; expected one of"),
+        ({"checkpoint_dir": 7}, TypeError, r"checkpoint_dir=7; expected a path"),
+        ({"checkpoint_each_epoch": "yes"}, TypeError, r"checkpoint_each_epoch='yes'"),
+        ({"checkpoint_monitor": 3}, TypeError, r"checkpoint_monitor=3"),
+        ({"zero_redundancy": 1}, TypeError, r"zero_redundancy=1; expected a bool"),
+    ],
+)
 def test_bad_checkpoint_arguments_are_refused(tmp_path, options, error, pattern):
     options = {"checkpoint_dir": tmp_path / "ckpt", **options}
     model = nn.Linear(2, 2)
@@ -101,8 +123,11 @@ def test_checkpoint_dir_that_is_a_file_is_refused(tmp_path):
 
 def test_resume_needs_a_checkpoint_dir_and_a_bool(tmp_path):
     model, _, _, trainer = setup(None)
-    with pytest.raises(ValueError, match=r"resume=True needs a checkpoint directory; pass "
-                                         r"checkpoint_dir"):
+    with pytest.raises(
+        ValueError,
+        match=r"resume=True needs a checkpoint directory; pass "
+        r"checkpoint_dir",
+    ):
         fit(model, trainer, resume=True)
     model, _, _, trainer = setup(tmp_path)
     with pytest.raises(TypeError, match=r"resume='yes'; expected a bool"):
@@ -113,8 +138,9 @@ def test_resume_needs_a_checkpoint_dir_and_a_bool(tmp_path):
 def test_keeps_the_last_k_and_the_best_by_the_monitored_metric(tmp_path):
     # mode="max" on val_loss keeps the *worst* epoch, the first: an old checkpoint that
     # only the best-rule can explain
-    model, _, _, trainer = setup(tmp_path, keep_last=2, checkpoint_monitor="val_loss",
-                                 checkpoint_mode="max")
+    model, _, _, trainer = setup(
+        tmp_path, keep_last=2, checkpoint_monitor="val_loss", checkpoint_mode="max"
+    )
     history = fit(model, trainer)
     # 80 training samples, batches of 8 -> 10 micro-batches, windows 3,3,3,1 -> 4 steps
     assert trainer.state.step == 16
@@ -152,8 +178,11 @@ def test_a_new_run_in_a_used_directory_is_refused(tmp_path):
     fit(model, trainer)
     before = sorted(p.name for p in tmp_path.iterdir())
     model, _, _, trainer = setup(tmp_path)
-    with pytest.raises(ValueError, match=r"already holds checkpoints \(steps \[12, 14, 16\]\)"
-                                         r" .* pass resume=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds checkpoints \(steps \[12, 14, 16\]\)"
+        r" .* pass resume=True",
+    ):
         fit(model, trainer)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -183,8 +212,11 @@ def test_a_checkpoint_of_another_model_is_refused_and_nothing_changes(tmp_path):
         fit(model, trainer)
     model, optimizer, _, trainer = setup(tmp_path, hidden=12)
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(CheckpointMismatchError, match=r"'0.weight' has shape \(16, 5\) in the "
-                                                      r"checkpoint, \(12, 5\) in the model"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"'0.weight' has shape \(16, 5\) in the "
+        r"checkpoint, \(12, 5\) in the model",
+    ):
         fit(model, trainer, resume=True)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert trainer.state.step == 0 and not optimizer.state and len(trainer.history) == 0
@@ -211,8 +243,11 @@ def test_resume_on_an_empty_directory_starts_afresh(tmp_path):
 
 def test_a_missing_monitored_metric_is_named(tmp_path):
     model, _, _, trainer = setup(tmp_path, checkpoint_monitor="val_acc")
-    with pytest.raises(ValueError, match=r"checkpoint_monitor='val_acc' is not among the "
-                                         r"epoch metrics \['accuracy', 'loss', "):
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint_monitor='val_acc' is not among the "
+        r"epoch metrics \['accuracy', 'loss', ",
+    ):
         fit(model, trainer)
 
 
@@ -243,6 +278,7 @@ def resign(path: Path, edit) -> None:
 def set_loop(**counters):
     def edit(payload):
         payload["trainer"]["loop"].update(counters)
+
     return edit
 
 
@@ -250,14 +286,20 @@ def bump_optimizer_step(payload):
     payload["ranks"][0]["optimizer_steps"]["optimizer"] += 1
 
 
-@pytest.mark.parametrize(("edit", "named"), [
-    (set_loop(window=2), "window=2; a checkpoint is only written with no accumulation window"),
-    (set_loop(window=3), "window=3; expected less than gradient_accumulation_steps=3"),
-    (set_loop(batch=999), "batch=999; expected at most the 10 batches of an epoch"),
-    (set_loop(epoch=5), "epoch=5; expected at most end_epoch=4"),
-    (bump_optimizer_step, "optimizer 'optimizer' has step 12.0 in its state, the trainer "
-                          "recorded step 13.0"),
-], ids=["open-window", "window", "batch", "epoch", "optimizer-step"])
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (set_loop(window=2), "window=2; a checkpoint is only written with no accumulation window"),
+        (set_loop(window=3), "window=3; expected less than gradient_accumulation_steps=3"),
+        (set_loop(batch=999), "batch=999; expected at most the 10 batches of an epoch"),
+        (set_loop(epoch=5), "epoch=5; expected at most end_epoch=4"),
+        (
+            bump_optimizer_step,
+            "optimizer 'optimizer' has step 12.0 in its state, the trainer recorded step 13.0",
+        ),
+    ],
+    ids=["open-window", "window", "batch", "epoch", "optimizer-step"],
+)
 def test_impossible_counters_fall_back_to_the_previous_checkpoint(tmp_path, edit, named):
     reference_model, _, _, reference = setup(None)
     fit(reference_model, reference)
@@ -267,14 +309,14 @@ def test_impossible_counters_fall_back_to_the_previous_checkpoint(tmp_path, edit
     records = CheckpointManager(tmp_path).records()
     assert [r.step for r in records][-2:] == [10, 12]
     resign(records[-1].path, edit)
-    assert CheckpointManager(tmp_path).latest() == records[-1].path   # the files are intact
+    assert CheckpointManager(tmp_path).latest() == records[-1].path  # the files are intact
     model, _, _, trainer = setup(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(model, trainer, resume=True)
     messages = [str(w.message) for w in caught if "skipping the checkpoint" in str(w.message)]
     assert len(messages) == 1 and named in messages[0] and "step-000000012" in messages[0]
-    assert same_parameters(model, reference_model)       # resumed from step 10, exactly
+    assert same_parameters(model, reference_model)  # resumed from step 10, exactly
 
 
 def test_when_every_checkpoint_is_impossible_the_resume_refuses_and_changes_nothing(tmp_path):
@@ -288,8 +330,11 @@ def test_when_every_checkpoint_is_impossible_the_resume_refuses_and_changes_noth
     before = [p.detach().clone() for p in model.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(CorruptCheckpointError, match=r"no checkpoint in .* can be resumed: "
-                                                         r".*batch=999"):
+        with pytest.raises(
+            CorruptCheckpointError,
+            match=r"no checkpoint in .* can be resumed: "
+            r".*batch=999",
+        ):
             fit(model, trainer, resume=True)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert trainer.state.step == 0 and not optimizer.state
@@ -302,12 +347,21 @@ def test_another_configuration_is_an_error_not_a_fallback(tmp_path):
         fit(model, trainer)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.1), nn.Tanh(), nn.Linear(16, 2))
-    trainer = SupervisedTrainer(descent.Adam(model, lr=1e-2), batch_size=16, epochs=4,
-                                gradient_accumulation_steps=3, checkpoint_dir=tmp_path,
-                                checkpoint_every=2, metrics=["accuracy"],
-                                callbacks=[EarlyStopping("val_loss", patience=20), Crash(None)])
-    with pytest.raises(ValueError, match=r"was written with \{'batches_per_epoch': 10, "
-                                         r"'batches_per_window': 3\}; this trainer has "
-                                         r"\{'batches_per_epoch': 5, .*same data, batch size"):
+    trainer = SupervisedTrainer(
+        descent.Adam(model, lr=1e-2),
+        batch_size=16,
+        epochs=4,
+        gradient_accumulation_steps=3,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        metrics=["accuracy"],
+        callbacks=[EarlyStopping("val_loss", patience=20), Crash(None)],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"was written with \{'batches_per_epoch': 10, "
+        r"'batches_per_window': 3\}; this trainer has "
+        r"\{'batches_per_epoch': 5, .*same data, batch size",
+    ):
         fit(model, trainer, resume=True)
     assert trainer.state.step == 0

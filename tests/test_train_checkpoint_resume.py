@@ -40,8 +40,9 @@ from kill_harness import (
     run_to_end,
 )
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"),
-                                reason="needs SIGKILL and fork")
+pytestmark = pytest.mark.skipif(
+    not hasattr(signal, "SIGKILL") or not hasattr(os, "fork"), reason="needs SIGKILL and fork"
+)
 
 SCRIPT = r'''
 import os, sys, time
@@ -181,8 +182,7 @@ def batches_after(reference_log: list[str], step: int) -> int:
     the reference's batches after that checkpoint's (last) commit."""
     start = 0
     if step:
-        start = max(i for i, line in enumerate(reference_log)
-                    if line == f"COMMIT step-{step:09d}")
+        start = max(i for i, line in enumerate(reference_log) if line == f"COMMIT step-{step:09d}")
     return sum(line.startswith("BATCH") for line in reference_log[start:])
 
 
@@ -196,8 +196,9 @@ def setup(tmp_path_factory):
     references = {}
     for kind in KINDS:
         log = root / f"{kind}.log"
-        run_to_end(server, fields(kind, root / f"{kind}-reference", root / f"{kind}.safetensors"),
-                   log)
+        run_to_end(
+            server, fields(kind, root / f"{kind}-reference", root / f"{kind}.safetensors"), log
+        )
         references[kind] = (load_file(root / f"{kind}.safetensors"), lines(log))
     yield server, references, root
     server.close()
@@ -213,8 +214,9 @@ def test_checkpointing_does_not_change_the_run(setup, tmp_path, kind):
     run_to_end(server, fields(kind, "-", tmp_path / "plain.safetensors"), tmp_path / "log")
     assert_bit_identical(tmp_path / "plain.safetensors", reference)
     if kind == "supervised":
-        done = run_in_fresh_interpreter(setup[2] / "train.py", kind, tmp_path / "fresh",
-                                        tmp_path / "fresh.safetensors")
+        done = run_in_fresh_interpreter(
+            setup[2] / "train.py", kind, tmp_path / "fresh", tmp_path / "fresh.safetensors"
+        )
         assert done.returncode == 0, done.stderr
         assert_bit_identical(tmp_path / "fresh.safetensors", reference)
 
@@ -229,12 +231,15 @@ def stall_trial(setup, tmp_path: Path, kind: str, commit: int) -> None:
     reference, reference_log = references[kind]
     names = commits(reference_log)
     workdir, result, log = tmp_path / "ckpt", tmp_path / "final.safetensors", tmp_path / "log"
-    run_and_kill(server, fields(kind, workdir, result, stall_commit=commit), log, "STALLED", 1,
-                 delay=0.02)
+    run_and_kill(
+        server, fields(kind, workdir, result, stall_commit=commit), log, "STALLED", 1, delay=0.02
+    )
     interrupted = names[commit - 1]
     # the write was complete but not renamed: nothing of it is visible as a checkpoint
-    assert any(entry.name.startswith(f".{interrupted}.") for entry in workdir.iterdir()) \
+    assert (
+        any(entry.name.startswith(f".{interrupted}.") for entry in workdir.iterdir())
         or (workdir / interrupted).exists()
+    )
     latest = CheckpointManager(workdir).latest()
     assert latest is not None and latest.name == names[commit - 2]
     resumed = run_to_end(server, fields(kind, workdir, result), log)
@@ -257,8 +262,9 @@ def random_trial(setup, tmp_path: Path, kind: str, rng: random.Random, kills: in
         low = first if resumed == 0 else 1
         return rng.randint(low, remaining - 2) if remaining - 2 >= low else None
 
-    resumed_from = kill_at_random(server, fields(kind, workdir, result), log, "BATCH", target, rng,
-                                  kills)
+    resumed_from = kill_at_random(
+        server, fields(kind, workdir, result), log, "BATCH", target, rng, kills
+    )
     assert_bit_identical(result, reference)
     return resumed_from
 

@@ -49,9 +49,10 @@ def test_step_guard_clips_like_torch_and_lets_callbacks_see_raw_gradients():
         param.grad = grad.clone()
     seen = []
     guard = StepGuard("test", clip_grad_norm=1.0, clip_grad_value=0.5)
-    logs = guard.step(descent.SGD(model, lr=1.0),
-                      before_step=lambda: seen.append([p.grad.clone() for p in
-                                                       model.parameters()]))
+    logs = guard.step(
+        descent.SGD(model, lr=1.0),
+        before_step=lambda: seen.append([p.grad.clone() for p in model.parameters()]),
+    )
     torch.nn.utils.clip_grad_value_(reference.parameters(), 0.5)
     norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
     with torch.no_grad():
@@ -86,16 +87,23 @@ def test_step_guard_refuses_nonfinite_gradients_and_changes_nothing():
 def test_grad_scaler_overflow_skips_the_step_and_halves_the_scale():
     model = mlp()
     optimizer = descent.SGD(model, lr=0.1)
-    guard = StepGuard("test", precision="fp16")       # nonfinite="raise": overflow is not an error
-    guard.load_state({"scale": 2.0 ** 126, "growth_factor": 2.0, "backoff_factor": 0.5,
-                      "growth_interval": 2000, "_growth_tracker": 0})
+    guard = StepGuard("test", precision="fp16")  # nonfinite="raise": overflow is not an error
+    guard.load_state(
+        {
+            "scale": 2.0**126,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 0,
+        }
+    )
     before = [p.detach().clone() for p in model.parameters()]
     x, y = toy_data(8)
     with guard.autocast():
         loss = nn.CrossEntropyLoss()(model(x), y)
-    guard.scale_loss(loss * 1e3).backward()             # 1e3 * 2^126 overflows float32
+    guard.scale_loss(loss * 1e3).backward()  # 1e3 * 2^126 overflows float32
     assert guard.step(optimizer) is None
-    assert guard.state_dict()["scale"] == 2.0 ** 125
+    assert guard.state_dict()["scale"] == 2.0**125
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     guard.load_state({**guard.state_dict(), "scale": 1024.0})
     with guard.autocast():
@@ -112,8 +120,9 @@ def test_fp16_training_runs_and_its_scaler_state_is_saved():
     model = mlp()
     dtypes = []
     model[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-    trainer = SupervisedTrainer(descent.Adam(model, lr=1e-2), batch_size=16, epochs=6,
-                                precision="fp16")
+    trainer = SupervisedTrainer(
+        descent.Adam(model, lr=1e-2), batch_size=16, epochs=6, precision="fp16"
+    )
     history = trainer.train(model, x, y, nn.CrossEntropyLoss())
     assert set(dtypes) == {torch.float16}
     assert history["loss"][-1] < history["loss"][0]
@@ -123,8 +132,9 @@ def test_fp16_training_runs_and_its_scaler_state_is_saved():
     other = SupervisedTrainer(descent.Adam(other_model, lr=1e-2), precision="fp16")
     other.load_state_dict(state)
     assert other.state_dict()["scaler"] == state["scaler"]
-    with pytest.raises(ValueError, match="has a GradScaler state, this trainer has "
-                                         "precision='fp32'"):
+    with pytest.raises(
+        ValueError, match="has a GradScaler state, this trainer has precision='fp32'"
+    ):
         SupervisedTrainer(descent.Adam(mlp(), lr=1e-2)).load_state_dict(state)
 
 
@@ -135,7 +145,7 @@ def test_scheduler_steps_after_the_optimizer_and_plateau_ones_wait_for_the_epoch
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     guard = StepGuard("test")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")             # no "scheduler before optimizer" warning
+        warnings.simplefilter("error")  # no "scheduler before optimizer" warning
         with_gradients(model)
         guard.step(optimizer, scheduler)
         with_gradients(model)
@@ -158,20 +168,26 @@ def test_zero_redundancy_drives_the_users_scheduler_without_patching_it():
         model = mlp()
         optimizer = descent.Adam(model, lr=0.1)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-        step_function = optimizer.step                 # as the scheduler wrapped it
-        trainer = SupervisedTrainer(optimizer, batch_size=8, epochs=1, scheduler=scheduler,
-                                    zero_redundancy=zero, callbacks=[descent.LRMonitor()])
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                             rank=0, world_size=1)
+        step_function = optimizer.step  # as the scheduler wrapped it
+        trainer = SupervisedTrainer(
+            optimizer,
+            batch_size=8,
+            epochs=1,
+            scheduler=scheduler,
+            zero_redundancy=zero,
+            callbacks=[descent.LRMonitor()],
+        )
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+        )
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 history = trainer.train(model, x, y, nn.CrossEntropyLoss())
             assert (type(trainer.optimizer).__name__ == "ZeroRedundancyOptimizer") == zero
             assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
-            assert optimizer.step is step_function     # not replaced since
-            results.append(([p.detach().clone() for p in model.parameters()],
-                            history.steps["lr"]))
+            assert optimizer.step is step_function  # not replaced since
+            results.append(([p.detach().clone() for p in model.parameters()], history.steps["lr"]))
             del trainer, optimizer, scheduler
         finally:
             descent.distributed.destroy_process_group()
@@ -184,7 +200,7 @@ def test_zero_redundancy_drives_the_users_scheduler_without_patching_it():
 
 def test_meter_weights_each_metric_by_its_own_count():
     meter = Meter()
-    meter.add({"loss": 2.0}, weight=6)      # a micro-batch of 6 counted tokens
+    meter.add({"loss": 2.0}, weight=6)  # a micro-batch of 6 counted tokens
     meter.add({"accuracy": 0.5}, weight=2)  # its 2 samples
     meter.add({"loss": 5.0}, weight=3)
     meter.add({"accuracy": 1.0}, weight=2)
@@ -214,7 +230,9 @@ def test_distribution_in_one_process_does_the_single_process_thing():
     assert distribution.shard({"optimizer": optimizer}) == {"optimizer": optimizer}
     assert distribution.sum(2.5) == 2.5 and distribution.is_main_process
     assert distribution.reduce_metrics({"loss": 1.0, "val_loss": 2.0}, {"loss": 3.0}) == {
-        "loss": 1.0, "val_loss": 2.0}
+        "loss": 1.0,
+        "val_loss": 2.0,
+    }
     with pytest.raises(TypeError, match="zero_redundancy=1; expected a bool"):
         Distribution("test", zero_redundancy=1)
 
@@ -230,9 +248,13 @@ class Terminal(io.StringIO):
 def run_with(bar: ProgressBar, epochs: int = 2) -> None:
     x, y = toy_data(48)
     model = mlp()
-    SupervisedTrainer(descent.SGD(model, lr=0.1), batch_size=4, epochs=epochs,
-                      metrics=["accuracy"], callbacks=[bar]).train(model, x, y,
-                                                                   nn.CrossEntropyLoss())
+    SupervisedTrainer(
+        descent.SGD(model, lr=0.1),
+        batch_size=4,
+        epochs=epochs,
+        metrics=["accuracy"],
+        callbacks=[bar],
+    ).train(model, x, y, nn.CrossEntropyLoss())
 
 
 def test_progress_off_a_terminal_is_one_line_per_epoch():
@@ -241,8 +263,9 @@ def test_progress_off_a_terminal_is_one_line_per_epoch():
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue()
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert all("12/12 batches" in line and "loss=" in line and "accuracy=" in line
-               for line in lines)
+    assert all(
+        "12/12 batches" in line and "loss=" in line and "accuracy=" in line for line in lines
+    )
 
 
 def test_progress_on_a_terminal_is_a_bar_redrawn_in_place():
@@ -265,9 +288,12 @@ def test_an_optimizer_of_another_model_is_refused_before_training():
     model, other = mlp(), mlp(1)
     before = [p.detach().clone() for p in model.parameters()]
     trainer = SupervisedTrainer(descent.SGD(other, lr=0.1))
-    with pytest.raises(ValueError, match=r"none of the 4 parameters of the optimizer is a "
-                                         r"parameter of the model being trained.*build the "
-                                         r"optimizer on this model's parameters"):
+    with pytest.raises(
+        ValueError,
+        match=r"none of the 4 parameters of the optimizer is a "
+        r"parameter of the model being trained.*build the "
+        r"optimizer on this model's parameters",
+    ):
         trainer.train(model, x, y, nn.CrossEntropyLoss())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     assert trainer.state.step == 0 and not trainer.state.running
@@ -292,21 +318,32 @@ def test_parameters_of_a_loss_module_count_as_trained():
 def test_a_loss_class_instead_of_an_instance_is_named():
     x, y = toy_data()
     model = mlp()
-    with pytest.raises(TypeError, match=r"loss is the class CrossEntropyLoss, not a loss; "
-                                        r"pass an instance, e.g. loss=CrossEntropyLoss\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"loss is the class CrossEntropyLoss, not a loss; "
+        r"pass an instance, e.g. loss=CrossEntropyLoss\(\)",
+    ):
         SupervisedTrainer(descent.SGD(model, lr=0.1)).train(model, x, y, nn.CrossEntropyLoss)
 
 
 def test_a_scheduler_of_another_optimizer_is_refused():
     model = mlp()
     optimizer, other = descent.SGD(model, lr=0.1), descent.SGD(model, lr=0.1)
-    with pytest.raises(ValueError, match=r"scheduler \(StepLR\) was built on another "
-                                         r"optimizer .* Build the scheduler on the optimizer"):
+    with pytest.raises(
+        ValueError,
+        match=r"scheduler \(StepLR\) was built on another "
+        r"optimizer .* Build the scheduler on the optimizer",
+    ):
         SupervisedTrainer(optimizer, scheduler=torch.optim.lr_scheduler.StepLR(other, 2))
     generator, discriminator = mlp(), mlp(1)
     g_optimizer = descent.SGD(generator, lr=0.1)
     d_optimizer = descent.SGD(discriminator, lr=0.1)
     with pytest.raises(ValueError, match="g_scheduler"):
         descent.AdversarialTrainer(
-            generator, discriminator, g_optimizer, d_optimizer, latent_dim=5,
-            g_scheduler=torch.optim.lr_scheduler.StepLR(d_optimizer, 2))
+            generator,
+            discriminator,
+            g_optimizer,
+            d_optimizer,
+            latent_dim=5,
+            g_scheduler=torch.optim.lr_scheduler.StepLR(d_optimizer, 2),
+        )

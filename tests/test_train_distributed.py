@@ -28,8 +28,9 @@ from torch import nn
 import descent
 from descent.train import SupervisedTrainer
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="needs torch.distributed")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="needs torch.distributed"
+)
 
 N, BATCH, EPOCHS = 64, 4, 2
 CONFIGS = {"plain": (1, False), "accumulate": (3, False), "zero": (3, True)}
@@ -117,7 +118,9 @@ def build_recurrent():
     return model, optimizer, scheduler
 '''
 
-SCRIPT = COMMON + r'''
+SCRIPT = (
+    COMMON
+    + r"""
 import json, sys
 from pathlib import Path
 from safetensors.torch import save_file
@@ -286,7 +289,8 @@ def main():
 
 
 main()
-'''
+"""
+)
 
 
 def free_port() -> int:
@@ -302,9 +306,17 @@ def launched(tmp_path_factory):
     script = out / "script.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-               "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-               str(script), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
@@ -318,9 +330,13 @@ def single_process(accumulation: int) -> tuple[nn.Module, SupervisedTrainer, dic
     torch.set_num_threads(1)
     try:
         model, optimizer, scheduler = namespace["build"]()
-        trainer = SupervisedTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
-                                    gradient_accumulation_steps=accumulation,
-                                    scheduler=scheduler)
+        trainer = SupervisedTrainer(
+            optimizer,
+            batch_size=2 * BATCH,
+            epochs=EPOCHS,
+            gradient_accumulation_steps=accumulation,
+            scheduler=scheduler,
+        )
         x, y = namespace["data"]()
         trainer.train(model, x, y, nn.MSELoss())
     finally:
@@ -373,9 +389,15 @@ def test_recurrent_trainer_two_processes_equal_one_with_twice_the_batch(launched
     torch.set_num_threads(1)
     try:
         model, optimizer, scheduler = namespace["build_recurrent"]()
-        trainer = descent.RecurrentTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
-                                           bptt_steps=4, gradient_accumulation_steps=2,
-                                           step_every="sequence", scheduler=scheduler)
+        trainer = descent.RecurrentTrainer(
+            optimizer,
+            batch_size=2 * BATCH,
+            epochs=EPOCHS,
+            bptt_steps=4,
+            gradient_accumulation_steps=2,
+            step_every="sequence",
+            scheduler=scheduler,
+        )
         x, y = namespace["sequences"]()
         trainer.train(model, x, y, nn.MSELoss())
     finally:
@@ -403,8 +425,13 @@ def test_uneven_micro_batches_on_two_processes_equal_one_with_the_combined_batch
     namespace: dict = {}
     exec(COMMON, namespace)
     model, optimizer, scheduler = namespace["build"]()
-    trainer = SupervisedTrainer(optimizer, batch_size=2 * BATCH, epochs=EPOCHS,
-                                gradient_accumulation_steps=3, scheduler=scheduler)
+    trainer = SupervisedTrainer(
+        optimizer,
+        batch_size=2 * BATCH,
+        epochs=EPOCHS,
+        gradient_accumulation_steps=3,
+        scheduler=scheduler,
+    )
     history = trainer.train(model, *namespace["uneven_data"](), nn.MSELoss())
     final = load_file(launched / "uneven.safetensors")
     assert max_relative_difference(final, model.state_dict()) <= 1e-12
@@ -420,16 +447,22 @@ def test_token_counts_are_summed_over_the_ranks(launched):
     namespace: dict = {}
     exec(COMMON, namespace)
     model, optimizer = namespace["build_tokens"]()
-    trainer = SupervisedTrainer(optimizer, batch_size=6, epochs=EPOCHS,
-                                gradient_accumulation_steps=2, normalize_by="targets")
-    history = trainer.train(model, *namespace["padded_tokens"](),
-                            nn.CrossEntropyLoss(ignore_index=-100))
+    trainer = SupervisedTrainer(
+        optimizer,
+        batch_size=6,
+        epochs=EPOCHS,
+        gradient_accumulation_steps=2,
+        normalize_by="targets",
+    )
+    history = trainer.train(
+        model, *namespace["padded_tokens"](), nn.CrossEntropyLoss(ignore_index=-100)
+    )
     final = load_file(launched / "tokens.safetensors")
     assert max_relative_difference(final, model.state_dict()) <= 1e-12
     assert max_relative_difference(final, namespace["build_tokens"]()[0].state_dict()) > 1e-2
     report = json.loads((launched / "tokens.json").read_text())
     assert report["loss"] == pytest.approx(history["loss"], rel=1e-12)
-    assert report["tokens"][0] != report["tokens"][1]   # the ranks' counts differ
+    assert report["tokens"][0] != report["tokens"][1]  # the ranks' counts differ
 
 
 def test_adversarial_trainer_resumes_exactly_across_processes(launched):
@@ -462,9 +495,15 @@ def test_interrupted_distributed_run_resumes_exactly(launched, zero):
 def test_a_checkpoint_of_two_processes_does_not_resume_in_one(launched, tmp_path):
     _, _, namespace = single_process(1)
     model, optimizer, scheduler = namespace["build"]()
-    trainer = SupervisedTrainer(optimizer, batch_size=BATCH, epochs=EPOCHS,
-                                gradient_accumulation_steps=3, scheduler=scheduler,
-                                checkpoint_dir=launched / "ckpt-False", checkpoint_every=2)
+    trainer = SupervisedTrainer(
+        optimizer,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        gradient_accumulation_steps=3,
+        scheduler=scheduler,
+        checkpoint_dir=launched / "ckpt-False",
+        checkpoint_every=2,
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = namespace["data"]()
     with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1"):
@@ -479,17 +518,30 @@ def test_the_readme_example_runs_under_torchrun(tmp_path):
     pytest.importorskip("sklearn")
     example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "train_ddp.py"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", str(example), "--epochs", "2", "--zero",
-               "--checkpoint-dir", str(tmp_path / "ckpt")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
-                          cwd=tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(example),
+        "--epochs",
+        "2",
+        "--zero",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     reports = [line for line in done.stdout.splitlines() if "validation accuracy" in line]
     assert len(reports) == 1 and reports[0].startswith("2 process(es)")
     assert "after 2 epochs, 46 optimizer steps" in reports[0]
-    assert [r.step for r in descent.checkpoint.CheckpointManager(tmp_path / "ckpt").records()] \
-        == [40, 46]
+    assert [r.step for r in descent.checkpoint.CheckpointManager(tmp_path / "ckpt").records()] == [
+        40,
+        46,
+    ]
 
 
 @pytest.mark.parametrize("kind", ["tensors", "dataset"])
@@ -506,8 +558,16 @@ def test_rank_shards_make_up_the_single_process_batches(kind, shuffle):
     targets = None if kind == "dataset" else y
 
     def batches(batch_size: int, replicas: int, rank: int) -> list[list[int]]:
-        made = make_batches("test", source, targets, batch_size=batch_size, shuffle=shuffle,
-                            seed=4, num_replicas=replicas, rank=rank)
+        made = make_batches(
+            "test",
+            source,
+            targets,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=4,
+            num_replicas=replicas,
+            rank=rank,
+        )
         return [batch[1].tolist() for batch in made.epoch(2)]
 
     single = batches(6, 1, 0)
@@ -515,7 +575,7 @@ def test_rank_shards_make_up_the_single_process_batches(kind, shuffle):
     assert all(len(shard) == 2 for shard in shards)  # ceil(10 / 3) = 4 samples, batches of 2
     for k, whole in enumerate(single):
         together = sorted(index for shard in shards for index in shard[k])
-        expected = sorted(whole + single[0][:6 - len(whole)])  # padded with the first
+        expected = sorted(whole + single[0][: 6 - len(whole)])  # padded with the first
         assert together == expected
 
 
@@ -533,8 +593,9 @@ def test_in_one_process_zero_redundancy_changes_nothing():
         namespace: dict = {}
         exec(COMMON, namespace)
         model, optimizer, scheduler = namespace["build"]()
-        trainer = SupervisedTrainer(optimizer, batch_size=8, epochs=1, scheduler=scheduler,
-                                    zero_redundancy=zero)
+        trainer = SupervisedTrainer(
+            optimizer, batch_size=8, epochs=1, scheduler=scheduler, zero_redundancy=zero
+        )
         trainer.train(model, *namespace["data"](), nn.MSELoss())
         assert trainer.optimizer is optimizer and trainer.wrap_model(model) is model
         assert trainer.is_main_process

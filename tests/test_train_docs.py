@@ -19,7 +19,7 @@ def training_blocks() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def in_tmp_path_on_one_thread(tmp_path, monkeypatch, one_thread):
-    monkeypatch.chdir(tmp_path)             # examples write their plots and logs here
+    monkeypatch.chdir(tmp_path)  # examples write their plots and logs here
 
 
 def test_the_training_page_has_one_example_per_trainer():
@@ -35,8 +35,9 @@ def test_training_page_example_runs(index, tmp_path, capsys):
         assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["train_supervised", "train_recurrent", "train_adversarial",
-                                  "train_lr_find"])
+@pytest.mark.parametrize(
+    "name", ["train_supervised", "train_recurrent", "train_adversarial", "train_lr_find"]
+)
 def test_docs_example_runs(name, tmp_path, capsys):
     if name in ("train_supervised", "train_lr_find"):
         pytest.importorskip("sklearn")
@@ -57,9 +58,17 @@ def test_docs_example_runs(name, tmp_path, capsys):
         assert "8 of 8 modes covered" in out
 
 
-@pytest.mark.parametrize("module", ["descent.train.data", "descent.train.supervised",
-                                    "descent.train.groups", "descent.train.metrics",
-                                    "descent.data.text", "descent.data.mixture"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "descent.train.data",
+        "descent.train.supervised",
+        "descent.train.groups",
+        "descent.train.metrics",
+        "descent.data.text",
+        "descent.data.mixture",
+    ],
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib

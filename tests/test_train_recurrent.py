@@ -76,15 +76,22 @@ def assert_close_lists(a, b, rel=1e-12):
 
 @pytest.mark.parametrize("k", [1, 3, 4, 10, None])
 def test_tbptt_gradients_match_an_unrolled_reference(float64, k):
-    x, y = sequences(length=10)           # k=3: chunks of 3, 3, 3 and a last one of 1
+    x, y = sequences(length=10)  # k=3: chunks of 3, 3, 3 and a last one of 1
     model = Elman()
     grab = GrabGradients()
-    RecurrentTrainer(descent.SGD(model, lr=0.0), batch_size=4, epochs=1, bptt_steps=k,
-                     step_every="sequence", shuffle=False, callbacks=[grab]).train(
-        model, x, y, nn.MSELoss())
+    RecurrentTrainer(
+        descent.SGD(model, lr=0.0),
+        batch_size=4,
+        epochs=1,
+        bptt_steps=k,
+        step_every="sequence",
+        shuffle=False,
+        callbacks=[grab],
+    ).train(model, x, y, nn.MSELoss())
     assert len(grab.grads) == 1
-    assert_close_lists(grab.grads[0], reference_grads(model, unrolled_truncated_loss(
-        model, x, y, k)))
+    assert_close_lists(
+        grab.grads[0], reference_grads(model, unrolled_truncated_loss(model, x, y, k))
+    )
 
 
 def test_truncation_changes_the_gradient(float64):
@@ -99,12 +106,13 @@ def test_truncation_changes_the_gradient(float64):
 def test_step_per_chunk_matches_a_manual_sgd_loop(float64):
     x, y = sequences(n=6, length=7)
     model, reference = Elman(), Elman()
-    RecurrentTrainer(descent.SGD(model, lr=0.1), batch_size=3, epochs=1, bptt_steps=3,
-                     shuffle=False).train(model, x, y, nn.MSELoss())
+    RecurrentTrainer(
+        descent.SGD(model, lr=0.1), batch_size=3, epochs=1, bptt_steps=3, shuffle=False
+    ).train(model, x, y, nn.MSELoss())
     params = list(reference.parameters())
     for rows in (slice(0, 3), slice(3, 6)):
         hidden = None
-        for start in (0, 3, 6):                        # chunks of 3, 3, 1
+        for start in (0, 3, 6):  # chunks of 3, 3, 1
             stop = min(start + 3, 7)
             out, hidden = reference(x[rows, start:stop], hidden)
             loss = ((out - y[rows, start:stop]) ** 2).mean()
@@ -119,11 +127,23 @@ def test_step_per_chunk_matches_a_manual_sgd_loop(float64):
 def test_chunk_windows_of_a_whole_sequence_equal_one_step_per_sequence(float64):
     x, y = sequences(n=4, length=12)
     a, b = Elman(), Elman()
-    ta = RecurrentTrainer(descent.Adam(a, lr=1e-2), batch_size=2, epochs=2, bptt_steps=3,
-                          gradient_accumulation_steps=4, seed=1)
+    ta = RecurrentTrainer(
+        descent.Adam(a, lr=1e-2),
+        batch_size=2,
+        epochs=2,
+        bptt_steps=3,
+        gradient_accumulation_steps=4,
+        seed=1,
+    )
     ta.train(a, x, y, nn.MSELoss())
-    tb = RecurrentTrainer(descent.Adam(b, lr=1e-2), batch_size=2, epochs=2, bptt_steps=3,
-                          step_every="sequence", seed=1)
+    tb = RecurrentTrainer(
+        descent.Adam(b, lr=1e-2),
+        batch_size=2,
+        epochs=2,
+        bptt_steps=3,
+        step_every="sequence",
+        seed=1,
+    )
     tb.train(b, x, y, nn.MSELoss())
     assert ta.state.step == tb.state.step == 4
     assert_close_lists(list(a.parameters()), list(b.parameters()))
@@ -132,10 +152,15 @@ def test_chunk_windows_of_a_whole_sequence_equal_one_step_per_sequence(float64):
 def test_chunk_windows_end_with_the_sequence():
     x, y = sequences(n=2, length=10)
     model = Elman()
-    trainer = RecurrentTrainer(descent.SGD(model, lr=0.01), batch_size=1, epochs=1,
-                               bptt_steps=3, gradient_accumulation_steps=3)
+    trainer = RecurrentTrainer(
+        descent.SGD(model, lr=0.01),
+        batch_size=1,
+        epochs=1,
+        bptt_steps=3,
+        gradient_accumulation_steps=3,
+    )
     trainer.train(model, x, y, nn.MSELoss())
-    assert trainer.state.step == 4           # per sequence: windows of chunks (3, 3, 3) + (1)
+    assert trainer.state.step == 4  # per sequence: windows of chunks (3, 3, 3) + (1)
 
 
 def test_lstm_hidden_tuples_are_carried_and_detached():
@@ -151,8 +176,9 @@ def test_lstm_hidden_tuples_are_carried_and_detached():
 
     x, y = sequences(n=8, length=9)
     model = LSTMModel()
-    history = RecurrentTrainer(descent.Adam(model, lr=1e-2), batch_size=4, epochs=3,
-                               bptt_steps=4, clip_grad_norm=1.0).train(model, x, y, nn.MSELoss())
+    history = RecurrentTrainer(
+        descent.Adam(model, lr=1e-2), batch_size=4, epochs=3, bptt_steps=4, clip_grad_norm=1.0
+    ).train(model, x, y, nn.MSELoss())
     assert len(history["loss"]) == 3
     assert len(history.steps["grad_norm"]) == 3 * 2 * 3
 
@@ -174,10 +200,16 @@ def test_character_model_beats_the_unigram_baseline_on_held_out_text():
             return self.head(out), hidden
 
     model = CharRNN()
-    trainer = RecurrentTrainer(descent.Adam(model, lr=1e-2), batch_size=16, epochs=6,
-                               bptt_steps=16, clip_grad_norm=1.0, metrics=["accuracy"])
+    trainer = RecurrentTrainer(
+        descent.Adam(model, lr=1e-2),
+        batch_size=16,
+        epochs=6,
+        bptt_steps=16,
+        clip_grad_norm=1.0,
+        metrics=["accuracy"],
+    )
     history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.1)
-    baseline = unigram_entropy(text)                        # 3.26 nats per character
+    baseline = unigram_entropy(text)  # 3.26 nats per character
     assert history["val_loss"][-1] < 0.75 * baseline, (history["val_loss"], baseline)
     assert history["loss"][-1] < 0.7 * baseline
     assert history["val_accuracy"][-1] > 0.3
@@ -193,7 +225,8 @@ def test_contract_and_shape_errors_are_clear():
 
     def train(model, x, y):
         RecurrentTrainer(descent.SGD(model, lr=0.1), batch_size=2, bptt_steps=3).train(
-            model, x, y, nn.MSELoss())
+            model, x, y, nn.MSELoss()
+        )
 
     with pytest.raises(TypeError, match=r"model\(x_chunk, hidden\) -> \(y_chunk, hidden\)"):
         train(OutputOnly(), x, y)
@@ -226,5 +259,6 @@ def test_recurrent_extension_points_are_called():
     x, y = sequences(n=4, length=10)
     model = Elman()
     Hooked(descent.SGD(model, lr=0.1), batch_size=2, epochs=1, bptt_steps=4).train(
-        model, x, y, nn.MSELoss())
+        model, x, y, nn.MSELoss()
+    )
     assert calls == {"initial_hidden": 2, "forward_chunk": 6, "compute_loss": 6}

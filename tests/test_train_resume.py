@@ -53,9 +53,15 @@ def test_supervised_resume_mid_epoch_is_exact():
     x, y = torch.randn(90, 5, generator=generator), torch.randint(0, 3, (90,), generator=generator)
 
     def trainer_for(optimizer, scheduler, callbacks=()):
-        return SupervisedTrainer(optimizer, batch_size=8, epochs=3, gradient_accumulation_steps=3,
-                                 scheduler=scheduler, metrics=["accuracy"],
-                                 callbacks=[EarlyStopping("loss", patience=10), *callbacks])
+        return SupervisedTrainer(
+            optimizer,
+            batch_size=8,
+            epochs=3,
+            gradient_accumulation_steps=3,
+            scheduler=scheduler,
+            metrics=["accuracy"],
+            callbacks=[EarlyStopping("loss", patience=10), *callbacks],
+        )
 
     model, optimizer, scheduler = supervised_setup()
     trainer_for(optimizer, scheduler).train(model, x, y, nn.CrossEntropyLoss())
@@ -69,7 +75,7 @@ def test_supervised_resume_mid_epoch_is_exact():
     saved_model = copy.deepcopy(model.state_dict())
     saved = copy.deepcopy(stopped.state_dict())
 
-    model, optimizer, scheduler = supervised_setup(seed=5)      # different weights: overwritten
+    model, optimizer, scheduler = supervised_setup(seed=5)  # different weights: overwritten
     model.load_state_dict(saved_model)
     resumed = trainer_for(optimizer, scheduler, [StopAfter(epoch=99, batch=0)])
     resumed.load_state_dict(saved)
@@ -95,11 +101,16 @@ def test_recurrent_resume_mid_epoch_is_exact():
         torch.manual_seed(seed)
         model = Model()
         optimizer = descent.RMSprop(model, lr=1e-2)
-        trainer = RecurrentTrainer(optimizer, batch_size=2, epochs=2, bptt_steps=4,
-                                   gradient_accumulation_steps=2, clip_grad_norm=1.0,
-                                   scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer,
-                                                                                    0.99),
-                                   callbacks=[StopAfter(epoch=1, batch=2)])
+        trainer = RecurrentTrainer(
+            optimizer,
+            batch_size=2,
+            epochs=2,
+            bptt_steps=4,
+            gradient_accumulation_steps=2,
+            clip_grad_norm=1.0,
+            scheduler=torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.99),
+            callbacks=[StopAfter(epoch=1, batch=2)],
+        )
         return model, trainer
 
     model, trainer = setup()
@@ -127,10 +138,19 @@ def test_adversarial_resume_mid_epoch_is_exact():
         g = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
         d = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
         g_opt, d_opt = descent.Adam(g, lr=1e-3), descent.Adam(d, lr=1e-3)
-        trainer = AdversarialTrainer(g, d, g_opt, d_opt, latent_dim=4, batch_size=32, epochs=3,
-                                     n_critic=3, loss="wgan-gp",
-                                     d_scheduler=torch.optim.lr_scheduler.StepLR(d_opt, 5),
-                                     callbacks=[StopAfter(epoch=1, batch=5)])
+        trainer = AdversarialTrainer(
+            g,
+            d,
+            g_opt,
+            d_opt,
+            latent_dim=4,
+            batch_size=32,
+            epochs=3,
+            n_critic=3,
+            loss="wgan-gp",
+            d_scheduler=torch.optim.lr_scheduler.StepLR(d_opt, 5),
+            callbacks=[StopAfter(epoch=1, batch=5)],
+        )
         return g, d, trainer
 
     g, d, trainer = setup()
@@ -141,7 +161,7 @@ def test_adversarial_resume_mid_epoch_is_exact():
     g, d, trainer = setup()
     with pytest.raises(KeyboardInterrupt):
         trainer.train(real)
-    assert trainer.state.critic_steps == 16 % 3   # the critic count carries across epochs
+    assert trainer.state.critic_steps == 16 % 3  # the critic count carries across epochs
     saved_g, saved_d = copy.deepcopy(g.state_dict()), copy.deepcopy(d.state_dict())
     saved = copy.deepcopy(trainer.state_dict())
     g, d, trainer = setup(seed=4)

@@ -35,12 +35,14 @@ def test_lr_find_sweeps_smooths_stops_and_suggests_by_its_rule(tmp_path):
     x, y = data()
     model, optimizer, scheduler = build()
     trainer = SupervisedTrainer(optimizer, batch_size=16, scheduler=scheduler)
-    result = lr_find(trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=100.0,
-                     steps=60)
+    result = lr_find(
+        trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=100.0, steps=60
+    )
     n = len(result.losses)
     assert 10 < n < 60 and result.stopped.startswith("diverged at lr")
     # the planned exponential sweep, from start_lr, 60 steps to end_lr
     assert result.lrs == pytest.approx([1e-5 * 1e7 ** (i / 59) for i in range(n)], rel=1e-9)
+
     # the stop: the bias-corrected running mean (beta 0.9) passed 4 x its lowest, and only
     # at the last step
     def running_mean(values):
@@ -52,16 +54,18 @@ def test_lr_find_sweeps_smooths_stops_and_suggests_by_its_rule(tmp_path):
 
     running = running_mean(result.losses)
     assert running[-1] > 4 * min(running)
-    assert all(running[i] <= 4 * min(running[:i + 1]) for i in range(n - 1))
+    assert all(running[i] <= 4 * min(running[: i + 1]) for i in range(n - 1))
     # the curve: a centred mean over the 11 steps around each (fewer at the ends)
-    smoothed = [sum(result.losses[max(0, i - 5):i + 6]) / (min(n, i + 6) - max(0, i - 5))
-                for i in range(n)]
+    smoothed = [
+        sum(result.losses[max(0, i - 5) : i + 6]) / (min(n, i + 6) - max(0, i - 5))
+        for i in range(n)
+    ]
     assert result.smoothed == pytest.approx(smoothed, rel=1e-12)
     lowest = min(range(n), key=smoothed.__getitem__)
     assert result.suggestion == pytest.approx(result.lrs[lowest] / 10)
     assert result.rule == "a tenth of the learning rate at which the smoothed loss was lowest"
     assert result.steepest is not None and result.steepest < result.lrs[lowest]
-    assert result.losses[0] > min(result.losses)                  # the loss fell first
+    assert result.losses[0] > min(result.losses)  # the loss fell first
     figure = result.plot(tmp_path / "lr.png")
     assert (tmp_path / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert figure.axes[0].get_xscale() == "log" and len(figure.axes[0].lines) >= 2
@@ -75,10 +79,16 @@ def test_lr_find_restores_everything_so_training_is_unchanged(tmp_path):
     results = []
     for sweep in (False, True):
         model, optimizer, scheduler = build()
-        trainer = SupervisedTrainer(optimizer, batch_size=16, epochs=2, scheduler=scheduler,
-                                    gradient_accumulation_steps=2, clip_grad_norm=1.0,
-                                    callbacks=[CSVLogger(tmp_path / f"log-{sweep}.csv")],
-                                    checkpoint_dir=tmp_path / f"ckpt-{sweep}")
+        trainer = SupervisedTrainer(
+            optimizer,
+            batch_size=16,
+            epochs=2,
+            scheduler=scheduler,
+            gradient_accumulation_steps=2,
+            clip_grad_norm=1.0,
+            callbacks=[CSVLogger(tmp_path / f"log-{sweep}.csv")],
+            checkpoint_dir=tmp_path / f"ckpt-{sweep}",
+        )
         trainer.train(model, x, y, nn.CrossEntropyLoss(), epochs=1)
         torch.manual_seed(7)
         if sweep:
@@ -86,13 +96,20 @@ def test_lr_find_restores_everything_so_training_is_unchanged(tmp_path):
             lr_find(trainer, model, x, y, nn.CrossEntropyLoss(), steps=30)
             assert trainer.state_dict()["loop"] == before["loop"]
             assert trainer.history.state_dict() == before["history"]
-            assert optimizer.param_groups[0]["lr"] == before["optimizers"]["optimizer"][
-                "param_groups"][0]["lr"]
+            assert (
+                optimizer.param_groups[0]["lr"]
+                == before["optimizers"]["optimizer"]["param_groups"][0]["lr"]
+            )
             assert scheduler.last_epoch == before["schedulers"]["optimizer"]["last_epoch"]
         trainer.train(model, x, y, nn.CrossEntropyLoss(), epochs=1)
         steps = sorted(p.name for p in (tmp_path / f"ckpt-{sweep}").iterdir())
-        results.append(([p.detach().clone() for p in model.parameters()], steps,
-                        (tmp_path / f"log-{sweep}.csv").read_text()))
+        results.append(
+            (
+                [p.detach().clone() for p in model.parameters()],
+                steps,
+                (tmp_path / f"log-{sweep}.csv").read_text(),
+            )
+        )
     (plain, plain_steps, plain_log), (swept, swept_steps, swept_log) = results
     assert all(torch.equal(p, q) for p, q in zip(plain, swept, strict=True))
     assert plain_steps == swept_steps and plain_log == swept_log
@@ -102,8 +119,13 @@ def test_lr_find_keeps_param_group_ratios_and_stops_on_nonfinite_loss():
     x, y = data(64)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    optimizer = descent.SGD([{"params": model[0].parameters(), "lr": 1.0},
-                             {"params": model[2].parameters(), "lr": 0.1}], lr=1.0)
+    optimizer = descent.SGD(
+        [
+            {"params": model[0].parameters(), "lr": 1.0},
+            {"params": model[2].parameters(), "lr": 0.1},
+        ],
+        lr=1.0,
+    )
     rates = []
 
     class Spy(SupervisedTrainer):
@@ -113,21 +135,33 @@ def test_lr_find_keeps_param_group_ratios_and_stops_on_nonfinite_loss():
             return stepped
 
     trainer = Spy(optimizer, batch_size=8)
-    result = lr_find(trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=1e12,
-                     steps=40, diverge=math.inf)
+    result = lr_find(
+        trainer,
+        model,
+        x,
+        y,
+        nn.CrossEntropyLoss(),
+        start_lr=1e-3,
+        end_lr=1e12,
+        steps=40,
+        diverge=math.inf,
+    )
     assert result.stopped.startswith("non-finite loss or gradient at lr")
     assert all(second == pytest.approx(first / 10) for first, second in rates[:-1])
     assert [group["lr"] for group in optimizer.param_groups] == [1.0, 0.1]
     assert all(math.isfinite(loss) for loss in result.losses)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"start_lr": 0.0}, "start_lr=0.0; expected a finite number > 0"),
-    ({"start_lr": 1.0, "end_lr": 0.1}, "expected start_lr < end_lr"),
-    ({"steps": 1}, "steps=1; expected at least 2"),
-    ({"smoothing": 1.0}, r"smoothing=1\.0; expected a number in \[0, 1\)"),
-    ({"diverge": 1.0}, "diverge=1.0; expected a number > 1"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"start_lr": 0.0}, "start_lr=0.0; expected a finite number > 0"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, "expected start_lr < end_lr"),
+        ({"steps": 1}, "steps=1; expected at least 2"),
+        ({"smoothing": 1.0}, r"smoothing=1\.0; expected a number in \[0, 1\)"),
+        ({"diverge": 1.0}, "diverge=1.0; expected a number > 1"),
+    ],
+)
 def test_lr_find_refuses_bad_arguments(options, message):
     model, optimizer, _ = build()
     trainer = SupervisedTrainer(optimizer)
@@ -139,9 +173,14 @@ def test_lr_find_refuses_bad_arguments(options, message):
 
 def test_lr_find_plot_into_a_subfigure_saves_and_returns_the_whole_figure(tmp_path):
     figure_module = pytest.importorskip("matplotlib.figure")
-    result = LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2.0, 1.5, 1.0, 3.0],
-                            smoothed=[1.9, 1.5, 1.2, 2.5], suggestion=1e-3, steepest=1e-3,
-                            stopped="diverged")
+    result = LRFinderResult(
+        lrs=[1e-4, 1e-3, 1e-2, 1e-1],
+        losses=[2.0, 1.5, 1.0, 3.0],
+        smoothed=[1.9, 1.5, 1.2, 2.5],
+        suggestion=1e-3,
+        steepest=1e-3,
+        stopped="diverged",
+    )
     whole = figure_module.Figure()
     left, _ = whole.subfigures(1, 2)
     axis = left.add_subplot()
@@ -155,7 +194,7 @@ def test_lr_find_demo_runs_on_the_bundled_text(tmp_path):
     pytest.importorskip("matplotlib")
     result = lr_find_demo(steps=12, path=tmp_path / "demo.png")
     assert isinstance(result, LRFinderResult) and len(result.losses) == 12
-    assert result.losses[0] == pytest.approx(math.log(58), rel=0.05)   # uniform over 58 chars
+    assert result.losses[0] == pytest.approx(math.log(58), rel=0.05)  # uniform over 58 chars
     assert (tmp_path / "demo.png").exists()
 
 
@@ -184,11 +223,19 @@ def test_param_groups_exempt_biases_norms_and_embeddings(capsys):
     groups = descent.param_groups(model, weight_decay=0.1)
     assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
     assert groups[0]["param_names"] == ["pos_embed", "conv.weight", "head.weight"]
-    assert groups[1]["param_names"] == ["embed.weight", "conv.bias", "norm.weight", "norm.bias",
-                                        "bn.weight", "bn.bias", "head.bias"]
+    assert groups[1]["param_names"] == [
+        "embed.weight",
+        "conv.bias",
+        "norm.weight",
+        "norm.bias",
+        "bn.weight",
+        "bn.bias",
+        "head.bias",
+    ]
     named = dict(model.named_parameters())
-    assert all(p is named[n] for g in groups for p, n in zip(g["params"], g["param_names"],
-                                                             strict=True))
+    assert all(
+        p is named[n] for g in groups for p, n in zip(g["params"], g["param_names"], strict=True)
+    )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("weight_decay=0.1: 3 tensors, 80 values: pos_embed")
     assert printed[1].startswith("weight_decay=0: 7 tensors, 63 values: embed.weight")
@@ -196,10 +243,21 @@ def test_param_groups_exempt_biases_norms_and_embeddings(capsys):
 
 def test_param_groups_overrides_by_pattern_and_type():
     model = Net()
-    groups = descent.param_groups(model, 0.05, no_decay=["*bias", "pos_embed", nn.LayerNorm],
-                                  decay=["norm.weight"], verbose=False, lr=3e-4)
-    assert groups[1]["param_names"] == ["pos_embed", "conv.bias", "norm.bias", "bn.bias",
-                                        "head.bias"]
+    groups = descent.param_groups(
+        model,
+        0.05,
+        no_decay=["*bias", "pos_embed", nn.LayerNorm],
+        decay=["norm.weight"],
+        verbose=False,
+        lr=3e-4,
+    )
+    assert groups[1]["param_names"] == [
+        "pos_embed",
+        "conv.bias",
+        "norm.bias",
+        "bn.bias",
+        "head.bias",
+    ]
     assert all(group["lr"] == 3e-4 for group in groups)
     model.head.weight.requires_grad_(False)
     frozen = descent.param_groups(model, 0.05, verbose=False)
@@ -213,8 +271,9 @@ def test_param_groups_train_like_hand_made_groups():
     optimizer = descent.AdamW(descent.param_groups(model, 0.5, verbose=False), lr=0.1)
     decayed = [reference.conv.weight, reference.head.weight, reference.pos_embed]
     rest = [p for p in reference.parameters() if all(p is not q for q in decayed)]
-    torch_optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.5},
-                                         {"params": rest, "weight_decay": 0.0}], lr=0.1)
+    torch_optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.5}, {"params": rest, "weight_decay": 0.0}], lr=0.1
+    )
     for net, opt in ((model, optimizer), (reference, torch_optimizer)):
         for _ in range(3):
             net(tokens).square().sum().backward()

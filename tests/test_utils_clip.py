@@ -14,8 +14,9 @@ import descent
 from descent.utils import clip_grad_norm, clip_grad_value
 
 
-def params_with_grads(scale: float, dtype: torch.dtype = torch.float64,
-                      seed: int = 0) -> list[nn.Parameter]:
+def params_with_grads(
+    scale: float, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> list[nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
     shapes = [(4, 3), (3,), (2, 2, 2)]
     params = [nn.Parameter(torch.zeros(shape, dtype=dtype)) for shape in shapes]
@@ -34,8 +35,7 @@ def twin(params: list[nn.Parameter]) -> list[nn.Parameter]:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
 @pytest.mark.parametrize("scale", [0.01, 10.0], ids=["small", "large"])
-def test_clip_grad_norm_matches_torch(norm_type: float, scale: float,
-                                      dtype: torch.dtype) -> None:
+def test_clip_grad_norm_matches_torch(norm_type: float, scale: float, dtype: torch.dtype) -> None:
     ours = params_with_grads(scale, dtype)
     reference = twin(ours)
     norm = clip_grad_norm(ours, max_norm=1.0, norm_type=norm_type)
@@ -46,10 +46,14 @@ def test_clip_grad_norm_matches_torch(norm_type: float, scale: float,
 
 
 def test_clip_grad_norm_closed_form() -> None:
-    a, b = nn.Parameter(torch.zeros(2, dtype=torch.float64)), nn.Parameter(torch.zeros(
-        1, dtype=torch.float64))
-    a.grad, b.grad = torch.tensor([3.0, 0.0], dtype=torch.float64), torch.tensor(
-        [4.0], dtype=torch.float64)
+    a, b = (
+        nn.Parameter(torch.zeros(2, dtype=torch.float64)),
+        nn.Parameter(torch.zeros(1, dtype=torch.float64)),
+    )
+    a.grad, b.grad = (
+        torch.tensor([3.0, 0.0], dtype=torch.float64),
+        torch.tensor([4.0], dtype=torch.float64),
+    )
     norm = clip_grad_norm([a, b], max_norm=2.0)
     assert norm.item() == 5.0
     scale = 2.0 / (5.0 + 1e-6)
@@ -71,20 +75,23 @@ def test_every_parameter_form_and_per_group_norms() -> None:
         for p, g in zip(model.parameters(), saved, strict=True):
             p.grad = g.clone()
 
-    opt = descent.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters()}],
-                      lr=0.1)
+    opt = descent.SGD(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=0.1
+    )
     expected = torch.linalg.vector_norm(torch.cat([g.flatten() for g in saved]))
     for form in (model, model.parameters(), model.named_parameters(), opt, opt.param_groups):
         reset()
         torch.testing.assert_close(clip_grad_norm(form, max_norm=1e9), expected)
     reset()
     norms = clip_grad_norm(opt, max_norm=0.5, per_group=True)
-    group_norms = [torch.linalg.vector_norm(torch.cat([g.flatten() for g in saved[i:i + 2]]))
-                   for i in (0, 2)]
+    group_norms = [
+        torch.linalg.vector_norm(torch.cat([g.flatten() for g in saved[i : i + 2]])) for i in (0, 2)
+    ]
     torch.testing.assert_close(norms, torch.stack(group_norms))
     for i in (0, 2):
-        clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in
-                                                      list(model.parameters())[i:i + 2]]))
+        clipped = torch.linalg.vector_norm(
+            torch.cat([p.grad.flatten() for p in list(model.parameters())[i : i + 2]])
+        )
         assert clipped.item() == pytest.approx(0.5, rel=1e-5)
 
 
@@ -141,8 +148,9 @@ def test_nonfinite_skip_zero_and_propagate() -> None:
 def test_per_group_policies_act_per_group() -> None:
     good, bad = params_with_grads(1.0, seed=1), bad_params()
     saved = [p.grad.clone() for p in good]
-    norms = clip_grad_norm([{"params": good}, {"params": bad}], max_norm=1e9,
-                           nonfinite="skip", per_group=True)
+    norms = clip_grad_norm(
+        [{"params": good}, {"params": bad}], max_norm=1e9, nonfinite="skip", per_group=True
+    )
     assert torch.isfinite(norms[0]) and not torch.isfinite(norms[1])
     assert all(torch.equal(p.grad, g) for p, g in zip(good, saved, strict=True))
     assert all(p.grad is None for p in bad)
@@ -169,8 +177,11 @@ def test_bad_arguments_are_refused() -> None:
         (lambda: clip_grad_norm(params, math.nan), ValueError, r"max_norm=nan"),
         (lambda: clip_grad_norm(params, "1"), ValueError, r"max_norm='1'"),
         (lambda: clip_grad_norm(params, 1.0, norm_type=0), ValueError, r"norm_type=0"),
-        (lambda: clip_grad_norm(params, 1.0, nonfinite="ignore"), ValueError,
-         r"nonfinite='ignore' is invalid; expected one of \('error'"),
+        (
+            lambda: clip_grad_norm(params, 1.0, nonfinite="ignore"),
+            ValueError,
+            r"nonfinite='ignore' is invalid; expected one of \('error'",
+        ),
         (lambda: clip_grad_norm(params, 1.0, per_group=1), TypeError, r"per_group=1"),
         (lambda: clip_grad_norm({"a": params[0]}, 1.0), TypeError, r"has type dict"),
         (lambda: clip_grad_norm([1.0], 1.0), TypeError, r"parameters\[0\] has type float"),
@@ -193,12 +204,16 @@ def test_bad_arguments_are_refused() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1,
-                       max_size=4),
-       log_scale=st.floats(-4, 4), max_norm=st.floats(1e-3, 1e3),
-       norm_type=st.sampled_from([1.0, 2.0, 3.0, math.inf]), seed=st.integers(0, 2**16))
-def test_clipping_property_against_torch(shapes: list[list[int]], log_scale: float,
-                                         max_norm: float, norm_type: float, seed: int) -> None:
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4),
+    log_scale=st.floats(-4, 4),
+    max_norm=st.floats(1e-3, 1e3),
+    norm_type=st.sampled_from([1.0, 2.0, 3.0, math.inf]),
+    seed=st.integers(0, 2**16),
+)
+def test_clipping_property_against_torch(
+    shapes: list[list[int]], log_scale: float, max_norm: float, norm_type: float, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     ours = []
     for shape in shapes:
@@ -211,8 +226,9 @@ def test_clipping_property_against_torch(shapes: list[list[int]], log_scale: flo
     torch.testing.assert_close(norm, expected, rtol=1e-12, atol=0)
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
-    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad, norm_type)
-                                                  for p in ours]), norm_type)
+    after = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad, norm_type) for p in ours]), norm_type
+    )
     assert after <= min(norm.item(), max_norm) * (1 + 1e-9)
 
 
@@ -236,6 +252,9 @@ def test_clipping_an_optimizer_over_numpy_modules_clips_their_arrays() -> None:
     opt.step()
     np.testing.assert_allclose(layer.w, [-0.6, -0.8], rtol=1e-6)
     layer.dw = np.array([3.0, 4.0], dtype=np.float32)
-    with pytest.raises(ValueError, match=r"grads\(\)\[0\] \(dtype float32.*cannot be changed "
-                                         r"in place"):
+    with pytest.raises(
+        ValueError,
+        match=r"grads\(\)\[0\] \(dtype float32.*cannot be changed "
+        r"in place",
+    ):
         clip_grad_value(opt, 1.0)

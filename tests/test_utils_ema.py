@@ -24,8 +24,9 @@ def test_constant_decay_matches_the_closed_form() -> None:
             param.copy_(value)
         ema.update()
     steps = len(values)
-    expected = decay**steps * initial + sum((1 - decay) * decay ** (steps - t) * values[t - 1]
-                                            for t in range(1, steps + 1))
+    expected = decay**steps * initial + sum(
+        (1 - decay) * decay ** (steps - t) * values[t - 1] for t in range(1, steps + 1)
+    )
     torch.testing.assert_close(ema.averaged()[0], expected, rtol=1e-14, atol=1e-14)
     assert ema.num_updates == steps
 
@@ -135,10 +136,14 @@ def test_state_dict_round_trip_and_validation() -> None:
     before = [a.clone() for a in target.averaged()]
     bad_cases = [
         ({**saved, "averages": [saved["averages"][0]]}, r"averages \['weight', 'bias'\]"),
-        ({**saved, "averages": [torch.zeros(2, 2), saved["averages"][1]]},
-         r"average of 'weight' has shape \(2, 2\)"),
-        ({**saved, "averages": [saved["averages"][0].double(), saved["averages"][1]]},
-         r"dtype torch\.float64"),
+        (
+            {**saved, "averages": [torch.zeros(2, 2), saved["averages"][1]]},
+            r"average of 'weight' has shape \(2, 2\)",
+        ),
+        (
+            {**saved, "averages": [saved["averages"][0].double(), saved["averages"][1]]},
+            r"dtype torch\.float64",
+        ),
         ({**saved, "num_updates": -1}, r"num_updates=-1"),
         ({**saved, "decay": 2.0}, r"decay=2\.0"),
         ({**saved, "format_version": 9}, r"format_version=9"),

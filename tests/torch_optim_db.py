@@ -69,8 +69,9 @@ def names() -> list[str]:
 def configs(name: str) -> list[Config]:
     """torch's CPU configurations of class ``name`` (without the foreach / fused /
     differentiable implementation flags, which descent's engine decides)."""
-    return [Config(name, entry.desc, entry.kwargs)
-            for entry in _db()[name].optim_inputs_func("cpu")]
+    return [
+        Config(name, entry.desc, entry.kwargs) for entry in _db()[name].optim_inputs_func("cpu")
+    ]
 
 
 def construction_errors(name: str) -> list[ConstructionError]:
@@ -84,8 +85,9 @@ def construction_errors(name: str) -> list[ConstructionError]:
     for entry in info.optim_error_inputs_func("cpu", torch.float32):
         if entry.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
             given = entry.optimizer_error_input
-            found.append(ConstructionError(name, given.desc, given.params, given.kwargs,
-                                           entry.error_type))
+            found.append(
+                ConstructionError(name, given.desc, given.params, given.kwargs, entry.error_type)
+            )
     return found
 
 
@@ -110,8 +112,13 @@ def _model(name: str, dtype: torch.dtype, seed: int = 0) -> nn.Module:
     if name == "SparseAdam":
         return nn.Embedding(20, 4, sparse=True).to(dtype)
     bias = name != "Muon"  # torch's Muon takes matrices only
-    return nn.Sequential(nn.Linear(6, 10, bias=bias), nn.Tanh(), nn.Linear(10, 8, bias=bias),
-                         nn.Tanh(), nn.Linear(8, 3, bias=bias)).to(dtype)
+    return nn.Sequential(
+        nn.Linear(6, 10, bias=bias),
+        nn.Tanh(),
+        nn.Linear(10, 8, bias=bias),
+        nn.Tanh(),
+        nn.Linear(8, 3, bias=bias),
+    ).to(dtype)
 
 
 def _loss(name: str, model: nn.Module, step: int, dtype: torch.dtype) -> torch.Tensor:
@@ -143,8 +150,9 @@ def _relative_difference(a: nn.Module, b: nn.Module) -> float:
     return worst
 
 
-def parity(config: Config, dtype: torch.dtype, mode: str | None = None,
-           steps: int = STEPS) -> tuple[float, float]:
+def parity(
+    config: Config, dtype: torch.dtype, mode: str | None = None, steps: int = STEPS
+) -> tuple[float, float]:
     """Run descent's class and torch's side by side on one configuration, ``steps``
     steps (at most :data:`LBFGS_STEPS` for LBFGS, whose steps run many iterations).
 
@@ -162,6 +170,7 @@ def parity(config: Config, dtype: torch.dtype, mode: str | None = None,
     if name == "LBFGS":
         for _ in range(min(steps, LBFGS_STEPS)):
             for model, optimizer in ((ours, opt), (theirs, ref)):
+
                 def closure(model: nn.Module = model, optimizer: Any = optimizer) -> Any:
                     optimizer.zero_grad()
                     loss = _loss(name, model, 0, dtype)  # one batch: a deterministic problem
@@ -181,5 +190,13 @@ def parity(config: Config, dtype: torch.dtype, mode: str | None = None,
     return worst, _relative_difference(theirs, _model(name, dtype))
 
 
-__all__ = ["TOLERANCE", "Config", "ConstructionError", "configs", "construction_errors",
-           "counterpart", "names", "parity"]
+__all__ = [
+    "TOLERANCE",
+    "Config",
+    "ConstructionError",
+    "configs",
+    "construction_errors",
+    "counterpart",
+    "names",
+    "parity",
+]

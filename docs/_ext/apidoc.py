@@ -34,8 +34,11 @@ bench``, described in the Speed page), not an API, and its internals change with
 
 def is_public(name: str) -> bool:
     parts = name.split(".")
-    return (not any(part.startswith("_") for part in parts) and parts[-1] not in SKIPPED
-            and not any(name == x or name.startswith(x + ".") for x in EXCLUDED))
+    return (
+        not any(part.startswith("_") for part in parts)
+        and parts[-1] not in SKIPPED
+        and not any(name == x or name.startswith(x + ".") for x in EXCLUDED)
+    )
 
 
 @functools.cache
@@ -54,8 +57,13 @@ def _assigned(module_name: str) -> frozenset[str]:
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
-        targets = (node.targets if isinstance(node, ast.Assign)
-                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
         names.update(target.id for target in targets if isinstance(target, ast.Name))
     return frozenset(names)
 
@@ -66,14 +74,18 @@ def _attribute_docs(module_name: str) -> dict[str, str]:
     from sphinx.pycode import ModuleAnalyzer
 
     analyzer = ModuleAnalyzer.for_module(module_name)
-    return {name: "\n".join(lines).strip()
-            for (scope, name), lines in analyzer.find_attr_docs().items() if not scope}
+    return {
+        name: "\n".join(lines).strip()
+        for (scope, name), lines in analyzer.find_attr_docs().items()
+        if not scope
+    }
 
 
 def _is_function(value: Any) -> bool:
     """A function, also behind ``functools`` wrappers such as ``functools.cache``."""
-    return callable(value) and (inspect.isfunction(inspect.unwrap(value))
-                                or inspect.isbuiltin(value))
+    return callable(value) and (
+        inspect.isfunction(inspect.unwrap(value)) or inspect.isbuiltin(value)
+    )
 
 
 def _is_code(value: Any) -> bool:
@@ -96,9 +108,13 @@ def public_names(module_name: str) -> tuple[str, ...]:
     listed = getattr(module, "__all__", None)
     if listed is not None:
         return tuple(listed)
-    return tuple(name for name, value in vars(module).items()
-                 if not name.startswith("_") and _defines(module, name, value)
-                 and (_is_code(value) or name.isupper()))
+    return tuple(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and _defines(module, name, value)
+        and (_is_code(value) or name.isupper())
+    )
 
 
 def _value(module_name: str, name: str) -> Any:
@@ -121,8 +137,11 @@ def home(module_name: str, name: str) -> str:
     # data: the module whose source assigns it, this one's own first, then below it
     ordered = [module_name] + [m for m in candidates if m.startswith(module_name + ".")]
     for candidate in ordered + candidates:
-        if candidate in candidates and name in _assigned(candidate) \
-                and _value(candidate, name) is value:
+        if (
+            candidate in candidates
+            and name in _assigned(candidate)
+            and _value(candidate, name) is value
+        ):
             return candidate
     return module_name
 
@@ -138,8 +157,12 @@ def documentation(module_name: str, name: str) -> str:
 
 def undocumented() -> list[str]:
     """Public names (``module.name``) whose documentation is empty."""
-    return [f"{module}.{name}" for module in public_modules() for name in public_names(module)
-            if not documentation(module, name)]
+    return [
+        f"{module}.{name}"
+        for module in public_modules()
+        for name in public_names(module)
+        if not documentation(module, name)
+    ]
 
 
 @dataclass(frozen=True)
@@ -169,8 +192,11 @@ def entries(module_name: str) -> Iterator[Entry]:
             yield Entry(name, value.__name__, None, module=True)
             continue
         where = home(module_name, name)
-        yield Entry(name, f"{where}.{name}",
-                    _directive(module_name, name, value) if where == module_name else None)
+        yield Entry(
+            name,
+            f"{where}.{name}",
+            _directive(module_name, name, value) if where == module_name else None,
+        )
 
 
 def summary(text: str) -> str:
@@ -178,9 +204,12 @@ def summary(text: str) -> str:
     does not end it), on one line."""
     paragraph = " ".join(inspect.cleandoc(text).split("\n\n", 1)[0].split())
     for index, char in enumerate(paragraph):
-        if (char == "." and paragraph[index + 1:index + 2] in ("", " ")
-                and paragraph[:index].count("``") % 2 == 0):
-            return paragraph[:index + 1]
+        if (
+            char == "."
+            and paragraph[index + 1 : index + 2] in ("", " ")
+            and paragraph[:index].count("``") % 2 == 0
+        ):
+            return paragraph[: index + 1]
     return paragraph
 
 
@@ -194,19 +223,34 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
 def page(module_name: str) -> str:
     """The reStructuredText of ``module_name``'s page."""
     title = f"``{module_name}``"
-    lines = [title, "=" * len(title), "", f".. automodule:: {module_name}", "",
-             ".. currentmodule:: None", ""]
+    lines = [
+        title,
+        "=" * len(title),
+        "",
+        f".. automodule:: {module_name}",
+        "",
+        ".. currentmodule:: None",
+        "",
+    ]
     listed = list(entries(module_name))
     submodules = [m for m in public_modules() if m.rpartition(".")[0] == module_name]
     if submodules:
-        lines += ["**Modules**", ""] + _table([
-            (f":py:mod:`{m}`", summary(importlib.import_module(m).__doc__ or ""))
-            for m in submodules])
+        lines += ["**Modules**", ""] + _table(
+            [
+                (f":py:mod:`{m}`", summary(importlib.import_module(m).__doc__ or ""))
+                for m in submodules
+            ]
+        )
     if listed:
-        lines += ["**Names**", ""] + _table([
-            (f":py:{'mod' if entry.module else 'obj'}:`~{entry.target}`",
-             summary(documentation(module_name, entry.name)))
-            for entry in listed])
+        lines += ["**Names**", ""] + _table(
+            [
+                (
+                    f":py:{'mod' if entry.module else 'obj'}:`~{entry.target}`",
+                    summary(documentation(module_name, entry.name)),
+                )
+                for entry in listed
+            ]
+        )
     for entry in listed:
         if entry.directive is None:
             continue

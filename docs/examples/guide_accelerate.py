@@ -43,19 +43,23 @@ def main(root: Path) -> None:
     accelerator = Accelerator(cpu=True)
     model, optimizer, loader, scheduler = prepared(accelerator, seed=0)
     epoch(accelerator, model, optimizer, loader, scheduler)
-    accelerator.save_state(str(root / "state"))          # model, optimizer, scheduler, RNG
+    accelerator.save_state(str(root / "state"))  # model, optimizer, scheduler, RNG
     loss = epoch(accelerator, model, optimizer, loader, scheduler)
 
-    again = Accelerator(cpu=True)                        # as in a new process
-    resumed = prepared(again, seed=1)                    # other initial weights
+    again = Accelerator(cpu=True)  # as in a new process
+    resumed = prepared(again, seed=1)  # other initial weights
     again.load_state(str(root / "state"))
     resumed_loss = epoch(again, *resumed)
-    difference = max((a - b).abs().max().item() for a, b in
-                     zip(resumed[0].parameters(), model.parameters(), strict=True))
+    difference = max(
+        (a - b).abs().max().item()
+        for a, b in zip(resumed[0].parameters(), model.parameters(), strict=True)
+    )
     if accelerator.is_main_process:
-        print(f"optimizer {type(optimizer.optimizer).__name__} (wrapped by accelerate), "
-              f"lr {optimizer.param_groups[0]['lr']:.2e}, loss {loss:.4f} / resumed "
-              f"{resumed_loss:.4f}")
+        print(
+            f"optimizer {type(optimizer.optimizer).__name__} (wrapped by accelerate), "
+            f"lr {optimizer.param_groups[0]['lr']:.2e}, loss {loss:.4f} / resumed "
+            f"{resumed_loss:.4f}"
+        )
         print(f"resumed vs uninterrupted: largest parameter difference {difference:.1e}")
 
 

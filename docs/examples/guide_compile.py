@@ -27,8 +27,9 @@ def model_and_optimizer() -> tuple[nn.Module, torch.optim.Optimizer]:
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
-    return [(x, x[:, :4].sum(1, keepdim=True))
-            for x in torch.randn(10, 32, 16, generator=generator)]
+    return [
+        (x, x[:, :4].sum(1, keepdim=True)) for x in torch.randn(10, 32, 16, generator=generator)
+    ]
 
 
 def train(compile_model: bool, compile_step: bool, backend: str) -> nn.Module:
@@ -39,20 +40,21 @@ def train(compile_model: bool, compile_step: bool, backend: str) -> nn.Module:
     def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.mse_loss(forward(x), y)
         loss.backward()
-        optimizer.step()          # runs outside the graph, as it does without the compiler
+        optimizer.step()  # runs outside the graph, as it does without the compiler
         optimizer.zero_grad()
         return loss
 
     step = torch.compile(train_step, backend=backend) if compile_step else train_step
     for x, y in batches():
         step(x, y)
-        scheduler.step()          # a new lr each 3 steps: no recompilation
+        scheduler.step()  # a new lr each 3 steps: no recompilation
     return model
 
 
 def largest_difference(a: nn.Module, b: nn.Module) -> float:
-    return max((p - q).abs().max().item()
-               for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    return max(
+        (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
 
 
 def main(backend: str = "inductor") -> None:
@@ -60,10 +62,14 @@ def main(backend: str = "inductor") -> None:
     compiled_model = train(compile_model=True, compile_step=False, backend=backend)
     compiled_step = train(compile_model=False, compile_step=True, backend=backend)
     print(f"backend {backend}")
-    print(f"compiled model vs eager: largest parameter difference "
-          f"{largest_difference(compiled_model, eager):.1e}")
-    print(f"compiled training step vs eager: largest parameter difference "
-          f"{largest_difference(compiled_step, eager):.1e}")
+    print(
+        f"compiled model vs eager: largest parameter difference "
+        f"{largest_difference(compiled_model, eager):.1e}"
+    )
+    print(
+        f"compiled training step vs eager: largest parameter difference "
+        f"{largest_difference(compiled_step, eager):.1e}"
+    )
 
 
 if __name__ == "__main__":

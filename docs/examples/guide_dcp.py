@@ -32,18 +32,24 @@ def main(directory: Path) -> None:
     train(model, optimizer, data[:4], rank, world)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
-    train(model, optimizer, data[4:], rank, world)           # the uninterrupted run
+    train(model, optimizer, data[4:], rank, world)  # the uninterrupted run
 
-    resumed = sharded(make_model(seed=1))                    # other weights, other lr
+    resumed = sharded(make_model(seed=1))  # other weights, other lr
     resumed_optimizer = descent.AdamW(resumed.parameters(), **{**OPTIONS, "lr": 0.5})
     model_state, optimizer_state = get_state_dict(resumed, resumed_optimizer)
     content = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(content, checkpoint_id=directory)               # fills content in place
-    set_state_dict(resumed, resumed_optimizer, model_state_dict=content["model"],
-                   optim_state_dict=content["optimizer"])
+    dcp.load(content, checkpoint_id=directory)  # fills content in place
+    set_state_dict(
+        resumed,
+        resumed_optimizer,
+        model_state_dict=content["model"],
+        optim_state_dict=content["optimizer"],
+    )
     train(resumed, resumed_optimizer, data[4:], rank, world)
-    difference = max((p.full_tensor() - q.full_tensor()).abs().max().item()
-                     for p, q in zip(resumed.parameters(), model.parameters(), strict=True))
+    difference = max(
+        (p.full_tensor() - q.full_tensor()).abs().max().item()
+        for p, q in zip(resumed.parameters(), model.parameters(), strict=True)
+    )
     if rank == 0:
         print(f"loaded lr {resumed_optimizer.param_groups[0]['lr']}")
         print(f"resumed vs uninterrupted: largest parameter difference {difference:.1e}")

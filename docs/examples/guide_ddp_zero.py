@@ -27,44 +27,55 @@ def make_model() -> nn.Module:
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 8, generator=generator, dtype=torch.float64),
-             torch.randn(16, 4, generator=generator, dtype=torch.float64)) for _ in range(8)]
+    return [
+        (
+            torch.randn(16, 8, generator=generator, dtype=torch.float64),
+            torch.randn(16, 4, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(8)
+    ]
 
 
 def train(model: nn.Module, optimizer, rank: int = 0, world: int = 1) -> None:
-    for x, y in batches():                    # this process's rows: rank, rank + world, ...
+    for x, y in batches():  # this process's rows: rank, rank + world, ...
         optimizer.zero_grad()
         nn.functional.mse_loss(model(x[rank::world]), y[rank::world]).backward()
         optimizer.step()
 
 
 def largest_difference(a: nn.Module, b: nn.Module) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(),
-                                                          strict=True))
+    return max(
+        (p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
 
 
 def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    one_process = make_model()                               # the reference, whole batches
+    one_process = make_model()  # the reference, whole batches
     train(one_process, descent.AdamW(one_process.parameters(), **OPTIONS))
 
     ddp = DDP(make_model())
     train(ddp, descent.AdamW(ddp.parameters(), **OPTIONS), rank, world)
 
     zero_model = DDP(make_model())
-    zero = ZeroRedundancyOptimizer(zero_model.parameters(), optimizer_class=descent.AdamW,
-                                   **OPTIONS)
+    zero = ZeroRedundancyOptimizer(
+        zero_model.parameters(), optimizer_class=descent.AdamW, **OPTIONS
+    )
     train(zero_model, zero, rank, world)
-    own = len(zero.optim.state)                              # parameters with state here
-    zero.consolidate_state_dict(to=0)                        # every process takes part
+    own = len(zero.optim.state)  # parameters with state here
+    zero.consolidate_state_dict(to=0)  # every process takes part
     if rank == 0:
-        full = zero.state_dict()                             # the whole state, on rank 0
-        print(f"DDP vs one process: largest parameter difference "
-              f"{largest_difference(ddp.module, one_process):.1e}")
-        print(f"ZeRO vs one process: largest parameter difference "
-              f"{largest_difference(zero_model.module, one_process):.1e}")
+        full = zero.state_dict()  # the whole state, on rank 0
+        print(
+            f"DDP vs one process: largest parameter difference "
+            f"{largest_difference(ddp.module, one_process):.1e}"
+        )
+        print(
+            f"ZeRO vs one process: largest parameter difference "
+            f"{largest_difference(zero_model.module, one_process):.1e}"
+        )
         print(f"ZeRO: rank 0 keeps the state of {own} of {len(full['state'])} parameters")
-    del ddp, zero_model, zero                                # before the group goes away
+    del ddp, zero_model, zero  # before the group goes away
 
 
 if __name__ == "__main__":

@@ -33,12 +33,17 @@ def sharded(model: nn.Module) -> nn.Module:
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 8, generator=generator, dtype=torch.float64),
-             torch.randn(16, 4, generator=generator, dtype=torch.float64)) for _ in range(8)]
+    return [
+        (
+            torch.randn(16, 8, generator=generator, dtype=torch.float64),
+            torch.randn(16, 4, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(8)
+    ]
 
 
 def train(model: nn.Module, optimizer, batches, rank: int = 0, world: int = 1) -> None:
-    for x, y in batches:                      # this process's rows: rank, rank + world, ...
+    for x, y in batches:  # this process's rows: rank, rank + world, ...
         optimizer.zero_grad()
         nn.functional.mse_loss(model(x[rank::world]), y[rank::world]).backward()
         optimizer.step()
@@ -50,18 +55,24 @@ def main() -> None:
     train(one_process, descent.AdamW(one_process.parameters(), **OPTIONS), batches())
 
     model = sharded(make_model())
-    optimizer = descent.AdamW(model.parameters(), **OPTIONS)   # after fully_shard
+    optimizer = descent.AdamW(model.parameters(), **OPTIONS)  # after fully_shard
     train(model, optimizer, batches(), rank, world)
 
     first = next(model.parameters())
     state = optimizer.state[first]["exp_avg"]
-    difference = max((p.full_tensor() - q).abs().max().item()
-                     for p, q in zip(model.parameters(), one_process.parameters(), strict=True))
+    difference = max(
+        (p.full_tensor() - q).abs().max().item()
+        for p, q in zip(model.parameters(), one_process.parameters(), strict=True)
+    )
     if rank == 0:
-        print(f"parameters are DTensors: {isinstance(first, DTensor)}; shard "
-              f"{tuple(first.to_local().shape)} of {tuple(first.shape)}")
-        print(f"state is sharded alike: {isinstance(state, DTensor)}, local "
-              f"{tuple(state.to_local().shape)}")
+        print(
+            f"parameters are DTensors: {isinstance(first, DTensor)}; shard "
+            f"{tuple(first.to_local().shape)} of {tuple(first.shape)}"
+        )
+        print(
+            f"state is sharded alike: {isinstance(state, DTensor)}, local "
+            f"{tuple(state.to_local().shape)}"
+        )
         print(f"FSDP2 vs one process: largest parameter difference {difference:.1e}")
 
 

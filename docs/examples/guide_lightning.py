@@ -33,21 +33,31 @@ class Regressor(L.LightningModule):
     def configure_optimizers(self):
         optimizer = descent.AdamW(self.net, lr=1e-2, weight_decay=0.01)
         scheduler = descent.schedules.CosineAnnealingLR(optimizer, T_max=40)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def data() -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=generator)
     y = x[:, :3].sum(1, keepdim=True) + 0.1 * torch.randn(256, 1, generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=32)    # 8 steps an epoch
+    return DataLoader(TensorDataset(x, y), batch_size=32)  # 8 steps an epoch
 
 
 def trainer(epochs: int, root: Path) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=root,
-                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, deterministic=True)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
 
 
 def main(root: Path) -> None:
@@ -58,18 +68,22 @@ def main(root: Path) -> None:
     L.seed_everything(0, verbose=False)
     first = Regressor()
     interrupted = trainer(2, root / "b")
-    interrupted.fit(first, data())                           # stops after 2 epochs
+    interrupted.fit(first, data())  # stops after 2 epochs
     checkpoint = root / "b" / "after-2-epochs.ckpt"
     interrupted.save_checkpoint(checkpoint)
 
-    resumed = Regressor()                                    # fresh weights and optimizer
+    resumed = Regressor()  # fresh weights and optimizer
     run = trainer(4, root / "c")
-    run.fit(resumed, data(), ckpt_path=checkpoint)           # epochs 3 and 4
+    run.fit(resumed, data(), ckpt_path=checkpoint)  # epochs 3 and 4
     optimizer = run.optimizers[0]
-    difference = max((a - b).abs().max().item() for a, b in
-                     zip(resumed.parameters(), uninterrupted.parameters(), strict=True))
-    print(f"optimizer {type(optimizer).__name__}, step {run.global_step}, "
-          f"lr {optimizer.param_groups[0]['lr']:.3e}")
+    difference = max(
+        (a - b).abs().max().item()
+        for a, b in zip(resumed.parameters(), uninterrupted.parameters(), strict=True)
+    )
+    print(
+        f"optimizer {type(optimizer).__name__}, step {run.global_step}, "
+        f"lr {optimizer.param_groups[0]['lr']:.3e}"
+    )
     print(f"loss {run.callback_metrics['loss'].item():.4f}")
     print(f"resumed vs uninterrupted: largest parameter difference {difference:.1e}")
 

@@ -23,9 +23,10 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1)).double()
 
 
-BATCHES = [(x, x[:, :3].sum(1, keepdim=True)) for x in
-           torch.randn(20, 16, 8, dtype=torch.float64,
-                       generator=torch.Generator().manual_seed(1))]
+BATCHES = [
+    (x, x[:, :3].sum(1, keepdim=True))
+    for x in torch.randn(20, 16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+]
 
 
 def train(net: nn.Module, optimizer: torch.optim.Optimizer, batches: list) -> None:
@@ -36,8 +37,10 @@ def train(net: nn.Module, optimizer: torch.optim.Optimizer, batches: list) -> No
 
 
 def difference(a: nn.Module, b: nn.Module) -> float:
-    return max(((p - q).abs().max() / q.abs().max()).item()
-               for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    return max(
+        ((p - q).abs().max() / q.abs().max()).item()
+        for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
 
 
 def main() -> None:
@@ -46,24 +49,30 @@ def main() -> None:
     # the reference: 20 steps of torch.optim.AdamW
     reference = model()
     train(reference, torch.optim.AdamW(reference.parameters(), **options), BATCHES)
-    print(f"torch.optim.AdamW, 20 steps: the parameters moved by up to "
-          f"{difference(reference, model()):.1e} (relative)")
+    print(
+        f"torch.optim.AdamW, 20 steps: the parameters moved by up to "
+        f"{difference(reference, model()):.1e} (relative)"
+    )
 
     # 1. the import changed, nothing else
     net = model()
     train(net, descent.AdamW(net.parameters(), **options), BATCHES)
-    print(f"descent.AdamW vs torch.optim.AdamW: largest relative difference "
-          f"{difference(net, reference):.1e}")
+    print(
+        f"descent.AdamW vs torch.optim.AdamW: largest relative difference "
+        f"{difference(net, reference):.1e}"
+    )
 
     # 2. 10 steps with torch, then the same optimizer as descent's for 10 more (and back)
     net = model()
     torch_opt = torch.optim.AdamW(net.parameters(), **options)
     train(net, torch_opt, BATCHES[:10])
-    opt = from_torch(torch_opt)                       # descent.AdamW, state copied
+    opt = from_torch(torch_opt)  # descent.AdamW, state copied
     train(net, opt, BATCHES[10:15])
-    train(net, to_torch(opt), BATCHES[15:])           # and back to torch.optim.AdamW
-    print(f"switched libraries twice mid-run: largest relative difference "
-          f"{difference(net, reference):.1e}")
+    train(net, to_torch(opt), BATCHES[15:])  # and back to torch.optim.AdamW
+    print(
+        f"switched libraries twice mid-run: largest relative difference "
+        f"{difference(net, reference):.1e}"
+    )
 
     # 3. a torch checkpoint resumed by descent, and a descent checkpoint resumed by torch
     net = model()
@@ -81,8 +90,10 @@ def main() -> None:
     torch_opt = torch.optim.AdamW(net.parameters(), **options)
     torch_opt.load_state_dict(convert_state_dict(saved["optimizer"], torch_opt))
     train(net, torch_opt, BATCHES[15:])
-    print(f"checkpoints across libraries: largest relative difference "
-          f"{difference(net, reference):.1e}")
+    print(
+        f"checkpoints across libraries: largest relative difference "
+        f"{difference(net, reference):.1e}"
+    )
 
 
 if __name__ == "__main__":

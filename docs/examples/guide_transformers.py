@@ -34,31 +34,50 @@ class Tokens(torch.utils.data.Dataset):
 
 def train(output: Path, max_steps: int, resume: bool = False) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+    )
     model = BertForSequenceClassification(config)
     optimizer = descent.AdamW(model, lr=3e-3, weight_decay=0.01)
-    scheduler = descent.schedules.LinearLR(optimizer, start_factor=1.0, end_factor=0.1,
-                                           total_iters=8)
-    arguments = TrainingArguments(output_dir=str(output), max_steps=max_steps,
-                                  per_device_train_batch_size=16, save_steps=4,
-                                  logging_steps=4, report_to=[], use_cpu=True, seed=0,
-                                  disable_tqdm=True)
-    trainer = Trainer(model=model, args=arguments, train_dataset=Tokens(192),
-                      optimizers=(optimizer, scheduler))
+    scheduler = descent.schedules.LinearLR(
+        optimizer, start_factor=1.0, end_factor=0.1, total_iters=8
+    )
+    arguments = TrainingArguments(
+        output_dir=str(output),
+        max_steps=max_steps,
+        per_device_train_batch_size=16,
+        save_steps=4,
+        logging_steps=4,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=Tokens(192), optimizers=(optimizer, scheduler)
+    )
     trainer.train(resume_from_checkpoint=str(output / "checkpoint-4") if resume else None)
     losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
-    print(f"{max_steps} steps{' (resumed at step 4)' if resume else ''}: "
-          f"lr {optimizer.param_groups[0]['lr']:.2e}, losses {losses}")
+    print(
+        f"{max_steps} steps{' (resumed at step 4)' if resume else ''}: "
+        f"lr {optimizer.param_groups[0]['lr']:.2e}, losses {losses}"
+    )
     return model
 
 
 def main(root: Path) -> None:
     uninterrupted = train(root / "a", max_steps=8)
-    train(root / "b", max_steps=4)                        # writes checkpoint-4
+    train(root / "b", max_steps=4)  # writes checkpoint-4
     resumed = train(root / "b", max_steps=8, resume=True)
-    difference = max((a - b).abs().max().item() for a, b in
-                     zip(resumed.parameters(), uninterrupted.parameters(), strict=True))
+    difference = max(
+        (a - b).abs().max().item()
+        for a, b in zip(resumed.parameters(), uninterrupted.parameters(), strict=True)
+    )
     print(f"resumed vs uninterrupted: largest parameter difference {difference:.1e}")
 
 

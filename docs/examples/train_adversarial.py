@@ -17,8 +17,13 @@ real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=0)
 
 
 def mlp(inputs: int, outputs: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(inputs, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
-                         nn.LeakyReLU(0.2), nn.Linear(128, outputs))
+    return nn.Sequential(
+        nn.Linear(inputs, 128),
+        nn.LeakyReLU(0.2),
+        nn.Linear(128, 128),
+        nn.LeakyReLU(0.2),
+        nn.Linear(128, outputs),
+    )
 
 
 def modes_covered(samples: torch.Tensor) -> int:
@@ -28,21 +33,28 @@ def modes_covered(samples: torch.Tensor) -> int:
     return int((counts >= 0.01 * len(samples)).sum())
 
 
-torch.set_num_threads(1)          # small networks: one thread is fastest
+torch.set_num_threads(1)  # small networks: one thread is fastest
 torch.manual_seed(0)
 generator, discriminator = mlp(8, 2), mlp(2, 1)
-if "--wgan-gp" in sys.argv:       # Gulrajani et al. 2017: 5 critic steps per generator step;
+if "--wgan-gp" in sys.argv:  # Gulrajani et al. 2017: 5 critic steps per generator step;
     # lambda = 0.1 and Adam betas (0.5, 0.9), as in the authors' code for toy data
     options = dict(loss="wgan-gp", n_critic=5, gp_weight=0.1, epochs=150)
     betas, lr = (0.5, 0.9), 1e-3
-else:                             # the non-saturating loss (the default)
+else:  # the non-saturating loss (the default)
     options = dict(epochs=40)
     betas, lr = (0.5, 0.999), 1e-3
 trainer = descent.AdversarialTrainer(
-    generator, discriminator,
+    generator,
+    discriminator,
     descent.Adam(generator, lr=lr, betas=betas),
     descent.Adam(discriminator, lr=lr, betas=betas),
-    latent_dim=8, batch_size=128, callbacks=[descent.ProgressBar(leave=False)], **options)
+    latent_dim=8,
+    batch_size=128,
+    callbacks=[descent.ProgressBar(leave=False)],
+    **options,
+)
 history = trainer.train(real)
-print(f"{trainer.loss}: {modes_covered(trainer.sample(2000))} of 8 modes covered after "
-      f"{trainer.state.step} generator and {trainer.state.d_step} discriminator steps")
+print(
+    f"{trainer.loss}: {modes_covered(trainer.sample(2000))} of 8 modes covered after "
+    f"{trainer.state.step} generator and {trainer.state.d_step} discriminator steps"
+)

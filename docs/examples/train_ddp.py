@@ -40,18 +40,27 @@ def main(args: argparse.Namespace) -> None:
     optimizer = descent.AdamW(model, lr=3e-3, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.98)
     trainer = descent.SupervisedTrainer(
-        optimizer, batch_size=args.batch_size, epochs=args.epochs,
-        gradient_accumulation_steps=2, scheduler=scheduler, metrics=["accuracy"],
+        optimizer,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        gradient_accumulation_steps=2,
+        scheduler=scheduler,
+        metrics=["accuracy"],
         callbacks=[descent.ProgressBar()],
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=10, keep_last=2,
-        checkpoint_monitor="val_accuracy", checkpoint_mode="max",
-        zero_redundancy=args.zero)
-    history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.2,
-                            resume=True)
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=10,
+        keep_last=2,
+        checkpoint_monitor="val_accuracy",
+        checkpoint_mode="max",
+        zero_redundancy=args.zero,
+    )
+    history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.2, resume=True)
     if dist.is_main_process():
-        print(f"{dist.get_world_size()} process(es): validation accuracy "
-              f"{history['val_accuracy'][-1]:.2%} after {len(history.epochs)} epochs, "
-              f"{trainer.state.step} optimizer steps; checkpoints in {args.checkpoint_dir}")
+        print(
+            f"{dist.get_world_size()} process(es): validation accuracy "
+            f"{history['val_accuracy'][-1]:.2%} after {len(history.epochs)} epochs, "
+            f"{trainer.state.step} optimizer steps; checkpoints in {args.checkpoint_dir}"
+        )
 
 
 if __name__ == "__main__":
@@ -59,8 +68,9 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
     parser.add_argument("--checkpoint-dir", default="runs/ddp-checkpoints")
-    parser.add_argument("--zero", action="store_true",
-                        help="shard the optimizer state (ZeroRedundancyOptimizer)")
+    parser.add_argument(
+        "--zero", action="store_true", help="shard the optimizer state (ZeroRedundancyOptimizer)"
+    )
     try:
         main(parser.parse_args())  # returns, so the DDP model is freed before the group
     finally:

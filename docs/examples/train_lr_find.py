@@ -18,21 +18,26 @@ digits = load_digits()
 x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
 y = torch.tensor(digits.target)
 
-torch.set_num_threads(1)          # a small network: one thread is fastest
+torch.set_num_threads(1)  # a small network: one thread is fastest
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(64, 128), nn.LayerNorm(128), nn.ReLU(), nn.Linear(128, 10))
-groups = descent.param_groups(model, weight_decay=0.05)   # prints what went where
+groups = descent.param_groups(model, weight_decay=0.05)  # prints what went where
 optimizer = descent.AdamW(groups, lr=1e-3)
 trainer = descent.SupervisedTrainer(optimizer, batch_size=32, epochs=5, metrics=["accuracy"])
 
-result = descent.train.lr_find(trainer, model, x, y, nn.CrossEntropyLoss(),
-                               start_lr=1e-6, end_lr=10.0, steps=100)
+result = descent.train.lr_find(
+    trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-6, end_lr=10.0, steps=100
+)
 result.plot("runs/lr_find.png")
-print(f"range test: {len(result.losses)} steps, {result.stopped}; suggestion "
-      f"{result.suggestion:.2g} ({result.rule})")
+print(
+    f"range test: {len(result.losses)} steps, {result.stopped}; suggestion "
+    f"{result.suggestion:.2g} ({result.rule})"
+)
 
 for group in optimizer.param_groups:
     group["lr"] = result.suggestion
 history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.2)
-print(f"validation accuracy {history['val_accuracy'][-1]:.2%} after {len(history.epochs)} "
-      f"epochs at lr {result.suggestion:.2g}")
+print(
+    f"validation accuracy {history['val_accuracy'][-1]:.2%} after {len(history.epochs)} "
+    f"epochs at lr {result.suggestion:.2g}"
+)

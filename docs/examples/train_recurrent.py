@@ -10,8 +10,8 @@ from torch import nn
 import descent
 from descent.data import char_sequences, load_text, unigram_entropy
 
-text = load_text()                                   # about 12,800 characters
-x, y, vocabulary = char_sequences(text, 64)          # y[i, t] is the character after x[i, t]
+text = load_text()  # about 12,800 characters
+x, y, vocabulary = char_sequences(text, 64)  # y[i, t] is the character after x[i, t]
 
 
 class CharGRU(nn.Module):
@@ -31,12 +31,18 @@ class CharGRU(nn.Module):
 torch.manual_seed(0)
 model = CharGRU(len(vocabulary))
 trainer = descent.RecurrentTrainer(
-    descent.Adam(model, lr=1e-2), batch_size=16, epochs=6,
-    bptt_steps=16,            # chunk length; the hidden state is carried and detached
-    step_every="chunk",       # one optimizer step per chunk ("sequence": one per batch)
-    clip_grad_norm=1.0,       # the usual guard against exploding RNN gradients
-    metrics=["accuracy"], callbacks=[descent.ProgressBar()])
+    descent.Adam(model, lr=1e-2),
+    batch_size=16,
+    epochs=6,
+    bptt_steps=16,  # chunk length; the hidden state is carried and detached
+    step_every="chunk",  # one optimizer step per chunk ("sequence": one per batch)
+    clip_grad_norm=1.0,  # the usual guard against exploding RNN gradients
+    metrics=["accuracy"],
+    callbacks=[descent.ProgressBar()],
+)
 history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.1)
 
-print(f"held-out loss {history['val_loss'][-1]:.3f} nats/char; "
-      f"a unigram model scores {unigram_entropy(text):.3f}")
+print(
+    f"held-out loss {history['val_loss'][-1]:.3f} nats/char; "
+    f"a unigram model scores {unigram_entropy(text):.3f}"
+)

@@ -68,11 +68,27 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ResumableSampler", "all_gather_object", "average_gradients", "average_metrics", "barrier",
-    "broadcast_object", "broadcast_tensors",
-    "consolidate_optimizer_state", "default_device", "destroy_process_group", "get_local_rank",
-    "get_rank", "get_world_size", "gradient_sync", "init_process_group", "is_distributed",
-    "is_main_process", "is_zero_optimizer", "sum_over_ranks", "unwrap_model", "wrap_model",
+    "ResumableSampler",
+    "all_gather_object",
+    "average_gradients",
+    "average_metrics",
+    "barrier",
+    "broadcast_object",
+    "broadcast_tensors",
+    "consolidate_optimizer_state",
+    "default_device",
+    "destroy_process_group",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "gradient_sync",
+    "init_process_group",
+    "is_distributed",
+    "is_main_process",
+    "is_zero_optimizer",
+    "sum_over_ranks",
+    "unwrap_model",
+    "wrap_model",
     "zero_optimizer",
 ]
 
@@ -118,8 +134,7 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(backend: str | None = None, *,
-                       timeout: timedelta | None = None) -> bool:
+def init_process_group(backend: str | None = None, *, timeout: timedelta | None = None) -> bool:
     """Join the process group described by the environment (as set by ``torchrun``).
 
     Uses ``backend`` if given, else NCCL when CUDA is available and gloo otherwise;
@@ -136,8 +151,10 @@ def init_process_group(backend: str | None = None, *,
         return False
     missing = [name for name in _ENV if name not in os.environ]
     if missing:
-        raise ValueError(f"init_process_group: the environment sets {present} but not "
-                         f"{missing}; start the script with torchrun, or set all of {list(_ENV)}")
+        raise ValueError(
+            f"init_process_group: the environment sets {present} but not "
+            f"{missing}; start the script with torchrun, or set all of {list(_ENV)}"
+        )
     if not torch.distributed.is_available():
         raise RuntimeError("init_process_group: this torch build has no torch.distributed")
     if backend is None:
@@ -211,8 +228,7 @@ def wrap_model(model: nn.Module, **ddp_options: Any) -> nn.Module:
     ``ddp_options`` go to DDP (e.g. ``find_unused_parameters=True``).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"wrap_model: model has type {type(model).__name__}; expected an "
-                        "nn.Module")
+        raise TypeError(f"wrap_model: model has type {type(model).__name__}; expected an nn.Module")
     if not is_distributed():
         return model
     device = default_device()
@@ -278,13 +294,22 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     length: int
 
-    def __init__(self, length: Any, *, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, num_replicas: int | None = None,
-                 rank: int | None = None) -> None:
+    def __init__(
+        self,
+        length: Any,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         if not isinstance(length, int):
             if not hasattr(length, "__len__"):
-                raise TypeError(f"ResumableSampler: length has type {type(length).__name__}; "
-                                "expected an int or a sized data set")
+                raise TypeError(
+                    f"ResumableSampler: length has type {type(length).__name__}; "
+                    "expected an int or a sized data set"
+                )
             length = len(length)
         if isinstance(length, bool) or length < 0:
             raise ValueError(f"ResumableSampler: length={length!r}; expected an integer >= 0")
@@ -293,11 +318,13 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         num_replicas = get_world_size() if num_replicas is None else num_replicas
         rank = get_rank() if rank is None else rank
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"ResumableSampler: num_replicas={num_replicas!r}; expected an "
-                             "integer >= 1")
+            raise ValueError(
+                f"ResumableSampler: num_replicas={num_replicas!r}; expected an integer >= 1"
+            )
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
-            raise ValueError(f"ResumableSampler: rank={rank!r}; expected an integer in "
-                             f"[0, {num_replicas})")
+            raise ValueError(
+                f"ResumableSampler: rank={rank!r}; expected an integer in [0, {num_replicas})"
+            )
         self.length, self.seed, self.shuffle, self.drop_last = length, seed, shuffle, drop_last
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start, self.yielded = 0, 0, 0
@@ -315,10 +342,15 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
     def _start_at(self, owner: str, epoch: Any, position: Any) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"{owner}: epoch={epoch!r}; expected an integer >= 0")
-        if isinstance(position, bool) or not isinstance(position, int) or not (
-                0 <= position <= len(self)):
-            raise ValueError(f"{owner}: position={position!r}; expected an integer from 0 to "
-                             f"{len(self)} (this rank's share of the epoch)")
+        if (
+            isinstance(position, bool)
+            or not isinstance(position, int)
+            or not (0 <= position <= len(self))
+        ):
+            raise ValueError(
+                f"{owner}: position={position!r}; expected an integer from 0 to "
+                f"{len(self)} (this rank's share of the epoch)"
+            )
         self.epoch, self.start, self.yielded = epoch, position, 0
 
     def order(self) -> list[int]:
@@ -331,12 +363,12 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         total = len(self) * self.num_replicas
         if total > len(indices) and indices:
             repeats = math.ceil((total - len(indices)) / len(indices))
-            indices += (indices * repeats)[:total - len(indices)]
-        return indices[:total][self.rank::self.num_replicas]
+            indices += (indices * repeats)[: total - len(indices)]
+        return indices[:total][self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         self.yielded = 0
-        for index in self.order()[self.start:]:
+        for index in self.order()[self.start :]:
             self.yielded += 1
             yield index
 
@@ -345,23 +377,31 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
         ``position`` defaults to the start position plus the indices handed out so far.
         """
-        return {"seed": self.seed, "epoch": self.epoch,
-                "position": self.start + self.yielded if position is None else position,
-                "length": self.length, "num_replicas": self.num_replicas,
-                "shuffle": self.shuffle, "drop_last": self.drop_last}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.start + self.yielded if position is None else position,
+            "length": self.length,
+            "num_replicas": self.num_replicas,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at a saved epoch and position; the data set and world size must match."""
         if not isinstance(state, Mapping):
-            raise TypeError(f"ResumableSampler.load_state_dict: expected a dict, got "
-                            f"{type(state).__name__}")
+            raise TypeError(
+                f"ResumableSampler.load_state_dict: expected a dict, got {type(state).__name__}"
+            )
         for key in ("length", "num_replicas", "shuffle", "drop_last", "seed"):
             if key not in state:
                 raise ValueError(f"ResumableSampler.load_state_dict: the state lacks {key!r}")
             if state[key] != getattr(self, key):
-                raise ValueError(f"ResumableSampler.load_state_dict: the state has {key}="
-                                 f"{state[key]!r}, this sampler {key}={getattr(self, key)!r}; "
-                                 "resume needs the same data set, seed and world size")
+                raise ValueError(
+                    f"ResumableSampler.load_state_dict: the state has {key}="
+                    f"{state[key]!r}, this sampler {key}={getattr(self, key)!r}; "
+                    "resume needs the same data set, seed and world size"
+                )
         for key in ("epoch", "position"):
             if key not in state:
                 raise ValueError(f"ResumableSampler.load_state_dict: the state lacks {key!r}")
@@ -371,8 +411,9 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 # ---------------------------------------------------------------------- metrics
 
 
-def average_metrics(metrics: Mapping[str, float | torch.Tensor],
-                    weight: float = 1.0) -> dict[str, float]:
+def average_metrics(
+    metrics: Mapping[str, float | torch.Tensor], weight: float = 1.0
+) -> dict[str, float]:
     """Weighted mean of each metric over the ranks: sum_r w_r m_r / sum_r w_r.
 
     Pass as ``weight`` the number of samples the rank's metrics cover, so that a
@@ -389,15 +430,20 @@ def average_metrics(metrics: Mapping[str, float | torch.Tensor],
         value = metrics[name]
         number = value.item() if isinstance(value, torch.Tensor) else value
         if isinstance(number, bool) or not isinstance(number, int | float):
-            raise TypeError(f"average_metrics: metrics[{name!r}] has type "
-                            f"{type(value).__name__}; expected a number or a 1-element tensor")
+            raise TypeError(
+                f"average_metrics: metrics[{name!r}] has type "
+                f"{type(value).__name__}; expected a number or a 1-element tensor"
+            )
         values.append(float(number))
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
         raise ValueError(f"average_metrics: weight={weight!r}; expected a number >= 0")
     if not is_distributed():
         return dict(zip(names, values, strict=True))
-    packed = torch.tensor([value * weight for value in values] + [float(weight)],
-                          dtype=torch.float64, device=_collective_device())
+    packed = torch.tensor(
+        [value * weight for value in values] + [float(weight)],
+        dtype=torch.float64,
+        device=_collective_device(),
+    )
     torch.distributed.all_reduce(packed)
     total = packed[-1].item()
     if total == 0:
@@ -448,7 +494,7 @@ def average_gradients(parameters: Iterable[torch.Tensor]) -> None:
         flat.div_(world_size)
         offset = 0
         for grad in bucket:
-            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
 
 
@@ -462,8 +508,9 @@ def is_zero_optimizer(optimizer: Any) -> bool:
     return module is not None and isinstance(optimizer, module.ZeroRedundancyOptimizer)
 
 
-def zero_optimizer(params: Any, optimizer_class: type[torch.optim.Optimizer],
-                   **options: Any) -> torch.optim.Optimizer:
+def zero_optimizer(
+    params: Any, optimizer_class: type[torch.optim.Optimizer], **options: Any
+) -> torch.optim.Optimizer:
     """``ZeroRedundancyOptimizer`` over ``optimizer_class``: each rank keeps 1/N of the state.
 
     ``params`` may be a module, tensors or param-group dicts of tensors (the module's
@@ -481,8 +528,10 @@ def zero_optimizer(params: Any, optimizer_class: type[torch.optim.Optimizer],
         opt = zero_optimizer(model, descent.AdamW, lr=1e-3, weight_decay=0.01)
     """
     if not is_distributed():
-        raise RuntimeError("zero_optimizer: no process group; call init_process_group() "
-                           "first (ZeroRedundancyOptimizer shards state across ranks)")
+        raise RuntimeError(
+            "zero_optimizer: no process group; call init_process_group() "
+            "first (ZeroRedundancyOptimizer shards state across ranks)"
+        )
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     if isinstance(params, nn.Module):

@@ -150,8 +150,7 @@ class FunctionalOptimizer:
         """What :meth:`step` takes, with the class's defaults."""
         specs = self.optimizer.hyperparameters
         names = [*self.optimizer.math_arguments, "cautious"]  # cautious: around the math
-        return {name: self._defaults[name] for name in names
-                if name in specs and specs[name].init}
+        return {name: self._defaults[name] for name in names if name in specs and specs[name].init}
 
     @cached_property
     def init_options(self) -> dict[str, Any]:
@@ -166,14 +165,18 @@ class FunctionalOptimizer:
     @cached_property
     def scalars(self) -> tuple[str, ...]:
         """Scalar state besides the step count (NAdam's ``mu_product``)."""
-        return tuple(entry.name for entry in self.optimizer.keeps
-                     if entry.scalar and entry.name != "step")
+        return tuple(
+            entry.name for entry in self.optimizer.keeps if entry.scalar and entry.name != "step"
+        )
 
     def buffers(self, options: Mapping[str, Any]) -> list[str]:
         """The per-parameter buffers of a state made with these init options."""
         group = {**self._defaults, **options}
-        return [entry.name for entry in self.optimizer.keeps
-                if not entry.scalar and entry.applies(_truth_group(group, entry))]
+        return [
+            entry.name
+            for entry in self.optimizer.keeps
+            if not entry.scalar and entry.applies(_truth_group(group, entry))
+        ]
 
     # -------------------------------------------------------------- init
 
@@ -193,14 +196,16 @@ class FunctionalOptimizer:
                 state[entry.name] = _initial(entry, torch.zeros(()), group)
         for name in self.buffers(options):
             entry = next(e for e in self.optimizer.keeps if e.name == name)
-            state[name] = _rebuild(params, iter([_initial(entry, leaf, group)
-                                                 for _, leaf in leaves]))
+            state[name] = _rebuild(
+                params, iter([_initial(entry, leaf, group) for _, leaf in leaves])
+            )
         return state
 
     # -------------------------------------------------------------- step
 
-    def step(self, params: Tree, grads: Tree, state: Mapping[str, Any],
-             **hyperparameters: Any) -> tuple[Tree, dict[str, Any]]:
+    def step(
+        self, params: Tree, grads: Tree, state: Mapping[str, Any], **hyperparameters: Any
+    ) -> tuple[Tree, dict[str, Any]]:
         """One step: new params (same structure as ``params``) and the new state.
 
         Nothing is mutated. Hyperparameters left out take the defaults in
@@ -214,17 +219,23 @@ class FunctionalOptimizer:
         param_leaves = self._tensors(owner, "params", params)
         grad_leaves = self._tensors(owner, "grads", grads)
         if _structure(grads) != _structure(params):
-            raise ValueError(f"{owner}: grads has structure {_structure(grads)!r}, params has "
-                             f"{_structure(params)!r}; expected the same tree")
+            raise ValueError(
+                f"{owner}: grads has structure {_structure(grads)!r}, params has "
+                f"{_structure(params)!r}; expected the same tree"
+            )
         buffer_leaves = self._check_state(owner, params, state, hp)
         for (path, param), (_, grad) in zip(param_leaves, grad_leaves, strict=True):
             if grad.shape != param.shape or grad.dtype != param.dtype:
-                raise ValueError(f"{owner}: grads{path[len('params'):]} has shape "
-                                 f"{tuple(grad.shape)} and dtype {grad.dtype}; {path} has shape "
-                                 f"{tuple(param.shape)} and dtype {param.dtype}")
+                raise ValueError(
+                    f"{owner}: grads{path[len('params') :]} has shape "
+                    f"{tuple(grad.shape)} and dtype {grad.dtype}; {path} has shape "
+                    f"{tuple(param.shape)} and dtype {param.dtype}"
+                )
             if param.is_complex() and not self.optimizer.supports_complex:
-                raise TypeError(f"{owner}: {path} is complex ({param.dtype}); "
-                                f"{self.name} updates real parameters only")
+                raise TypeError(
+                    f"{owner}: {path} is complex ({param.dtype}); "
+                    f"{self.name} updates real parameters only"
+                )
 
         count = state["step"] + 1
         step = _step_number(owner, count)
@@ -233,11 +244,15 @@ class FunctionalOptimizer:
         new_leaves: list[Tensor] = []
         new_buffers: dict[str, list[Tensor]] = {key: [] for key in buffer_leaves}
         new_scalars: dict[str, Tensor] = {}
-        for index, ((_, param), (_, grad)) in enumerate(zip(param_leaves, grad_leaves,
-                                                             strict=True)):
+        for index, ((_, param), (_, grad)) in enumerate(
+            zip(param_leaves, grad_leaves, strict=True)
+        ):
             scalars = {key: state[key].clone() for key in self.scalars}
-            buffers = {key: leaves[index] for key, leaves in buffer_leaves.items()
-                       if not (key in lazy and step == 1)}
+            buffers = {
+                key: leaves[index]
+                for key, leaves in buffer_leaves.items()
+                if not (key in lazy and step == 1)
+            }
             new = self._update_leaf(param, grad, buffers, scalars, step, options)
             new_leaves.append(new.pop("param"))
             for key in new_buffers:
@@ -251,9 +266,15 @@ class FunctionalOptimizer:
             new_state.setdefault(key, state[key])
         return _rebuild(params, iter(new_leaves)), new_state
 
-    def _update_leaf(self, param: Tensor, grad: Tensor, buffers: dict[str, Tensor],
-                     scalars: dict[str, Tensor], step: float,
-                     options: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _update_leaf(
+        self,
+        param: Tensor,
+        grad: Tensor,
+        buffers: dict[str, Tensor],
+        scalars: dict[str, Tensor],
+        step: float,
+        options: Mapping[str, Any],
+    ) -> dict[str, Tensor]:
         """The math on one tensor, pure; complex tensors are updated as real pairs."""
         is_complex = param.is_complex()
         real = torch.view_as_real if is_complex else _identity
@@ -261,17 +282,20 @@ class FunctionalOptimizer:
         if self.optimizer.elementwise:  # pure lists: every in-place operation out of place
             param_in: Any = TensorList([real(param)], pure=True)
             grad_in: Any = TensorList([real(grad)], pure=True)
-            state_in: dict[str, Any] = {key: TensorList([real(value)], pure=True)
-                                        for key, value in buffers.items()}
-            created = call_math(self.optimizer, param_in, grad_in, state_in, scalars, step,
-                                options)
-            result = {"param": param_in.tensors[0],
-                      **{key: value.tensors[0] for key, value in state_in.items()}}
+            state_in: dict[str, Any] = {
+                key: TensorList([real(value)], pure=True) for key, value in buffers.items()
+            }
+            created = call_math(self.optimizer, param_in, grad_in, state_in, scalars, step, options)
+            result = {
+                "param": param_in.tensors[0],
+                **{key: value.tensors[0] for key, value in state_in.items()},
+            }
         else:  # the math updates plain tensors in place: give it copies
             param_in = real(param).clone()
             state_in = {key: real(value).clone() for key, value in buffers.items()}
-            created = call_math(self.optimizer, param_in, real(grad), state_in, scalars, step,
-                                options)
+            created = call_math(
+                self.optimizer, param_in, real(grad), state_in, scalars, step, options
+            )
             result = {"param": param_in, **state_in}
         for key, value in created.items():
             result[key] = value.tensors[0] if isinstance(value, TensorList) else value
@@ -296,14 +320,21 @@ class FunctionalOptimizer:
         if not any(entries):
             return fresh
         if not all(entries):
-            missing = next(path for (path, _), entry in zip(
-                _leaves(params, "params"), entries, strict=True) if not entry)
-            raise ValueError(f"{owner}: {missing} has no optimizer state while others have; "
-                             "the functional state counts the same steps for every parameter")
+            missing = next(
+                path
+                for (path, _), entry in zip(_leaves(params, "params"), entries, strict=True)
+                if not entry
+            )
+            raise ValueError(
+                f"{owner}: {missing} has no optimizer state while others have; "
+                "the functional state counts the same steps for every parameter"
+            )
         counts = {float(entry.get("step", 1)) for entry in entries}
         if len(counts) != 1:
-            raise ValueError(f"{owner}: the parameters have taken different numbers of steps "
-                             f"{sorted(counts)}; the functional state has one count")
+            raise ValueError(
+                f"{owner}: the parameters have taken different numbers of steps "
+                f"{sorted(counts)}; the functional state has one count"
+            )
         state: dict[str, Any] = {"step": torch.tensor(counts.pop(), dtype=scalar_dtype())}
         for key in self.scalars:
             values = {float(entry[key]) for entry in entries}
@@ -313,13 +344,20 @@ class FunctionalOptimizer:
         leaves = [leaf for _, leaf in _leaves(params, "params")]
         for key in fresh:
             if key not in state:
-                state[key] = _rebuild(params, iter(
-                    [quantize.decoded(entry[key], leaf).to(leaf.dtype)
-                     for entry, leaf in zip(entries, leaves, strict=True)]))
+                state[key] = _rebuild(
+                    params,
+                    iter(
+                        [
+                            quantize.decoded(entry[key], leaf).to(leaf.dtype)
+                            for entry, leaf in zip(entries, leaves, strict=True)
+                        ]
+                    ),
+                )
         return state
 
-    def load_into_optimizer(self, state: Mapping[str, Any], optimizer: Optimizer,
-                            params: Tree) -> None:
+    def load_into_optimizer(
+        self, state: Mapping[str, Any], optimizer: Optimizer, params: Tree
+    ) -> None:
         """Write a functional ``state`` into ``optimizer``'s state for ``params`` (copies).
 
         The reverse of :meth:`state_from_optimizer`: afterwards ``optimizer.step()``
@@ -333,22 +371,27 @@ class FunctionalOptimizer:
         _step_number(owner, state["step"])
         counts_steps = "step" in optimizer.scalar_state
         for index, (_, param) in enumerate(_leaves(params, "params")):
-            entry: dict[str, Any] = {key: leaves[index].detach().clone()
-                                     for key, leaves in buffers.items()}
+            entry: dict[str, Any] = {
+                key: leaves[index].detach().clone() for key, leaves in buffers.items()
+            }
             if counts_steps:
                 entry["step"] = state["step"].detach().clone().to(scalar_dtype())
             for key in self.scalars:
                 entry[key] = state[key].detach().clone()
             if int(state["step"]) == 0:
                 entry = {}
-            optimizer.state[param] = quantize.stored_state(entry, param, group, optimizer) \
-                if entry else entry
+            optimizer.state[param] = (
+                quantize.stored_state(entry, param, group, optimizer) if entry else entry
+            )
 
-    def _optimizer_entries(self, owner: str, optimizer: Optimizer, params: Tree
-                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _optimizer_entries(
+        self, owner: str, optimizer: Optimizer, params: Tree
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if type(optimizer) is not self.optimizer:
-            raise TypeError(f"{owner}: optimizer has type {type(optimizer).__name__}; "
-                            f"expected {self.optimizer.__name__}")
+            raise TypeError(
+                f"{owner}: optimizer has type {type(optimizer).__name__}; "
+                f"expected {self.optimizer.__name__}"
+            )
         where = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         leaves = self._tensors(owner, "params", params)
         groups = []
@@ -361,20 +404,24 @@ class FunctionalOptimizer:
         for (path, _), group in zip(leaves, groups, strict=True):
             for name in (*self.init_options, *self.hyperparameters):
                 if group[name] != groups[0][name]:
-                    raise ValueError(f"{owner}: {path} is in a group with {name}="
-                                     f"{group[name]!r}, {leaves[0][0]} in one with "
-                                     f"{groups[0][name]!r}; the functional state takes one "
-                                     "set of options")
+                    raise ValueError(
+                        f"{owner}: {path} is in a group with {name}="
+                        f"{group[name]!r}, {leaves[0][0]} in one with "
+                        f"{groups[0][name]!r}; the functional state takes one "
+                        "set of options"
+                    )
         return [dict(optimizer.state.get(leaf, {})) for _, leaf in leaves], groups[0]
 
     # -------------------------------------------------------------- checks
 
-    def _options(self, owner: str, given: Mapping[str, Any],
-                 defaults: Mapping[str, Any]) -> dict[str, Any]:
+    def _options(
+        self, owner: str, given: Mapping[str, Any], defaults: Mapping[str, Any]
+    ) -> dict[str, Any]:
         unknown = sorted(set(given) - set(defaults))
         if unknown:
-            raise TypeError(f"{owner}: unexpected argument(s) {unknown}; expected some of "
-                            f"{sorted(defaults)}")
+            raise TypeError(
+                f"{owner}: unexpected argument(s) {unknown}; expected some of {sorted(defaults)}"
+            )
         options = {**defaults, **given}
         specs = self.optimizer.hyperparameters
         for name, value in options.items():
@@ -388,35 +435,48 @@ class FunctionalOptimizer:
         leaves = _leaves(tree, name)
         for path, leaf in leaves:
             if not isinstance(leaf, Tensor):
-                raise TypeError(f"{owner}: {path} has type {type(leaf).__name__}; expected a "
-                                "torch.Tensor (trees of tensors: lists, tuples and dicts)")
+                raise TypeError(
+                    f"{owner}: {path} has type {type(leaf).__name__}; expected a "
+                    "torch.Tensor (trees of tensors: lists, tuples and dicts)"
+                )
             if not (leaf.is_floating_point() or leaf.is_complex()):
-                raise TypeError(f"{owner}: {path} has dtype {leaf.dtype}; expected a "
-                                "floating-point or complex tensor")
+                raise TypeError(
+                    f"{owner}: {path} has dtype {leaf.dtype}; expected a "
+                    "floating-point or complex tensor"
+                )
         return leaves
 
-    def _check_state(self, owner: str, params: Tree, state: Mapping[str, Any],
-                     hp: Mapping[str, Any]) -> dict[str, list[Tensor]]:
+    def _check_state(
+        self, owner: str, params: Tree, state: Mapping[str, Any], hp: Mapping[str, Any]
+    ) -> dict[str, list[Tensor]]:
         if not isinstance(state, Mapping) or "step" not in state:
-            raise TypeError(f"{owner}: state={type(state).__name__} is not a state made by "
-                            f"{self!r}.init (a dict with 'step')")
+            raise TypeError(
+                f"{owner}: state={type(state).__name__} is not a state made by "
+                f"{self!r}.init (a dict with 'step')"
+            )
         for key in ("step", *self.scalars):
             if not isinstance(state.get(key), Tensor):
-                raise TypeError(f"{owner}: state[{key!r}] has type "
-                                f"{type(state.get(key)).__name__}; expected a 0-dim tensor")
+                raise TypeError(
+                    f"{owner}: state[{key!r}] has type "
+                    f"{type(state.get(key)).__name__}; expected a 0-dim tensor"
+                )
         present = set(state) - {"step", *self.scalars}
         decided = {name: hp[name] for name in self.init_options if name in hp}
-        possible = set(self.buffers({name: _truthy(value)
-                                     for name, value in self.init_options.items()}))
+        possible = set(
+            self.buffers({name: _truthy(value) for name, value in self.init_options.items()})
+        )
         expected = set(self.buffers(self.init_options)) | (present & possible)
         for name, value in decided.items():  # the buffers this option decides
-            depends = set(self.buffers({**self.init_options, name: _truthy(value)})) - \
-                set(self.buffers({**self.init_options, name: _falsy(value)}))
+            depends = set(self.buffers({**self.init_options, name: _truthy(value)})) - set(
+                self.buffers({**self.init_options, name: _falsy(value)})
+            )
             wanted = set(self.buffers({**self.init_options, name: value})) & depends
             expected = (expected - depends) | wanted
         if present != expected:
-            raise ValueError(f"{owner}: state has buffers {sorted(present)}, expected "
-                             f"{sorted(expected)}; {self._state_hint(hp)}")
+            raise ValueError(
+                f"{owner}: state has buffers {sorted(present)}, expected "
+                f"{sorted(expected)}; {self._state_hint(hp)}"
+            )
         structure = _structure(params)
         param_leaves = _leaves(params, "params")
         specs = {entry.name: entry for entry in self.optimizer.keeps}
@@ -424,21 +484,36 @@ class FunctionalOptimizer:
         buffers: dict[str, list[Tensor]] = {}
         for key in sorted(present):
             if _structure(state[key]) != structure:
-                raise ValueError(f"{owner}: state[{key!r}] has structure "
-                                 f"{_structure(state[key])!r}, params has {structure!r}")
+                raise ValueError(
+                    f"{owner}: state[{key!r}] has structure "
+                    f"{_structure(state[key])!r}, params has {structure!r}"
+                )
             leaves = _leaves(state[key], f"state[{key!r}]")
             for (path, leaf), (param_path, param) in zip(leaves, param_leaves, strict=True):
                 # a shape of its own may depend on init options, which step does not see
-                shape = tuple(leaf.shape) if specs[key].shape is not None and isinstance(
-                    leaf, Tensor) else specs[key].shape_for(param, group)
-                if not isinstance(leaf, Tensor) or tuple(leaf.shape) != shape or \
-                        leaf.dtype != param.dtype:
-                    what = f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}" if isinstance(
-                        leaf, Tensor) else f"type {type(leaf).__name__}"
-                    described = (f"{param_path} has shape {tuple(param.shape)}"
-                                 if shape == tuple(param.shape) else f"expected shape {shape}")
-                    raise ValueError(f"{owner}: {path} has {what}; {described} and dtype "
-                                     f"{param.dtype}")
+                shape = (
+                    tuple(leaf.shape)
+                    if specs[key].shape is not None and isinstance(leaf, Tensor)
+                    else specs[key].shape_for(param, group)
+                )
+                if (
+                    not isinstance(leaf, Tensor)
+                    or tuple(leaf.shape) != shape
+                    or leaf.dtype != param.dtype
+                ):
+                    what = (
+                        f"shape {tuple(leaf.shape)} and dtype {leaf.dtype}"
+                        if isinstance(leaf, Tensor)
+                        else f"type {type(leaf).__name__}"
+                    )
+                    described = (
+                        f"{param_path} has shape {tuple(param.shape)}"
+                        if shape == tuple(param.shape)
+                        else f"expected shape {shape}"
+                    )
+                    raise ValueError(
+                        f"{owner}: {path} has {what}; {described} and dtype {param.dtype}"
+                    )
             buffers[key] = [leaf for _, leaf in leaves]
         return buffers
 
@@ -477,14 +552,17 @@ def _scalar(value: Any) -> Any:
 def _step_number(owner: str, count: Tensor) -> float:
     """The step count as a Python float, as the optimizer classes pass it to the math."""
     if count.dim() != 0:
-        raise ValueError(f"{owner}: state['step'] has shape {tuple(count.shape)}; expected a "
-                         "0-dim tensor")
+        raise ValueError(
+            f"{owner}: state['step'] has shape {tuple(count.shape)}; expected a 0-dim tensor"
+        )
     try:
         return float(count)
     except RuntimeError as error:  # a batched count under torch.func.vmap
-        raise ValueError(f"{owner}: state['step'] is batched; under torch.func.vmap map the "
-                         "buffers and keep the step count shared (in_dims=None for "
-                         "state['step'] and state['mu_product'])") from error
+        raise ValueError(
+            f"{owner}: state['step'] is batched; under torch.func.vmap map the "
+            "buffers and keep the step count shared (in_dims=None for "
+            "state['step'] and state['mu_product'])"
+        ) from error
 
 
 def _truthy(value: Any) -> Any:
@@ -505,13 +583,18 @@ def _check_tensor_hyperparameter(owner: str, name: str, value: Any) -> None:
     items = value if isinstance(value, tuple | list) else (value,)
     for item in items:
         if isinstance(item, Tensor) and (item.is_complex() or not item.is_floating_point()):
-            raise TypeError(f"{owner}: {name} is a tensor of dtype {item.dtype}; expected a "
-                            "real floating-point tensor")
+            raise TypeError(
+                f"{owner}: {name} is a tensor of dtype {item.dtype}; expected a "
+                "real floating-point tensor"
+            )
 
 
 def _functional_forms() -> dict[str, FunctionalOptimizer]:
-    return {cls.registry_name: FunctionalOptimizer(cls.registry_name, cls)
-            for cls in algorithms().values() if cls.math is not None and cls.functional_form}
+    return {
+        cls.registry_name: FunctionalOptimizer(cls.registry_name, cls)
+        for cls in algorithms().values()
+        if cls.math is not None and cls.functional_form
+    }
 
 
 ALGORITHMS: dict[str, FunctionalOptimizer] = _functional_forms()
@@ -522,8 +605,10 @@ def __getattr__(name: str) -> FunctionalOptimizer:
     try:
         return ALGORITHMS[name]
     except KeyError:
-        raise AttributeError(f"module 'descent.functional' has no attribute {name!r}; the "
-                             f"algorithms are {sorted(ALGORITHMS)}") from None
+        raise AttributeError(
+            f"module 'descent.functional' has no attribute {name!r}; the "
+            f"algorithms are {sorted(ALGORITHMS)}"
+        ) from None
 
 
 def __dir__() -> list[str]:

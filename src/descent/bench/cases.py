@@ -84,8 +84,11 @@ class Algorithm:
 
     def make_torch(self, params: list[torch.Tensor], variant: str) -> torch.optim.Optimizer:
         assert self.torch_cls is not None
-        flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True},
-                 "fused": {"fused": True}}[variant]
+        flags = {
+            "for-loop": {"foreach": False},
+            "foreach": {"foreach": True},
+            "fused": {"fused": True},
+        }[variant]
         return self.torch_cls(params, **self.options, **flags)
 
     @property
@@ -126,12 +129,19 @@ def algorithms(device: str = "cpu") -> list[Algorithm]:
             continue
         options = {"lr": 1e-3, **OPTIONS.get(name, {})}
         torch_cls = getattr(torch.optim, name, None)
-        chosen.append(Algorithm(name, cls, options, 12 + 8 * _state_buffers(cls, options),
-                                torch_cls, _torch_variants(torch_cls, device)))
+        chosen.append(
+            Algorithm(
+                name,
+                cls,
+                options,
+                12 + 8 * _state_buffers(cls, options),
+                torch_cls,
+                _torch_variants(torch_cls, device),
+            )
+        )
     return chosen
 
 
 Make = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
-__all__ = ["FOUR_K", "HOST", "Algorithm", "Case", "Make", "algorithms", "listed", "single",
-           "sweep"]
+__all__ = ["FOUR_K", "HOST", "Algorithm", "Case", "Make", "algorithms", "listed", "single", "sweep"]

@@ -51,8 +51,9 @@ def _digits(seed: int) -> tuple[torch.Tensor, ...]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise RuntimeError("compare needs scikit-learn for the digits task: "
-                           "pip install 'descent[demo]'") from error
+        raise RuntimeError(
+            "compare needs scikit-learn for the digits task: pip install 'descent[demo]'"
+        ) from error
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
@@ -94,34 +95,53 @@ def _tasks(seed: int, names: Sequence[str]) -> list[_Task]:
         def mlp() -> nn.Module:
             return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
-        tasks.append(_Task("digits MLP", mlp, (x, y), (x_test, y_test),
-                           nn.functional.cross_entropy,
-                           lambda out, y: float((out.argmax(-1) == y).float().mean()),
-                           "test accuracy"))
+        tasks.append(
+            _Task(
+                "digits MLP",
+                mlp,
+                (x, y),
+                (x_test, y_test),
+                nn.functional.cross_entropy,
+                lambda out, y: float((out.argmax(-1) == y).float().mean()),
+                "test accuracy",
+            )
+        )
     if "chars" in names:
         x, y, vocabulary = char_sequences(load_text(), 64, stride=32)
         cut = int(0.9 * len(x))
 
         def flat_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]),
-                                               target.reshape(-1))
+            return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
 
-        tasks.append(_Task("char GRU", lambda: _CharGRU(len(vocabulary)), (x[:cut], y[:cut]),
-                           (x[cut:], y[cut:]), flat_loss,
-                           lambda out, y: float(flat_loss(out, y)), "held-out nats/char"))
+        tasks.append(
+            _Task(
+                "char GRU",
+                lambda: _CharGRU(len(vocabulary)),
+                (x[:cut], y[:cut]),
+                (x[cut:], y[cut:]),
+                flat_loss,
+                lambda out, y: float(flat_loss(out, y)),
+                "held-out nats/char",
+            )
+        )
     return tasks
 
 
 def _switch(optimizer: Any, mode: str) -> None:
     """``optimizer.train()`` / ``.eval()`` for optimizers that switch modes (the
     :class:`~descent.optim.schedule_free.ModeSwitching` protocol)."""
-    if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval",
-                                                                        None)):
+    if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
         getattr(optimizer, mode)()
 
 
-def _run(task: _Task, name: str, make: Callable[[nn.Module], Any], epochs: int,
-         batch_size: int, seed: int) -> Row:
+def _run(
+    task: _Task,
+    name: str,
+    make: Callable[[nn.Module], Any],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+) -> Row:
     torch.manual_seed(seed)
     model = task.model()
     optimizer = make(model)
@@ -133,7 +153,7 @@ def _run(task: _Task, name: str, make: Callable[[nn.Module], Any], epochs: int,
         order = torch.randperm(len(x), generator=generator)
         losses = []
         for start in range(0, len(x), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
 
             def closure(index: torch.Tensor = index) -> torch.Tensor:
                 optimizer.zero_grad()
@@ -151,14 +171,25 @@ def _run(task: _Task, name: str, make: Callable[[nn.Module], Any], epochs: int,
     with torch.no_grad():
         metric = task.metric(model(task.test[0]), task.test[1])
     train_loss = sum(losses) / len(losses)
-    return Row(task.name, name, train_loss if math.isfinite(train_loss) else math.nan, metric,
-               task.metric_name, 1000 * seconds / steps)
+    return Row(
+        task.name,
+        name,
+        train_loss if math.isfinite(train_loss) else math.nan,
+        metric,
+        task.metric_name,
+        1000 * seconds / steps,
+    )
 
 
-def compare(optimizers: Sequence[str] | None = None, *, tasks: Sequence[str] = ("digits",
-                                                                                 "chars"),
-            epochs: int = 10, batch_size: int = 32, seed: int = 0, threads: int | None = 1
-            ) -> list[Row]:
+def compare(
+    optimizers: Sequence[str] | None = None,
+    *,
+    tasks: Sequence[str] = ("digits", "chars"),
+    epochs: int = 10,
+    batch_size: int = 32,
+    seed: int = 0,
+    threads: int | None = 1,
+) -> list[Row]:
     """Train each optimizer at its defaults on each task; return one :class:`Row` each.
 
     Args:
@@ -176,12 +207,17 @@ def compare(optimizers: Sequence[str] | None = None, *, tasks: Sequence[str] = (
     included (the same for every optimizer on a task).
     """
     table = algorithms()
-    names = list(optimizers) if optimizers is not None else [
-        name for name in table if name not in SKIPPED]
+    names = (
+        list(optimizers)
+        if optimizers is not None
+        else [name for name in table if name not in SKIPPED]
+    )
     unknown = [name for name in names if name not in table]
     if unknown:
-        raise ValueError(f"compare: optimizers={unknown} are not in descent's registry; "
-                         f"expected some of {', '.join(table)}")
+        raise ValueError(
+            f"compare: optimizers={unknown} are not in descent's registry; "
+            f"expected some of {', '.join(table)}"
+        )
     bad = [task for task in tasks if task not in ("digits", "chars")]
     if bad:
         raise ValueError(f"compare: tasks={bad}; expected 'digits' and/or 'chars'")
@@ -189,8 +225,11 @@ def compare(optimizers: Sequence[str] | None = None, *, tasks: Sequence[str] = (
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return [_run(task, name, table[name], epochs, batch_size, seed)
-                for task in _tasks(seed, tasks) for name in names]
+        return [
+            _run(task, name, table[name], epochs, batch_size, seed)
+            for task in _tasks(seed, tasks)
+            for name in names
+        ]
     finally:
         torch.set_num_threads(previous)
 
@@ -204,15 +243,22 @@ def format_table(rows: Sequence[Row]) -> str:
         metric = chosen[0].metric_name
         if lines:
             lines.append("")
-        note = (f" (unigram baseline {unigram_entropy(load_text()):.3f} nats/char)"
-                if task == "char GRU" else "")
-        lines += [f"**{task}**{note}", "",
-                  f"| optimizer | train loss (last epoch) | {metric} | ms per step |",
-                  "|---|---|---|---|"]
+        note = (
+            f" (unigram baseline {unigram_entropy(load_text()):.3f} nats/char)"
+            if task == "char GRU"
+            else ""
+        )
+        lines += [
+            f"**{task}**{note}",
+            "",
+            f"| optimizer | train loss (last epoch) | {metric} | ms per step |",
+            "|---|---|---|---|",
+        ]
         for row in chosen:
             value = f"{row.metric:.2%}" if "accuracy" in metric else f"{row.metric:.3f}"
-            lines.append(f"| {row.optimizer} | {row.train_loss:.4f} | {value} | "
-                         f"{row.ms_per_step:.2f} |")
+            lines.append(
+                f"| {row.optimizer} | {row.train_loss:.4f} | {value} | {row.ms_per_step:.2f} |"
+            )
     return "\n".join(lines)
 
 

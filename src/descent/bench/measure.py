@@ -45,8 +45,11 @@ class Timing:
         return (third - first) / self.median
 
 
-def interleaved(contenders: dict[str, Callable[[], None]], repetitions: int,
-                prepare: dict[str, Callable[[], None]] | None = None) -> dict[str, Timing]:
+def interleaved(
+    contenders: dict[str, Callable[[], None]],
+    repetitions: int,
+    prepare: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, Timing]:
     """Time each contender ``repetitions`` times, interleaved in a rotating order.
 
     ``prepare[name]``, if given, runs untimed before each timed call of ``name``.
@@ -105,8 +108,9 @@ def wait_for_kernels() -> None:
     cpu._builds.drain()
 
 
-def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
-                  variants: tuple[str, ...]) -> StepResult:
+def measure_steps(
+    case: Case, algorithm: Algorithm, repetitions: int, variants: tuple[str, ...]
+) -> StepResult:
     """descent's step (its default mode, kernels built) against torch's ``variants``.
 
     Also measures the streaming bandwidth over buffers as large as the case: an
@@ -141,6 +145,7 @@ def measure_steps(case: Case, algorithm: Algorithm, repetitions: int,
         flat_param.add_(flat_grad, alpha=0.0)
         for buffer in flat_states:
             buffer.mul_(1.0)
+
     contenders["streaming"] = stream
     timings = interleaved(contenders, repetitions)
     bandwidth = case.numel * (12 + 8 * states) / timings.pop("streaming").median
@@ -157,7 +162,8 @@ def measure_host_cost(repetitions: int) -> dict[str, Timing]:
     makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
         "descent.Adam": lambda p: descent.Adam(p, lr=1e-3),
         "torch Adam fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
-        "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True)}
+        "torch Adam foreach": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+    }
     for name, make in makers.items():
         params = [value.requires_grad_() for value in _tensors(HOST, 0)]
         for param in params:
@@ -214,8 +220,9 @@ def measure_latency(label: str, make: str, sizes: list[int]) -> Latency:
         source = _LATENCY_SCRIPT.format(sizes=sizes, make=make)
         runs = []
         for _ in range(2):
-            done = subprocess.run([sys.executable, "-c", source], env=env, check=True,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-c", source], env=env, check=True, capture_output=True, text=True
+            )
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return Latency(label, runs[0], runs[1])
 
@@ -228,8 +235,9 @@ def _many_small_layers(count: int, width: int, seed: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def measure_training(iterations: int, layers: int = 200, width: int = 64,
-                     batch: int = 64) -> dict[str, Timing]:
+def measure_training(
+    iterations: int, layers: int = 200, width: int = 64, batch: int = 64
+) -> dict[str, Timing]:
     """One training iteration (zero_grad, forward, backward, step), each library's defaults.
 
     The model is ``layers`` x (Linear(width, width) + LayerNorm(width)), fitted to a random
@@ -251,11 +259,13 @@ def measure_training(iterations: int, layers: int = 200, width: int = 64,
         model = _many_small_layers(layers, width, seed=0)
         optimizer = make(model.parameters())
 
-        def iteration(model: torch.nn.Module = model,
-                      optimizer: torch.optim.Optimizer = optimizer) -> None:
+        def iteration(
+            model: torch.nn.Module = model, optimizer: torch.optim.Optimizer = optimizer
+        ) -> None:
             optimizer.zero_grad()
             (model(x) - target).square().mean().backward()
             optimizer.step()
+
         for _ in range(3):
             iteration()
         contenders[name] = iteration
@@ -292,13 +302,29 @@ def measure_demo(repetitions: int, full: bool = False) -> dict[str, Timing]:
             env = dict(os.environ, DESCENT_ENGINE=mode)
 
             def run() -> None:
-                subprocess.run([sys.executable, "-c", source, *arguments], env=env,
-                               check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(
+                    [sys.executable, "-c", source, *arguments],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+
             return run
-        return interleaved({name: runner(*variant) for name, variant in variants.items()},
-                           repetitions)
+
+        return interleaved(
+            {name: runner(*variant) for name, variant in variants.items()}, repetitions
+        )
 
 
-__all__ = ["Latency", "StepResult", "Timing", "interleaved", "measure_demo",
-           "measure_host_cost", "measure_latency", "measure_steps", "measure_training",
-           "wait_for_kernels"]
+__all__ = [
+    "Latency",
+    "StepResult",
+    "Timing",
+    "interleaved",
+    "measure_demo",
+    "measure_host_cost",
+    "measure_latency",
+    "measure_steps",
+    "measure_training",
+    "wait_for_kernels",
+]

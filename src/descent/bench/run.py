@@ -48,9 +48,11 @@ def _machine() -> str:
                     break
     except OSError:
         pass
-    return (f"{cpu}; {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, descent "
-            f"{descent.__version__}; {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}; {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, descent "
+        f"{descent.__version__}; {platform.system()} {platform.release()}"
+    )
 
 
 def _load() -> str:
@@ -87,8 +89,12 @@ def _step_table(results: list[StepResult]) -> list[str]:
         descent_time = timings["descent"].median
         cells = [result.case.name, result.algorithm.name, _timing(timings["descent"])]
         cells += [_timing(timings.get(name)) for name in variants]
-        cells += [_ratio(result.vs_best), _ms(result.roofline),
-                  f"{100 * result.roofline / descent_time:.0f}%", _ms(result.first_step)]
+        cells += [
+            _ratio(result.vs_best),
+            _ms(result.roofline),
+            f"{100 * result.roofline / descent_time:.0f}%",
+            _ms(result.first_step),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -126,12 +132,17 @@ def _host_table(host: dict[str, Timing]) -> list[str]:
 
 
 def _latency_table(latencies: list[Latency]) -> list[str]:
-    lines = ["| first step of | import s | cold: first step s | cold: kernel built after s "
-             "| warm: first step s | second step ms |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| first step of | import s | cold: first step s | cold: kernel built after s "
+        "| warm: first step s | second step ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for latency in latencies:
-        lines.append(f"| {latency.label} | {latency.warm['import']:.2f} "
-                     f"| {latency.cold['first']:.3f} | {latency.cold.get('ready', 0):.2f} "
-                     f"| {latency.warm['first']:.3f} | {_ms(latency.warm['second'])} |")
+        lines.append(
+            f"| {latency.label} | {latency.warm['import']:.2f} "
+            f"| {latency.cold['first']:.3f} | {latency.cold.get('ready', 0):.2f} "
+            f"| {latency.warm['first']:.3f} | {_ms(latency.warm['second'])} |"
+        )
     return lines
 
 
@@ -145,69 +156,95 @@ def _training_table(training: dict[str, Timing]) -> list[str]:
 
 def _demo_table(demo: dict[str, Timing]) -> list[str]:
     ours = demo["descent.Adam (engine auto)"].median
-    lines = ["| `descent demo --quick` with | seconds, end to end | descent is faster by |",
-             "|---|---|---|"]
+    lines = [
+        "| `descent demo --quick` with | seconds, end to end | descent is faster by |",
+        "|---|---|---|",
+    ]
     for name, timing in demo.items():
-        lines.append(f"| {name} | {timing.median:.2f} ±{timing.spread * 50:.0f}% "
-                     f"| {timing.median / ours:.2f}x |")
+        lines.append(
+            f"| {name} | {timing.median:.2f} ±{timing.spread * 50:.0f}% "
+            f"| {timing.median / ours:.2f}x |"
+        )
     return lines
 
 
 def _cuda_section(path: Path) -> list[str]:
     """The CUDA figures of ``bench/cuda_check.py``, recorded in ``path`` (JSON)."""
     if not path.exists():
-        return ["No GPU figures are recorded (`bench/cuda_check.py` writes them on a machine "
-                "with CUDA)."]
+        return [
+            "No GPU figures are recorded (`bench/cuda_check.py` writes them on a machine "
+            "with CUDA)."
+        ]
     data = json.loads(path.read_text())
     machine = data.get("machine", {})
-    lines = [f"Recorded by `PYTHONPATH=src python bench/cuda_check.py` on {data.get('date', '?')}"
-             f": {machine.get('device', '?')}, torch {machine.get('torch', '?')}, copy "
-             f"bandwidth {data.get('copy_bandwidth_GBps', 0):.0f} GB/s (bytes read plus "
-             f"written). {data.get('note', '')}", ""]
+    lines = [
+        f"Recorded by `PYTHONPATH=src python bench/cuda_check.py` on {data.get('date', '?')}"
+        f": {machine.get('device', '?')}, torch {machine.get('torch', '?')}, copy "
+        f"bandwidth {data.get('copy_bandwidth_GBps', 0):.0f} GB/s (bytes read plus "
+        f"written). {data.get('note', '')}",
+        "",
+    ]
     steps = data.get("steps", {})
     if steps:
-        lines += ["| case | optimizer | descent ms | descent foreach ms | torch fused ms "
-                  "| torch foreach ms | vs torch's best | % of copy bandwidth |",
-                  "|" + "---|" * 8]
+        lines += [
+            "| case | optimizer | descent ms | descent foreach ms | torch fused ms "
+            "| torch foreach ms | vs torch's best | % of copy bandwidth |",
+            "|" + "---|" * 8,
+        ]
         for key, row in steps.items():
             case, name = key.split(" | ")
-            cells = [case, name] + [f"{row[k]:.3f}" if row.get(k) is not None else "—"
-                                    for k in ("descent", "descent foreach", "torch fused",
-                                              "torch foreach")]
+            cells = [case, name] + [
+                f"{row[k]:.3f}" if row.get(k) is not None else "—"
+                for k in ("descent", "descent foreach", "torch fused", "torch foreach")
+            ]
             best = row.get("speedup_vs_torch_best")
-            cells += [f"{best:.2f}x" if best else "—",
-                      f"{100 * row['fraction_of_roofline']:.0f}%"]
+            cells += [f"{best:.2f}x" if best else "—", f"{100 * row['fraction_of_roofline']:.0f}%"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    for title, key in (("Host cost, Adam on 10,000 tensors of 16 floats",
-                        "host_cost_10k_tensors"),
-                       ("First step of NAdam on GPT-2's 148 tensors, fresh process",
-                        "first_step_NAdam_gpt2_list"),
-                       ("Whole training iteration, 12-layer d=768 transformer, bf16 autocast "
-                        "(ms)", "whole_iteration_ms")):
+    for title, key in (
+        ("Host cost, Adam on 10,000 tensors of 16 floats", "host_cost_10k_tensors"),
+        ("First step of NAdam on GPT-2's 148 tensors, fresh process", "first_step_NAdam_gpt2_list"),
+        (
+            "Whole training iteration, 12-layer d=768 transformer, bf16 autocast (ms)",
+            "whole_iteration_ms",
+        ),
+    ):
         if key in data:
             lines += [f"{title}: `{json.dumps(data[key])}`", ""]
     if "correctness" in data:
-        lines += ["Correctness on the GPU (largest relative difference from the per-tensor "
-                  "path after 6 steps; bf16 differences are bf16 rounding):", "",
-                  "| optimizer, dtype | " + " | ".join(next(iter(
-                      data["correctness"].values())).keys()) + " |",
-                  "|---|" + "---|" * len(next(iter(data["correctness"].values())))]
+        lines += [
+            "Correctness on the GPU (largest relative difference from the per-tensor "
+            "path after 6 steps; bf16 differences are bf16 rounding):",
+            "",
+            "| optimizer, dtype | "
+            + " | ".join(next(iter(data["correctness"].values())).keys())
+            + " |",
+            "|---|" + "---|" * len(next(iter(data["correctness"].values()))),
+        ]
         for name, row in data["correctness"].items():
             lines.append(f"| {name} | " + " | ".join(f"{v:.1e}" for v in row.values()) + " |")
     return lines
 
 
-def write_report(path: str, command: str, started: str, loads: tuple[str, str],
-                 results: list[StepResult], sweep: list[StepResult], host: dict[str, Timing],
-                 latencies: list[Latency], training: dict[str, Timing] | None,
-                 repetitions: int, iterations: int = 0,
-                 demo: dict[str, Timing] | None = None) -> None:
+def write_report(
+    path: str,
+    command: str,
+    started: str,
+    loads: tuple[str, str],
+    results: list[StepResult],
+    sweep: list[StepResult],
+    host: dict[str, Timing],
+    latencies: list[Latency],
+    training: dict[str, Timing] | None,
+    repetitions: int,
+    iterations: int = 0,
+    demo: dict[str, Timing] | None = None,
+) -> None:
     """Write the Markdown report to ``path``."""
     lines = [
         "# Benchmarks",
         "",
-        "Produced by the command below (see the docs, \"Speed\"); every CPU number is from "
+        'Produced by the command below (see the docs, "Speed"); every CPU number is from '
         "one run of it, in one process per table, contenders interleaved. Times are "
         f"medians of {repetitions} repetitions (step tables) or of the iterations listed; "
         "±N% is half the interquartile range of the repetitions, relative to the median. "
@@ -238,8 +275,8 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
         "SGD with momentum, RMSprop, Adagrad and Lion 20, signSGD 12) times the number of "
         "parameters, over the streaming bandwidth of buffers of the same size touched as "
         "the step touches them (an in-place `add_` into a parameter-sized buffer and a "
-        "`mul_` of each state-sized one), measured interleaved with the steps. \"first "
-        "step\" is the first step in this process (state created; a generated kernel is "
+        '`mul_` of each state-sized one), measured interleaved with the steps. "first '
+        'step" is the first step in this process (state created; a generated kernel is '
         "built in the background meanwhile).",
         "",
         *_step_table(results),
@@ -258,7 +295,7 @@ def write_report(path: str, command: str, started: str, loads: tuple[str, str],
             "Each row runs two fresh Python processes that share a new, empty "
             "`DESCENT_CACHE_DIR`: in the first (cold) the generated kernel is built in the "
             "background while the first steps run without it; the second (warm) finds it "
-            "in the cache. \"import\" is `import torch, descent`.",
+            'in the cache. "import" is `import torch, descent`.',
             "",
             *_latency_table(latencies),
             "",
@@ -295,20 +332,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m descent.bench",
         description="descent's optimizer steps against torch.optim's for-loop, foreach and "
-                    "fused variants, next to the memory-bandwidth roofline.")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer sizes and repetitions, one latency row (a few minutes)")
-    parser.add_argument("--repetitions", type=int, default=None,
-                        help="timed repetitions per contender (7; 3 with --quick)")
+        "fused variants, next to the memory-bandwidth roofline.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer sizes and repetitions, one latency row (a few minutes)",
+    )
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=None,
+        help="timed repetitions per contender (7; 3 with --quick)",
+    )
     parser.add_argument("--output", default="BENCHMARKS.md", help="report path (BENCHMARKS.md)")
-    parser.add_argument("--only", nargs="+", metavar="NAME",
-                        help="only these optimizers (e.g. Adam RMSprop)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="only these optimizers (e.g. Adam RMSprop)"
+    )
     args = parser.parse_args(argv)
     repetitions = args.repetitions or (3 if args.quick else 7)
     if repetitions < 1:
         parser.error(f"--repetitions must be at least 1, got {repetitions}")
     command = "python -m descent.bench" + "".join(
-        f" {arg}" for arg in (sys.argv[1:] if argv is None else argv))
+        f" {arg}" for arg in (sys.argv[1:] if argv is None else argv)
+    )
     chosen = algorithms()
     if args.only:
         known = {algorithm.name for algorithm in chosen}
@@ -324,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for algorithm in [a for a in chosen if a.torch_best is not None]:
             _log(f"[{time.perf_counter() - clock:6.0f}s] sweep {case.name}: {algorithm.name}")
             best = algorithm.torch_best
-            sweep_results.append(measure_steps(case, algorithm, max(3, repetitions // 2),
-                                               (best,) if best else ()))
+            sweep_results.append(
+                measure_steps(case, algorithm, max(3, repetitions // 2), (best,) if best else ())
+            )
     results = []
     for algorithm in chosen:
         _log(f"[{time.perf_counter() - clock:6.0f}s] {FOUR_K.name}: {algorithm.name}")
@@ -335,11 +383,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(measure_steps(FOUR_K, algorithm, repetitions, variants))
     _log(f"[{time.perf_counter() - clock:6.0f}s] host cost")
     host = measure_host_cost(repetitions)
-    latency_rows = [("descent.Adam, 4,000 x 4,000", "descent.Adam(params)", [4000] * 4000),
-                    ("descent.NAdam, 4,000 x 4,000", "descent.NAdam(params)", [4000] * 4000),
-                    ("descent.RMSprop, 1 x 16M", "descent.RMSprop(params)", [1 << 24]),
-                    ("torch.optim.Adam(fused=True), 4,000 x 4,000",
-                     "torch.optim.Adam(params, fused=True)", [4000] * 4000)]
+    latency_rows = [
+        ("descent.Adam, 4,000 x 4,000", "descent.Adam(params)", [4000] * 4000),
+        ("descent.NAdam, 4,000 x 4,000", "descent.NAdam(params)", [4000] * 4000),
+        ("descent.RMSprop, 1 x 16M", "descent.RMSprop(params)", [1 << 24]),
+        (
+            "torch.optim.Adam(fused=True), 4,000 x 4,000",
+            "torch.optim.Adam(params, fused=True)",
+            [4000] * 4000,
+        ),
+    ]
     if args.quick:
         latency_rows = latency_rows[1:2]
     latencies = []
@@ -351,8 +404,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = measure_training(iterations)
     _log(f"[{time.perf_counter() - clock:6.0f}s] descent demo end to end")
     demo = measure_demo(repetitions)
-    write_report(args.output, command, started, (load_before, _load()), results,
-                 sweep_results, host, latencies, training, repetitions, iterations, demo)
+    write_report(
+        args.output,
+        command,
+        started,
+        (load_before, _load()),
+        results,
+        sweep_results,
+        host,
+        latencies,
+        training,
+        repetitions,
+        iterations,
+        demo,
+    )
     _log(f"[{time.perf_counter() - clock:6.0f}s] wrote {args.output}")
     return 0
 

@@ -60,8 +60,16 @@ from .rng import capture_rng_state, restore_rng_state
 from .state import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
-    "FORMAT_VERSION", "Checkpoint", "CheckpointError", "CheckpointManager",
-    "CheckpointMismatchError", "CheckpointRecord", "CorruptCheckpointError",
-    "capture_rng_state", "load_checkpoint", "read_checkpoint", "restore_rng_state",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointMismatchError",
+    "CheckpointRecord",
+    "CorruptCheckpointError",
+    "capture_rng_state",
+    "load_checkpoint",
+    "read_checkpoint",
+    "restore_rng_state",
     "save_checkpoint",
 ]

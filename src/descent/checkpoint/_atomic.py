@@ -58,8 +58,7 @@ def _temporary_name(name: str, kind: str) -> str:
     return f".{name}.{kind}-{uuid.uuid4().hex[:12]}"
 
 
-def write_directory(path: Path, files: Mapping[str, bytes], index_name: str,
-                    index: bytes) -> None:
+def write_directory(path: Path, files: Mapping[str, bytes], index_name: str, index: bytes) -> None:
     """Write ``files`` and then ``index`` into the directory ``path`` atomically.
 
     ``path`` must be absent or already hold ``index_name``; the caller checks that.

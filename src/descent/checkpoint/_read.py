@@ -33,11 +33,20 @@ import numpy as np
 
 from ._errors import CorruptCheckpointError
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_BINARY", 0))
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _CHUNK = 1 << 20
 
@@ -57,13 +66,16 @@ def _refuse_irregular(path: Path, mode: int) -> None:
     if stat.S_ISLNK(mode):
         with contextlib.suppress(OSError):
             kind += f" to {os.readlink(path)!r}"
-    raise CorruptCheckpointError(f"checkpoint: {path} is {kind}; a descent checkpoint holds "
-                                 "only regular files, and links, devices and pipes are never "
-                                 "read")
+    raise CorruptCheckpointError(
+        f"checkpoint: {path} is {kind}; a descent checkpoint holds "
+        "only regular files, and links, devices and pipes are never "
+        "read"
+    )
 
 
-def read_regular_file(path: Path, *, limit: int, exact: bool = False,
-                      limit_name: str = "the limit") -> bytes:
+def read_regular_file(
+    path: Path, *, limit: int, exact: bool = False, limit_name: str = "the limit"
+) -> bytes:
     """The bytes of the regular file ``path``, which must hold at most ``limit`` bytes.
 
     With ``exact`` it must hold exactly ``limit`` bytes (a size recorded elsewhere).
@@ -80,8 +92,9 @@ def read_regular_file(path: Path, *, limit: int, exact: bool = False,
     try:
         descriptor = os.open(path, _OPEN_FLAGS)
     except OSError as error:
-        raise CorruptCheckpointError(f"checkpoint: cannot open {path}: {error} (it changed "
-                                     "while being read?)") from None
+        raise CorruptCheckpointError(
+            f"checkpoint: cannot open {path}: {error} (it changed while being read?)"
+        ) from None
     with os.fdopen(descriptor, "rb") as file:
         opened = os.fstat(file.fileno())
         if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
@@ -95,11 +108,15 @@ def read_regular_file(path: Path, *, limit: int, exact: bool = False,
 
 def _check_size(path: Path, size: int, limit: int, exact: bool, limit_name: str) -> None:
     if exact and size != limit:
-        raise CorruptCheckpointError(f"checkpoint: {path} has {size} bytes, {limit_name} "
-                                     f"records {limit}; the file is truncated or was replaced")
+        raise CorruptCheckpointError(
+            f"checkpoint: {path} has {size} bytes, {limit_name} "
+            f"records {limit}; the file is truncated or was replaced"
+        )
     if size > limit:
-        raise CorruptCheckpointError(f"checkpoint: {path} has {size} bytes, more than "
-                                     f"{limit_name} of {limit} bytes; it is not read")
+        raise CorruptCheckpointError(
+            f"checkpoint: {path} has {size} bytes, more than "
+            f"{limit_name} of {limit} bytes; it is not read"
+        )
 
 
 def read_head(path: Path, count: int) -> bytes:
@@ -127,9 +144,10 @@ def nesting_depth(text: bytes) -> int:
     bare = np.frombuffer(_STRING.sub(b'""', text), dtype=np.uint8)
     depth = deepest = 0
     for start in range(0, bare.size, _CHUNK):
-        chunk = bare[start:start + _CHUNK]
-        change = ((chunk == ord("[")) | (chunk == ord("{"))).astype(np.int64) \
-            - ((chunk == ord("]")) | (chunk == ord("}"))).astype(np.int64)
+        chunk = bare[start : start + _CHUNK]
+        change = ((chunk == ord("[")) | (chunk == ord("{"))).astype(np.int64) - (
+            (chunk == ord("]")) | (chunk == ord("}"))
+        ).astype(np.int64)
         running = np.cumsum(change) + depth
         deepest = max(deepest, int(running.max()))
         depth = int(running[-1])
@@ -140,13 +158,16 @@ class _Refusal(Exception):
     """Raised inside the JSON parser's hooks; turned into a CorruptCheckpointError."""
 
 
-def parse_json(text: bytes, path: Path, *, max_depth: int, max_int_digits: int,
-               max_number_chars: int) -> Any:
+def parse_json(
+    text: bytes, path: Path, *, max_depth: int, max_int_digits: int, max_number_chars: int
+) -> Any:
     """Parse the verified JSON ``text`` of ``path`` within the given limits."""
     depth = nesting_depth(text)
     if depth > max_depth:
-        raise CorruptCheckpointError(f"checkpoint: {path} nests {depth} levels deep, more than "
-                                     f"the limit of {max_depth}; it is not parsed")
+        raise CorruptCheckpointError(
+            f"checkpoint: {path} nests {depth} levels deep, more than "
+            f"the limit of {max_depth}; it is not parsed"
+        )
 
     def integer(token: str) -> int:
         digits = len(token.lstrip("-"))
@@ -156,17 +177,18 @@ def parse_json(text: bytes, path: Path, *, max_depth: int, max_int_digits: int,
 
     def real(token: str) -> float:
         if len(token) > max_number_chars:
-            raise _Refusal(f"a number written with {len(token)} characters (the limit is "
-                           f"{max_number_chars})")
+            raise _Refusal(
+                f"a number written with {len(token)} characters (the limit is {max_number_chars})"
+            )
         number = float(token)
         if not math.isfinite(number):
-            raise _Refusal(f"the number {token} is out of range (descent writes finite "
-                           "numbers only)")
+            raise _Refusal(
+                f"the number {token} is out of range (descent writes finite numbers only)"
+            )
         return number
 
     def constant(token: str) -> Any:
-        raise _Refusal(f"the constant {token} (descent writes non-finite floats as tagged "
-                       "objects)")
+        raise _Refusal(f"the constant {token} (descent writes non-finite floats as tagged objects)")
 
     def mapping(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -177,10 +199,16 @@ def parse_json(text: bytes, path: Path, *, max_depth: int, max_int_digits: int,
         return result
 
     try:
-        return json.loads(text.decode("utf-8"), parse_int=integer, parse_float=real,
-                          parse_constant=constant, object_pairs_hook=mapping)
+        return json.loads(
+            text.decode("utf-8"),
+            parse_int=integer,
+            parse_float=real,
+            parse_constant=constant,
+            object_pairs_hook=mapping,
+        )
     except _Refusal as refusal:
         raise CorruptCheckpointError(f"checkpoint: {path} holds {refusal}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CorruptCheckpointError(f"checkpoint: {path} is not valid JSON ({error}); the "
-                                     "file is truncated or corrupted") from None
+        raise CorruptCheckpointError(
+            f"checkpoint: {path} is not valid JSON ({error}); the file is truncated or corrupted"
+        ) from None

@@ -91,23 +91,32 @@ class CheckpointManager:
         prefix: the checkpoints' name prefix.
     """
 
-    def __init__(self, directory: str | Path, *, keep_last: int = 3, monitor: str | None = None,
-                 mode: str = "min", prefix: str = "step") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last: int = 3,
+        monitor: str | None = None,
+        mode: str = "min",
+        prefix: str = "step",
+    ) -> None:
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            raise ValueError(f"CheckpointManager: keep_last={keep_last!r}; expected an integer "
-                             ">= 1")
+            raise ValueError(
+                f"CheckpointManager: keep_last={keep_last!r}; expected an integer >= 1"
+            )
         if mode not in ("min", "max"):
             raise ValueError(f"CheckpointManager: mode={mode!r}; expected 'min' or 'max'")
         if monitor is not None and not isinstance(monitor, str):
-            raise TypeError(f"CheckpointManager: monitor={monitor!r}; expected a metric name "
-                            "or None")
+            raise TypeError(
+                f"CheckpointManager: monitor={monitor!r}; expected a metric name or None"
+            )
         if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_]+", prefix):
-            raise ValueError(f"CheckpointManager: prefix={prefix!r}; expected letters, digits "
-                             "or underscores")
+            raise ValueError(
+                f"CheckpointManager: prefix={prefix!r}; expected letters, digits or underscores"
+            )
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
-            raise FileExistsError(f"CheckpointManager: {self.directory} is a file, not a "
-                                  "directory")
+            raise FileExistsError(f"CheckpointManager: {self.directory} is a file, not a directory")
         self.keep_last, self.monitor, self.mode, self.prefix = keep_last, monitor, mode, prefix
         self._pattern = re.compile(rf"{re.escape(prefix)}-(\d{{9,}})")
         self._reported: set[tuple[str, int]] = set()
@@ -132,16 +141,21 @@ class CheckpointManager:
                 found.append((int(match.group(1)), entry))
             elif (entry.name, mode) not in self._reported:  # once per manager and entry
                 self._reported.add((entry.name, mode))
-                warnings.warn(f"CheckpointManager: {entry} is named like a checkpoint but is "
-                              f"{_kind(mode)}, not a checkpoint directory; it is ignored (and "
-                              "moved aside if its step is saved)", stacklevel=3)
+                warnings.warn(
+                    f"CheckpointManager: {entry} is named like a checkpoint but is "
+                    f"{_kind(mode)}, not a checkpoint directory; it is ignored (and "
+                    "moved aside if its step is saved)",
+                    stacklevel=3,
+                )
         return sorted(found)
 
     def _label_checked(self, step: int, path: Path, content: Mapping[str, Any]) -> None:
         if content["step"] != step:
-            raise CorruptCheckpointError(f"checkpoint: {path / INDEX_NAME} has the step label "
-                                         f"{content['step']!r}, but the directory is named for "
-                                         f"step {step}")
+            raise CorruptCheckpointError(
+                f"checkpoint: {path / INDEX_NAME} has the step label "
+                f"{content['step']!r}, but the directory is named for "
+                f"step {step}"
+            )
 
     def records(self) -> list[CheckpointRecord]:
         """Committed checkpoints whose index is intact, oldest first (tensors not checked)."""
@@ -159,8 +173,11 @@ class CheckpointManager:
         """The checkpoint with the best value of ``monitor`` (None without a monitor)."""
         if self.monitor is None:
             return None
-        scored = [(record.metrics[self.monitor], record.step, record)
-                  for record in self.records() if _finite(record.metrics.get(self.monitor))]
+        scored = [
+            (record.metrics[self.monitor], record.step, record)
+            for record in self.records()
+            if _finite(record.metrics.get(self.monitor))
+        ]
         if not scored:
             return None
         sign = 1 if self.mode == "min" else -1
@@ -181,17 +198,27 @@ class CheckpointManager:
                 if check is not None:
                     check(content)
             except CorruptCheckpointError as error:
-                warnings.warn(f"CheckpointManager: skipping the checkpoint of step {step}: "
-                              f"{error}", stacklevel=2)
+                warnings.warn(
+                    f"CheckpointManager: skipping the checkpoint of step {step}: {error}",
+                    stacklevel=2,
+                )
                 continue
             return path
         return None
 
     # ------------------------------------------------------------------ save / load
 
-    def save(self, step: int, *, model: Any = None, optimizers: Any = None,
-             schedulers: Any = None, trainer_state: Any = None, extra: Any = None,
-             metrics: Mapping[str, Any] | None = None) -> Path | None:
+    def save(
+        self,
+        step: int,
+        *,
+        model: Any = None,
+        optimizers: Any = None,
+        schedulers: Any = None,
+        trainer_state: Any = None,
+        extra: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Path | None:
         """Write the checkpoint of global optimizer step ``step``, then prune.
 
         Arguments as for :func:`descent.save_checkpoint`. Under ``torch.distributed``
@@ -204,8 +231,10 @@ class CheckpointManager:
             value = metrics[self.monitor]
             number = value.item() if hasattr(value, "item") else value
             if isinstance(number, bool) or not isinstance(number, int | float):
-                raise TypeError(f"CheckpointManager.save: metrics[{self.monitor!r}]={value!r}; "
-                                "expected a number")
+                raise TypeError(
+                    f"CheckpointManager.save: metrics[{self.monitor!r}]={value!r}; "
+                    "expected a number"
+                )
         for optimizer in _named("optimizers", optimizers).values():
             distributed.consolidate_optimizer_state(optimizer)
         rng_states = distributed.all_gather_object(capture_rng_state())
@@ -214,9 +243,17 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_for(step)
         self._clear_the_way(step, path)
-        save_checkpoint(path, model=model, optimizers=optimizers, schedulers=schedulers,
-                        trainer_state=trainer_state, extra=extra, step=step,
-                        metrics=_plain_metrics(metrics), rng=rng_states)
+        save_checkpoint(
+            path,
+            model=model,
+            optimizers=optimizers,
+            schedulers=schedulers,
+            trainer_state=trainer_state,
+            extra=extra,
+            step=step,
+            metrics=_plain_metrics(metrics),
+            rng=rng_states,
+        )
         self._prune(step)
         return path
 
@@ -240,12 +277,15 @@ class CheckpointManager:
         else:
             aside = _set_aside(path, "stray")
             reason = f"it is {_kind(mode)}"
-        warnings.warn(f"CheckpointManager: {path} is in the way of the checkpoint of step "
-                      f"{step} ({reason}); moved it to {aside.name}", stacklevel=3)
+        warnings.warn(
+            f"CheckpointManager: {path} is in the way of the checkpoint of step "
+            f"{step} ({reason}); moved it to {aside.name}",
+            stacklevel=3,
+        )
 
     def _prune(self, step: int) -> None:
         records = self.records()
-        newest = [record.step for record in records if record.step <= step][-self.keep_last:]
+        newest = [record.step for record in records if record.step <= step][-self.keep_last :]
         keep = set(newest)
         best = self.best()
         if best is not None and best.step <= step:
@@ -260,8 +300,15 @@ class CheckpointManager:
             if entry.name.startswith(f".{self.prefix}-") and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def load_latest(self, *, model: Any = None, optimizers: Any = None, schedulers: Any = None,
-                    restore_rng: bool = True, check: Check | None = None) -> Checkpoint | None:
+    def load_latest(
+        self,
+        *,
+        model: Any = None,
+        optimizers: Any = None,
+        schedulers: Any = None,
+        restore_rng: bool = True,
+        check: Check | None = None,
+    ) -> Checkpoint | None:
         """Load the newest valid checkpoint into the given objects; None if there is none.
 
         Damaged checkpoints, and those ``check`` refuses (see :meth:`latest`), are
@@ -273,8 +320,13 @@ class CheckpointManager:
         chosen = distributed.broadcast_object(None if chosen is None else str(chosen))
         if chosen is None:
             return None
-        return load_checkpoint(chosen, model=model, optimizers=optimizers,
-                               schedulers=schedulers, restore_rng=restore_rng)
+        return load_checkpoint(
+            chosen,
+            model=model,
+            optimizers=optimizers,
+            schedulers=schedulers,
+            restore_rng=restore_rng,
+        )
 
 
 def _kind(mode: int) -> str:
@@ -297,7 +349,11 @@ def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"CheckpointManager: metrics has type {type(metrics).__name__}; "
-                        "expected a dict of numbers")
-    return {str(name): value.item() if hasattr(value, "item") else value
-            for name, value in metrics.items()}
+        raise TypeError(
+            f"CheckpointManager: metrics has type {type(metrics).__name__}; "
+            "expected a dict of numbers"
+        )
+    return {
+        str(name): value.item() if hasattr(value, "item") else value
+        for name, value in metrics.items()
+    }

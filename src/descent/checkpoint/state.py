@@ -78,8 +78,9 @@ def _named(kind: str, value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         bad = [key for key in value if not isinstance(key, str)]
         if bad:
-            raise TypeError(f"checkpoint: {kind} has non-string names {bad!r}; name objects "
-                            "with strings")
+            raise TypeError(
+                f"checkpoint: {kind} has non-string names {bad!r}; name objects with strings"
+            )
         return dict(value)
     if isinstance(value, list | tuple):
         return {str(index): item for index, item in enumerate(value)}
@@ -88,8 +89,9 @@ def _named(kind: str, value: Any) -> dict[str, Any]:
 
 def _unwrap(model: Any, label: str) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"checkpoint: {label} has type {type(model).__name__}; expected an "
-                        "nn.Module")
+        raise TypeError(
+            f"checkpoint: {label} has type {type(model).__name__}; expected an nn.Module"
+        )
     parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, parallel) else model
 
@@ -102,10 +104,14 @@ def _type_name(obj: Any) -> str:
 
 def _check_stateful(kind: str, objects: Mapping[str, Any]) -> None:
     for name, obj in objects.items():
-        if not (callable(getattr(obj, "state_dict", None))
-                and callable(getattr(obj, "load_state_dict", None))):
-            raise TypeError(f"checkpoint: {kind}[{name!r}] has type {type(obj).__name__}; "
-                            "expected an object with state_dict() and load_state_dict()")
+        if not (
+            callable(getattr(obj, "state_dict", None))
+            and callable(getattr(obj, "load_state_dict", None))
+        ):
+            raise TypeError(
+                f"checkpoint: {kind}[{name!r}] has type {type(obj).__name__}; "
+                "expected an object with state_dict() and load_state_dict()"
+            )
 
 
 def _optimizer_state(name: str, optimizer: Any) -> dict[str, Any]:
@@ -117,17 +123,26 @@ def _optimizer_state(name: str, optimizer: Any) -> dict[str, Any]:
             raise RuntimeError(
                 f"checkpoint: optimizers[{name!r}] is a ZeroRedundancyOptimizer whose state is "
                 "sharded; call descent.distributed.consolidate_optimizer_state(optimizer) on "
-                "every rank first (CheckpointManager.save does it for you)") from error
+                "every rank first (CheckpointManager.save does it for you)"
+            ) from error
         raise
 
 
 # ---------------------------------------------------------------------- save
 
 
-def save_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = None,
-                    schedulers: Any = None, trainer_state: Any = None, extra: Any = None,
-                    step: int | None = None, metrics: Mapping[str, float] | None = None,
-                    rng: bool | Sequence[Mapping[str, Any]] = True) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: Any = None,
+    optimizers: Any = None,
+    schedulers: Any = None,
+    trainer_state: Any = None,
+    extra: Any = None,
+    step: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+    rng: bool | Sequence[Mapping[str, Any]] = True,
+) -> Path:
     """Write the full training state to the checkpoint directory ``path``, atomically.
 
     Args:
@@ -149,8 +164,9 @@ def save_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     only (rank 0), or use :class:`~descent.checkpoint.CheckpointManager`, which
     gathers every rank's generator states and ZeRO shards first.
     """
-    models = {name: _unwrap(module, f"model[{name!r}]")
-              for name, module in _named("model", model).items()}
+    models = {
+        name: _unwrap(module, f"model[{name!r}]") for name, module in _named("model", model).items()
+    }
     named_optimizers = _named("optimizers", optimizers)
     named_schedulers = _named("schedulers", schedulers)
     _check_stateful("optimizers", named_optimizers)
@@ -162,22 +178,31 @@ def save_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     elif isinstance(rng, Sequence) and all(isinstance(item, Mapping) for item in rng):
         rng_states = [dict(item) for item in rng]
     else:
-        raise TypeError(f"save_checkpoint: rng has type {type(rng).__name__}; expected a bool "
-                        "or a list of per-rank states from capture_rng_state()")
+        raise TypeError(
+            f"save_checkpoint: rng has type {type(rng).__name__}; expected a bool "
+            "or a list of per-rank states from capture_rng_state()"
+        )
 
     model_states = {}
     for name, module in models.items():
         state = module.state_dict()
-        model_states[name] = {"type": type(module).__name__, "state": dict(state),
-                              "metadata": dict(getattr(state, "_metadata", {}) or {})}
+        model_states[name] = {
+            "type": type(module).__name__,
+            "state": dict(state),
+            "metadata": dict(getattr(state, "_metadata", {}) or {}),
+        }
     content = {
         "step": step,
         "metrics": dict(metrics or {}),
         "models": model_states,
-        "optimizers": {name: {"type": _type_name(opt), "state": _optimizer_state(name, opt)}
-                       for name, opt in named_optimizers.items()},
-        "schedulers": {name: {"type": type(sched).__name__, "state": sched.state_dict()}
-                       for name, sched in named_schedulers.items()},
+        "optimizers": {
+            name: {"type": _type_name(opt), "state": _optimizer_state(name, opt)}
+            for name, opt in named_optimizers.items()
+        },
+        "schedulers": {
+            name: {"type": type(sched).__name__, "state": sched.state_dict()}
+            for name, sched in named_schedulers.items()
+        },
         "trainer_state": trainer_state,
         "extra": extra,
         "rng": rng_states,
@@ -188,11 +213,12 @@ def save_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
 # ---------------------------------------------------------------------- load
 
 
-def _match_names(path: Path, kind: str, saved: Mapping[str, Any],
-                 given: Mapping[str, Any]) -> None:
+def _match_names(path: Path, kind: str, saved: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     if set(saved) != set(given):
-        raise CheckpointMismatchError(f"checkpoint {path}: it holds {kind} {sorted(saved)}, "
-                                      f"but {kind} {sorted(given)} were given to load into")
+        raise CheckpointMismatchError(
+            f"checkpoint {path}: it holds {kind} {sorted(saved)}, "
+            f"but {kind} {sorted(given)} were given to load into"
+        )
 
 
 def _check_model(path: Path, label: str, module: nn.Module, saved: Mapping[str, Any]) -> None:
@@ -207,26 +233,35 @@ def _check_model(path: Path, label: str, module: nn.Module, saved: Mapping[str, 
             parts.append(f"the model has keys the checkpoint lacks: {missing[:10]}")
         if unexpected:
             parts.append(f"the checkpoint has keys the model lacks: {unexpected[:10]}")
-        raise CheckpointMismatchError(f"{where} ({saved['type']} in the checkpoint, "
-                                      f"{type(module).__name__} given): {'; '.join(parts)}")
+        raise CheckpointMismatchError(
+            f"{where} ({saved['type']} in the checkpoint, "
+            f"{type(module).__name__} given): {'; '.join(parts)}"
+        )
     for key, tensor in expected.items():
         value = state[key]
         if not isinstance(value, torch.Tensor):
-            raise CheckpointMismatchError(f"{where}: {key!r} is a {type(value).__name__} in the "
-                                          "checkpoint, not a tensor")
+            raise CheckpointMismatchError(
+                f"{where}: {key!r} is a {type(value).__name__} in the checkpoint, not a tensor"
+            )
         if value.shape != tensor.shape:
-            raise CheckpointMismatchError(f"{where}: {key!r} has shape {tuple(value.shape)} in "
-                                          f"the checkpoint, {tuple(tensor.shape)} in the model")
+            raise CheckpointMismatchError(
+                f"{where}: {key!r} has shape {tuple(value.shape)} in "
+                f"the checkpoint, {tuple(tensor.shape)} in the model"
+            )
         if value.dtype != tensor.dtype:
-            raise CheckpointMismatchError(f"{where}: {key!r} has dtype {value.dtype} in the "
-                                          f"checkpoint, {tensor.dtype} in the model")
+            raise CheckpointMismatchError(
+                f"{where}: {key!r} has dtype {value.dtype} in the "
+                f"checkpoint, {tensor.dtype} in the model"
+            )
 
 
 def _check_optimizer(path: Path, label: str, optimizer: Any, saved: Mapping[str, Any]) -> None:
     where = f"checkpoint {path}: {label}"
     if saved["type"] != _type_name(optimizer):
-        raise CheckpointMismatchError(f"{where}: the checkpoint holds a {saved['type']}, but a "
-                                      f"{_type_name(optimizer)} was given")
+        raise CheckpointMismatchError(
+            f"{where}: the checkpoint holds a {saved['type']}, but a "
+            f"{_type_name(optimizer)} was given"
+        )
     state_dict = saved["state"]
     try:
         if hasattr(optimizer, "_check_state_dict"):  # a descent optimizer: its own checks
@@ -243,46 +278,64 @@ def _check_torch_optimizer(optimizer: Any, state_dict: Any) -> None:
         raise ValueError("the saved state dict lacks 'state' or 'param_groups'")
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
-        raise ValueError(f"the checkpoint has {len(saved_groups)} param groups, the optimizer "
-                         f"has {len(optimizer.param_groups)}")
+        raise ValueError(
+            f"the checkpoint has {len(saved_groups)} param groups, the optimizer "
+            f"has {len(optimizer.param_groups)}"
+        )
     index_to_param: dict[Any, torch.Tensor] = {}
     for gi, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups, strict=True)):
         if len(saved["params"]) != len(group["params"]):
-            raise ValueError(f"param_groups[{gi}] has {len(saved['params'])} parameters in the "
-                             f"checkpoint, {len(group['params'])} in the optimizer")
+            raise ValueError(
+                f"param_groups[{gi}] has {len(saved['params'])} parameters in the "
+                f"checkpoint, {len(group['params'])} in the optimizer"
+            )
         index_to_param.update(zip(saved["params"], group["params"], strict=True))
-        for pi, (saved_id, param) in enumerate(zip(saved["params"], group["params"],
-                                                   strict=True)):
+        for pi, (saved_id, param) in enumerate(zip(saved["params"], group["params"], strict=True)):
             entry = state_dict["state"].get(saved_id, {})
             for key, value in entry.items():
-                if (isinstance(value, torch.Tensor) and value.dim() > 0
-                        and value.numel() == param.numel() and value.shape != param.shape):
-                    raise ValueError(f"state of param_groups[{gi}]['params'][{pi}]: {key} has "
-                                     f"shape {tuple(value.shape)}, the parameter "
-                                     f"{tuple(param.shape)}")
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.dim() > 0
+                    and value.numel() == param.numel()
+                    and value.shape != param.shape
+                ):
+                    raise ValueError(
+                        f"state of param_groups[{gi}]['params'][{pi}]: {key} has "
+                        f"shape {tuple(value.shape)}, the parameter "
+                        f"{tuple(param.shape)}"
+                    )
     unknown = [key for key in state_dict["state"] if key not in index_to_param]
     if unknown:
-        raise ValueError(f"state has entries for parameter ids {unknown[:10]}, which no param "
-                         "group lists")
+        raise ValueError(
+            f"state has entries for parameter ids {unknown[:10]}, which no param group lists"
+        )
     local = getattr(optimizer, "optim", None)  # ZeroRedundancyOptimizer's local optimizer
     if local is not None and hasattr(local, "_check_state_entry"):
         for gi, saved in enumerate(saved_groups):
             for pi, saved_id in enumerate(saved["params"]):
                 entry = state_dict["state"].get(saved_id)
                 if entry is not None:
-                    local._check_state_entry(index_to_param[saved_id], dict(saved),
-                                             f"param_groups[{gi}]['params'][{pi}]", entry)
+                    local._check_state_entry(
+                        index_to_param[saved_id],
+                        dict(saved),
+                        f"param_groups[{gi}]['params'][{pi}]",
+                        entry,
+                    )
 
 
 def _check_scheduler(path: Path, label: str, scheduler: Any, saved: Mapping[str, Any]) -> None:
     where = f"checkpoint {path}: {label}"
     if saved["type"] != type(scheduler).__name__:
-        raise CheckpointMismatchError(f"{where}: the checkpoint holds a {saved['type']}, but a "
-                                      f"{type(scheduler).__name__} was given")
+        raise CheckpointMismatchError(
+            f"{where}: the checkpoint holds a {saved['type']}, but a "
+            f"{type(scheduler).__name__} was given"
+        )
     current, state = scheduler.state_dict(), saved["state"]
     if isinstance(current, Mapping) and isinstance(state, Mapping) and set(current) != set(state):
-        raise CheckpointMismatchError(f"{where}: the saved state has keys {sorted(state)}, the "
-                                      f"scheduler's has {sorted(current)}")
+        raise CheckpointMismatchError(
+            f"{where}: the saved state has keys {sorted(state)}, the "
+            f"scheduler's has {sorted(current)}"
+        )
     if hasattr(scheduler, "_check_state_dict"):  # a descent scheduler: check without applying
         try:
             scheduler._check_state_dict(state)
@@ -298,12 +351,19 @@ def _rng_for_this_process(path: Path, states: list[dict[str, Any]]) -> dict[str,
         raise CheckpointMismatchError(
             f"checkpoint {path}: it holds random generator states for {len(states)} "
             f"process(es), this run has {world_size}; exact resume needs the same world size "
-            "(pass restore_rng=False to load without the generator states)")
+            "(pass restore_rng=False to load without the generator states)"
+        )
     return states[rank]
 
 
-def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = None,
-                    schedulers: Any = None, restore_rng: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: Any = None,
+    optimizers: Any = None,
+    schedulers: Any = None,
+    restore_rng: bool = True,
+) -> Checkpoint:
     """Load a checkpoint into the given objects, after checking all of it; return the rest.
 
     ``model``, ``optimizers`` and ``schedulers`` take the same structures as in
@@ -319,8 +379,9 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     """
     path = Path(path)
     content = read_checkpoint(path)
-    models = {name: _unwrap(module, f"model[{name!r}]")
-              for name, module in _named("model", model).items()}
+    models = {
+        name: _unwrap(module, f"model[{name!r}]") for name, module in _named("model", model).items()
+    }
     named_optimizers = _named("optimizers", optimizers)
     named_schedulers = _named("schedulers", schedulers)
     _check_stateful("optimizers", named_optimizers)
@@ -333,13 +394,11 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
     if named_optimizers:
         _match_names(path, "optimizers", content["optimizers"], named_optimizers)
         for name, optimizer in named_optimizers.items():
-            _check_optimizer(path, f"optimizers[{name!r}]", optimizer,
-                             content["optimizers"][name])
+            _check_optimizer(path, f"optimizers[{name!r}]", optimizer, content["optimizers"][name])
     if named_schedulers:
         _match_names(path, "schedulers", content["schedulers"], named_schedulers)
         for name, scheduler in named_schedulers.items():
-            _check_scheduler(path, f"schedulers[{name!r}]", scheduler,
-                             content["schedulers"][name])
+            _check_scheduler(path, f"schedulers[{name!r}]", scheduler, content["schedulers"][name])
     rng_state = None
     if restore_rng and content["rng"] is not None:  # checked by read_checkpoint
         rng_state = _rng_for_this_process(path, content["rng"])
@@ -359,6 +418,11 @@ def load_checkpoint(path: str | Path, *, model: Any = None, optimizers: Any = No
         scheduler.load_state_dict(content["schedulers"][name]["state"])
     if rng_state is not None:
         restore_rng_state(rng_state)
-    return Checkpoint(path=path, step=content["step"], metrics=content["metrics"],
-                      trainer_state=content["trainer_state"], extra=content["extra"],
-                      rng_state=content["rng"])
+    return Checkpoint(
+        path=path,
+        step=content["step"],
+        metrics=content["metrics"],
+        trainer_state=content["trainer_state"],
+        extra=content["extra"],
+        rng_state=content["rng"],
+    )

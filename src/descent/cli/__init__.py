@@ -45,16 +45,18 @@ def _version() -> str:
 
     from .. import __version__
 
-    return (f"descent {__version__} (torch {torch.__version__}, Python "
-            f"{platform.python_version()})")
+    return f"descent {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``descent`` and all its commands."""
     parser = argparse.ArgumentParser(
-        prog="descent", description="descent: optimizers as pure update rules, and training "
-                                    "strategies kept apart from them.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="descent",
+        description="descent: optimizers as pure update rules, and training "
+        "strategies kept apart from them.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS.values():

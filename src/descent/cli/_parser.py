@@ -8,18 +8,29 @@ from collections.abc import Callable
 from typing import Any
 
 
-def add_command(commands: Any, name: str, *, summary: str, description: str,
-                examples: str, run: Callable[..., int],
-                **options: Any) -> argparse.ArgumentParser:
+def add_command(
+    commands: Any,
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    examples: str,
+    run: Callable[..., int],
+    **options: Any,
+) -> argparse.ArgumentParser:
     """Add the command ``name`` to ``commands`` (argparse's subparsers) with its one-line
     ``summary`` (in ``descent --help``), ``description`` and ``examples`` (in
     ``descent NAME --help``, the description's paragraphs wrapped, the examples as
     written); ``run(args, extra)`` runs it."""
     paragraphs = [textwrap.fill(" ".join(part.split()), 78) for part in description.split("\n\n")]
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=summary, description="\n\n".join(paragraphs),
+        name,
+        help=summary,
+        description="\n\n".join(paragraphs),
         epilog=f"examples:\n{examples}",
-        formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **options,
+    )
     parser.set_defaults(run=run, parser=parser)
     return parser
 

@@ -28,11 +28,21 @@ class _Help(argparse.Action):
     """``--help``: this command's description and examples, then the benchmark's options."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="show this help and the benchmark's options, and exit")
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show this help and the benchmark's options, and exit",
+        )
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         parser.print_help()
         print("\nthe benchmark's options:\n", flush=True)
         _benchmark(["--help"])
@@ -46,11 +56,16 @@ def _benchmark(argv: Sequence[str]) -> int:
 
 def add_parser(commands: Any) -> None:
     """Declare ``descent bench``."""
-    parser = add_command(commands, "bench", run=run, add_help=False,
-                         summary="benchmark optimizer steps against torch.optim "
-                                 "(python -m descent.bench)",
-                         description=_DESCRIPTION, examples=_EXAMPLES,
-                         usage="descent bench [-h] [BENCHMARK OPTIONS]")
+    parser = add_command(
+        commands,
+        "bench",
+        run=run,
+        add_help=False,
+        summary="benchmark optimizer steps against torch.optim (python -m descent.bench)",
+        description=_DESCRIPTION,
+        examples=_EXAMPLES,
+        usage="descent bench [-h] [BENCHMARK OPTIONS]",
+    )
     parser.add_argument("-h", "--help", action=_Help)
     parser.set_defaults(passes_through=True)
 

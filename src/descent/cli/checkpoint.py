@@ -40,10 +40,18 @@ def describe_index(path: Path, document: Mapping[str, Any]) -> list[str]:
     entry = document["tensor_file"]
     content = document["content"]
     index_bytes = (path / INDEX_NAME).stat().st_size
-    metrics = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                        for key, value in content["metrics"].items()) or "none"
-    writer = (", ".join(f"{key} {value}" for key, value in written.items())
-              if isinstance(written, Mapping) else str(written))
+    metrics = (
+        ", ".join(
+            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in content["metrics"].items()
+        )
+        or "none"
+    )
+    writer = (
+        ", ".join(f"{key} {value}" for key, value in written.items())
+        if isinstance(written, Mapping)
+        else str(written)
+    )
     return [
         f"checkpoint {path.resolve()}",
         f"  format        {document['format']} version {document['format_version']} "
@@ -78,26 +86,37 @@ def describe_content(content: Mapping[str, Any]) -> list[str]:
     for name, model in content["models"].items():
         state = model["state"]
         tensors = [value for value in state.values() if isinstance(value, torch.Tensor)]
-        lines.append(f"    {name}: {model['type']}, {len(state)} tensors, "
-                     f"{_count(sum(t.numel() for t in tensors))} values ({_dtypes(tensors)}); "
-                     f"{_names(list(state))}")
+        lines.append(
+            f"    {name}: {model['type']}, {len(state)} tensors, "
+            f"{_count(sum(t.numel() for t in tensors))} values ({_dtypes(tensors)}); "
+            f"{_names(list(state))}"
+        )
     lines.append("  optimizers" + ("" if content["optimizers"] else "    none"))
     for name, optimizer in content["optimizers"].items():
         lines.append(f"    {name}: {optimizer['type']}, {_optimizer_summary(optimizer['state'])}")
     lines.append("  schedulers" + ("" if content["schedulers"] else "    none"))
     for name, scheduler in content["schedulers"].items():
         state = scheduler["state"]
-        where = (f"last_epoch {state['last_epoch']}" if isinstance(state, Mapping)
-                 and "last_epoch" in state else f"{len(state)} entries")
+        where = (
+            f"last_epoch {state['last_epoch']}"
+            if isinstance(state, Mapping) and "last_epoch" in state
+            else f"{len(state)} entries"
+        )
         lines.append(f"    {name}: {scheduler['type']}, {where}")
     for part in ("trainer_state", "extra"):
         value = content[part]
-        shown = ("none" if value is None else f"keys {_names([str(k) for k in value])}"
-                 if isinstance(value, Mapping) else type(value).__name__)
+        shown = (
+            "none"
+            if value is None
+            else f"keys {_names([str(k) for k in value])}"
+            if isinstance(value, Mapping)
+            else type(value).__name__
+        )
         lines.append(f"  {part:<14}{shown}")
     rng = content["rng"]
-    lines.append(f"  {'rng':<14}" + ("none" if not rng else
-                                      f"{len(rng)} process(es): {', '.join(rng[0])}"))
+    lines.append(
+        f"  {'rng':<14}" + ("none" if not rng else f"{len(rng)} process(es): {', '.join(rng[0])}")
+    )
     return lines
 
 
@@ -109,10 +128,12 @@ def _optimizer_summary(state_dict: Any) -> str:
     lrs = sorted({group["lr"] for group in groups if isinstance(group.get("lr"), float)})
     keys = sorted({key for entry in state.values() for key in entry})
     steps = sorted({float(entry["step"]) for entry in state.values() if "step" in entry})
-    parts = [f"{len(groups)} group(s), {sum(len(g['params']) for g in groups)} parameters",
-             f"lr {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else "",
-             f"state for {len(state)} parameters ({', '.join(keys)})" if state else "no state",
-             f"step {', '.join(f'{s:g}' for s in steps)}" if steps else ""]
+    parts = [
+        f"{len(groups)} group(s), {sum(len(g['params']) for g in groups)} parameters",
+        f"lr {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else "",
+        f"state for {len(state)} parameters ({', '.join(keys)})" if state else "no state",
+        f"step {', '.join(f'{s:g}' for s in steps)}" if steps else "",
+    ]
     return "; ".join(part for part in parts if part)
 
 
@@ -131,33 +152,47 @@ def check_optimizers(content: Mapping[str, Any]) -> list[tuple[str, bool | None,
     loads into a fresh optimizer of its class over parameters shaped as the model's,
     False when that class refuses it (``what`` says why), None when it cannot be
     checked here (``what`` says why)."""
-    parameters = {key: value for model in content["models"].values()
-                  for key, value in model["state"].items() if isinstance(value, torch.Tensor)}
+    parameters = {
+        key: value
+        for model in content["models"].values()
+        for key, value in model["state"].items()
+        if isinstance(value, torch.Tensor)
+    }
     results: list[tuple[str, bool | None, str]] = []
     for name, entry in content["optimizers"].items():
         state_dict = entry["state"]
         cls = _optimizer_class(entry["type"])
         if cls is None:
-            results.append((name, None, f"{entry['type']} is neither descent's nor "
-                                        "torch.optim's; not rebuilt"))
+            results.append(
+                (name, None, f"{entry['type']} is neither descent's nor torch.optim's; not rebuilt")
+            )
             continue
         groups = state_dict["param_groups"]
         names = [group.get("param_names") for group in groups]
         missing = [n for group in names for n in group or () if n not in parameters]
         if any(group is None for group in names) or missing:
-            why = (f"parameters {missing[:3]} are not in the checkpoint's models" if missing
-                   else "its state dict names no parameters")
+            why = (
+                f"parameters {missing[:3]} are not in the checkpoint's models"
+                if missing
+                else "its state dict names no parameters"
+            )
             results.append((name, None, f"{entry['type']}: {why}; not rebuilt"))
             continue
-        fresh = cls([{"params": [parameters[n].clone().requires_grad_() for n in group]}
-                     for group in names if group is not None])
+        fresh = cls(
+            [
+                {"params": [parameters[n].clone().requires_grad_() for n in group]}
+                for group in names
+                if group is not None
+            ]
+        )
         try:
             fresh.load_state_dict(state_dict)
         except (ValueError, KeyError, TypeError, RuntimeError) as error:
             results.append((name, False, f"{entry['type']} refuses it: {error}"))
         else:
-            results.append((name, True, f"loads into a fresh {entry['type']} over the "
-                                        "model's parameters"))
+            results.append(
+                (name, True, f"loads into a fresh {entry['type']} over the model's parameters")
+            )
     return results
 
 
@@ -181,8 +216,10 @@ def inspect(path: Path) -> int:
         return 1
     for line in describe_content(content):
         print(line)
-    print("  verified      checksums, sizes and structure ('descent checkpoint verify' also "
-          "loads the optimizers)")
+    print(
+        "  verified      checksums, sizes and structure ('descent checkpoint verify' also "
+        "loads the optimizers)"
+    )
     return 0
 
 
@@ -190,18 +227,24 @@ def verify(path: Path) -> int:
     """Check the checkpoint at ``path`` and print each check; 0 if all pass, else 1."""
     try:
         document = read_index(path)
-        print(f"{INDEX_NAME}: sha256 {document['sha256']} matches its content; format "
-              f"version {document['format_version']}")
+        print(
+            f"{INDEX_NAME}: sha256 {document['sha256']} matches its content; format "
+            f"version {document['format_version']}"
+        )
         content = read_checkpoint(path)
     except CheckpointError as error:
         print(f"FAILED: {error}")
         return 1
     entry = document["tensor_file"]
-    print(f"{entry['name']}: {_count(entry['size'])} bytes, sha256 {_sha256(path / entry['name'])}"
-          f" as recorded, {entry['count']} tensors, every one referred to")
-    print(f"structure: {len(content['models'])} model(s), {len(content['optimizers'])} "
-          f"optimizer(s), {len(content['schedulers'])} scheduler(s), "
-          f"{len(content['rng'] or [])} generator state(s): as a checkpoint's")
+    print(
+        f"{entry['name']}: {_count(entry['size'])} bytes, sha256 {_sha256(path / entry['name'])}"
+        f" as recorded, {entry['count']} tensors, every one referred to"
+    )
+    print(
+        f"structure: {len(content['models'])} model(s), {len(content['optimizers'])} "
+        f"optimizer(s), {len(content['schedulers'])} scheduler(s), "
+        f"{len(content['rng'] or [])} generator state(s): as a checkpoint's"
+    )
     failed = False
     for name, loads, what in check_optimizers(content):
         mark = {True: "ok", False: "FAILED", None: "skipped"}[loads]
@@ -236,11 +279,18 @@ _EXAMPLES = """\
 def add_parser(commands: Any) -> None:
     """Declare ``descent checkpoint inspect`` and ``descent checkpoint verify``."""
     parser = add_command(
-        commands, "checkpoint", run=run,
+        commands,
+        "checkpoint",
+        run=run,
         summary="inspect or verify a descent checkpoint (format, hashes, content, loading)",
-        description=_DESCRIPTION, examples=_EXAMPLES)
-    parser.add_argument("action", choices=["inspect", "verify"],
-                        help="inspect: what it holds; verify: every check, and loading")
+        description=_DESCRIPTION,
+        examples=_EXAMPLES,
+    )
+    parser.add_argument(
+        "action",
+        choices=["inspect", "verify"],
+        help="inspect: what it holds; verify: every check, and loading",
+    )
     parser.add_argument("path", metavar="PATH", type=Path, help="the checkpoint directory")
 
 
@@ -252,6 +302,11 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 __all__ = [
-    "add_parser", "check_optimizers", "describe_content", "describe_index", "inspect", "run",
+    "add_parser",
+    "check_optimizers",
+    "describe_content",
+    "describe_index",
+    "inspect",
+    "run",
     "verify",
 ]

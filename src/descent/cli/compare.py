@@ -29,8 +29,14 @@ DEFAULT_OPTIMIZERS = ("SGD", "Adam", "AdamW", "Lion")
 """What ``descent compare`` runs without ``--optimizers``."""
 
 
-def compare_on_digits(optimizers: Sequence[str], *, epochs: int = 10, seed: int = 0,
-                      lr: float | None = None, progress: bool = False) -> list[DigitsRun]:
+def compare_on_digits(
+    optimizers: Sequence[str],
+    *,
+    epochs: int = 10,
+    seed: int = 0,
+    lr: float | None = None,
+    progress: bool = False,
+) -> list[DigitsRun]:
     """Train the digits MLP once per optimizer (see the module doc); return the runs.
 
     The data split, the initial weights and the batch order are the same for every
@@ -41,8 +47,7 @@ def compare_on_digits(optimizers: Sequence[str], *, epochs: int = 10, seed: int 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [train_digits(name, data, epochs, seed, lr=lr, progress=progress)
-                for name in names]
+        return [train_digits(name, data, epochs, seed, lr=lr, progress=progress) for name in names]
     finally:
         torch.set_num_threads(threads)
 
@@ -50,17 +55,21 @@ def compare_on_digits(optimizers: Sequence[str], *, epochs: int = 10, seed: int 
 def format_table(runs: Sequence[DigitsRun]) -> str:
     """One line per run: settings, final training and test loss, final and best test
     accuracy (with its epoch), seconds."""
-    header = (f"{'optimizer':<10} {'train loss':>10} {'test loss':>9} {'test acc':>8} "
-              f"{'best acc':>8} {'epoch':>5} {'time (s)':>8}  settings")
+    header = (
+        f"{'optimizer':<10} {'train loss':>10} {'test loss':>9} {'test acc':>8} "
+        f"{'best acc':>8} {'epoch':>5} {'time (s)':>8}  settings"
+    )
     lines = [header, "-" * len(header)]
     for run in runs:
         history = run.history
         accuracy = history["val_accuracy"]
         best = max(range(len(accuracy)), key=accuracy.__getitem__)
-        lines.append(f"{run.name:<10} {_number(history['loss'][-1]):>10} "
-                     f"{_number(history['val_loss'][-1]):>9} {accuracy[-1]:>8.2%} "
-                     f"{accuracy[best]:>8.2%} {best + 1:>5} {run.seconds:>8.2f}  "
-                     f"{run.settings}")
+        lines.append(
+            f"{run.name:<10} {_number(history['loss'][-1]):>10} "
+            f"{_number(history['val_loss'][-1]):>9} {accuracy[-1]:>8.2%} "
+            f"{accuracy[best]:>8.2%} {best + 1:>5} {run.seconds:>8.2f}  "
+            f"{run.settings}"
+        )
     return "\n".join(lines)
 
 
@@ -80,10 +89,17 @@ def plot_runs(runs: Sequence[DigitsRun], path: str | Path | None = None) -> Figu
         history, color = run.history, f"C{index % 10}"
         epochs = range(1, len(history["loss"]) + 1)
         loss_axis.plot(epochs, history["loss"], color=color, label=f"{run.name} train")
-        loss_axis.plot(epochs, history["val_loss"], color=color, linestyle="--",
-                       label=f"{run.name} test")
-        accuracy_axis.plot(epochs, [100 * value for value in history["val_accuracy"]],
-                           color=color, marker="o", markersize=3, label=run.name)
+        loss_axis.plot(
+            epochs, history["val_loss"], color=color, linestyle="--", label=f"{run.name} test"
+        )
+        accuracy_axis.plot(
+            epochs,
+            [100 * value for value in history["val_accuracy"]],
+            color=color,
+            marker="o",
+            markersize=3,
+            label=run.name,
+        )
     loss_axis.set_yscale("log")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("cross-entropy")
@@ -123,19 +139,35 @@ _EXAMPLES = """\
 def add_parser(commands: Any) -> None:
     """Declare ``descent compare``."""
     parser = add_command(
-        commands, "compare", run=run,
-        summary="train several optimizers on the digits MLP; plot their curves and print "
-                "a table",
-        description=_DESCRIPTION + "\n\nPresets: " + _presets() + ".", examples=_EXAMPLES)
-    parser.add_argument("--optimizers", nargs="+", default=list(DEFAULT_OPTIMIZERS),
-                        metavar="NAME", help="optimizers to compare: presets or registry "
-                                             f"names (default: {' '.join(DEFAULT_OPTIMIZERS)})")
+        commands,
+        "compare",
+        run=run,
+        summary="train several optimizers on the digits MLP; plot their curves and print a table",
+        description=_DESCRIPTION + "\n\nPresets: " + _presets() + ".",
+        examples=_EXAMPLES,
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=list(DEFAULT_OPTIMIZERS),
+        metavar="NAME",
+        help="optimizers to compare: presets or registry "
+        f"names (default: {' '.join(DEFAULT_OPTIMIZERS)})",
+    )
     parser.add_argument("--epochs", type=positive_int, default=10, help="epochs (10)")
-    parser.add_argument("--lr", type=positive_float, default=None,
-                        help="learning rate for every optimizer (default: each one's own)")
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="learning rate for every optimizer (default: each one's own)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--out", default="descent-compare", metavar="DIR",
-                        help="directory for compare.png (./descent-compare)")
+    parser.add_argument(
+        "--out",
+        default="descent-compare",
+        metavar="DIR",
+        help="directory for compare.png (./descent-compare)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
 
@@ -143,8 +175,10 @@ def add_parser(commands: Any) -> None:
 def _presets() -> str:
     from .demo import PRESETS
 
-    return "; ".join(f"{name}: {class_name}({', '.join(f'{k}={v}' for k, v in options.items())})"
-                     for name, (class_name, options) in PRESETS.items())
+    return "; ".join(
+        f"{name}: {class_name}({', '.join(f'{k}={v}' for k, v in options.items())})"
+        for name, (class_name, options) in PRESETS.items()
+    )
 
 
 def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -157,12 +191,17 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            args.parser.error("plotting needs matplotlib (pip install 'descent[demo]'); "
-                              "pass --no-plot for the table only")
-    print(f"descent compare: {', '.join(names)} on the digits MLP, {args.epochs} epochs, "
-          f"seed {args.seed}")
-    runs = compare_on_digits(names, epochs=args.epochs, seed=args.seed, lr=args.lr,
-                             progress=args.progress)
+            args.parser.error(
+                "plotting needs matplotlib (pip install 'descent[demo]'); "
+                "pass --no-plot for the table only"
+            )
+    print(
+        f"descent compare: {', '.join(names)} on the digits MLP, {args.epochs} epochs, "
+        f"seed {args.seed}"
+    )
+    runs = compare_on_digits(
+        names, epochs=args.epochs, seed=args.seed, lr=args.lr, progress=args.progress
+    )
     print(format_table(runs))
     if not args.no_plot:
         path = Path(args.out).resolve() / "compare.png"
@@ -172,6 +211,10 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 __all__ = [
-    "DEFAULT_OPTIMIZERS", "add_parser", "compare_on_digits", "format_table", "plot_runs",
+    "DEFAULT_OPTIMIZERS",
+    "add_parser",
+    "compare_on_digits",
+    "format_table",
+    "plot_runs",
     "run",
 ]

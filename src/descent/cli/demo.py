@@ -68,8 +68,9 @@ def load_digits(seed: int) -> tuple[torch.Tensor, ...]:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as error:
-        raise SystemExit("descent: the digits task needs scikit-learn: "
-                         "pip install 'descent[demo]'") from error
+        raise SystemExit(
+            "descent: the digits task needs scikit-learn: pip install 'descent[demo]'"
+        ) from error
     data = sk_load_digits()
     x = torch.tensor(data.data, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
@@ -95,8 +96,9 @@ class CharGRU(nn.Module):
         self.rnn = nn.GRU(32, width, batch_first=True)
         self.head = nn.Linear(width, vocab)
 
-    def forward(self, chars: torch.Tensor, hidden: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, chars: torch.Tensor, hidden: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out, hidden = self.rnn(self.embed(chars), hidden)
         return self.head(out), hidden
 
@@ -121,12 +123,15 @@ def resolve(name: str) -> str:
     try:
         return lookup(name).__name__
     except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose from "
-                         f"{', '.join(dict.fromkeys([*PRESETS, *algorithms()]))}") from None
+        raise ValueError(
+            f"unknown optimizer {name!r}; choose from "
+            f"{', '.join(dict.fromkeys([*PRESETS, *algorithms()]))}"
+        ) from None
 
 
-def make_optimizer(name: str, model: nn.Module, lr: float | None = None
-                   ) -> tuple[torch.optim.Optimizer, str]:
+def make_optimizer(
+    name: str, model: nn.Module, lr: float | None = None
+) -> tuple[torch.optim.Optimizer, str]:
     """The optimizer ``name`` (see :func:`resolve`) over ``model`` with its digits preset
     or class defaults, ``lr`` instead of the preset's when given; and its settings as
     text."""
@@ -134,8 +139,10 @@ def make_optimizer(name: str, model: nn.Module, lr: float | None = None
     class_name, options = PRESETS.get(name, (name, {}))
     options = dict(options) if lr is None else {**options, "lr": lr}
     optimizer = lookup(class_name)(model, **options)
-    shown = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                      for key, value in options.items())
+    shown = ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in options.items()
+    )
     return optimizer, f"{class_name}({shown or 'defaults'})"
 
 
@@ -150,8 +157,15 @@ class DigitsRun:
     seconds: float
 
 
-def train_digits(name: str, data: tuple[torch.Tensor, ...], epochs: int, seed: int, *,
-                 lr: float | None = None, progress: bool = False) -> DigitsRun:
+def train_digits(
+    name: str,
+    data: tuple[torch.Tensor, ...],
+    epochs: int,
+    seed: int,
+    *,
+    lr: float | None = None,
+    progress: bool = False,
+) -> DigitsRun:
     """Train the digits MLP (64-128-10, batches of 32) with the optimizer ``name`` and a
     one-cycle schedule peaking at 3x its learning rate; validate on the test split
     after each epoch. ``data`` is :func:`load_digits`'s split."""
@@ -160,31 +174,46 @@ def train_digits(name: str, data: tuple[torch.Tensor, ...], epochs: int, seed: i
     optimizer, settings = make_optimizer(name, model, lr)
     steps = epochs * -(-len(x_train) // 32)
     peak = optimizer.param_groups[0]["lr"] * 3
-    scheduler = descent.schedules.OneCycleLR(optimizer, max_lr=peak, total_steps=steps,
-                                             cycle_momentum=False)
-    trainer = descent.SupervisedTrainer(optimizer, batch_size=32, epochs=epochs,
-                                        scheduler=scheduler, metrics=["accuracy"],
-                                        callbacks=_callbacks(progress), seed=seed)
+    scheduler = descent.schedules.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=steps, cycle_momentum=False
+    )
+    trainer = descent.SupervisedTrainer(
+        optimizer,
+        batch_size=32,
+        epochs=epochs,
+        scheduler=scheduler,
+        metrics=["accuracy"],
+        callbacks=_callbacks(progress),
+        seed=seed,
+    )
     start = time.perf_counter()
-    history = trainer.train(model, x_train, y_train, nn.CrossEntropyLoss(),
-                            validation_data=(x_test, y_test))
+    history = trainer.train(
+        model, x_train, y_train, nn.CrossEntropyLoss(), validation_data=(x_test, y_test)
+    )
     return DigitsRun(resolve(name), settings, history, time.perf_counter() - start)
 
 
-def run_supervised(out: Path, epochs: int, seed: int, optimizers: Sequence[str],
-                   progress: bool, plots: bool) -> None:
+def run_supervised(
+    out: Path, epochs: int, seed: int, optimizers: Sequence[str], progress: bool, plots: bool
+) -> None:
     """Section 1: the digits MLP with each of ``optimizers``; print the test accuracy
     (and a table for several), plot the first one's curves into ``out``."""
     data = load_digits(seed)
-    print(f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(data[0])} train / "
-          f"{len(data[2])} test images), {epochs} epochs, batch 32, one-cycle lr")
+    print(
+        f"[1/3] SupervisedTrainer: MLP 64-128-10 on digits ({len(data[0])} train / "
+        f"{len(data[2])} test images), {epochs} epochs, batch 32, one-cycle lr"
+    )
     rows = []
     for name in optimizers:
         run = train_digits(name, data, epochs, seed, progress=progress)
         history = run.history
         rows.append((run.name, history["loss"][-1], history["val_accuracy"][-1], run.seconds))
-        note = _plot(history, out / f"supervised_{run.name}.png", f"digits MLP, {run.name}",
-                     plots and (len(optimizers) == 1 or name == optimizers[0]))
+        note = _plot(
+            history,
+            out / f"supervised_{run.name}.png",
+            f"digits MLP, {run.name}",
+            plots and (len(optimizers) == 1 or name == optimizers[0]),
+        )
         print(f"      {run.name}: test accuracy {history['val_accuracy'][-1]:.2%}{note}")
     if len(rows) > 1:
         print(f"      {'optimizer':<10} {'train loss':>10} {'test acc':>9} {'time (s)':>9}")
@@ -193,8 +222,9 @@ def run_supervised(out: Path, epochs: int, seed: int, optimizers: Sequence[str],
 
 
 @torch.no_grad()
-def _generate(model: CharGRU, vocabulary: descent.data.CharVocabulary, prompt: str,
-              length: int, seed: int) -> str:
+def _generate(
+    model: CharGRU, vocabulary: descent.data.CharVocabulary, prompt: str, length: int, seed: int
+) -> str:
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     logits, hidden = model(vocabulary.encode(prompt)[None], None)
@@ -213,42 +243,66 @@ def run_recurrent(out: Path, epochs: int, seed: int, progress: bool, plots: bool
     baseline and a sample of generated text; plot its curves into ``out``."""
     text = load_text()
     x, y, vocabulary = char_sequences(text, 64, stride=32)
-    print(f"[2/3] RecurrentTrainer: character GRU on Coriolanus ({len(text):,} characters, "
-          f"{len(vocabulary)} symbols), {epochs} epochs, sequences of 64, TBPTT chunks of 16")
+    print(
+        f"[2/3] RecurrentTrainer: character GRU on Coriolanus ({len(text):,} characters, "
+        f"{len(vocabulary)} symbols), {epochs} epochs, sequences of 64, TBPTT chunks of 16"
+    )
     torch.manual_seed(seed)
     model = CharGRU(len(vocabulary))
-    trainer = descent.RecurrentTrainer(descent.Adam(model, lr=5e-3), batch_size=32,
-                                       epochs=epochs, bptt_steps=16, clip_grad_norm=1.0,
-                                       metrics=["accuracy"], callbacks=_callbacks(progress),
-                                       seed=seed)
+    trainer = descent.RecurrentTrainer(
+        descent.Adam(model, lr=5e-3),
+        batch_size=32,
+        epochs=epochs,
+        bptt_steps=16,
+        clip_grad_norm=1.0,
+        metrics=["accuracy"],
+        callbacks=_callbacks(progress),
+        seed=seed,
+    )
     history = trainer.train(model, x, y, nn.CrossEntropyLoss(), validation_split=0.1)
     baseline = unigram_entropy(text)
     note = _plot(history, out / "recurrent.png", "character GRU on Coriolanus", plots)
-    print(f"      held-out loss {history['val_loss'][-1]:.3f} nats/char vs unigram baseline "
-          f"{baseline:.3f}{note}")
+    print(
+        f"      held-out loss {history['val_loss'][-1]:.3f} nats/char vs unigram baseline "
+        f"{baseline:.3f}{note}"
+    )
     sample = _generate(model, vocabulary, "MENENIUS:\n", 120, seed).replace("\n", " / ")
     print(f"      sample: {sample}")
 
 
-def run_adversarial(out: Path, epochs: int, seed: int, progress: bool, plots: bool,
-                    quick: bool = False) -> None:
+def run_adversarial(
+    out: Path, epochs: int, seed: int, progress: bool, plots: bool, quick: bool = False
+) -> None:
     """Section 3: the GAN on a ring of 8 Gaussians; print the modes its samples cover;
     plot its curves and samples into ``out``."""
     real, _ = gaussian_mixture(4096, modes=8, radius=2.0, std=0.05, seed=seed)
-    print(f"[3/3] AdversarialTrainer: GAN on a ring of 8 Gaussians ({len(real)} points), "
-          f"{epochs} epochs, non-saturating loss")
+    print(
+        f"[3/3] AdversarialTrainer: GAN on a ring of 8 Gaussians ({len(real)} points), "
+        f"{epochs} epochs, non-saturating loss"
+    )
     torch.manual_seed(seed)
 
     def mlp(inputs: int, outputs: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(inputs, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
-                             nn.LeakyReLU(0.2), nn.Linear(128, outputs))
+        return nn.Sequential(
+            nn.Linear(inputs, 128),
+            nn.LeakyReLU(0.2),
+            nn.Linear(128, 128),
+            nn.LeakyReLU(0.2),
+            nn.Linear(128, outputs),
+        )
 
     generator, discriminator = mlp(8, 2), mlp(2, 1)
     trainer = descent.AdversarialTrainer(
-        generator, discriminator, descent.Adam(generator, lr=1e-3, betas=(0.5, 0.999)),
-        descent.Adam(discriminator, lr=1e-3, betas=(0.5, 0.999)), latent_dim=8,
-        batch_size=128, epochs=epochs, callbacks=[ProgressBar()] if progress else [],
-        seed=seed)
+        generator,
+        discriminator,
+        descent.Adam(generator, lr=1e-3, betas=(0.5, 0.999)),
+        descent.Adam(discriminator, lr=1e-3, betas=(0.5, 0.999)),
+        latent_dim=8,
+        batch_size=128,
+        epochs=epochs,
+        callbacks=[ProgressBar()] if progress else [],
+        seed=seed,
+    )
     history = trainer.train(real)
     samples = trainer.sample(2000)
     centers = ring_centers(8, 2.0)
@@ -262,12 +316,16 @@ def run_adversarial(out: Path, epochs: int, seed: int, progress: bool, plots: bo
         note += ", gan_samples.png"
     near = f"{float(close.float().mean()):.0%} of samples near a mode"
     if quick:
-        print(f"      smoke test: the GAN trained {epochs} epochs (learning the ring takes the "
-              f"full demo's {SIZES['adversarial'][0]}); so far modes covered: {covered}/8, "
-              f"{near}{note}")
+        print(
+            f"      smoke test: the GAN trained {epochs} epochs (learning the ring takes the "
+            f"full demo's {SIZES['adversarial'][0]}); so far modes covered: {covered}/8, "
+            f"{near}{note}"
+        )
     else:
-        print(f"      modes covered: {covered}/8 (>= 1% of 2,000 samples within 0.25 of a "
-              f"mode); {near}{note}")
+        print(
+            f"      modes covered: {covered}/8 (>= 1% of 2,000 samples within 0.25 of a "
+            f"mode); {near}{note}"
+        )
 
 
 def _scatter(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
@@ -283,10 +341,15 @@ def _scatter(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 0,
-             optimizers: Sequence[str] | None = None, epochs: int | None = None,
-             progress: bool = True, sections: Sequence[str] = ("supervised", "recurrent",
-                                                              "adversarial")) -> int:
+def run_demo(
+    out: str | Path = "descent-demo",
+    quick: bool = False,
+    seed: int = 0,
+    optimizers: Sequence[str] | None = None,
+    epochs: int | None = None,
+    progress: bool = True,
+    sections: Sequence[str] = ("supervised", "recurrent", "adversarial"),
+) -> int:
     """Run the demo; write plots to ``out``; return the exit status (0)."""
     names = [resolve(name) for name in optimizers or ["Adam"]]
     bad = [s for s in sections if s not in SIZES]
@@ -301,7 +364,7 @@ def run_demo(out: str | Path = "descent-demo", quick: bool = False, seed: int = 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # these models are small: one thread is fastest
+    torch.set_num_threads(1)  # these models are small: one thread is fastest
     start = time.perf_counter()
     print(f"descent {descent.__version__} demo{' (quick)' if quick else ''}: plots go to {out}")
     try:
@@ -330,27 +393,51 @@ _EXAMPLES = """\
 def add_parser(commands: Any) -> None:
     """Declare ``descent demo``."""
     parser = add_command(
-        commands, "demo", run=run,
+        commands,
+        "demo",
+        run=run,
         summary="run the supervised, recurrent and adversarial trainers on bundled data, "
-                "with progress bars, and write PNG plots (the default command)",
+        "with progress bars, and write PNG plots (the default command)",
         description="The three trainers on data that ships with descent and scikit-learn: an "
-                    "MLP on the 8x8 digits (SupervisedTrainer, one-cycle schedule), a "
-                    "character GRU on the opening of Coriolanus (RecurrentTrainer, truncated "
-                    "back-propagation through time) and a GAN on a ring of 8 Gaussians "
-                    "(AdversarialTrainer). Results go to stdout, progress bars to stderr, "
-                    "PNG plots to --out.", examples=_EXAMPLES)
-    parser.add_argument("--out", default="descent-demo", metavar="DIR",
-                        help="directory for the PNG plots (./descent-demo)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few epochs per trainer, for a smoke test (seconds)")
+        "MLP on the 8x8 digits (SupervisedTrainer, one-cycle schedule), a "
+        "character GRU on the opening of Coriolanus (RecurrentTrainer, truncated "
+        "back-propagation through time) and a GAN on a ring of 8 Gaussians "
+        "(AdversarialTrainer). Results go to stdout, progress bars to stderr, "
+        "PNG plots to --out.",
+        examples=_EXAMPLES,
+    )
+    parser.add_argument(
+        "--out",
+        default="descent-demo",
+        metavar="DIR",
+        help="directory for the PNG plots (./descent-demo)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few epochs per trainer, for a smoke test (seconds)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
-                        help="optimizers for the digits MLP; several print a comparison "
-                             "table (default: Adam); 'descent compare' also plots them")
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="epochs of the digits MLP (15; 2 with --quick)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="SECTION",
-                        choices=list(SIZES), help="run only these sections")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="optimizers for the digits MLP; several print a comparison "
+        "table (default: Adam); 'descent compare' also plots them",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="epochs of the digits MLP (15; 2 with --quick)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="SECTION",
+        choices=list(SIZES),
+        help="run only these sections",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -360,13 +447,31 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         names = [resolve(name) for name in args.optimizers or ["Adam"]]
     except ValueError as error:
         args.parser.error(f"argument --optimizers: {error}")
-    return run_demo(out=args.out, quick=args.quick, seed=args.seed, optimizers=names,
-                    epochs=args.epochs, progress=not args.no_progress,
-                    sections=args.only or tuple(SIZES))
+    return run_demo(
+        out=args.out,
+        quick=args.quick,
+        seed=args.seed,
+        optimizers=names,
+        epochs=args.epochs,
+        progress=not args.no_progress,
+        sections=args.only or tuple(SIZES),
+    )
 
 
 __all__ = [
-    "PRESETS", "SIZES", "CharGRU", "DigitsRun", "add_parser", "load_digits", "make_mlp",
-    "make_optimizer", "resolve", "run", "run_adversarial", "run_demo", "run_recurrent",
-    "run_supervised", "train_digits",
+    "PRESETS",
+    "SIZES",
+    "CharGRU",
+    "DigitsRun",
+    "add_parser",
+    "load_digits",
+    "make_mlp",
+    "make_optimizer",
+    "resolve",
+    "run",
+    "run_adversarial",
+    "run_demo",
+    "run_recurrent",
+    "run_supervised",
+    "train_digits",
 ]

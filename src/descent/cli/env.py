@@ -21,8 +21,17 @@ import torch
 
 from ._parser import add_command
 
-OPTIONAL = ("numpy", "safetensors", "matplotlib", "scikit-learn", "tqdm", "accelerate",
-            "lightning", "transformers", "triton")
+OPTIONAL = (
+    "numpy",
+    "safetensors",
+    "matplotlib",
+    "scikit-learn",
+    "tqdm",
+    "accelerate",
+    "lightning",
+    "transformers",
+    "triton",
+)
 """Packages whose versions are reported (or "not installed")."""
 
 
@@ -40,11 +49,17 @@ def collect() -> dict[str, Any]:
 
     devices: dict[str, Any] = {
         "cpu": {"logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "cuda": [{"name": torch.cuda.get_device_name(index),
-                  "memory_gib": round(torch.cuda.get_device_properties(index).total_memory
-                                      / 2**30, 1)}
-                 for index in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
+        "cuda": [
+            {
+                "name": torch.cuda.get_device_name(index),
+                "memory_gib": round(
+                    torch.cuda.get_device_properties(index).total_memory / 2**30, 1
+                ),
+            }
+            for index in range(torch.cuda.device_count())
+        ]
+        if torch.cuda.is_available()
+        else [],
         "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
     }
     compiler = cpu.compiler()
@@ -52,8 +67,11 @@ def collect() -> dict[str, Any]:
         "descent": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
-                  "debug": torch.version.debug},
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "debug": torch.version.debug,
+        },
         "packages": {name: _version(name) for name in OPTIONAL},
         "devices": devices,
         "engine": {
@@ -74,25 +92,38 @@ def format_report(report: dict[str, Any]) -> str:
     devices = report["devices"]
     engine = report["engine"]
     cuda_devices = ", ".join(f"{d['name']} ({d['memory_gib']} GiB)" for d in devices["cuda"])
-    mode_source = (f"from DESCENT_ENGINE={engine['DESCENT_ENGINE']}" if engine["DESCENT_ENGINE"]
-                   else "the default; set DESCENT_ENGINE to change it")
+    mode_source = (
+        f"from DESCENT_ENGINE={engine['DESCENT_ENGINE']}"
+        if engine["DESCENT_ENGINE"]
+        else "the default; set DESCENT_ENGINE to change it"
+    )
     no_codegen = " (DESCENT_NO_CODEGEN is set)" if engine["DESCENT_NO_CODEGEN"] else ""
     lines = [
         f"descent       {report['descent']}",
         f"python        {report['python']} ({sys.executable})",
         f"platform      {report['platform']}",
         f"torch         {torch_info['version']} (CUDA build: {torch_info['cuda'] or 'none'})",
-        "packages      " + ", ".join(f"{name} {version or 'not installed'}"
-                                     for name, version in report["packages"].items()),
+        "packages      "
+        + ", ".join(
+            f"{name} {version or 'not installed'}" for name, version in report["packages"].items()
+        ),
         f"cpu           {devices['cpu']['logical_cores']} logical cores, torch uses "
         f"{devices['cpu']['torch_threads']} threads",
         f"cuda          {cuda_devices or 'no CUDA device'}",
         f"mps           {'available' if devices['mps'] else 'not available'}",
         f"engine mode   {engine['default_mode']} ({mode_source})",
-        "cpu kernels   " + (f"generated, built with {engine['c_compiler']}" if engine["cpu_kernels"]
-                            else f"not generated: no C compiler found{no_codegen}"),
-        "cuda kernels  " + ("Triton available" if engine["cuda_kernels"]
-                            else f"not generated: Triton is not available{no_codegen}"),
+        "cpu kernels   "
+        + (
+            f"generated, built with {engine['c_compiler']}"
+            if engine["cpu_kernels"]
+            else f"not generated: no C compiler found{no_codegen}"
+        ),
+        "cuda kernels  "
+        + (
+            "Triton available"
+            if engine["cuda_kernels"]
+            else f"not generated: Triton is not available{no_codegen}"
+        ),
         f"kernel cache  {engine['kernel_cache']}",
     ]
     return "\n".join(lines)
@@ -113,10 +144,14 @@ _EXAMPLES = """\
 
 def add_parser(commands: Any) -> None:
     """Declare ``descent env``."""
-    parser = add_command(commands, "env", run=run,
-                         summary="versions, devices and the engine's mode (for bug reports)",
-                         description=_DESCRIPTION,
-                         examples=_EXAMPLES)
+    parser = add_command(
+        commands,
+        "env",
+        run=run,
+        summary="versions, devices and the engine's mode (for bug reports)",
+        description=_DESCRIPTION,
+        examples=_EXAMPLES,
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -124,7 +159,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run ``descent env`` with parsed arguments."""
     try:
         report = collect()
-    except ValueError as error:   # an invalid DESCENT_ENGINE
+    except ValueError as error:  # an invalid DESCENT_ENGINE
         print(f"descent env: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -38,15 +38,27 @@ def _rate(value: float | None) -> str:
 def add_parser(commands: Any) -> None:
     """Declare ``descent lr-find``."""
     parser = add_command(
-        commands, "lr-find", run=run,
+        commands,
+        "lr-find",
+        run=run,
         summary="the learning-rate range test on a character GRU; prints a suggestion "
-                "and plots the sweep",
-        description=_DESCRIPTION, examples=_EXAMPLES)
-    parser.add_argument("--steps", type=positive_int, default=100,
-                        help="optimizer steps of the sweep, at least 2 (100)")
+        "and plots the sweep",
+        description=_DESCRIPTION,
+        examples=_EXAMPLES,
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=100,
+        help="optimizer steps of the sweep, at least 2 (100)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--out", default="lr_find.png", metavar="PNG",
-                        help="where to plot the sweep (./lr_find.png)")
+    parser.add_argument(
+        "--out",
+        default="lr_find.png",
+        metavar="PNG",
+        help="where to plot the sweep (./lr_find.png)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="print only")
 
 
@@ -62,20 +74,28 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            args.parser.error("plotting needs matplotlib (pip install 'descent[demo]'); "
-                              "pass --no-plot to print only")
+            args.parser.error(
+                "plotting needs matplotlib (pip install 'descent[demo]'); "
+                "pass --no-plot to print only"
+            )
     result = lr_find_demo(steps=args.steps, seed=args.seed, path=path)
     every = max(1, len(result.lrs) // 15)
-    print(f"learning-rate range test, character GRU on Coriolanus, Adam: "
-          f"{len(result.lrs)} steps; {result.stopped}")
+    print(
+        f"learning-rate range test, character GRU on Coriolanus, Adam: "
+        f"{len(result.lrs)} steps; {result.stopped}"
+    )
     print(f"{'step':>6} {'lr':>10} {'loss':>9} {'smoothed':>9}")
     for index in sorted({*range(0, len(result.lrs), every), len(result.lrs) - 1}):
         loss, smoothed = result.losses[index], result.smoothed[index]
-        print(f"{index + 1:>6} {result.lrs[index]:>10.3g} "
-              f"{loss if math.isfinite(loss) else float('nan'):>9.4f} {smoothed:>9.4f}")
+        print(
+            f"{index + 1:>6} {result.lrs[index]:>10.3g} "
+            f"{loss if math.isfinite(loss) else float('nan'):>9.4f} {smoothed:>9.4f}"
+        )
     print(f"suggestion {_rate(result.suggestion)} ({RULE})")
-    print(f"steepest descent at {_rate(result.steepest)}; lowest smoothed loss at "
-          f"{_rate(result.lowest)}")
+    print(
+        f"steepest descent at {_rate(result.steepest)}; lowest smoothed loss at "
+        f"{_rate(result.lowest)}"
+    )
     if path is not None:
         print(f"plot written to {path}")
     return 0

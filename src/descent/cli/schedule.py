@@ -28,20 +28,24 @@ LENGTH_ARGUMENTS = ("total_steps", "T_max", "total_iters")
 
 
 def _is_schedule(value: Any) -> bool:
-    return (isinstance(value, type) and issubclass(value, Schedule) and value is not Schedule
-            ) or value is schedules.warmup_cosine
+    return (
+        isinstance(value, type) and issubclass(value, Schedule) and value is not Schedule
+    ) or value is schedules.warmup_cosine
 
 
 def _is_scheduler(value: Any) -> bool:
-    return (isinstance(value, type) and issubclass(value, BaseScheduler)
-            and value is not BaseScheduler)
+    return (
+        isinstance(value, type) and issubclass(value, BaseScheduler) and value is not BaseScheduler
+    )
 
 
 def names() -> tuple[list[str], list[str]]:
     """The schedules and the schedulers ``descent schedule`` knows, by name."""
     public = [(name, getattr(schedules, name)) for name in schedules.__all__]
-    return ([name for name, value in public if _is_schedule(value)],
-            [name for name, value in public if _is_scheduler(value)])
+    return (
+        [name for name, value in public if _is_schedule(value)],
+        [name for name, value in public if _is_scheduler(value)],
+    )
 
 
 def find(name: str) -> Any:
@@ -52,10 +56,13 @@ def find(name: str) -> Any:
         if known.lower() == name.lower():
             return getattr(schedules, known)
     if name.lower() == "reducelronplateau":
-        raise ValueError("ReduceLROnPlateau follows the metrics it is given, so it has no "
-                         "curve to draw ahead")
-    raise ValueError(f"unknown schedule {name!r}; schedules: {', '.join(known_schedules)}; "
-                     f"schedulers: {', '.join(known_schedulers)}")
+        raise ValueError(
+            "ReduceLROnPlateau follows the metrics it is given, so it has no curve to draw ahead"
+        )
+    raise ValueError(
+        f"unknown schedule {name!r}; schedules: {', '.join(known_schedules)}; "
+        f"schedulers: {', '.join(known_schedulers)}"
+    )
 
 
 def _evaluate(node: ast.AST, text: str) -> Any:
@@ -65,8 +72,11 @@ def _evaluate(node: ast.AST, text: str) -> Any:
         if not _is_schedule(target):
             raise ValueError(f"{text!r}: only schedules can be nested, not {node.func.id}")
         args = [_evaluate(arg, text) for arg in node.args]
-        kwargs = {keyword.arg: _evaluate(keyword.value, text) for keyword in node.keywords
-                  if keyword.arg is not None}
+        kwargs = {
+            keyword.arg: _evaluate(keyword.value, text)
+            for keyword in node.keywords
+            if keyword.arg is not None
+        }
         return target(*args, **kwargs)
     if isinstance(node, ast.List | ast.Tuple):
         items = [_evaluate(item, text) for item in node.elts]
@@ -102,8 +112,9 @@ def parse_arguments(tokens: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
                 raise ValueError(f"{name} is given twice")
             kwargs[name] = parse_value(text)
         elif kwargs:
-            raise ValueError(f"{token!r} comes after a name=value argument; write it as "
-                             "name=value too")
+            raise ValueError(
+                f"{token!r} comes after a name=value argument; write it as name=value too"
+            )
         else:
             args.append(parse_value(token))
     return args, kwargs
@@ -129,7 +140,7 @@ def length(name: str, tokens: Sequence[str]) -> int | None:
     args, kwargs = parse_arguments(tokens)
     target = find(name)
     if _is_scheduler(target):
-        args = [None, *args]          # the optimizer
+        args = [None, *args]  # the optimizer
     try:
         given = inspect.signature(target).bind_partial(*args, **kwargs).arguments
     except TypeError:
@@ -154,8 +165,7 @@ def values(item: Schedule | BaseScheduler, steps: int) -> dict[str, list[float]]
     return curves
 
 
-def describe(item: Schedule | BaseScheduler, tokens: Sequence[str] = (), lr: float = 1.0
-             ) -> str:
+def describe(item: Schedule | BaseScheduler, tokens: Sequence[str] = (), lr: float = 1.0) -> str:
     """The schedule's repr; for a scheduler, its class with every argument (``tokens``
     and the defaults) and the optimizer's learning rate ``lr``."""
     if isinstance(item, Schedule):
@@ -163,8 +173,11 @@ def describe(item: Schedule | BaseScheduler, tokens: Sequence[str] = (), lr: flo
     args, kwargs = parse_arguments(tokens)
     bound = inspect.signature(type(item)).bind(item.optimizer, *args, **kwargs)
     bound.apply_defaults()
-    shown = [f"{name}={value!r}" for name, value in bound.arguments.items()
-             if name not in ("optimizer", "last_epoch", "verbose")]
+    shown = [
+        f"{name}={value!r}"
+        for name, value in bound.arguments.items()
+        if name not in ("optimizer", "last_epoch", "verbose")
+    ]
     return f"{type(item).__name__}({', '.join(shown)}) on SGD(lr={lr:g})"
 
 
@@ -173,8 +186,9 @@ def table(curves: dict[str, list[float]], every: int) -> str:
     steps = len(next(iter(curves.values())))
     rows = sorted({*range(0, steps, every), steps - 1})
     lines = [f"{'step':>8}  " + "  ".join(f"{label:>14}" for label in curves)]
-    lines += [f"{t:>8}  " + "  ".join(f"{curve[t]:>14.6g}" for curve in curves.values())
-              for t in rows]
+    lines += [
+        f"{t:>8}  " + "  ".join(f"{curve[t]:>14.6g}" for curve in curves.values()) for t in rows
+    ]
     return "\n".join(lines)
 
 
@@ -202,21 +216,38 @@ def add_parser(commands: Any) -> None:
     """Declare ``descent schedule``."""
     known_schedules, known_schedulers = names()
     parser = add_command(
-        commands, "schedule", run=run,
+        commands,
+        "schedule",
+        run=run,
         summary="print and plot a learning-rate schedule of descent.schedules",
-        description=_DESCRIPTION + f"\n\nSchedules: {', '.join(known_schedules)}."
+        description=_DESCRIPTION
+        + f"\n\nSchedules: {', '.join(known_schedules)}."
         + f"\n\nSchedulers: {', '.join(known_schedulers)}.",
-        examples=_EXAMPLES)
+        examples=_EXAMPLES,
+    )
     parser.add_argument("name", metavar="NAME", help="a schedule or scheduler (any case)")
-    parser.add_argument("arguments", nargs="*", metavar="ARG",
-                        help="its arguments: value or name=value")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="steps to show (default: 110%% of total_steps, T_max or "
-                             "total_iters when given, else 1000)")
-    parser.add_argument("--every", type=positive_int, default=None,
-                        help="print every K-th step (default: about 20 rows)")
-    parser.add_argument("--lr", type=positive_float, default=1.0,
-                        help="a scheduler's base learning rate (1.0: values are factors)")
+    parser.add_argument(
+        "arguments", nargs="*", metavar="ARG", help="its arguments: value or name=value"
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="steps to show (default: 110%% of total_steps, T_max or "
+        "total_iters when given, else 1000)",
+    )
+    parser.add_argument(
+        "--every",
+        type=positive_int,
+        default=None,
+        help="print every K-th step (default: about 20 rows)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=1.0,
+        help="a scheduler's base learning rate (1.0: values are factors)",
+    )
     parser.add_argument("--out", default=None, metavar="PNG", help="write a plot there")
     parser.add_argument("--log", action="store_true", help="log scale in the plot")
 
@@ -232,7 +263,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         except ValueError:
             if args.steps is not None or known is None:
                 raise
-            steps = known + 1     # defined up to its length only (OneCycle)
+            steps = known + 1  # defined up to its length only (OneCycle)
             curves = values(item, steps)
     except (ValueError, TypeError) as error:
         args.parser.error(str(error))
@@ -254,6 +285,16 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 __all__ = [
-    "LENGTH_ARGUMENTS", "add_parser", "build", "describe", "find", "length", "names",
-    "parse_arguments", "parse_value", "run", "table", "values",
+    "LENGTH_ARGUMENTS",
+    "add_parser",
+    "build",
+    "describe",
+    "find",
+    "length",
+    "names",
+    "parse_arguments",
+    "parse_value",
+    "run",
+    "table",
+    "values",
 ]

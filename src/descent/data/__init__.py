@@ -10,5 +10,11 @@
 from .mixture import gaussian_mixture, ring_centers
 from .text import CharVocabulary, char_sequences, load_text, unigram_entropy
 
-__all__ = ["CharVocabulary", "char_sequences", "gaussian_mixture", "load_text",
-           "ring_centers", "unigram_entropy"]
+__all__ = [
+    "CharVocabulary",
+    "char_sequences",
+    "gaussian_mixture",
+    "load_text",
+    "ring_centers",
+    "unigram_entropy",
+]

@@ -26,8 +26,9 @@ def ring_centers(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
     return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
 
 
-def gaussian_mixture(n: int, modes: int = 8, radius: float = 2.0, std: float = 0.05, *,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_mixture(
+    n: int, modes: int = 8, radius: float = 2.0, std: float = 0.05, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` samples of an equal-weight mixture of isotropic Gaussians on a ring.
 
     Returns ``(points, labels)``: float32 points ``(n, 2)`` and the int64 index of

@@ -41,8 +41,9 @@ class CharVocabulary:
         """``text`` as an int64 tensor of indices."""
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
-            raise ValueError(f"CharVocabulary.encode: characters {unknown} are not in the "
-                             "vocabulary")
+            raise ValueError(
+                f"CharVocabulary.encode: characters {unknown} are not in the vocabulary"
+            )
         return torch.tensor([self.index[char] for char in text], dtype=torch.long)
 
     def decode(self, indices: Iterable[int] | torch.Tensor) -> str:
@@ -51,9 +52,13 @@ class CharVocabulary:
         return "".join(self.chars[int(i)] for i in values)
 
 
-def char_sequences(text: str, seq_len: int, *, stride: int | None = None,
-                   vocabulary: CharVocabulary | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, CharVocabulary]:
+def char_sequences(
+    text: str,
+    seq_len: int,
+    *,
+    stride: int | None = None,
+    vocabulary: CharVocabulary | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, CharVocabulary]:
     """Next-character pairs: ``x[i, t]`` is a character, ``y[i, t]`` the one after it.
 
     Windows of ``seq_len + 1`` characters start every ``stride`` characters (default
@@ -71,8 +76,10 @@ def char_sequences(text: str, seq_len: int, *, stride: int | None = None,
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"char_sequences: stride={stride!r}; expected a positive integer")
     if len(text) < seq_len + 1:
-        raise ValueError(f"char_sequences: the text has {len(text)} characters; seq_len="
-                         f"{seq_len} needs at least {seq_len + 1}")
+        raise ValueError(
+            f"char_sequences: the text has {len(text)} characters; seq_len="
+            f"{seq_len} needs at least {seq_len + 1}"
+        )
     vocabulary = vocabulary or CharVocabulary(text)
     codes = vocabulary.encode(text)
     windows = codes.unfold(0, seq_len + 1, stride)

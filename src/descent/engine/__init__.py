@@ -128,8 +128,9 @@ class Rule(Protocol):
 
     def describe_param(self, group_index: int, index: int) -> str: ...
 
-    def cautious_call(self, param: Any, grad: Any, arguments: dict[str, Any],
-                      options: Mapping[str, Any]) -> dict[str, Any]: ...
+    def cautious_call(
+        self, param: Any, grad: Any, arguments: dict[str, Any], options: Mapping[str, Any]
+    ) -> dict[str, Any]: ...
 
 
 # ---------------------------------------------------------------------- modes
@@ -137,8 +138,10 @@ class Rule(Protocol):
 
 def _check_mode(mode: Any, where: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"{where}: mode={mode!r} is not a mode of descent's engine; "
-                         f"expected one of {', '.join(map(repr, MODES))}")
+        raise ValueError(
+            f"{where}: mode={mode!r} is not a mode of descent's engine; "
+            f"expected one of {', '.join(map(repr, MODES))}"
+        )
     return cast(str, mode)  # one of MODES
 
 
@@ -227,15 +230,24 @@ class Bucket:
         #: Whether the math sees other tensors than the parameters themselves.
         self.needs_view = self.sharded or self.is_complex
         #: The dtype the math sees (complex tensors are viewed as pairs of reals).
-        self.real_dtype = {torch.complex64: torch.float32,
-                           torch.complex128: torch.float64}.get(self.dtype, self.dtype)
+        self.real_dtype = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(
+            self.dtype, self.dtype
+        )
         self.numel = int(self.offsets[-1])
         #: Whether torch's fused kernels take these tensors.
-        self.fusable = (self.contiguous and not self.is_sparse and self.dtype in FUSED_DTYPES
-                        and self.device.type in ("cpu", "cuda"))
+        self.fusable = (
+            self.contiguous
+            and not self.is_sparse
+            and self.dtype in FUSED_DTYPES
+            and self.device.type in ("cpu", "cuda")
+        )
         #: Whether a generated kernel can update these tensors.
-        self.generable = (self.contiguous and not self.shares_storage and not self.is_sparse
-                          and _backend(self.device).supports(self.real_dtype))
+        self.generable = (
+            self.contiguous
+            and not self.shares_storage
+            and not self.is_sparse
+            and _backend(self.device).supports(self.real_dtype)
+        )
         self.everything = list(range(len(self.params)))
         self.pointer_list = self.pointers.tolist()
 
@@ -253,9 +265,14 @@ class Bucket:
             dtensor = _dtensor_type()
             assert dtensor is not None
             sharded = cast("DTensor", param)  # a sharded bucket's parameters are DTensors
-            tensor = dtensor.from_local(tensor, sharded.device_mesh, sharded.placements,
-                                        run_check=False, shape=param.shape,
-                                        stride=param.stride())
+            tensor = dtensor.from_local(
+                tensor,
+                sharded.device_mesh,
+                sharded.placements,
+                run_check=False,
+                shape=param.shape,
+                stride=param.stride(),
+            )
         return tensor
 
 
@@ -316,20 +333,33 @@ def _layout(params: Sequence[Tensor], elementwise: bool = True) -> _Layout:
     by_kind: dict[tuple[Any, ...], list[int]] = {}
     for i, param in enumerate(params):
         local = _local(param)
-        kind = (local.device, local.dtype, local.layout, local.is_contiguous(),
-                elementwise and local is not param)
+        kind = (
+            local.device,
+            local.dtype,
+            local.layout,
+            local.is_contiguous(),
+            elementwise and local is not param,
+        )
         by_kind.setdefault(kind, []).append(i)
     buckets = []
     for (device, dtype, tensor_layout, contiguous, sharded), indices in by_kind.items():
         members = [params[i] for i in indices]
         storages = [_storage(_local(p)) for p in members]
         numels = [_local(p).numel() * (2 if dtype.is_complex else 1) for p in members]
-        buckets.append(Bucket(
-            indices, members, device, dtype, contiguous,
-            shares_storage=len(set(storages)) < len(storages),
-            is_sparse=tensor_layout != torch.strided,
-            offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64),
-            pointers=_pointers(members), sharded=sharded))
+        buckets.append(
+            Bucket(
+                indices,
+                members,
+                device,
+                dtype,
+                contiguous,
+                shares_storage=len(set(storages)) < len(storages),
+                is_sparse=tensor_layout != torch.strided,
+                offsets=np.concatenate([[0], np.cumsum(numels, dtype=np.int64)]).astype(np.int64),
+                pointers=_pointers(members),
+                sharded=sharded,
+            )
+        )
     return _Layout(list(params), buckets)
 
 
@@ -350,10 +380,14 @@ class Engine:
         """The group's layout, rebuilt if a parameter was added, removed or re-bound."""
         params = group["params"]
         layout = self.layouts.get(id(group))
-        if (layout is None or len(layout.params) != len(params)
-                or not all(map(operator.is_, params, layout.params))
-                or not all(_pointer_list(bucket.params) == bucket.pointer_list
-                           for bucket in layout.buckets)):
+        if (
+            layout is None
+            or len(layout.params) != len(params)
+            or not all(map(operator.is_, params, layout.params))
+            or not all(
+                _pointer_list(bucket.params) == bucket.pointer_list for bucket in layout.buckets
+            )
+        ):
             layout = self.layouts[id(group)] = _layout(params, optimizer.elementwise)
             _move_rebound_state(optimizer, params)
         return layout
@@ -384,12 +418,12 @@ def choose_path(mode: str, rule: Rule, bucket: Bucket, low_precision: bool = Fal
         return "per_tensor"
     if low_precision:
         return "foreach"
-    fused = mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None \
-        and bucket.fusable
+    fused = (
+        mode in ("auto", "fused", "compiled") and rule.fused_kernel is not None and bucket.fusable
+    )
     if fused and mode == "auto" and bucket.device.type == "cuda":
         return "fused"  # on an H200 torch's fused kernels beat generated ones (BENCHMARKS.md)
-    wants_generated = mode == "compiled" or (mode == "auto"
-                                             and bucket.numel >= GENERATED_MIN_NUMEL)
+    wants_generated = mode == "compiled" or (mode == "auto" and bucket.numel >= GENERATED_MIN_NUMEL)
     if wants_generated and bucket.generable:
         return "generated"
     return "fused" if fused else "foreach"
@@ -424,8 +458,16 @@ def _step(optimizer: Rule) -> None:
         options = _numbers(group, optimizer.hyperparameters)
         for bucket in layout.buckets:
             low = quantize.applies(options, bucket.params[0])
-            _step_bucket(optimizer, group, group_index, bucket, options,
-                         choose_path(mode, optimizer, bucket, low), mode, low)
+            _step_bucket(
+                optimizer,
+                group,
+                group_index,
+                bucket,
+                options,
+                choose_path(mode, optimizer, bucket, low),
+                mode,
+                low,
+            )
 
 
 _step_outside_graphs = torch.compiler.disable(_step)
@@ -445,8 +487,16 @@ def _numbers(group: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, An
     return options
 
 
-def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucket: Bucket,
-                 options: dict[str, Any], path: str, mode: str, low: bool = False) -> None:
+def _step_bucket(
+    optimizer: Rule,
+    group: dict[str, Any],
+    group_index: int,
+    bucket: Bucket,
+    options: dict[str, Any],
+    path: str,
+    mode: str,
+    low: bool = False,
+) -> None:
     grads = list(map(_grad_of, bucket.params))
     missing = any(map(_is_none, grads))
     if not missing:
@@ -462,9 +512,11 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
         if sparse:
             if not optimizer.supports_sparse:
                 label = optimizer.describe_param(group_index, bucket.indices[sparse[0]])
-                raise TypeError(f"{label} has a sparse gradient; {type(optimizer).__name__} "
-                                "takes dense gradients (SGD, Adagrad and SparseAdam take "
-                                "sparse ones)")
+                raise TypeError(
+                    f"{label} has a sparse gradient; {type(optimizer).__name__} "
+                    "takes dense gradients (SGD, Adagrad and SparseAdam take "
+                    "sparse ones)"
+                )
             path = "per_tensor"  # sparse gradients go one tensor at a time, as in torch.optim
         dense = all(grads[i].is_contiguous() for i in present)
     else:
@@ -472,9 +524,15 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
     if not dense and path in ("generated", "fused"):
         path = "foreach"  # kernels index every gradient like its parameter: dense ones only
     table = optimizer.state
-    if bucket.table is not table or bucket.changes != table.changes or (
-            not bucket.complete if present is None
-            else any(bucket.entries[i] is None for i in present)):
+    if (
+        bucket.table is not table
+        or bucket.changes != table.changes
+        or (
+            not bucket.complete
+            if present is None
+            else any(bucket.entries[i] is None for i in present)
+        )
+    ):
         _adopt(optimizer, group, bucket, present)
     if path == "per_tensor" and len(bucket.params) > 1:
         runs = [[i] for i in (present if present is not None else range(len(grads)))]
@@ -484,8 +542,9 @@ def _step_bucket(optimizer: Rule, group: dict[str, Any], group_index: int, bucke
         _step_run(optimizer, bucket, run, grads, options, path, mode, low)
 
 
-def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
-           present: list[int] | None) -> None:
+def _adopt(
+    optimizer: Rule, group: dict[str, Any], bucket: Bucket, present: list[int] | None
+) -> None:
     """(Re)build what the bucket keeps: every parameter's entry (created for the params
     stepping now), the lists of state tensors and one buffer per scalar state entry, whose
     0-dim views become the entries' values."""
@@ -518,12 +577,19 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
             entries[i][key] = buffer[i]
         bucket.scalars[key] = buffer
     bucket.arrays = {key: buffer.detach().numpy() for key, buffer in bucket.scalars.items()}
-    bucket.step_views = ([entry["step"] if entry and "step" in entry else None
-                          for entry in entries] if "step" in bucket.scalars else [])
+    bucket.step_views = (
+        [entry["step"] if entry and "step" in entry else None for entry in entries]
+        if "step" in bucket.scalars
+        else []
+    )
     view = bucket.view if bucket.needs_view else _identity
-    bucket.dense_state = all(view(value).is_contiguous() for entry in entries if entry
-                             for key, value in entry.items()
-                             if key not in scalar_keys and isinstance(value, Tensor))
+    bucket.dense_state = all(
+        view(value).is_contiguous()
+        for entry in entries
+        if entry
+        for key, value in entry.items()
+        if key not in scalar_keys and isinstance(value, Tensor)
+    )
     bucket.lists = {}
     if bucket.keys is not None:
         for key in bucket.keys - scalar_keys:
@@ -543,21 +609,37 @@ def _adopt(optimizer: Rule, group: dict[str, Any], bucket: Bucket,
 def _runs(bucket: Bucket, present: list[int] | None) -> list[list[int]]:
     """Parameters that can share one call: same state keys, same scalar state values."""
     scalars = bucket.scalars
-    if present is None and bucket.keys is not None and (len(bucket.params) == 1 or all(
-            (values == values[0]).all() for values in bucket.arrays.values())):
+    if (
+        present is None
+        and bucket.keys is not None
+        and (
+            len(bucket.params) == 1
+            or all((values == values[0]).all() for values in bucket.arrays.values())
+        )
+    ):
         return [bucket.everything]
     values = {key: buffer.tolist() for key, buffer in scalars.items()}
     runs: dict[Any, list[int]] = {}
     for i in present if present is not None else range(len(bucket.params)):
         entry = bucket.entries[i]
-        signature = (frozenset(entry), tuple(values[key][i] for key in sorted(values)
-                                             if key in entry))
+        signature = (
+            frozenset(entry),
+            tuple(values[key][i] for key in sorted(values) if key in entry),
+        )
         runs.setdefault(signature, []).append(i)
     return list(runs.values())
 
 
-def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
-              options: dict[str, Any], path: str, mode: str, low: bool = False) -> None:
+def _step_run(
+    optimizer: Rule,
+    bucket: Bucket,
+    run: list[int],
+    grads: list[Any],
+    options: dict[str, Any],
+    path: str,
+    mode: str,
+    low: bool = False,
+) -> None:
     whole = run is bucket.everything
     counts = bucket.arrays.get("step")
     first = bucket.entries[run[0]]
@@ -576,38 +658,78 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
     else:
         view = bucket.view if bucket.needs_view else _identity
         scalar_keys = optimizer.scalar_state
-        lists = {key: [view(bucket.entries[i][key]) for i in run] for key in first
-                 if key not in scalar_keys}
+        lists = {
+            key: [view(bucket.entries[i][key]) for i in run]
+            for key in first
+            if key not in scalar_keys
+        }
         params = [view(bucket.params[i]) for i in run]
         grad_list = [view(grads[i]) for i in run]
-    shared = {key: bucket.scalars[key][run[0]] for key in bucket.scalars
-              if key != "step" and key in first}
+    shared = {
+        key: bucket.scalars[key][run[0]] for key in bucket.scalars if key != "step" and key in first
+    }
 
     if path in ("generated", "fused") and (not bucket.dense_state or options.get("cautious")):
         path = "foreach"  # kernels: every state tensor dense; cautious masks run the math
-    if path == "generated" and _run_generated(optimizer, bucket, run, whole, params,
-                                              grad_list, lists, shared, step_count, options,
-                                              wait=mode == "compiled"):
+    if path == "generated" and _run_generated(
+        optimizer,
+        bucket,
+        run,
+        whole,
+        params,
+        grad_list,
+        lists,
+        shared,
+        step_count,
+        options,
+        wait=mode == "compiled",
+    ):
         path = "done"
-    elif path in ("generated", "fused") and optimizer.fused_kernel is not None \
-            and bucket.fusable and optimizer.fused_kernel(
-                params, grad_list, lists, _step_tensors(bucket, run, whole), options,
-                float(options["lr"])):
+    elif (
+        path in ("generated", "fused")
+        and optimizer.fused_kernel is not None
+        and bucket.fusable
+        and optimizer.fused_kernel(
+            params,
+            grad_list,
+            lists,
+            _step_tensors(bucket, run, whole),
+            options,
+            float(options["lr"]),
+        )
+    ):
         return
     if path != "done" and low:  # low-precision state or parameters: in chunks (quantize)
-        created = quantize.call_math(call_math, optimizer, params, grad_list,
-                                     [bucket.entries[i] for i in run], shared, step_count,
-                                     options)
+        created = quantize.call_math(
+            call_math,
+            optimizer,
+            params,
+            grad_list,
+            [bucket.entries[i] for i in run],
+            shared,
+            step_count,
+            options,
+        )
         if created:
             _keep_created(optimizer, bucket, run, created)
     elif path != "done":
-        wrap: Callable[[list[Tensor]], Any] = (TensorList if optimizer.elementwise
-                                               else operator.itemgetter(0))
-        call = (_call_gathered if not optimizer.elementwise and not optimizer.sharded_math
-                and is_dtensor(params[0]) else call_math)
-        created = call(optimizer, wrap(params), wrap(grad_list),
-                       {key: wrap(values) for key, values in lists.items()}, shared,
-                       step_count, options)
+        wrap: Callable[[list[Tensor]], Any] = (
+            TensorList if optimizer.elementwise else operator.itemgetter(0)
+        )
+        call = (
+            _call_gathered
+            if not optimizer.elementwise and not optimizer.sharded_math and is_dtensor(params[0])
+            else call_math
+        )
+        created = call(
+            optimizer,
+            wrap(params),
+            wrap(grad_list),
+            {key: wrap(values) for key, values in lists.items()},
+            shared,
+            step_count,
+            options,
+        )
         if created:
             _keep_created(optimizer, bucket, run, created)
     for key in shared:  # the run shared one value; every member gets it
@@ -615,10 +737,19 @@ def _step_run(optimizer: Rule, bucket: Bucket, run: list[int], grads: list[Any],
         values[run] = values[run[0]]
 
 
-def _run_generated(optimizer: Rule, bucket: Bucket, run: list[int], whole: bool,
-                   params: list[Tensor], grads: list[Tensor], lists: dict[str, list[Tensor]],
-                   shared: dict[str, Tensor], step_count: float | None,
-                   options: dict[str, Any], wait: bool) -> bool:
+def _run_generated(
+    optimizer: Rule,
+    bucket: Bucket,
+    run: list[int],
+    whole: bool,
+    params: list[Tensor],
+    grads: list[Tensor],
+    lists: dict[str, list[Tensor]],
+    shared: dict[str, Tensor],
+    step_count: float | None,
+    options: dict[str, Any],
+    wait: bool,
+) -> bool:
     """Run the bucket's generated kernel; False (nothing changed) if there is none yet or
     these tensors do not suit it. Scalar state the math updates (``shared``) is updated
     by the trace, which runs the math's scalar part for real."""
@@ -636,8 +767,11 @@ def _run_generated(optimizer: Rule, bucket: Bucket, run: list[int], whole: bool,
         for key, value in before.items():
             shared[key].copy_(value)
         return False
-    offsets = bucket.offsets if whole else np.concatenate(
-        [[0], np.cumsum(np.diff(bucket.offsets)[run])]).astype(np.int64)
+    offsets = (
+        bucket.offsets
+        if whole
+        else np.concatenate([[0], np.cumsum(np.diff(bucket.offsets)[run])]).astype(np.int64)
+    )
     columns = []
     for name in program.inputs:
         if name == "param":
@@ -670,8 +804,7 @@ def _step_tensors(bucket: Bucket, run: list[int], whole: bool) -> list[Tensor]:
     return device_views if whole else [device_views[i] for i in run]
 
 
-def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int],
-                  created: dict[str, Any]) -> None:
+def _keep_created(optimizer: Rule, bucket: Bucket, run: list[int], created: dict[str, Any]) -> None:
     """Store state the math created on its first step (SGD's momentum buffer)."""
     table = optimizer.state
     for key, values in created.items():
@@ -689,19 +822,25 @@ def is_dtensor(tensor: Any) -> bool:
     return dtensor is not None and isinstance(tensor, dtensor)
 
 
-def _call_gathered(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
-                   scalars: Mapping[str, Tensor], step_count: float | None,
-                   options: Mapping[str, Any]) -> dict[str, Any]:
+def _call_gathered(
+    rule: Any,
+    param: Any,
+    grad: Any,
+    state: Mapping[str, Any],
+    scalars: Mapping[str, Tensor],
+    step_count: float | None,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
     """:func:`call_math` for a sharded parameter (a DTensor, FSDP2) of a rule that is
     not elementwise and whose math expects whole tensors (SOAP's preconditioners,
     Adafactor's factored moments, Prodigy's sums): the parameter, its gradient and its
     sharded state are gathered whole on every rank, the math runs on them, and each rank
     keeps its shard of the results. Costs one all-gather per tensor per step."""
-    whole_state = {key: value.full_tensor() if is_dtensor(value) else value
-                   for key, value in state.items()}
+    whole_state = {
+        key: value.full_tensor() if is_dtensor(value) else value for key, value in state.items()
+    }
     whole = param.full_tensor()
-    created = call_math(rule, whole, grad.full_tensor(), whole_state, scalars, step_count,
-                        options)
+    created = call_math(rule, whole, grad.full_tensor(), whole_state, scalars, step_count, options)
     _keep_shard(param, whole)
     for key, value in state.items():
         if is_dtensor(value):
@@ -715,8 +854,7 @@ def _shard_like(param: Any, whole: Tensor) -> Tensor:
     from torch.distributed.tensor import Replicate, distribute_tensor
 
     mesh = param.device_mesh
-    placements = (param.placements if whole.shape == param.shape
-                  else [Replicate()] * mesh.ndim)
+    placements = param.placements if whole.shape == param.shape else [Replicate()] * mesh.ndim
     return distribute_tensor(whole, mesh, placements, src_data_rank=None)
 
 
@@ -724,14 +862,19 @@ def _keep_shard(target: Any, whole: Tensor) -> None:
     """Copy this rank's piece of ``whole`` into the DTensor ``target``."""
     from torch.distributed.tensor import distribute_tensor
 
-    piece = distribute_tensor(whole, target.device_mesh, target.placements,
-                              src_data_rank=None)
+    piece = distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None)
     target.to_local().copy_(piece.to_local())
 
 
-def call_math(rule: Any, param: Any, grad: Any, state: Mapping[str, Any],
-              scalars: Mapping[str, Tensor], step_count: float | None,
-              options: Mapping[str, Any]) -> dict[str, Any]:
+def call_math(
+    rule: Any,
+    param: Any,
+    grad: Any,
+    state: Mapping[str, Any],
+    scalars: Mapping[str, Tensor],
+    step_count: float | None,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
     """Call ``rule.math`` with its keyword arguments; return the state entries it created.
 
     ``param``, ``grad`` and the values of ``state`` (per-element state, absent or None
@@ -761,15 +904,14 @@ def _identity(tensor: Tensor) -> Tensor:
     return tensor
 
 
-
-
 class _Backend(Protocol):
     """Where generated kernels come from for a device (:mod:`.cpu` or :mod:`.cuda`)."""
 
     def supports(self, dtype: torch.dtype) -> bool: ...
 
-    def kernel(self, program: Any, dtype: torch.dtype, device: torch.device,
-               wait: bool = False) -> Any: ...
+    def kernel(
+        self, program: Any, dtype: torch.dtype, device: torch.device, wait: bool = False
+    ) -> Any: ...
 
 
 def _backend(device: torch.device) -> _Backend:
@@ -786,8 +928,11 @@ def _move_rebound_state(optimizer: Rule, params: Sequence[Tensor]) -> None:
         if not entry:
             continue
         for key, value in list(entry.items()):
-            if key not in scalar_keys and isinstance(value, Tensor) and (
-                    value.dtype != param.dtype or value.device != param.device):
+            if (
+                key not in scalar_keys
+                and isinstance(value, Tensor)
+                and (value.dtype != param.dtype or value.device != param.device)
+            ):
                 entry[key] = value.to(dtype=param.dtype, device=param.device)
 
 
@@ -798,13 +943,31 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
     a clone holds only the entry's own elements. A quantised entry (a dict, see
     :mod:`.quantize`) is a new dict holding the same tensors.
     """
-    return {key: value.clone() if isinstance(value, Tensor) and value._base is not None
-            else dict(value) if isinstance(value, Mapping) else value
-            for key, value in entry.items()}
+    return {
+        key: value.clone()
+        if isinstance(value, Tensor) and value._base is not None
+        else dict(value)
+        if isinstance(value, Mapping)
+        else value
+        for key, value in entry.items()
+    }
 
 
 __all__ = [
-    "GENERATED_MIN_NUMEL", "MODES", "Bucket", "Rule", "StateTable", "TensorList", "call_math",
-    "choose_path", "compact_state", "default_mode", "forget", "get_default_mode", "is_dtensor",
-    "mode_of", "set_mode", "step",
+    "GENERATED_MIN_NUMEL",
+    "MODES",
+    "Bucket",
+    "Rule",
+    "StateTable",
+    "TensorList",
+    "call_math",
+    "choose_path",
+    "compact_state",
+    "default_mode",
+    "forget",
+    "get_default_mode",
+    "is_dtensor",
+    "mode_of",
+    "set_mode",
+    "step",
 ]

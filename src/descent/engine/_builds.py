@@ -40,8 +40,9 @@ class Builds(Generic[K]):
         if error is not None:
             if key not in self.warned:
                 self.warned.add(key)
-                warnings.warn(f"descent.engine: {self.failure} ({error!r})", RuntimeWarning,
-                              stacklevel=4)
+                warnings.warn(
+                    f"descent.engine: {self.failure} ({error!r})", RuntimeWarning, stacklevel=4
+                )
             return None
         return future.result()
 
@@ -56,9 +57,14 @@ class Builds(Generic[K]):
 
     def states(self) -> dict[Hashable, Any]:
         """Each key's build: "ok", "building" or the error's repr (for reports)."""
-        return {key: "building" if not future.done() else
-                "ok" if future.exception() is None else repr(future.exception())
-                for key, future in self.futures.items()}
+        return {
+            key: "building"
+            if not future.done()
+            else "ok"
+            if future.exception() is None
+            else repr(future.exception())
+            for key, future in self.futures.items()
+        }
 
 
 __all__ = ["Builds"]

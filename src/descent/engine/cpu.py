@@ -47,8 +47,16 @@ from .trace import Op, Program
 _C_TYPES = {torch.float32: "float", torch.float64: "double"}
 # -fno-trapping-math lets the compiler vectorise loops with selects (sign, comparisons):
 # it changes no value, only whether floating-point exceptions could trap.
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-          "-fPIC", "-shared", "-std=c99"]
+_FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=off",
+    "-fPIC",
+    "-shared",
+    "-std=c99",
+]
 #: Below this many elements a bucket is stepped by one thread.
 PARALLEL_MIN_NUMEL = 1 << 16
 
@@ -89,11 +97,15 @@ def _expression(op: Op, v: list[str], t: str) -> str:
     if name == "addcdiv":
         return f"{a[0]} + {s[0]} * {a[1]} / {a[2]}"
     if name == "lerp":  # torch's two-sided formula, exact at both ends
-        return (f"({s[0]} < ({t})0.5 ? {a[0]} + {s[0]} * ({a[1]} - {a[0]}) "
-                f": {a[1]} - ({a[1]} - {a[0]}) * (({t})1 - {s[0]}))")
+        return (
+            f"({s[0]} < ({t})0.5 ? {a[0]} + {s[0]} * ({a[1]} - {a[0]}) "
+            f": {a[1]} - ({a[1]} - {a[0]}) * (({t})1 - {s[0]}))"
+        )
     if name == "maximum":  # NaN-propagating, as torch.maximum
-        return (f"({a[0]} != {a[0]} ? {a[0]} : ({a[1]} != {a[1]} ? {a[1]} "
-                f": ({a[0]} > {a[1]} ? {a[0]} : {a[1]})))")
+        return (
+            f"({a[0]} != {a[0]} ? {a[0]} : ({a[1]} != {a[1]} ? {a[1]} "
+            f": ({a[0]} > {a[1]} ? {a[0]} : {a[1]})))"
+        )
     if name == "clamp_min":
         return f"({a[0]} != {a[0]} ? {a[0]} : ({a[0]} > {s[0]} ? {a[0]} : {s[0]}))"
     if name == "sqrt":
@@ -124,8 +136,9 @@ def source(program: Program, dtype: torch.dtype) -> str:
     t = _C_TYPES[dtype]
     read = {i for op in program.ops for i in op.operands}
     read |= {value for _, value in program.outputs if value < len(program.inputs)}
-    lines = [f"    {t}* restrict p{i} = ({t}*)ptrs[{i} * n + k];"
-             for i in range(len(program.inputs))]
+    lines = [
+        f"    {t}* restrict p{i} = ({t}*)ptrs[{i} * n + k];" for i in range(len(program.inputs))
+    ]
     body = [f"        const {t} v{i} = p{i}[j];" for i in range(len(program.inputs)) if i in read]
     values = [f"v{i}" for i in range(len(program.inputs) + len(program.ops))]
     for index, op in enumerate(program.ops):
@@ -133,28 +146,30 @@ def source(program: Program, dtype: torch.dtype) -> str:
         body.append(f"        const {t} v{number} = {_expression(op, values, t)};")
     position = {name: i for i, name in enumerate(program.inputs)}
     body += [f"        p{position[name]}[j] = v{value};" for name, value in program.outputs]
-    return "\n".join([
-        "#include <math.h>",
-        "#include <stdint.h>",
-        "/* descent generated kernel: " + ", ".join(program.inputs) + " */",
-        "void descent_kernel(const int64_t* offsets, int64_t n, void* const* ptrs,",
-        "                    const double* s, int64_t begin, int64_t end) {",
-        "    int64_t lo = 0, hi = n;",
-        "    while (hi - lo > 1) {",  # the tensor holding element `begin`
-        "        int64_t mid = (lo + hi) / 2;",
-        "        if (offsets[mid] <= begin) lo = mid; else hi = mid;",
-        "    }",
-        "    for (int64_t k = lo; k < n && offsets[k] < end; k++) {",
-        "        int64_t first = offsets[k] > begin ? 0 : begin - offsets[k];",
-        "        int64_t stop = (offsets[k + 1] < end ? offsets[k + 1] : end) - offsets[k];",
-        *lines,
-        "        for (int64_t j = first; j < stop; j++) {",
-        *["    " + line for line in body],
-        "        }",
-        "    }",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "#include <math.h>",
+            "#include <stdint.h>",
+            "/* descent generated kernel: " + ", ".join(program.inputs) + " */",
+            "void descent_kernel(const int64_t* offsets, int64_t n, void* const* ptrs,",
+            "                    const double* s, int64_t begin, int64_t end) {",
+            "    int64_t lo = 0, hi = n;",
+            "    while (hi - lo > 1) {",  # the tensor holding element `begin`
+            "        int64_t mid = (lo + hi) / 2;",
+            "        if (offsets[mid] <= begin) lo = mid; else hi = mid;",
+            "    }",
+            "    for (int64_t k = lo; k < n && offsets[k] < end; k++) {",
+            "        int64_t first = offsets[k] > begin ? 0 : begin - offsets[k];",
+            "        int64_t stop = (offsets[k + 1] < end ? offsets[k + 1] : end) - offsets[k];",
+            *lines,
+            "        for (int64_t j = first; j < stop; j++) {",
+            *["    " + line for line in body],
+            "        }",
+            "    }",
+            "}",
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------- building
@@ -173,13 +188,23 @@ def _build(code: str) -> Callable[..., None]:
             source_path = Path(scratch) / "kernel.c"
             source_path.write_text(code)
             built = Path(scratch) / "kernel.so"
-            subprocess.run([cc, *_FLAGS, str(source_path), "-o", str(built), "-lm"],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [cc, *_FLAGS, str(source_path), "-o", str(built), "-lm"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             os.replace(built, library)  # atomic: another process may be building it too
     function = ctypes.CDLL(str(library)).descent_kernel
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_int64, ctypes.c_int64]
+    function.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+    ]
     return function
 
 
@@ -190,9 +215,15 @@ class Kernel:
         self.function = function
         self.inputs = inputs
 
-    def __call__(self, pointers: np.ndarray, n: int, offsets: np.ndarray,
-                 scalars: Sequence[float], cache: dict[str, Any] | None = None,
-                 device: Any = None) -> None:
+    def __call__(
+        self,
+        pointers: np.ndarray,
+        n: int,
+        offsets: np.ndarray,
+        scalars: Sequence[float],
+        cache: dict[str, Any] | None = None,
+        device: Any = None,
+    ) -> None:
         """Run on ``n`` contiguous tensors per program input.
 
         ``pointers`` holds their data addresses, input by input (``inputs * n`` entries,
@@ -207,8 +238,10 @@ class Kernel:
             self.function(*arguments, 0, total)
             return
         bounds = [total * i // threads for i in range(threads + 1)]
-        futures = [_pool().submit(self.function, *arguments, bounds[i], bounds[i + 1])
-                   for i in range(1, threads)]
+        futures = [
+            _pool().submit(self.function, *arguments, bounds[i], bounds[i + 1])
+            for i in range(1, threads)
+        ]
         self.function(*arguments, bounds[0], bounds[1])
         for future in futures:
             future.result()
@@ -216,12 +249,14 @@ class Kernel:
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, torch.get_num_threads() - 1),
-                              thread_name_prefix="descent-kernel")
+    return ThreadPoolExecutor(
+        max(1, torch.get_num_threads() - 1), thread_name_prefix="descent-kernel"
+    )
 
 
-_builds: Builds[Kernel] = Builds("descent-build", "building a generated kernel failed; "
-                                 "the rule's math runs on lists instead")
+_builds: Builds[Kernel] = Builds(
+    "descent-build", "building a generated kernel failed; the rule's math runs on lists instead"
+)
 
 
 def supports(dtype: torch.dtype) -> bool:
@@ -229,15 +264,17 @@ def supports(dtype: torch.dtype) -> bool:
     return dtype in _C_TYPES and compiler() is not None
 
 
-def kernel(program: Program, dtype: torch.dtype, device: torch.device | None = None,
-           wait: bool = False) -> Kernel | None:
+def kernel(
+    program: Program, dtype: torch.dtype, device: torch.device | None = None, wait: bool = False
+) -> Kernel | None:
     """The kernel for ``program`` and ``dtype`` if it is built (building it in the background
     if not; with ``wait``, until it is built). None until then, or if it cannot be built."""
     if dtype not in _C_TYPES or compiler() is None:
         return None
     code = source(program, dtype)
-    return _builds.get((program.key(), dtype),
-                       lambda: Kernel(_build(code), len(program.inputs)), wait)
+    return _builds.get(
+        (program.key(), dtype), lambda: Kernel(_build(code), len(program.inputs)), wait
+    )
 
 
 def build_error(program: Program, dtype: torch.dtype) -> BaseException | None:
@@ -245,5 +282,13 @@ def build_error(program: Program, dtype: torch.dtype) -> BaseException | None:
     return _builds.error((program.key(), dtype))
 
 
-__all__ = ["PARALLEL_MIN_NUMEL", "Kernel", "build_error", "cache_dir", "compiler", "kernel",
-           "source", "supports"]
+__all__ = [
+    "PARALLEL_MIN_NUMEL",
+    "Kernel",
+    "build_error",
+    "cache_dir",
+    "compiler",
+    "kernel",
+    "source",
+    "supports",
+]

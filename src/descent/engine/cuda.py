@@ -39,10 +39,18 @@ from .trace import Op, Program
 
 #: Elements per program instance.
 BLOCK = 2048
-_COMPUTE = {torch.float32: "tl.float32", torch.float64: "tl.float64",
-            torch.bfloat16: "tl.float32", torch.float16: "tl.float32"}
-_STORE = {torch.float32: "tl.float32", torch.float64: "tl.float64",
-          torch.bfloat16: "tl.bfloat16", torch.float16: "tl.float16"}
+_COMPUTE = {
+    torch.float32: "tl.float32",
+    torch.float64: "tl.float64",
+    torch.bfloat16: "tl.float32",
+    torch.float16: "tl.float32",
+}
+_STORE = {
+    torch.float32: "tl.float32",
+    torch.float64: "tl.float64",
+    torch.bfloat16: "tl.bfloat16",
+    torch.float16: "tl.float16",
+}
 
 
 @functools.cache
@@ -81,15 +89,16 @@ def _expression(op: Op, v: list[str], c: str) -> str:
     if name == "mul_s":
         return f"{a[0]} * {s[0]}"
     if name == "div_s":  # float32: div_rn takes two blocks (the form measured on an H200)
-        return _divide(a[0], f"{s[0]} + tl.zeros_like({a[0]})" if c == "tl.float32" else s[0],
-                       c)
+        return _divide(a[0], f"{s[0]} + tl.zeros_like({a[0]})" if c == "tl.float32" else s[0], c)
     if name == "addcmul":
         return f"{a[0]} + {s[0]} * {a[1]} * {a[2]}"
     if name == "addcdiv":
         return f"{a[0]} + {_divide(f'{s[0]} * {a[1]}', a[2], c)}"
     if name == "lerp":
-        return (f"tl.where({s[0]} < 0.5, {a[0]} + {s[0]} * ({a[1]} - {a[0]}), "
-                f"{a[1]} - ({a[1]} - {a[0]}) * (1.0 - {s[0]}))")
+        return (
+            f"tl.where({s[0]} < 0.5, {a[0]} + {s[0]} * ({a[1]} - {a[0]}), "
+            f"{a[1]} - ({a[1]} - {a[0]}) * (1.0 - {s[0]}))"
+        )
     if name == "maximum":
         return f"tl.maximum({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
     if name == "clamp_min":
@@ -112,8 +121,7 @@ def _expression(op: Op, v: list[str], c: str) -> str:
     if name == "masked_fill":
         return f"tl.where({a[1]} != 0, {s[0]}, {a[0]})"
     if name == "clamp":
-        return (f"tl.where({a[0]} != {a[0]}, {a[0]}, "
-                f"tl.minimum(tl.maximum({a[0]}, {s[0]}), {s[1]}))")
+        return f"tl.where({a[0]} != {a[0]}, {a[0]}, tl.minimum(tl.maximum({a[0]}, {s[0]}), {s[1]}))"
     raise ValueError(f"descent.engine.cuda: no Triton form for operation {name!r}")
 
 
@@ -137,8 +145,10 @@ def source(program: Program, dtype: torch.dtype) -> str:
         "    mask = offs < tl.load(numels + t)",
     ]
     for k in range(program.slots):  # scalars follow the address table, as float64 bits
-        lines.append(f"    s{k} = tl.load(table + {inputs} * n + {k}).to(tl.float64, "
-                     f"bitcast=True).to({compute})")
+        lines.append(
+            f"    s{k} = tl.load(table + {inputs} * n + {k}).to(tl.float64, "
+            f"bitcast=True).to({compute})"
+        )
     for i, name in enumerate(program.inputs):
         if i in read or name in written:
             lines.append(f"    p{i} = tl.load(table + {i} * n + t).to(tl.pointer_type({store}))")
@@ -204,9 +214,15 @@ class Kernel:
         self.function = function
         self.inputs = inputs
 
-    def __call__(self, pointers: np.ndarray, n: int, offsets: np.ndarray,
-                 scalars: Sequence[float], cache: dict[str, Any],
-                 device: torch.device) -> None:
+    def __call__(
+        self,
+        pointers: np.ndarray,
+        n: int,
+        offsets: np.ndarray,
+        scalars: Sequence[float],
+        cache: dict[str, Any],
+        device: torch.device,
+    ) -> None:
         """Run on ``n`` contiguous tensors per program input, on ``device``.
 
         ``pointers`` holds their data addresses, input by input; ``offsets`` the running
@@ -219,26 +235,34 @@ class Kernel:
             chunks = (numels + BLOCK - 1) // BLOCK
             chunk_tensor = np.repeat(np.arange(n, dtype=np.int32), chunks)
             starts = np.arange(int(chunks.sum()), dtype=np.int64) - np.repeat(
-                np.cumsum(chunks) - chunks, chunks)
-            cache.update(key=key, grid=(len(chunk_tensor),),
-                         chunk_tensor=torch.from_numpy(chunk_tensor).to(device),
-                         chunk_start=torch.from_numpy(starts * BLOCK).to(device),
-                         numels=torch.from_numpy(numels.astype(np.int64)).to(device))
+                np.cumsum(chunks) - chunks, chunks
+            )
+            cache.update(
+                key=key,
+                grid=(len(chunk_tensor),),
+                chunk_tensor=torch.from_numpy(chunk_tensor).to(device),
+                chunk_start=torch.from_numpy(starts * BLOCK).to(device),
+                numels=torch.from_numpy(numels.astype(np.int64)).to(device),
+            )
         size = self.inputs * n + len(scalars)
         staging = cache.get("staging")
         if staging is None or staging.device.numel() < size:
             staging = cache["staging"] = _Staging(size, device)
         table = np.empty(size, dtype=np.int64)
         table[: self.inputs * n] = pointers
-        table[self.inputs * n:] = np.asarray(scalars, dtype=np.float64).view(np.int64)
+        table[self.inputs * n :] = np.asarray(scalars, dtype=np.float64).view(np.int64)
         on_device = staging.upload(table)
-        self.function[cache["grid"]](on_device, n, cache["chunk_tensor"],
-                                     cache["chunk_start"], cache["numels"], BLOCK=BLOCK)
+        self.function[cache["grid"]](
+            on_device, n, cache["chunk_tensor"], cache["chunk_start"], cache["numels"], BLOCK=BLOCK
+        )
 
 
-_builds: Builds[Kernel] = Builds("descent-triton", "compiling a generated CUDA kernel "
-                                 "failed; the engine uses torch's fused kernel or the math on "
-                                 "lists instead")
+_builds: Builds[Kernel] = Builds(
+    "descent-triton",
+    "compiling a generated CUDA kernel "
+    "failed; the engine uses torch's fused kernel or the math on "
+    "lists instead",
+)
 
 
 def _compile(program: Program, dtype: torch.dtype, device: torch.device) -> Kernel:
@@ -248,21 +272,22 @@ def _compile(program: Program, dtype: torch.dtype, device: torch.device) -> Kern
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
             dummy = [torch.zeros(1, dtype=dtype, device=device) for _ in program.inputs]
             pointers = np.array([t.data_ptr() for t in dummy], dtype=np.int64)
-            kernel(pointers, 1, np.array([0, 1], dtype=np.int64), [0.0] * program.slots, {},
-                   device)
+            kernel(pointers, 1, np.array([0, 1], dtype=np.int64), [0.0] * program.slots, {}, device)
             torch.cuda.current_stream(device).synchronize()
     return kernel
 
 
-def kernel(program: Program, dtype: torch.dtype, device: torch.device,
-           wait: bool = False) -> Kernel | None:
+def kernel(
+    program: Program, dtype: torch.dtype, device: torch.device, wait: bool = False
+) -> Kernel | None:
     """The kernel for ``program``, ``dtype`` and ``device`` if it is compiled (compiling it
     in the background if not; with ``wait``, until it is). None until then, or if it
     cannot be compiled."""
     if dtype not in _COMPUTE or not available():
         return None
-    return _builds.get((program.key(), dtype, str(device)),
-                       lambda: _compile(program, dtype, device), wait)
+    return _builds.get(
+        (program.key(), dtype, str(device)), lambda: _compile(program, dtype, device), wait
+    )
 
 
 __all__ = ["BLOCK", "Kernel", "available", "kernel", "source", "supports"]

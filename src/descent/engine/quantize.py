@@ -117,8 +117,7 @@ CHUNK_NUMEL = 1 << 21
 #: The state key of the Kahan compensation of a parameter (``param_rounding="kahan"``).
 COMPENSATION = "kahan_compensation"
 #: The three options, with their defaults.
-OPTIONS = {"state_dtype": None, "state_block_size": DEFAULT_BLOCK_SIZE,
-           "param_rounding": "nearest"}
+OPTIONS = {"state_dtype": None, "state_block_size": DEFAULT_BLOCK_SIZE, "param_rounding": "nearest"}
 
 _LOW_FLOATS = (torch.bfloat16, torch.float16)
 _STORED_KEYS = frozenset({"codes", "absmax", "bits", "signed", "block_size"})
@@ -131,27 +130,34 @@ _TINY = 1e-38  # the smallest scale divided by, as bitsandbytes
 def check_state_dtype(owner: str, name: str, value: Any) -> Any:
     """One of :data:`STATE_DTYPES`."""
     if value not in STATE_DTYPES or isinstance(value, bool):
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected one of "
-                         f"{', '.join(map(repr, STATE_DTYPES))}")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected one of "
+            f"{', '.join(map(repr, STATE_DTYPES))}"
+        )
     return value
 
 
 def check_block_size(owner: str, name: str, value: Any) -> Any:
     """An even integer from 2 to 2**20."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name}={value!r} has type {type(value).__name__}; expected "
-                        "an even integer from 2 to 2**20")
+        raise TypeError(
+            f"{owner}: {name}={value!r} has type {type(value).__name__}; expected "
+            "an even integer from 2 to 2**20"
+        )
     if value < 2 or value > 1 << 20 or value % 2:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected an even integer from "
-                         "2 to 2**20")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected an even integer from 2 to 2**20"
+        )
     return value
 
 
 def check_param_rounding(owner: str, name: str, value: Any) -> Any:
     """One of :data:`PARAM_ROUNDINGS`."""
     if value not in PARAM_ROUNDINGS:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected one of "
-                         f"{', '.join(map(repr, PARAM_ROUNDINGS))}")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected one of "
+            f"{', '.join(map(repr, PARAM_ROUNDINGS))}"
+        )
     return value
 
 
@@ -180,11 +186,13 @@ def dynamic_map(signed: bool, exponent_bits: int, total_bits: int) -> list[float
     for i in range(exponent_bits):
         decade(10.0 ** (i - exponent_bits + 1), 2 ** (i + free_bits + (0 if signed else 1)))
     if free_bits > 0:  # fractions when all exponent bits are zero
-        decade(10.0 ** 0, 2**free_bits - 1)
+        decade(10.0**0, 2**free_bits - 1)
     values += [0.0, 1.0]
     if len(values) != 2**total_bits:
-        raise ValueError(f"dynamic_map: {len(values)} values for {total_bits} bits; expected "
-                         f"{2**total_bits} (exponent_bits={exponent_bits} does not fit)")
+        raise ValueError(
+            f"dynamic_map: {len(values)} values for {total_bits} bits; expected "
+            f"{2**total_bits} (exponent_bits={exponent_bits} does not fit)"
+        )
     return sorted(values)
 
 
@@ -248,8 +256,10 @@ def _code(bits: int, signed: bool, device: torch.device) -> _Code:
     if values[0] == 0.0:  # a positive value is never rounded to zero (see _Code)
         bounds[0] = 0.0
     upper = torch.arange(1 << 16, dtype=torch.int64) << 16
-    ends = [(pattern - (pattern >= 1 << 31).long() * (1 << 32)).to(torch.int32)
-            .view(torch.float32) for pattern in (upper, upper + 0xFFFF)]
+    ends = [
+        (pattern - (pattern >= 1 << 31).long() * (1 << 32)).to(torch.int32).view(torch.float32)
+        for pattern in (upper, upper + 0xFFFF)
+    ]
     low, high = torch.minimum(*ends), torch.maximum(*ends)
     finite = ~(low.isnan() | high.isnan())
     below = torch.where(finite, torch.searchsorted(bounds, low.nan_to_num(0.0)), 0)
@@ -260,8 +270,13 @@ def _code(bits: int, signed: bool, device: torch.device) -> _Code:
     threshold = torch.where(finite & (inside == 1), padded[below], math.inf)
     codes = torch.arange(256)
     pairs = table[torch.stack((codes >> 4, codes & 15), dim=-1) % len(table)]
-    return _Code(bits, table.to(device), pairs.to(device), below.to(torch.uint8).to(device),
-                 threshold.to(device))
+    return _Code(
+        bits,
+        table.to(device),
+        pairs.to(device),
+        below.to(torch.uint8).to(device),
+        threshold.to(device),
+    )
 
 
 # ---------------------------------------------------------------------- quantisation
@@ -282,8 +297,9 @@ def _scratch(role: Any, n: int, dtype: torch.dtype, device: torch.device) -> Ten
     """A flat buffer of ``n`` elements for temporaries of one kind (``role``), kept
     between calls in this thread: fresh allocations of chunk-sized temporaries, each
     first touched page by page, cost more than the arithmetic on them."""
-    buffers: dict[tuple[Any, torch.dtype, torch.device], Tensor] = \
-        _workspace.__dict__.setdefault("buffers", {})
+    buffers: dict[tuple[Any, torch.dtype, torch.device], Tensor] = _workspace.__dict__.setdefault(
+        "buffers", {}
+    )
     key = (role, dtype, device)
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < n:
@@ -291,8 +307,9 @@ def _scratch(role: Any, n: int, dtype: torch.dtype, device: torch.device) -> Ten
     return buffer[:n]
 
 
-def quantize(tensor: Tensor, *, bits: int, signed: bool,
-             block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
+def quantize(
+    tensor: Tensor, *, bits: int, signed: bool, block_size: int = DEFAULT_BLOCK_SIZE
+) -> dict[str, Any]:
     """``tensor``'s values in the stored form of a quantised state entry (see above).
 
     Example::
@@ -309,21 +326,26 @@ def quantize(tensor: Tensor, *, bits: int, signed: bool,
     return stored
 
 
-def dequantize(stored: Mapping[str, Any], numel: int, dtype: torch.dtype = torch.float32
-               ) -> Tensor:
+def dequantize(stored: Mapping[str, Any], numel: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """The ``numel`` values a quantised state entry holds, as a flat tensor of ``dtype``."""
     return _decode(stored, 0, numel, dtype)
 
 
-def _empty(n: int, bits: int, signed: bool, block_size: int,
-           device: torch.device) -> dict[str, Any]:
-    return {"codes": torch.zeros(_packed(n, bits), dtype=torch.uint8, device=device),
-            "absmax": torch.zeros(_blocks(n, block_size), dtype=torch.float32, device=device),
-            "bits": bits, "signed": signed, "block_size": block_size}
+def _empty(
+    n: int, bits: int, signed: bool, block_size: int, device: torch.device
+) -> dict[str, Any]:
+    return {
+        "codes": torch.zeros(_packed(n, bits), dtype=torch.uint8, device=device),
+        "absmax": torch.zeros(_blocks(n, block_size), dtype=torch.float32, device=device),
+        "bits": bits,
+        "signed": signed,
+        "block_size": block_size,
+    }
 
 
-def _decode(stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype,
-            out: Tensor | None = None) -> Tensor:
+def _decode(
+    stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype, out: Tensor | None = None
+) -> Tensor:
     """Elements ``start:end`` of a quantised entry (``start`` a multiple of its block
     size), as a contiguous tensor of ``dtype``: ``out`` (of ``end - start`` elements)
     if given, else a new one."""
@@ -339,18 +361,18 @@ def _decode(stored: Mapping[str, Any], start: int, end: int, dtype: torch.dtype,
         index = _scratch("index", n, torch.int32, codes.device)
         torch.index_select(code.values, 0, index.copy_(codes[start:end]), out=values)
     else:
-        packed = codes[start // 2:-(-end // 2)]
+        packed = codes[start // 2 : -(-end // 2)]
         index = _scratch("index", len(packed), torch.int32, codes.device).copy_(packed)
         pairs = n // 2
-        torch.index_select(code.pairs, 0, index[:pairs], out=values[:2 * pairs].view(-1, 2))
+        torch.index_select(code.pairs, 0, index[:pairs], out=values[: 2 * pairs].view(-1, 2))
         if n % 2:
             values[-1:].copy_(code.pairs[index[-1:].long(), 0])
     if dtype != torch.float32:
         values = values.to(dtype) if out is None else out.copy_(values)
-    absmax = stored["absmax"][start // block:-(-end // block)]
+    absmax = stored["absmax"][start // block : -(-end // block)]
     full = n - n % block
     if full:
-        values[:full].view(-1, block).mul_(absmax[:full // block, None])
+        values[:full].view(-1, block).mul_(absmax[: full // block, None])
     if n > full:
         values[full:].mul_(absmax[-1])
     return values
@@ -374,7 +396,7 @@ def _encode_into(stored: Mapping[str, Any], start: int, values: Tensor) -> None:
     if full:
         rows = values[:full].view(-1, block)
         scale = _absmax(rows)
-        absmax[first:first + full // block].copy_(scale)
+        absmax[first : first + full // block].copy_(scale)
         rows.mul_(scale.clamp_(min=_TINY).reciprocal_()[:, None])
     if n > full:
         tail = values[full:].view(1, -1)
@@ -384,13 +406,13 @@ def _encode_into(stored: Mapping[str, Any], start: int, values: Tensor) -> None:
     code = _code(bits, stored["signed"], values.device)
     codes = stored["codes"]
     if bits == 8:
-        code.encode_into(codes[start:start + n], values)
+        code.encode_into(codes[start : start + n], values)
     else:
         indices = _scratch("indices", n + n % 2, torch.uint8, values.device)
         indices[n:].zero_()
         code.encode_into(indices[:n], values)
         pairs = indices.view(-1, 2)
-        packed = codes[start // 2:start // 2 + len(pairs)]
+        packed = codes[start // 2 : start // 2 + len(pairs)]
         torch.add(pairs[:, 1], pairs[:, 0], alpha=16, out=packed)
 
 
@@ -406,8 +428,9 @@ def stochastic_round(x: Tensor, dtype: torch.dtype) -> Tensor:
     if x.dtype != torch.float32:
         x = x.float()
     if dtype == torch.bfloat16:
-        return _noisy_bfloat16(x.contiguous(), torch.empty(x.shape, dtype=torch.int32,
-                                                           device=x.device)).to(dtype)
+        return _noisy_bfloat16(
+            x.contiguous(), torch.empty(x.shape, dtype=torch.int32, device=x.device)
+        ).to(dtype)
     nearest = x.to(dtype)
     error = x - nearest.float()
     other = torch.nextafter(nearest, torch.where(error > 0, math.inf, -math.inf).to(dtype))
@@ -434,8 +457,11 @@ class Options:
     @classmethod
     def of(cls, group: Mapping[str, Any]) -> Options:
         """The options of a param group (defaults for those it lacks)."""
-        return cls(group.get("state_dtype"), group.get("state_block_size", DEFAULT_BLOCK_SIZE),
-                   group.get("param_rounding", "nearest"))
+        return cls(
+            group.get("state_dtype"),
+            group.get("state_block_size", DEFAULT_BLOCK_SIZE),
+            group.get("param_rounding", "nearest"),
+        )
 
     def rounds(self, param: Tensor) -> bool:
         """Whether updates of ``param`` are rounded other than to nearest."""
@@ -447,8 +473,9 @@ class Options:
         is rounded other than to nearest."""
         if param.is_complex():
             return False
-        if self.state_dtype is None or (self.state_dtype == "float32"
-                                        and param.dtype == torch.float32):
+        if self.state_dtype is None or (
+            self.state_dtype == "float32" and param.dtype == torch.float32
+        ):
             return self.rounds(param)
         return True
 
@@ -480,8 +507,10 @@ def _form_of(value: Any) -> Any:
 def _declared(rule_type: type) -> tuple[frozenset[str], frozenset[str]]:
     """Names of the rule's scalar state and of its non-negative state."""
     keeps = getattr(rule_type, "keeps", ())
-    return (frozenset(e.name for e in keeps if e.scalar),
-            frozenset(e.name for e in keeps if getattr(e, "non_negative", False)))
+    return (
+        frozenset(e.name for e in keeps if e.scalar),
+        frozenset(e.name for e in keeps if getattr(e, "non_negative", False)),
+    )
 
 
 def _encode(full: Tensor, form: Any, param: Tensor) -> Any:
@@ -495,8 +524,9 @@ def _encode(full: Tensor, form: Any, param: Tensor) -> Any:
         nearest = full.to(form)
         # values bfloat16 holds exactly (a bf16 state torch's load cast to float32) keep
         # them, and draw no random numbers: a resumed run continues the same random stream
-        full = nearest if torch.equal(nearest.to(full.dtype), full) else \
-            stochastic_round(full, form)
+        full = (
+            nearest if torch.equal(nearest.to(full.dtype), full) else stochastic_round(full, form)
+        )
     out = torch.empty(param.shape, dtype=form, device=param.device)
     return out.copy_(full.reshape(param.shape))
 
@@ -507,12 +537,17 @@ def decoded(value: Any, param: Tensor) -> Tensor:
     if isinstance(value, Mapping):
         return _decode(value, 0, param.numel(), _compute_dtype(param)).view(param.shape)
     tensor: Tensor = value  # an entry not quantised is a tensor
-    return tensor.detach().to(torch.promote_types(tensor.dtype, _compute_dtype(param)),
-                              copy=True)
+    return tensor.detach().to(torch.promote_types(tensor.dtype, _compute_dtype(param)), copy=True)
 
 
-def _conform_entry(entry: dict[str, Any], param: Tensor, options: Options,
-                   scalar: frozenset[str], unsigned: frozenset[str], active: bool) -> None:
+def _conform_entry(
+    entry: dict[str, Any],
+    param: Tensor,
+    options: Options,
+    scalar: frozenset[str],
+    unsigned: frozenset[str],
+    active: bool,
+) -> None:
     """Store every state entry of ``param`` in the form ``options`` give it."""
     for key, value in list(entry.items()):
         if key in scalar or key == COMPENSATION:
@@ -520,24 +555,30 @@ def _conform_entry(entry: dict[str, Any], param: Tensor, options: Options,
         form = options.form(param, key not in unsigned)
         current = _form_of(value)
         device = value["codes"].device if isinstance(value, Mapping) else value.device
-        if current == form and device == param.device and (
-                not active or isinstance(value, Mapping) or value.is_contiguous()):
+        if (
+            current == form
+            and device == param.device
+            and (not active or isinstance(value, Mapping) or value.is_contiguous())
+        ):
             continue
         if isinstance(value, Mapping) or value.dtype != form:
             value = decoded(value, param)
         entry[key] = _encode(value, form, param)
     compensation = entry.get(COMPENSATION)
     if options.param_rounding == "kahan" and param.dtype in _LOW_FLOATS and not param.is_complex():
-        if compensation is None or compensation.dtype != param.dtype \
-                or compensation.device != param.device:
-            entry[COMPENSATION] = torch.zeros(param.shape, dtype=param.dtype,
-                                              device=param.device)
+        if (
+            compensation is None
+            or compensation.dtype != param.dtype
+            or compensation.device != param.device
+        ):
+            entry[COMPENSATION] = torch.zeros(param.shape, dtype=param.dtype, device=param.device)
     elif compensation is not None:
         del entry[COMPENSATION]  # its part of the value (below half a step) is dropped
 
 
-def stored_state(entry: dict[str, Any], param: Tensor, group: Mapping[str, Any],
-                 rule: Any) -> dict[str, Any]:
+def stored_state(
+    entry: dict[str, Any], param: Tensor, group: Mapping[str, Any], rule: Any
+) -> dict[str, Any]:
     """``entry`` (a parameter's state) stored in the form its group's options give it
     (in place; returned)."""
     options = Options.of(group)
@@ -581,8 +622,7 @@ def conform_all(rule: Any) -> None:
 def applies(options: Mapping[str, Any], param: Tensor) -> bool:
     """Whether a bucket of parameters like ``param`` with these group options runs on
     full-precision temporaries (see :meth:`Options.applies`)."""
-    if options.get("state_dtype") is None and options.get("param_rounding", "nearest") == \
-            "nearest":
+    if options.get("state_dtype") is None and options.get("param_rounding", "nearest") == "nearest":
         return False
     return Options.of(options).applies(param)
 
@@ -617,10 +657,16 @@ def _chunks(numels: Sequence[int], block: int) -> Iterator[list[_Piece]]:
         yield chunk
 
 
-def call_math(call: Callable[..., dict[str, Any]], rule: Any, params: list[Tensor],
-              grads: list[Tensor], entries: list[dict[str, Any]],
-              scalars: Mapping[str, Tensor], step_count: float | None,
-              options: Mapping[str, Any]) -> dict[str, Any]:
+def call_math(
+    call: Callable[..., dict[str, Any]],
+    rule: Any,
+    params: list[Tensor],
+    grads: list[Tensor],
+    entries: list[dict[str, Any]],
+    scalars: Mapping[str, Tensor],
+    step_count: float | None,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
     """Run ``call`` (:func:`descent.engine.call_math`) for a run of parameters whose
     state or update is low precision, chunk by chunk on full-precision temporaries;
     return the state entries the math created, in their stored form."""
@@ -639,20 +685,46 @@ def call_math(call: Callable[..., dict[str, Any]], rule: Any, params: list[Tenso
         if number:
             for key, value in scalars.items():
                 value.copy_(start_scalars[key])
-        _run_chunk(call, rule, chunk, params, flat_params, flat_grads, entries, keys, scalars,
-                   step_count, options, settings, compute, unsigned, created)
+        _run_chunk(
+            call,
+            rule,
+            chunk,
+            params,
+            flat_params,
+            flat_grads,
+            entries,
+            keys,
+            scalars,
+            step_count,
+            options,
+            settings,
+            compute,
+            unsigned,
+            created,
+        )
     for param, flat in zip(params, flat_params, strict=True):
         if not param.is_contiguous():
             param.copy_(flat.view(param.shape))
     return {key: TensorList(values) for key, values in created.items()}
 
 
-def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piece],
-               params: list[Tensor], flat_params: list[Tensor], flat_grads: list[Tensor],
-               entries: list[dict[str, Any]], keys: list[str], scalars: Mapping[str, Tensor],
-               step_count: float | None, options: Mapping[str, Any], settings: Options,
-               compute: torch.dtype, unsigned: frozenset[str],
-               created: dict[str, list[Any]]) -> None:
+def _run_chunk(
+    call: Callable[..., dict[str, Any]],
+    rule: Any,
+    chunk: list[_Piece],
+    params: list[Tensor],
+    flat_params: list[Tensor],
+    flat_grads: list[Tensor],
+    entries: list[dict[str, Any]],
+    keys: list[str],
+    scalars: Mapping[str, Tensor],
+    step_count: float | None,
+    options: Mapping[str, Any],
+    settings: Options,
+    compute: torch.dtype,
+    unsigned: frozenset[str],
+    created: dict[str, list[Any]],
+) -> None:
     param_in: list[Tensor] = []
     grad_in: list[Tensor] = []
     state_in: dict[str, list[Tensor]] = {key: [] for key in keys}
@@ -661,7 +733,7 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
     device = params[0].device
 
     def temporary(role: Any, offset: int, n: int) -> Tensor:  # this chunk's, this role's
-        return _scratch(role, total, compute, device)[offset:offset + n]
+        return _scratch(role, total, compute, device)[offset : offset + n]
 
     offset = 0
     for piece in chunk:
@@ -676,20 +748,22 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
             compensation = entry.get(COMPENSATION)
             if compensation is not None:
                 value.add_(compensation.view(-1)[start:end])
-                write_backs.append(functools.partial(
-                    _kahan_write, target, value, compensation.view(-1)[start:end]))
+                write_backs.append(
+                    functools.partial(_kahan_write, target, value, compensation.view(-1)[start:end])
+                )
             else:
-                write_backs.append(functools.partial(
-                    _round_write, target, value, settings.rounds(params[i])))
+                write_backs.append(
+                    functools.partial(_round_write, target, value, settings.rounds(params[i]))
+                )
             param_in.append(value)
         grad = flat_grads[i][start:end]
-        grad_in.append(grad if grad.dtype == compute else
-                       temporary("grad", offset, n).copy_(grad))
+        grad_in.append(grad if grad.dtype == compute else temporary("grad", offset, n).copy_(grad))
         for number, key in enumerate(keys):
             stored = entry[key]
             if isinstance(stored, Mapping):
-                value = _decode(stored, start, end, compute,
-                                temporary(("state", number), offset, n))
+                value = _decode(
+                    stored, start, end, compute, temporary(("state", number), offset, n)
+                )
                 write_backs.append(functools.partial(_encode_into, stored, start, value))
             else:
                 view = stored.view(-1)[start:end]
@@ -697,13 +771,20 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
                     value = view
                 else:
                     value = temporary(("state", number), offset, n).copy_(view)
-                    write_backs.append(functools.partial(
-                        _round_write, view, value, view.dtype == torch.bfloat16))
+                    write_backs.append(
+                        functools.partial(_round_write, view, value, view.dtype == torch.bfloat16)
+                    )
             state_in[key].append(value)
         offset += n
-    made = call(rule, TensorList(param_in), TensorList(grad_in),
-                {key: TensorList(values) for key, values in state_in.items()}, scalars,
-                step_count, options)
+    made = call(
+        rule,
+        TensorList(param_in),
+        TensorList(grad_in),
+        {key: TensorList(values) for key, values in state_in.items()},
+        scalars,
+        step_count,
+        options,
+    )
     for key, values in made.items():
         tensors = values.tensors if isinstance(values, TensorList) else [values]
         stores = created.setdefault(key, [None] * len(params))
@@ -711,15 +792,20 @@ def _run_chunk(call: Callable[..., dict[str, Any]], rule: Any, chunk: list[_Piec
             param = params[piece.index]
             if stores[piece.index] is None:
                 form = settings.form(param, key not in unsigned)
-                stores[piece.index] = _empty(param.numel(), *form, param.device) \
-                    if isinstance(form, tuple) else \
-                    torch.zeros(param.shape, dtype=form, device=param.device)
+                stores[piece.index] = (
+                    _empty(param.numel(), *form, param.device)
+                    if isinstance(form, tuple)
+                    else torch.zeros(param.shape, dtype=form, device=param.device)
+                )
             stored = stores[piece.index]
             if isinstance(stored, Mapping):
                 _encode_into(stored, piece.start, tensor.clone())
             else:
-                _round_write(stored.view(-1)[piece.start:piece.end], tensor,
-                             stored.dtype == torch.bfloat16 and tensor.dtype != stored.dtype)
+                _round_write(
+                    stored.view(-1)[piece.start : piece.end],
+                    tensor,
+                    stored.dtype == torch.bfloat16 and tensor.dtype != stored.dtype,
+                )
     for write in write_backs:
         write()
 
@@ -753,51 +839,74 @@ def _kahan_write(target: Tensor, value: Tensor, compensation: Tensor) -> None:
 # ---------------------------------------------------------------------- state dicts
 
 
-def check_stored(where: str, key: str, value: Any, param: Tensor, group: Mapping[str, Any],
-                 signed: bool) -> None:
+def check_stored(
+    where: str, key: str, value: Any, param: Tensor, group: Mapping[str, Any], signed: bool
+) -> None:
     """Check that a saved state entry has the form the saved ``group``'s options give it
     (its layout, for a quantised one); raise a ``ValueError`` saying what differs."""
     form = Options.of(group).form(param, signed) if key != COMPENSATION else param.dtype
     if isinstance(form, tuple):
         bits, signed, block = form
-        expected = (f"the {'int8' if bits == 8 else 'int4'} form of state_block_size={block} "
-                    f"(a dict with {sorted(_STORED_KEYS)})")
+        expected = (
+            f"the {'int8' if bits == 8 else 'int4'} form of state_block_size={block} "
+            f"(a dict with {sorted(_STORED_KEYS)})"
+        )
         if not isinstance(value, Mapping) or set(value) != _STORED_KEYS:
-            what = f"keys {sorted(value)}" if isinstance(value, Mapping) else \
-                f"type {type(value).__name__}"
+            what = (
+                f"keys {sorted(value)}"
+                if isinstance(value, Mapping)
+                else f"type {type(value).__name__}"
+            )
             raise ValueError(f"{where}: {key} has {what}; expected {expected}")
         found = (value["bits"], value["signed"], value["block_size"])
         if found != form:
-            raise ValueError(f"{where}: {key} has (bits, signed, block_size)={found}; the "
-                             f"group's options give {form}")
+            raise ValueError(
+                f"{where}: {key} has (bits, signed, block_size)={found}; the "
+                f"group's options give {form}"
+            )
         n = param.numel()
-        for name, dtype, length in (("codes", torch.uint8, _packed(n, bits)),
-                                    ("absmax", torch.float32, _blocks(n, block))):
+        for name, dtype, length in (
+            ("codes", torch.uint8, _packed(n, bits)),
+            ("absmax", torch.float32, _blocks(n, block)),
+        ):
             tensor = value[name]
-            if not torch.is_tensor(tensor) or tensor.dtype != dtype or tensor.dim() != 1 \
-                    or tensor.numel() != length:
-                what = f"dtype {tensor.dtype} and shape {tuple(tensor.shape)}" \
-                    if torch.is_tensor(tensor) else f"type {type(tensor).__name__}"
-                raise ValueError(f"{where}: {key}[{name!r}] has {what}; expected {length} "
-                                 f"elements of {dtype} for a parameter of {n} elements in "
-                                 f"blocks of {block}")
+            if (
+                not torch.is_tensor(tensor)
+                or tensor.dtype != dtype
+                or tensor.dim() != 1
+                or tensor.numel() != length
+            ):
+                what = (
+                    f"dtype {tensor.dtype} and shape {tuple(tensor.shape)}"
+                    if torch.is_tensor(tensor)
+                    else f"type {type(tensor).__name__}"
+                )
+                raise ValueError(
+                    f"{where}: {key}[{name!r}] has {what}; expected {length} "
+                    f"elements of {dtype} for a parameter of {n} elements in "
+                    f"blocks of {block}"
+                )
         return
     if not torch.is_tensor(value):
-        raise ValueError(f"{where}: {key} has type {type(value).__name__}; expected a tensor "
-                         f"of dtype {form}")
+        raise ValueError(
+            f"{where}: {key} has type {type(value).__name__}; expected a tensor of dtype {form}"
+        )
     if value.shape != param.shape:
-        raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, the parameter has "
-                         f"shape {tuple(param.shape)}")
+        raise ValueError(
+            f"{where}: {key} has shape {tuple(value.shape)}, the parameter has "
+            f"shape {tuple(param.shape)}"
+        )
     if value.dtype != form:
-        raise ValueError(f"{where}: {key} has dtype {value.dtype}; the group's options "
-                         f"(state_dtype={group.get('state_dtype')!r}) store it as {form}")
+        raise ValueError(
+            f"{where}: {key} has dtype {value.dtype}; the group's options "
+            f"(state_dtype={group.get('state_dtype')!r}) store it as {form}"
+        )
 
 
 def extra_keys(param: Tensor, group: Mapping[str, Any]) -> frozenset[str]:
     """State keys the storage options add to ``param``'s entry (the Kahan compensation)."""
     options = Options.of(group)
-    if options.param_rounding == "kahan" and param.dtype in _LOW_FLOATS \
-            and not param.is_complex():
+    if options.param_rounding == "kahan" and param.dtype in _LOW_FLOATS and not param.is_complex():
         return frozenset({COMPENSATION})
     return frozenset()
 
@@ -807,10 +916,16 @@ def loaded(entry: dict[str, Any], saved: Mapping[str, Any], param: Tensor) -> No
     parameter's dtype): put back the saved entries that it changed, as saved."""
     for key, value in saved.items():
         if isinstance(value, Mapping):
-            entry[key] = {name: item.to(param.device) if torch.is_tensor(item) else item
-                          for name, item in value.items()}
-        elif torch.is_tensor(value) and key in entry and value.dtype != entry[key].dtype \
-                and value.dim() > 0:
+            entry[key] = {
+                name: item.to(param.device) if torch.is_tensor(item) else item
+                for name, item in value.items()
+            }
+        elif (
+            torch.is_tensor(value)
+            and key in entry
+            and value.dtype != entry[key].dtype
+            and value.dim() > 0
+        ):
             entry[key] = value.to(param.device)
 
 
@@ -831,9 +946,30 @@ def state_bytes(rule: Any) -> int:
 
 
 __all__ = [
-    "CHUNK_NUMEL", "COMPENSATION", "DEFAULT_BLOCK_SIZE", "MIN_QUANTIZED_NUMEL", "OPTIONS",
-    "PARAM_ROUNDINGS", "STATE_DTYPES", "Options", "applies", "call_math", "check_block_size",
-    "check_param_rounding", "check_state_dtype", "check_stored", "code_values", "conform",
-    "conform_all", "decoded", "dequantize", "dynamic_map", "extra_keys", "loaded", "quantize",
-    "state_bytes", "stochastic_round", "stored_state",
+    "CHUNK_NUMEL",
+    "COMPENSATION",
+    "DEFAULT_BLOCK_SIZE",
+    "MIN_QUANTIZED_NUMEL",
+    "OPTIONS",
+    "PARAM_ROUNDINGS",
+    "STATE_DTYPES",
+    "Options",
+    "applies",
+    "call_math",
+    "check_block_size",
+    "check_param_rounding",
+    "check_state_dtype",
+    "check_stored",
+    "code_values",
+    "conform",
+    "conform_all",
+    "decoded",
+    "dequantize",
+    "dynamic_map",
+    "extra_keys",
+    "loaded",
+    "quantize",
+    "state_bytes",
+    "stochastic_round",
+    "stored_state",
 ]

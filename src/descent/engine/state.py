@@ -104,7 +104,7 @@ class StateTable(_Counted, defaultdict[Any, Any]):
     def __init__(self, items: Iterable[tuple[Any, Any]] | Mapping[Any, Any] = ()) -> None:
         self._changes = _Changes()
         super().__init__(self._entry)
-        for key, value in (items.items() if isinstance(items, Mapping) else items):
+        for key, value in items.items() if isinstance(items, Mapping) else items:
             self[key] = value
 
     def _entry(self, values: Mapping[Any, Any] | None = None) -> StateEntry:
@@ -131,8 +131,13 @@ class StateTable(_Counted, defaultdict[Any, Any]):
         return self[key]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (defaultdict, (dict,), None, None,
-                iter([(key, dict(value)) for key, value in self.items()]))
+        return (
+            defaultdict,
+            (dict,),
+            None,
+            None,
+            iter([(key, dict(value)) for key, value in self.items()]),
+        )
 
     # copy.copy gives the plain defaultdict the table stands for, not another table
     def __copy__(self) -> defaultdict[Any, Any]:  # type: ignore[override]

@@ -130,22 +130,25 @@ class TensorList:
         """``self / other``."""
         return self._new("div", other)
 
-    def addcmul_(self, tensor1: TensorList, tensor2: TensorList, *,
-                 value: float | Tensor = 1) -> TensorList:
+    def addcmul_(
+        self, tensor1: TensorList, tensor2: TensorList, *, value: float | Tensor = 1
+    ) -> TensorList:
         """``self += value * tensor1 * tensor2``."""
         if isinstance(value, Tensor):
             return self.add_(tensor1.mul(tensor2).mul_(value))
         return self._inplace("addcmul_", tensor1, tensor2, value=value)
 
-    def addcmul(self, tensor1: TensorList, tensor2: TensorList, *,
-                value: float | Tensor = 1) -> TensorList:
+    def addcmul(
+        self, tensor1: TensorList, tensor2: TensorList, *, value: float | Tensor = 1
+    ) -> TensorList:
         """``self + value * tensor1 * tensor2``."""
         if isinstance(value, Tensor):
             return self.add(tensor1.mul(tensor2).mul_(value))
         return self._new("addcmul", tensor1, tensor2, value=value)
 
-    def addcdiv_(self, tensor1: TensorList, tensor2: TensorList, *,
-                 value: float | Tensor = 1) -> TensorList:
+    def addcdiv_(
+        self, tensor1: TensorList, tensor2: TensorList, *, value: float | Tensor = 1
+    ) -> TensorList:
         """``self += value * tensor1 / tensor2``."""
         if isinstance(value, Tensor):
             return self.add_(tensor1.div(tensor2).mul_(value))
@@ -232,14 +235,16 @@ class TensorList:
 
     def clone(self) -> TensorList:
         """A copy of every tensor (new state a rule creates on its first step)."""
-        return TensorList([t.clone() if self.pure else t.detach().clone()
-                           for t in self.tensors], pure=self.pure)
+        return TensorList(
+            [t.clone() if self.pure else t.detach().clone() for t in self.tensors], pure=self.pure
+        )
 
     def full_like(self, value: float | Tensor) -> TensorList:
         """New tensors shaped like these, every element ``value`` (state a rule creates)."""
         if isinstance(value, Tensor):  # a traced hyperparameter (descent.functional)
-            return TensorList([torch.zeros_like(t).add(value) for t in self.tensors],
-                              pure=self.pure)
+            return TensorList(
+                [torch.zeros_like(t).add(value) for t in self.tensors], pure=self.pure
+            )
         return TensorList([torch.full_like(t, value) for t in self.tensors], pure=self.pure)
 
     def copy_(self, source: TensorList) -> TensorList:

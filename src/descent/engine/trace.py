@@ -36,10 +36,30 @@ class NotTraceable(Exception):
 
 #: The elementwise operations a program may hold, with their number of tensor operands.
 OPS = {
-    "add": 2, "sub": 2, "mul": 2, "div": 2, "add_s": 1, "sub_s": 1, "mul_s": 1, "div_s": 1,
-    "addcmul": 3, "addcdiv": 3, "lerp": 2, "maximum": 2, "clamp_min": 1, "sqrt": 1, "abs": 1,
-    "sign": 1, "neg": 1, "reciprocal": 1, "zero": 0, "gt_s": 1, "lt_s": 1, "eq_s": 1,
-    "masked_fill": 2, "clamp": 1,
+    "add": 2,
+    "sub": 2,
+    "mul": 2,
+    "div": 2,
+    "add_s": 1,
+    "sub_s": 1,
+    "mul_s": 1,
+    "div_s": 1,
+    "addcmul": 3,
+    "addcdiv": 3,
+    "lerp": 2,
+    "maximum": 2,
+    "clamp_min": 1,
+    "sqrt": 1,
+    "abs": 1,
+    "sign": 1,
+    "neg": 1,
+    "reciprocal": 1,
+    "zero": 0,
+    "gt_s": 1,
+    "lt_s": 1,
+    "eq_s": 1,
+    "masked_fill": 2,
+    "clamp": 1,
 }
 """Comparisons (``gt_s``, ...) give 1 or 0 in the tensors' dtype; ``masked_fill`` takes
 that as its mask."""
@@ -166,8 +186,11 @@ class Traced:
         return self._new(self._binary("div", other))
 
     def _ternary(self, name: str, tensor1: Any, tensor2: Any, value: Any) -> int:
-        return self.recording.emit(name, (self.value, self._operand(tensor1),
-                                          self._operand(tensor2)), (self.recording.slot(value),))
+        return self.recording.emit(
+            name,
+            (self.value, self._operand(tensor1), self._operand(tensor2)),
+            (self.recording.slot(value),),
+        )
 
     def addcmul_(self, tensor1: Any, tensor2: Any, *, value: Any = 1) -> Traced:
         return self._set(self._ternary("addcmul", tensor1, tensor2, value))
@@ -179,8 +202,11 @@ class Traced:
         return self._set(self._ternary("addcdiv", tensor1, tensor2, value))
 
     def lerp_(self, end: Any, weight: Any) -> Traced:
-        return self._set(self.recording.emit("lerp", (self.value, self._operand(end)),
-                                             (self.recording.slot(weight),)))
+        return self._set(
+            self.recording.emit(
+                "lerp", (self.value, self._operand(end)), (self.recording.slot(weight),)
+            )
+        )
 
     def maximum_(self, other: Any) -> Traced:
         return self._set(self.recording.emit("maximum", (self.value, self._operand(other))))
@@ -189,13 +215,17 @@ class Traced:
         return self._new(self.recording.emit("maximum", (self.value, self._operand(other))))
 
     def clamp_min_(self, minimum: Any) -> Traced:
-        return self._set(self.recording.emit("clamp_min", (self.value,),
-                                             (self.recording.slot(minimum),)))
+        return self._set(
+            self.recording.emit("clamp_min", (self.value,), (self.recording.slot(minimum),))
+        )
 
     def clamp_(self, minimum: Any, maximum: Any) -> Traced:
         recording = self.recording
-        return self._set(recording.emit("clamp", (self.value,),
-                                        (recording.slot(minimum), recording.slot(maximum))))
+        return self._set(
+            recording.emit(
+                "clamp", (self.value,), (recording.slot(minimum), recording.slot(maximum))
+            )
+        )
 
     def _compare(self, name: str, other: Any) -> Traced:
         if isinstance(other, Traced):
@@ -212,8 +242,9 @@ class Traced:
         return self._compare("eq_s", other)
 
     def _masked(self, mask: Any, value: Any) -> int:
-        return self.recording.emit("masked_fill", (self.value, self._operand(mask)),
-                                   (self.recording.slot(value),))
+        return self.recording.emit(
+            "masked_fill", (self.value, self._operand(mask)), (self.recording.slot(value),)
+        )
 
     def masked_fill_(self, mask: Any, value: Any) -> Traced:
         return self._set(self._masked(mask, value))
@@ -269,8 +300,13 @@ class Traced:
         return self.div(other)
 
 
-def trace(rule: Any, state_names: Sequence[str], scalars: dict[str, Tensor],
-          step_count: float | None, options: dict[str, Any]) -> tuple[Program, list[float]]:
+def trace(
+    rule: Any,
+    state_names: Sequence[str],
+    scalars: dict[str, Tensor],
+    step_count: float | None,
+    options: dict[str, Any],
+) -> tuple[Program, list[float]]:
     """Record ``rule.math`` for one run; return its program and this step's scalars.
 
     ``scalars`` (shared scalar state such as NAdam's ``mu_product``) are real 0-dim
@@ -286,8 +322,11 @@ def trace(rule: Any, state_names: Sequence[str], scalars: dict[str, Tensor],
     created = call_math(rule, param, grad, state, scalars, step_count, options)
     if created:
         raise NotTraceable("the math creates state")
-    outputs = tuple((name, traced.value) for name, traced in (("param", param), *state.items())
-                    if traced.value != inputs.index(name))
+    outputs = tuple(
+        (name, traced.value)
+        for name, traced in (("param", param), *state.items())
+        if traced.value != inputs.index(name)
+    )
     program = Program(tuple(inputs), tuple(recording.ops), outputs, len(recording.scalars))
     return program, recording.scalars
 

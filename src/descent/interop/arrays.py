@@ -43,24 +43,32 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["array_containers", "attach_container_grads", "refresh_gradients",
-           "zero_container_grads"]
+__all__ = [
+    "array_containers",
+    "attach_container_grads",
+    "refresh_gradients",
+    "zero_container_grads",
+]
 
 
 def _is_module_like(obj: Any) -> bool:
-    return (not isinstance(obj, nn.Module | torch.Tensor)
-            and callable(getattr(obj, "parameters", None))
-            and callable(getattr(obj, "grads", None)))
+    return (
+        not isinstance(obj, nn.Module | torch.Tensor)
+        and callable(getattr(obj, "parameters", None))
+        and callable(getattr(obj, "grads", None))
+    )
 
 
 def _is_parameter_object(obj: Any) -> bool:
-    return not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, "data", None),
-                                                            np.ndarray)
+    return not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, "data", None), np.ndarray)
 
 
 def _is_named_arrays(obj: Any) -> bool:
-    return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(value, np.ndarray) for value in obj.values()))
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(value, np.ndarray) for value in obj.values())
+    )
 
 
 def _is_container(obj: Any) -> bool:
@@ -74,28 +82,37 @@ def _describe(obj: Any) -> str:
 def _wrap(owner: str, label: str, array: Any) -> torch.Tensor:
     """The array as a tensor sharing its memory, after checking it can be updated in place."""
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"{owner}: {label} has type {type(array).__name__}; expected a NumPy "
-                        "array")
+        raise TypeError(f"{owner}: {label} has type {type(array).__name__}; expected a NumPy array")
     if array.dtype.kind not in "fc":
-        raise TypeError(f"{owner}: {label} has dtype {array.dtype}; expected a floating-point "
-                        "array (an in-place update would truncate integers), e.g. "
-                        "array.astype(np.float64)")
+        raise TypeError(
+            f"{owner}: {label} has dtype {array.dtype}; expected a floating-point "
+            "array (an in-place update would truncate integers), e.g. "
+            "array.astype(np.float64)"
+        )
     if not array.dtype.isnative:
-        raise TypeError(f"{owner}: {label} has non-native byte order ({array.dtype.str}); "
-                        "convert it with array.astype(array.dtype.newbyteorder('='))")
+        raise TypeError(
+            f"{owner}: {label} has non-native byte order ({array.dtype.str}); "
+            "convert it with array.astype(array.dtype.newbyteorder('='))"
+        )
     if not array.flags.writeable:
-        raise ValueError(f"{owner}: {label} is read-only; descent updates arrays in place, "
-                         "so pass a writeable array (array.copy())")
+        raise ValueError(
+            f"{owner}: {label} is read-only; descent updates arrays in place, "
+            "so pass a writeable array (array.copy())"
+        )
     if not array.flags.c_contiguous:
-        raise ValueError(f"{owner}: {label} with shape {array.shape} and strides "
-                         f"{array.strides} is not C-contiguous; descent updates arrays in "
-                         "place, so store np.ascontiguousarray(array) in the model and pass "
-                         "that")
+        raise ValueError(
+            f"{owner}: {label} with shape {array.shape} and strides "
+            f"{array.strides} is not C-contiguous; descent updates arrays in "
+            "place, so store np.ascontiguousarray(array) in the model and pass "
+            "that"
+        )
     try:
         return torch.from_numpy(array)
     except TypeError as error:
-        raise TypeError(f"{owner}: {label} has dtype {array.dtype}, which torch cannot "
-                        "share; use float16, float32, float64 or complex") from error
+        raise TypeError(
+            f"{owner}: {label} has dtype {array.dtype}, which torch cannot "
+            "share; use float16, float32, float64 or complex"
+        ) from error
 
 
 def _check_no_overlap(owner: str, labelled: list[tuple[str, np.ndarray]]) -> None:
@@ -110,8 +127,10 @@ def _check_no_overlap(owner: str, labelled: list[tuple[str, np.ndarray]]) -> Non
     reach, reach_label = 0, ""
     for start, end, label in spans:
         if start < reach:
-            raise ValueError(f"{owner}: {label} shares memory with {reach_label}; each "
-                             "parameter array may be given only once")
+            raise ValueError(
+                f"{owner}: {label} shares memory with {reach_label}; each "
+                "parameter array may be given only once"
+            )
         if end > reach:
             reach, reach_label = end, label
 
@@ -121,19 +140,24 @@ def _gradient(owner: str, label: str, grad: Any, param: torch.Tensor) -> torch.T
     if grad is None:
         return None
     if not isinstance(grad, np.ndarray):
-        raise TypeError(f"{owner}: {label} has type {type(grad).__name__}; expected a NumPy "
-                        "array or None")
+        raise TypeError(
+            f"{owner}: {label} has type {type(grad).__name__}; expected a NumPy array or None"
+        )
     if grad.shape != tuple(param.shape):
-        raise ValueError(f"{owner}: {label} has shape {grad.shape}; its parameter has shape "
-                         f"{tuple(param.shape)}")
+        raise ValueError(
+            f"{owner}: {label} has shape {grad.shape}; its parameter has shape {tuple(param.shape)}"
+        )
     if grad.dtype.kind not in "biufc" or (grad.dtype.kind == "c" and not param.is_complex()):
-        raise TypeError(f"{owner}: {label} has dtype {grad.dtype}; expected a real numeric "
-                        "array for a real parameter")
+        raise TypeError(
+            f"{owner}: {label} has dtype {grad.dtype}; expected a real numeric "
+            "array for a real parameter"
+        )
     dtype = torch.empty((), dtype=param.dtype).numpy().dtype
     if grad.dtype != dtype or not grad.flags.writeable or not grad.dtype.isnative:
         grad = grad.astype(dtype)
-    return torch.from_numpy(np.ascontiguousarray(grad) if min(grad.strides, default=0) < 0
-                            else grad)
+    return torch.from_numpy(
+        np.ascontiguousarray(grad) if min(grad.strides, default=0) < 0 else grad
+    )
 
 
 class _ModuleSource:
@@ -144,10 +168,14 @@ class _ModuleSource:
     def __init__(self, owner: str, module: Any, label: str) -> None:
         self.owner, self.module, self.label = owner, module, label
         self.arrays = self._list("parameters")
-        self.tensors = [_wrap(owner, f"{label}.parameters()[{i}]", array)
-                        for i, array in enumerate(self.arrays)]
-        attribute = {id(value): name for name, value in vars(module).items()} \
-            if hasattr(module, "__dict__") else {}
+        self.tensors = [
+            _wrap(owner, f"{label}.parameters()[{i}]", array) for i, array in enumerate(self.arrays)
+        ]
+        attribute = (
+            {id(value): name for name, value in vars(module).items()}
+            if hasattr(module, "__dict__")
+            else {}
+        )
         self.names = [str(attribute.get(id(array), i)) for i, array in enumerate(self.arrays)]
         grads = self._list("grads")
         if grads:  # modules that make their gradient arrays in the first backward return []
@@ -161,29 +189,41 @@ class _ModuleSource:
 
     def _check_grads(self, grads: list[Any]) -> list[torch.Tensor | None]:
         if len(grads) != len(self.arrays):
-            raise ValueError(f"{self.owner}: {self.label}.grads() returned {len(grads)} arrays "
-                             f"and parameters() {len(self.arrays)}; expected aligned lists")
-        return [_gradient(self.owner, f"{self.label}.grads()[{i}]", grad, tensor)
-                for i, (grad, tensor) in enumerate(zip(grads, self.tensors, strict=True))]
+            raise ValueError(
+                f"{self.owner}: {self.label}.grads() returned {len(grads)} arrays "
+                f"and parameters() {len(self.arrays)}; expected aligned lists"
+            )
+        return [
+            _gradient(self.owner, f"{self.label}.grads()[{i}]", grad, tensor)
+            for i, (grad, tensor) in enumerate(zip(grads, self.tensors, strict=True))
+        ]
 
     def collect(self, grads: Mapping[str, Any] | None) -> list[tuple[torch.Tensor, Any]]:
         current = self._list("parameters")
         if len(current) != len(self.arrays) or any(
-                now is not before for now, before in zip(current, self.arrays, strict=False)):
-            index = next((i for i, (now, before) in enumerate(zip(current, self.arrays,
-                                                                  strict=False))
-                          if now is not before), min(len(current), len(self.arrays)))
+            now is not before for now, before in zip(current, self.arrays, strict=False)
+        ):
+            index = next(
+                (
+                    i
+                    for i, (now, before) in enumerate(zip(current, self.arrays, strict=False))
+                    if now is not before
+                ),
+                min(len(current), len(self.arrays)),
+            )
             raise ValueError(
                 f"{self.owner}: {self.label}.parameters()[{index}] is no longer the array the "
                 "optimizer was given (was it replaced, e.g. self.W = ...?); descent updates "
                 "arrays in place, so change them in place (W[...] = ...) or make a new "
-                "optimizer")
+                "optimizer"
+            )
         return list(zip(self.tensors, self._check_grads(self._list("grads")), strict=True))
 
     def gradient_arrays(self) -> list[tuple[str, Any, torch.Tensor]]:
-        return [(f"{self.label}.grads()[{i}]", grad, tensor)
-                for i, (grad, tensor) in enumerate(zip(self._list("grads"), self.tensors,
-                                                       strict=False))]
+        return [
+            (f"{self.label}.grads()[{i}]", grad, tensor)
+            for i, (grad, tensor) in enumerate(zip(self._list("grads"), self.tensors, strict=False))
+        ]
 
     def zero_grad(self) -> None:
         zero = getattr(self.module, "zero_grad", None)
@@ -209,12 +249,20 @@ class _ParameterObjectSource:
 
     def collect(self, grads: Mapping[str, Any] | None) -> list[tuple[torch.Tensor, Any]]:
         if self.obj.data is not self.arrays[0]:
-            raise ValueError(f"{self.owner}: {self.label}.data is no longer the array the "
-                             "optimizer was given; descent updates arrays in place, so "
-                             "change .data in place (data[...] = ...) or make a new optimizer")
+            raise ValueError(
+                f"{self.owner}: {self.label}.data is no longer the array the "
+                "optimizer was given; descent updates arrays in place, so "
+                "change .data in place (data[...] = ...) or make a new optimizer"
+            )
         tensor = self.tensors[0]
-        return [(tensor, _gradient(self.owner, f"{self.label}.grad",
-                                   getattr(self.obj, "grad", None), tensor))]
+        return [
+            (
+                tensor,
+                _gradient(
+                    self.owner, f"{self.label}.grad", getattr(self.obj, "grad", None), tensor
+                ),
+            )
+        ]
 
     def gradient_arrays(self) -> list[tuple[str, Any, torch.Tensor]]:
         return [(f"{self.label}.grad", getattr(self.obj, "grad", None), self.tensors[0])]
@@ -234,20 +282,25 @@ class _NamedArraysSource:
         self.owner, self.label = owner, label
         for key in arrays:
             if not isinstance(key, str):
-                raise TypeError(f"{owner}: {label} has key {key!r} of type "
-                                f"{type(key).__name__}; expected str names")
+                raise TypeError(
+                    f"{owner}: {label} has key {key!r} of type "
+                    f"{type(key).__name__}; expected str names"
+                )
         self.names = list(arrays)
         self.arrays = list(arrays.values())
-        self.tensors = [_wrap(owner, f"{label}[{key!r}]", array) for key, array in
-                        arrays.items()]
+        self.tensors = [_wrap(owner, f"{label}[{key!r}]", array) for key, array in arrays.items()]
 
     def collect(self, grads: Mapping[str, Any] | None) -> list[tuple[torch.Tensor, Any]]:
         if grads is None:
-            raise ValueError(f"{self.owner}: the parameters include a dict of NumPy arrays "
-                             f"({self.names}); pass their gradients to each step as "
-                             "opt.step(grads={name: array})")
-        return [(tensor, _gradient(self.owner, f"grads[{name!r}]", grads.get(name), tensor))
-                for name, tensor in zip(self.names, self.tensors, strict=True)]
+            raise ValueError(
+                f"{self.owner}: the parameters include a dict of NumPy arrays "
+                f"({self.names}); pass their gradients to each step as "
+                "opt.step(grads={name: array})"
+            )
+        return [
+            (tensor, _gradient(self.owner, f"grads[{name!r}]", grads.get(name), tensor))
+            for name, tensor in zip(self.names, self.tensors, strict=True)
+        ]
 
     def zero_grad(self) -> None:
         """Nothing to do: the gradients belong to the caller and come with each step."""
@@ -256,8 +309,7 @@ class _NamedArraysSource:
 Source = _ModuleSource | _ParameterObjectSource | _NamedArraysSource
 
 
-def _convert_items(owner: str, items: list[Any], where: str,
-                   sources: list[Source]) -> list[Any]:
+def _convert_items(owner: str, items: list[Any], where: str, sources: list[Source]) -> list[Any]:
     """A list of params with containers replaced by (name, tensor) pairs."""
     prefix = len(items) > 1
     out: list[Any] = []
@@ -270,9 +322,11 @@ def _convert_items(owner: str, items: list[Any], where: str,
         elif _is_parameter_object(item):
             source = _ParameterObjectSource(owner, item, label)
         elif isinstance(item, np.ndarray):
-            raise TypeError(f"{owner}: {label} is a bare NumPy array, which has no gradient; "
-                            "pass a module with parameters() and grads(), a dict of arrays "
-                            "(with opt.step(grads=...)), or objects with .data and .grad")
+            raise TypeError(
+                f"{owner}: {label} is a bare NumPy array, which has no gradient; "
+                "pass a module with parameters() and grads(), a dict of arrays "
+                "(with opt.step(grads=...)), or objects with .data and .grad"
+            )
         else:
             out.append(item if isinstance(item, tuple) else (str(index), item))
             continue
@@ -288,12 +342,15 @@ def _convert_items(owner: str, items: list[Any], where: str,
 
 def _labelled(source: Source) -> list[tuple[str, np.ndarray]]:
     if isinstance(source, _ModuleSource):
-        return [(f"{source.label}.parameters()[{i}]", array)
-                for i, array in enumerate(source.arrays)]
+        return [
+            (f"{source.label}.parameters()[{i}]", array) for i, array in enumerate(source.arrays)
+        ]
     if isinstance(source, _ParameterObjectSource):
         return [(f"{source.label}.data", source.arrays[0])]
-    return [(f"{source.label}[{name!r}]", array)
-            for name, array in zip(source.names, source.arrays, strict=True)]
+    return [
+        (f"{source.label}[{name!r}]", array)
+        for name, array in zip(source.names, source.arrays, strict=True)
+    ]
 
 
 def array_containers(owner: str, params: Any) -> tuple[Any, list[Source]]:
@@ -313,24 +370,31 @@ def array_containers(owner: str, params: Any) -> tuple[Any, list[Source]]:
         for index, group in enumerate(params):
             inner = group["params"]
             inner = [inner] if _is_container(inner) else inner
-            if isinstance(inner, list | tuple) and any(_is_container(item) or
-                                                      isinstance(item, np.ndarray)
-                                                      for item in inner):
-                group = {**group, "params": _convert_items(
-                    owner, list(inner), f"param_groups[{index}]['params']", sources)}
+            if isinstance(inner, list | tuple) and any(
+                _is_container(item) or isinstance(item, np.ndarray) for item in inner
+            ):
+                group = {
+                    **group,
+                    "params": _convert_items(
+                        owner, list(inner), f"param_groups[{index}]['params']", sources
+                    ),
+                }
             groups.append(group)
         converted: Any = groups
     elif any(_is_container(item) or isinstance(item, np.ndarray) for item in params):
         converted = _convert_items(owner, list(params), "params", sources)
     else:
         return params, []
-    _check_no_overlap(owner, [(label, array) for source in sources
-                              for label, array in _labelled(source)])
+    _check_no_overlap(
+        owner, [(label, array) for source in sources for label, array in _labelled(source)]
+    )
     names = [name for source in sources if source.takes_grads_dict for name in source.names]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"{owner}: the dicts of NumPy arrays share the names {duplicates}; "
-                         "opt.step(grads=...) needs each name once")
+        raise ValueError(
+            f"{owner}: the dicts of NumPy arrays share the names {duplicates}; "
+            "opt.step(grads=...) needs each name once"
+        )
     return converted, sources
 
 
@@ -344,18 +408,23 @@ def refresh_gradients(optimizer: Any, grads: Mapping[str, Any] | None) -> None:
     owner = type(optimizer).__name__
     if grads is not None:
         if not isinstance(grads, Mapping):
-            raise TypeError(f"{owner}.step: grads has type {type(grads).__name__}; expected a "
-                            "dict of NumPy arrays keyed like the parameter dict")
-        known = {name for source in sources if source.takes_grads_dict
-                 for name in source.names}
+            raise TypeError(
+                f"{owner}.step: grads has type {type(grads).__name__}; expected a "
+                "dict of NumPy arrays keyed like the parameter dict"
+            )
+        known = {name for source in sources if source.takes_grads_dict for name in source.names}
         if not known:
-            raise ValueError(f"{owner}.step: grads= is for parameters given as a dict of "
-                             "NumPy arrays; this optimizer has none (its gradients are read "
-                             "from .grad)")
+            raise ValueError(
+                f"{owner}.step: grads= is for parameters given as a dict of "
+                "NumPy arrays; this optimizer has none (its gradients are read "
+                "from .grad)"
+            )
         unknown = sorted(set(grads) - known, key=str)
         if unknown:
-            raise ValueError(f"{owner}.step: grads has keys {unknown} that name no parameter; "
-                             f"the parameters are {sorted(known)}")
+            raise ValueError(
+                f"{owner}.step: grads has keys {unknown} that name no parameter; "
+                f"the parameters are {sorted(known)}"
+            )
     pairs = [pair for source in sources for pair in source.collect(grads)]
     for tensor, grad in pairs:
         tensor.grad = grad
@@ -371,17 +440,24 @@ def attach_container_grads(optimizer: Any, where: str) -> None:
     the change would be lost. Dicts of named arrays are left out: their gradients come
     with ``step(grads=...)`` and are the caller's to change.
     """
-    sources = [source for source in getattr(optimizer, "_gradient_sources", None) or []
-               if not source.takes_grads_dict]
+    sources = [
+        source
+        for source in getattr(optimizer, "_gradient_sources", None) or []
+        if not source.takes_grads_dict
+    ]
     for source in sources:
         for label, grad, tensor in source.gradient_arrays():
             if isinstance(grad, np.ndarray) and (
-                    grad.dtype != tensor.numpy().dtype or not grad.flags.writeable
-                    or min(grad.strides, default=0) < 0):
-                raise ValueError(f"{where}: {label} (dtype {grad.dtype}, writeable "
-                                 f"{grad.flags.writeable}) cannot be changed in place for its "
-                                 f"{tensor.dtype} parameter; keep gradient arrays writeable "
-                                 "and in their parameter's dtype")
+                grad.dtype != tensor.numpy().dtype
+                or not grad.flags.writeable
+                or min(grad.strides, default=0) < 0
+            ):
+                raise ValueError(
+                    f"{where}: {label} (dtype {grad.dtype}, writeable "
+                    f"{grad.flags.writeable}) cannot be changed in place for its "
+                    f"{tensor.dtype} parameter; keep gradient arrays writeable "
+                    "and in their parameter's dtype"
+                )
     pairs = [pair for source in sources for pair in source.collect(None)]
     for tensor, grad in pairs:
         tensor.grad = grad

@@ -66,17 +66,16 @@ def _constructor_kwargs(cls: type[Any], defaults: Mapping[str, Any]) -> dict[str
     return {key: value for key, value in defaults.items() if key in accepted and key != "params"}
 
 
-def _groups(optimizer: torch.optim.Optimizer, overrides: Mapping[str, Any]
-            ) -> list[dict[str, Any]]:
+def _groups(optimizer: torch.optim.Optimizer, overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The optimizer's param groups as constructor input: same params, names and options."""
     groups = []
     for group in optimizer.param_groups:
-        options = {key: value for key, value in group.items()
-                   if key not in ("params", "param_names")}
+        options = {
+            key: value for key, value in group.items() if key not in ("params", "param_names")
+        }
         options.update(overrides)
         names = group.get("param_names")
-        params = list(zip(names, group["params"], strict=True)) if names else \
-            list(group["params"])
+        params = list(zip(names, group["params"], strict=True)) if names else list(group["params"])
         groups.append({"params": params, **options})
     return groups
 
@@ -88,8 +87,9 @@ def _clone(value: Any, to_cpu: bool) -> Any:
     return value.cpu() if to_cpu and value.device.type != "cpu" else value
 
 
-def convert_state_dict(state_dict: Mapping[str, Any],
-                       optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def convert_state_dict(
+    state_dict: Mapping[str, Any], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """A state dict written by one library, made ready to load into the other's optimizer.
 
     ``optimizer`` is the descent or ``torch.optim`` optimizer that will load it (same
@@ -116,42 +116,59 @@ def convert_state_dict(state_dict: Mapping[str, Any],
 
     name = type(optimizer).__name__
     to_descent = isinstance(optimizer, Optimizer)
-    expected = _descent_class(name) if to_descent and name in _NAMES else \
-        getattr(torch.optim, name, None) if name in _NAMES else None
+    expected = (
+        _descent_class(name)
+        if to_descent and name in _NAMES
+        else getattr(torch.optim, name, None)
+        if name in _NAMES
+        else None
+    )
     if type(optimizer) is not expected:
-        raise TypeError(f"convert_state_dict: optimizer has type {type(optimizer).__qualname__}; "
-                        f"expected one of {{{', '.join(_NAMES)}}} from descent or torch.optim")
+        raise TypeError(
+            f"convert_state_dict: optimizer has type {type(optimizer).__qualname__}; "
+            f"expected one of {{{', '.join(_NAMES)}}} from descent or torch.optim"
+        )
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-        raise TypeError("convert_state_dict: state_dict is not an optimizer state dict (a dict "
-                        "with 'state' and 'param_groups')")
+        raise TypeError(
+            "convert_state_dict: state_dict is not an optimizer state dict (a dict "
+            "with 'state' and 'param_groups')"
+        )
     meta = state_dict.get("descent")
     if not to_descent and isinstance(meta, Mapping) and meta.get("optimizer") != name:
-        raise ValueError(f"convert_state_dict: the state dict is descent's "
-                         f"{meta.get('optimizer')!r}, not {name!r}")
+        raise ValueError(
+            f"convert_state_dict: the state dict is descent's "
+            f"{meta.get('optimizer')!r}, not {name!r}"
+        )
     saved_groups = list(state_dict["param_groups"])
     if len(saved_groups) != len(optimizer.param_groups) or any(
-            len(saved["params"]) != len(group["params"])
-            for saved, group in zip(saved_groups, optimizer.param_groups, strict=False)):
+        len(saved["params"]) != len(group["params"])
+        for saved, group in zip(saved_groups, optimizer.param_groups, strict=False)
+    ):
         raise ValueError(
             "convert_state_dict: the state dict has groups of "
             f"{[len(g['params']) for g in saved_groups]} parameters, the optimizer "
-            f"{[len(g['params']) for g in optimizer.param_groups]}")
+            f"{[len(g['params']) for g in optimizer.param_groups]}"
+        )
     normalised = {key: False for key in ("capturable", "differentiable")} if to_descent else {}
     groups = []
     for saved in saved_groups:
         group = {key: value for key, value in saved.items() if key != "params"}
         group.update({key: value for key, value in normalised.items() if key in group})
         groups.append({**group, "params": list(saved["params"])})
-    state = {index: {key: _clone(value, to_descent and key in _SCALAR_STATE)
-                     for key, value in entry.items()}
-             for index, entry in state_dict["state"].items()}
+    state = {
+        index: {
+            key: _clone(value, to_descent and key in _SCALAR_STATE) for key, value in entry.items()
+        }
+        for index, entry in state_dict["state"].items()
+    }
     if type(optimizer) is torch.optim.Adagrad:
         own = optimizer.state_dict()["state"]
         saved_ids = [i for group in groups for i in group["params"]]
         for position, saved_id in enumerate(saved_ids):
             if not state.get(saved_id) and position in own:
-                state[saved_id] = {key: _clone(value, False)
-                                   for key, value in own[position].items()}
+                state[saved_id] = {
+                    key: _clone(value, False) for key, value in own[position].items()
+                }
     converted: dict[str, Any] = {"state": state, "param_groups": groups}
     if to_descent and meta is not None:
         converted["descent"] = dict(meta)
@@ -163,9 +180,12 @@ def _transfer(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> N
     converted = convert_state_dict(source.state_dict(), target)
     # The options ``target`` was built with (the source's, plus any overrides) stay.
     converted["param_groups"] = [
-        {**{key: value for key, value in group.items() if key != "params"},
-         "params": saved["params"]}
-        for group, saved in zip(target.param_groups, converted["param_groups"], strict=True)]
+        {
+            **{key: value for key, value in group.items() if key != "params"},
+            "params": saved["params"],
+        }
+        for group, saved in zip(target.param_groups, converted["param_groups"], strict=True)
+    ]
     target.load_state_dict(converted)
     # torch's load_state_dict casts scalar state other than "step" (NAdam's mu_product)
     # to the parameter's dtype; keep the dtype the running optimizer had.
@@ -194,12 +214,15 @@ def from_torch(optimizer: torch.optim.Optimizer) -> Optimizer:
     torch_class = type(optimizer)
     name = torch_class.__name__
     if name not in _NAMES or torch_class is not getattr(torch.optim, name):
-        raise TypeError(f"from_torch: optimizer has type {torch_class.__module__}."
-                        f"{torch_class.__qualname__}; expected one of torch.optim."
-                        f"{{{', '.join(_NAMES)}}}")
+        raise TypeError(
+            f"from_torch: optimizer has type {torch_class.__module__}."
+            f"{torch_class.__qualname__}; expected one of torch.optim."
+            f"{{{', '.join(_NAMES)}}}"
+        )
     cls = _descent_class(name)
-    normalised: dict[str, Any] = {key: False for key in ("capturable", "differentiable")
-                  if key in cls.hyperparameters}
+    normalised: dict[str, Any] = {
+        key: False for key in ("capturable", "differentiable") if key in cls.hyperparameters
+    }
     defaults = {**optimizer.defaults, **normalised}
     new = cls(_groups(optimizer, normalised), **_constructor_kwargs(cls, defaults))
     _transfer(optimizer, new)
@@ -227,26 +250,36 @@ def to_torch(optimizer: Optimizer, **options: Any) -> torch.optim.Optimizer:
     from ..optim.base import Optimizer
 
     name = type(optimizer).__name__
-    if not isinstance(optimizer, Optimizer) or name not in _NAMES or \
-            type(optimizer) is not _descent_class(name):
-        raise TypeError(f"to_torch: optimizer has type {type(optimizer).__qualname__}; "
-                        f"expected one of descent.{{{', '.join(_NAMES)}}} (descent's SignSGD "
-                        "and Lion have no torch.optim counterpart)")
+    if (
+        not isinstance(optimizer, Optimizer)
+        or name not in _NAMES
+        or type(optimizer) is not _descent_class(name)
+    ):
+        raise TypeError(
+            f"to_torch: optimizer has type {type(optimizer).__qualname__}; "
+            f"expected one of descent.{{{', '.join(_NAMES)}}} (descent's SignSGD "
+            "and Lion have no torch.optim counterpart)"
+        )
     if getattr(optimizer, "_gradient_sources", None):
-        raise TypeError("to_torch: the optimizer updates NumPy arrays, whose gradients only "
-                        "descent's step() reads; keep the descent optimizer")
+        raise TypeError(
+            "to_torch: the optimizer updates NumPy arrays, whose gradients only "
+            "descent's step() reads; keep the descent optimizer"
+        )
     for group in optimizer.param_groups:
         if (group["state_dtype"], group["param_rounding"]) != (None, "nearest"):
             raise TypeError(
                 f"to_torch: a group has state_dtype={group['state_dtype']!r}, param_rounding="
                 f"{group['param_rounding']!r}, which torch.optim does not have; set "
                 "opt.state_dtype = None and opt.param_rounding = 'nearest' first (the state "
-                "is then decoded to the parameters' dtype)")
+                "is then decoded to the parameters' dtype)"
+            )
     torch_class: type[torch.optim.Optimizer] = getattr(torch.optim, name)
     unknown = sorted(set(options) - set(optimizer.defaults))
     if unknown:
-        raise ValueError(f"to_torch: options {unknown} are not options of torch.optim.{name}; "
-                         f"expected some of {sorted(optimizer.defaults)}")
+        raise ValueError(
+            f"to_torch: options {unknown} are not options of torch.optim.{name}; "
+            f"expected some of {sorted(optimizer.defaults)}"
+        )
     defaults = {**optimizer.defaults, **options}
     new = torch_class(_groups(optimizer, options), **_constructor_kwargs(torch_class, defaults))
     _transfer(optimizer, new)

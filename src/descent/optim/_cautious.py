@@ -53,19 +53,27 @@ def check_options(cls: type[Optimizer], group: Mapping[str, Any], where: str) ->
         return
     owner = cls.__name__
     if cls.cautious_refused:
-        raise ValueError(f"{owner}: {where}cautious=True is not supported: "
-                         f"{cls.cautious_refused}")
+        raise ValueError(f"{owner}: {where}cautious=True is not supported: {cls.cautious_refused}")
     decay = group.get("weight_decay", 0.0)
     if _nonzero(decay) and not decay_is_decoupled(cls, group):
         raise ValueError(
             f"{owner}: {where}cautious=True needs decoupled weight decay, but "
             f"weight_decay={decay!r} is added to the gradient here; use weight_decay=0"
-            + (" or decoupled_weight_decay=True" if "decoupled_weight_decay"
-               in cls.hyperparameters else ""))
+            + (
+                " or decoupled_weight_decay=True"
+                if "decoupled_weight_decay" in cls.hyperparameters
+                else ""
+            )
+        )
 
 
-def masked_update(cls: type[Optimizer], param: Any, grad: Any, arguments: dict[str, Any],
-                  options: Mapping[str, Any]) -> dict[str, Any]:
+def masked_update(
+    cls: type[Optimizer],
+    param: Any,
+    grad: Any,
+    arguments: dict[str, Any],
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
     """Run ``cls.math`` with cautious masking around it (see the module docstring).
 
     ``param`` and ``grad`` are :class:`~descent.engine.TensorList` objects (elementwise
@@ -84,8 +92,9 @@ def masked_update(cls: type[Optimizer], param: Any, grad: Any, arguments: dict[s
         grads = -grads
     update = olds - params
     agrees = update.mul(grads).sign().clamp_min_(0)
-    scales = TensorList([mask.numel() / (mask.sum() + 1) for mask in agrees.tensors],
-                        pure=agrees.pure)
+    scales = TensorList(
+        [mask.numel() / (mask.sum() + 1) for mask in agrees.tensors], pure=agrees.pure
+    )
     kept = update.mul_(agrees).mul_(scales)
     if _nonzero(decay):
         aligned = kept.mul(olds).sign().add_(1).clamp_max_(1)

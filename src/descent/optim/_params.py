@@ -86,7 +86,8 @@ def as_param_groups(owner: str, params: Any) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{owner}: params is an iterator that yields nothing; it was probably used up "
                 "already (model.parameters() can be iterated only once). Pass "
-                "list(model.parameters()) and reuse the list, or pass the model itself")
+                "list(model.parameters()) and reuse the list, or pass the model itself"
+            )
         raise ValueError(f"{owner}: params is empty; expected at least one parameter to optimize")
     if all(isinstance(item, dict) for item in items):
         return [dict(group) for group in items]

@@ -7,8 +7,15 @@ from typing import Any
 from ..engine import TensorList
 
 
-def regularize(param: TensorList, grad: TensorList, *, lr: Any, weight_decay: Any,
-               decoupled: bool = False, maximize: bool = False) -> TensorList:
+def regularize(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    lr: Any,
+    weight_decay: Any,
+    decoupled: bool = False,
+    maximize: bool = False,
+) -> TensorList:
     r"""Apply decoupled weight decay to ``param`` in place; return the gradient to use.
 
     .. math::

@@ -57,8 +57,9 @@ class Hyper:
 
     __slots__ = ("check", "default", "doc", "init", "kw_only", "name")
 
-    def __init__(self, default: Any, check: Check | None, doc: str, kw_only: bool,
-                 init: bool) -> None:
+    def __init__(
+        self, default: Any, check: Check | None, doc: str, kw_only: bool, init: bool
+    ) -> None:
         self.default = default
         self.check = check
         self.doc = doc
@@ -88,9 +89,11 @@ class Hyper:
             return self
         values = [group[self.name] for group in obj.param_groups]
         if any(not _same(value, values[0]) for value in values[1:]):
-            raise ValueError(f"{type(obj).__name__}: param groups have different values of "
-                             f"{self.name} {values}; read opt.param_groups[i][{self.name!r}] "
-                             "for group i")
+            raise ValueError(
+                f"{type(obj).__name__}: param groups have different values of "
+                f"{self.name} {values}; read opt.param_groups[i][{self.name!r}] "
+                "for group i"
+            )
         return values[0]
 
     def __set__(self, obj: Any, value: Any) -> None:
@@ -102,8 +105,14 @@ class Hyper:
             group[self.name] = value
 
 
-def hyper(*, default: Any = _MISSING, check: Check | None = None, doc: str = "",
-          kw_only: bool = False, init: bool = True) -> Any:
+def hyper(
+    *,
+    default: Any = _MISSING,
+    check: Check | None = None,
+    doc: str = "",
+    kw_only: bool = False,
+    init: bool = True,
+) -> Any:
     """Declare a hyperparameter of an optimizer class (an annotated class attribute).
 
     Args:
@@ -164,8 +173,7 @@ class State:
         """Whether a parameter of ``group`` keeps this entry (once it has stepped)."""
         return self.when is None or bool(group[self.when])
 
-    def shape_for(self, param: torch.Tensor,
-                  group: Mapping[str, Any]) -> tuple[int, ...] | None:
+    def shape_for(self, param: torch.Tensor, group: Mapping[str, Any]) -> tuple[int, ...] | None:
         """The entry's shape for ``param``; None if ``param`` keeps no such entry."""
         if self.shape is None:
             return tuple(param.shape)
@@ -183,13 +191,21 @@ STANDARD: dict[str, tuple[Check, str]] = {
     "foreach": (check.FOREACH, "torch's hint; accepted, descent's engine decides how to run"),
     "fused": (check.FUSED, "torch's hint; accepted, descent's engine decides how to run"),
     "capturable": (check.CAPTURABLE, "CUDA-graph capture of the step; only False is supported"),
-    "differentiable": (check.DIFFERENTIABLE,
-                       "only False; differentiate through steps with descent.functional"),
-    "decoupled_weight_decay": (check.flag, "decay the parameter directly instead of adding "
-                                           r":math:`\lambda\theta` to the gradient"),
-    "cautious": (check.flag, "cautious masking: keep the update only where it agrees in sign "
-                             "with the gradient, and decoupled weight decay only where it "
-                             "agrees with the update (descent.optim._cautious)"),
+    "differentiable": (
+        check.DIFFERENTIABLE,
+        "only False; differentiate through steps with descent.functional",
+    ),
+    "decoupled_weight_decay": (
+        check.flag,
+        "decay the parameter directly instead of adding "
+        r":math:`\lambda\theta` to the gradient",
+    ),
+    "cautious": (
+        check.flag,
+        "cautious masking: keep the update only where it agrees in sign "
+        "with the gradient, and decoupled weight decay only where it "
+        "agrees with the update (descent.optim._cautious)",
+    ),
 }
 """The check and doc of hyperparameters that many algorithms share, by name."""
 

@@ -13,9 +13,18 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def adadelta(param: TensorList, grad: TensorList, *, square_avg: TensorList,
-             acc_delta: TensorList, lr: Any, rho: float, eps: float, weight_decay: float,
-             maximize: bool) -> None:
+def adadelta(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    square_avg: TensorList,
+    acc_delta: TensorList,
+    lr: Any,
+    rho: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One Adadelta step, in place.
 
     .. math::
@@ -61,10 +70,14 @@ class Adadelta(Optimizer):
         opt = descent.Adadelta(model.parameters())
     """
 
-    lr: float | Tensor = hyper(default=1.0,
-                               doc=r"scale :math:`\eta` of the update (1 in the paper)")
-    rho: float = hyper(default=0.9, check=check.closed_unit_interval,
-                       doc=r"decay rate :math:`\rho` of the running averages")
+    lr: float | Tensor = hyper(
+        default=1.0, doc=r"scale :math:`\eta` of the update (1 in the paper)"
+    )
+    rho: float = hyper(
+        default=0.9,
+        check=check.closed_unit_interval,
+        doc=r"decay rate :math:`\rho` of the running averages",
+    )
     eps: float = hyper(default=1e-6, doc=r"term :math:`\epsilon` added inside both roots")
     weight_decay: float = hyper(default=0.0)
     foreach: bool | None = hyper(default=None)
@@ -72,11 +85,11 @@ class Adadelta(Optimizer):
     maximize: bool = hyper(default=False, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("square_avg", non_negative=True,
-                   doc="running average v of squared gradients"),
-             State("acc_delta", non_negative=True,
-                   doc="running average u of squared updates"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("square_avg", non_negative=True, doc="running average v of squared gradients"),
+        State("acc_delta", non_negative=True, doc="running average u of squared updates"),
+    )
     math = staticmethod(adadelta)
 
 

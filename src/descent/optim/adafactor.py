@@ -13,10 +13,21 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def adafactor(param: Tensor, grad: Tensor, *, row_var: Tensor | None, col_var: Tensor | None,
-              variance: Tensor | None, step: float, lr: Any, beta2_decay: float,
-              eps: tuple[float | None, float], d: float, weight_decay: float,
-              maximize: bool) -> None:
+def adafactor(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    row_var: Tensor | None,
+    col_var: Tensor | None,
+    variance: Tensor | None,
+    step: float,
+    lr: Any,
+    beta2_decay: float,
+    eps: tuple[float | None, float],
+    d: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One Adafactor step on one parameter, in place.
 
     .. math::
@@ -125,25 +136,37 @@ class Adafactor(Optimizer):
         opt = descent.Adafactor(model.parameters())
     """
 
-    lr: float | Tensor = hyper(default=1e-2, doc=r"cap :math:`\eta` of the relative step "
-                                                 "size, and the weight decay's scale")
-    beta2_decay: float = hyper(default=-0.8, check=check.non_positive,
-                               doc=r"exponent :math:`\tau` of "
-                                   r":math:`\hat\beta_{2,t} = 1 - t^{\tau}`")
-    eps: tuple[float | None, float] = hyper(default=(None, 1e-3), check=_eps,
-                                            doc=r"(:math:`\epsilon_1`, :math:`\epsilon_2`): "
-                                                "floor of the estimate (None: the dtype's "
-                                                "machine epsilon) and of the parameter RMS")
-    d: float = hyper(default=1.0, check=check.at_least(1.0),
-                     doc="clipping threshold of the update's RMS")
+    lr: float | Tensor = hyper(
+        default=1e-2,
+        doc=r"cap :math:`\eta` of the relative step "
+        "size, and the weight decay's scale",
+    )
+    beta2_decay: float = hyper(
+        default=-0.8,
+        check=check.non_positive,
+        doc=r"exponent :math:`\tau` of "
+        r":math:`\hat\beta_{2,t} = 1 - t^{\tau}`",
+    )
+    eps: tuple[float | None, float] = hyper(
+        default=(None, 1e-3),
+        check=_eps,
+        doc=r"(:math:`\epsilon_1`, :math:`\epsilon_2`): "
+        "floor of the estimate (None: the dtype's "
+        "machine epsilon) and of the parameter RMS",
+    )
+    d: float = hyper(
+        default=1.0, check=check.at_least(1.0), doc="clipping threshold of the update's RMS"
+    )
     weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
     foreach: bool | None = hyper(default=None, kw_only=True)
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("row_var", shape=_row_shape, doc="row factor R (tensors of 2+ dims)"),
-             State("col_var", shape=_col_shape, doc="column factor C (tensors of 2+ dims)"),
-             State("variance", shape=_vector_shape, doc=r"full :math:`\hat V` (vectors)"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("row_var", shape=_row_shape, doc="row factor R (tensors of 2+ dims)"),
+        State("col_var", shape=_col_shape, doc="column factor C (tensors of 2+ dims)"),
+        State("variance", shape=_vector_shape, doc=r"full :math:`\hat V` (vectors)"),
+    )
     math = staticmethod(adafactor)
     functional_form = False  # factored moments are not shaped like the parameter
     elementwise = False

@@ -16,8 +16,18 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, step: float, lr: Any,
-            lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
+def adagrad(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    sum: TensorList,
+    step: float,
+    lr: Any,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
     r"""One Adagrad step, in place.
 
     .. math::
@@ -29,8 +39,15 @@ def adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, step: float
     """
     decayed_lr = lr / (1 + (step - 1) * lr_decay)
     if grad.is_sparse:
-        _sparse_adagrad(param, grad, sum=sum, decayed_lr=decayed_lr, weight_decay=weight_decay,
-                        eps=eps, maximize=maximize)
+        _sparse_adagrad(
+            param,
+            grad,
+            sum=sum,
+            decayed_lr=decayed_lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=maximize,
+        )
         return
     grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize)
     sum.addcmul_(grad, grad, value=1)
@@ -38,14 +55,24 @@ def adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, step: float
     param.addcdiv_(grad, std, value=-decayed_lr)
 
 
-def _sparse_adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, decayed_lr: Any,
-                    weight_decay: float, eps: float, maximize: bool) -> None:
+def _sparse_adagrad(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    sum: TensorList,
+    decayed_lr: Any,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
     """Adagrad's step for one parameter with a sparse gradient: only the entries the
     gradient holds change (torch.optim's sparse path)."""
     if weight_decay != 0:
-        raise RuntimeError("Adagrad: weight_decay is not compatible with sparse gradients "
-                           "(it would make the gradient dense); use weight_decay=0 or dense "
-                           "gradients")
+        raise RuntimeError(
+            "Adagrad: weight_decay is not compatible with sparse gradients "
+            "(it would make the gradient dense); use weight_decay=0 or dense "
+            "gradients"
+        )
     (sparse,) = grad.tensors
     if maximize:
         sparse = -sparse
@@ -58,8 +85,7 @@ def _sparse_adagrad(param: TensorList, grad: TensorList, *, sum: TensorList, dec
 
 def _sparse_like(sparse: Tensor, values: Tensor) -> Tensor:
     """A sparse tensor with ``sparse``'s (coalesced, hence valid) indices and ``values``."""
-    return torch.sparse_coo_tensor(sparse._indices(), values, sparse.size(),
-                                   check_invariants=False)
+    return torch.sparse_coo_tensor(sparse._indices(), values, sparse.size(), check_invariants=False)
 
 
 def _initial_sum(param: Tensor, group: Mapping[str, Any]) -> Tensor:
@@ -92,21 +118,29 @@ class Adagrad(Optimizer):
     """
 
     lr: float | Tensor = hyper(default=1e-2)
-    lr_decay: float = hyper(default=0.0, check=check.non_negative,
-                            doc="decay of the learning rate with the step count")
+    lr_decay: float = hyper(
+        default=0.0, check=check.non_negative, doc="decay of the learning rate with the step count"
+    )
     weight_decay: float = hyper(default=0.0)
-    initial_accumulator_value: float = hyper(default=0.0, check=check.non_negative,
-                                             doc="starting value of the sum of squares")
+    initial_accumulator_value: float = hyper(
+        default=0.0, check=check.non_negative, doc="starting value of the sum of squares"
+    )
     eps: float = hyper(default=1e-10)
     foreach: bool | None = hyper(default=None)
     maximize: bool = hyper(default=False, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
     fused: bool | None = hyper(default=None, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("sum", init=_initial_sum, uses=("initial_accumulator_value",),
-                   non_negative=True,
-                   doc="sum of squared gradients"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State(
+            "sum",
+            init=_initial_sum,
+            uses=("initial_accumulator_value",),
+            non_negative=True,
+            doc="sum of squared gradients",
+        ),
+    )
     math = staticmethod(adagrad)
     fused_kernel = staticmethod(fused_adagrad)
     supports_sparse = True
@@ -123,7 +157,8 @@ class Adagrad(Optimizer):
                         f"{self.describe_param(group_index, index)} has a sparse gradient and "
                         f"its group has weight_decay={group['weight_decay']!r}; weight decay "
                         "is not compatible with sparse gradients (it would make the gradient "
-                        "dense): use weight_decay=0 for this group")
+                        "dense): use weight_decay=0 for this group"
+                    )
 
 
 __all__ = ["Adagrad", "adagrad"]

@@ -14,10 +14,21 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def adam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq: TensorList,
-         max_exp_avg_sq: TensorList | None, step: float, lr: Any, betas: tuple[Any, Any],
-         eps: float, weight_decay: float, maximize: bool,
-         decoupled_weight_decay: bool) -> None:
+def adam(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_avg_sq: TensorList,
+    max_exp_avg_sq: TensorList | None,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+) -> None:
     r"""One Adam step, in place (AMSGrad when ``max_exp_avg_sq`` is given).
 
     .. math::
@@ -33,8 +44,14 @@ def adam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq
     ``step`` is t, counting this step (1 on the first).
     """
     beta1, beta2 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                      decoupled=decoupled_weight_decay, maximize=maximize)
+    grad = regularize(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+    )
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     second_moment = exp_avg_sq
@@ -80,8 +97,9 @@ class Adam(Optimizer):
     betas: tuple[float, float] = hyper(default=(0.9, 0.999))
     eps: float = hyper(default=1e-8)
     weight_decay: float = hyper(default=0.0)
-    amsgrad: bool = hyper(default=False, check=check.flag,
-                          doc="use the running maximum of v (AMSGrad)")
+    amsgrad: bool = hyper(
+        default=False, check=check.flag, doc="use the running maximum of v (AMSGrad)"
+    )
     foreach: bool | None = hyper(default=None, kw_only=True)
     maximize: bool = hyper(default=False, kw_only=True)
     capturable: bool = hyper(default=False, kw_only=True)
@@ -93,8 +111,12 @@ class Adam(Optimizer):
         State("step", scalar=True, doc="steps taken"),
         State("exp_avg", doc="first moment m"),
         State("exp_avg_sq", non_negative=True, doc="second moment v"),
-        State("max_exp_avg_sq", when="amsgrad", non_negative=True,
-              doc="running maximum of v (AMSGrad)"),
+        State(
+            "max_exp_avg_sq",
+            when="amsgrad",
+            non_negative=True,
+            doc="running maximum of v (AMSGrad)",
+        ),
     )
     math = staticmethod(adam)
     fused_kernel = staticmethod(fused_adam)
@@ -117,10 +139,12 @@ class AdamW(Adam):
     Differences from torch: as :class:`Adam`.
     """
 
-    weight_decay: float = hyper(default=1e-2, check=check.non_negative,
-                                doc=r"decoupled weight decay :math:`\lambda`")
-    decoupled_weight_decay: bool = hyper(default=True, check=check.flag, init=False,
-                                         doc="always True for AdamW")
+    weight_decay: float = hyper(
+        default=1e-2, check=check.non_negative, doc=r"decoupled weight decay :math:`\lambda`"
+    )
+    decoupled_weight_decay: bool = hyper(
+        default=True, check=check.flag, init=False, doc="always True for AdamW"
+    )
 
 
 __all__ = ["Adam", "AdamW", "adam"]

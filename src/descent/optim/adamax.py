@@ -12,9 +12,19 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def adamax(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_inf: TensorList,
-           step: float, lr: Any, betas: tuple[Any, Any], eps: float, weight_decay: float,
-           maximize: bool) -> None:
+def adamax(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_inf: TensorList,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One Adamax step, in place.
 
     .. math::
@@ -56,9 +66,11 @@ class Adamax(Optimizer):
     differentiable: bool = hyper(default=False, kw_only=True)
     capturable: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_inf", non_negative=True, doc="exponentially weighted infinity norm u"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_inf", non_negative=True, doc="exponentially weighted infinity norm u"),
+    )
     math = staticmethod(adamax)
 
 

@@ -17,8 +17,9 @@ from .base import Optimizer
 
 def _three_betas(owner: str, name: str, value: Any) -> Any:
     if isinstance(value, Tensor) or not isinstance(value, tuple | list) or len(value) != 3:
-        raise TypeError(f"{owner}: {name}={value!r} is invalid; expected three numbers "
-                        "(beta1, beta2, beta3)")
+        raise TypeError(
+            f"{owner}: {name}={value!r} is invalid; expected three numbers (beta1, beta2, beta3)"
+        )
     for index, beta in enumerate(value):
         check.unit_interval(owner, f"{name}[{index}]", beta)
     return tuple(value)
@@ -29,8 +30,10 @@ def _optional_steps(owner: str, name: str, value: Any) -> Any:
         return value
     check.non_negative(owner, name, value)
     if value == 0:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected a number of steps "
-                         "> 0, or None for no warm-up")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected a number of steps "
+            "> 0, or None for no warm-up"
+        )
     return value
 
 
@@ -47,14 +50,28 @@ def beta3_schedule(step: float, beta1: float, beta3: float, t_beta3: float | Non
         return beta3
     fraction = step / t_beta3
     log_beta1, log_beta3 = math.log(beta1), math.log(beta3)
-    return min(math.exp(log_beta1 * log_beta3
-                        / ((1 - fraction) * log_beta3 + fraction * log_beta1)), beta3)
+    return min(
+        math.exp(log_beta1 * log_beta3 / ((1 - fraction) * log_beta3 + fraction * log_beta1)), beta3
+    )
 
 
-def ademamix(param: TensorList, grad: TensorList, *, exp_avg: TensorList,
-             exp_avg_sq: TensorList, exp_avg_slow: TensorList, step: float, lr: Any,
-             betas: tuple[Any, Any, Any], alpha: float, t_alpha: float | None,
-             t_beta3: float | None, eps: float, weight_decay: float, maximize: bool) -> None:
+def ademamix(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_avg_sq: TensorList,
+    exp_avg_slow: TensorList,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any, Any],
+    alpha: float,
+    t_alpha: float | None,
+    t_beta3: float | None,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One AdEMAMix step, in place.
 
     .. math::
@@ -66,14 +83,16 @@ def ademamix(param: TensorList, grad: TensorList, *, exp_avg: TensorList,
             \frac{m_1/(1-\beta_1^t) + \alpha(t)\, m_2}{\sqrt{\nu/(1-\beta_2^t)} + \epsilon}
     """
     beta1, beta2, beta3 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                      maximize=maximize)
+    grad = regularize(
+        param, grad, lr=lr, weight_decay=weight_decay, decoupled=True, maximize=maximize
+    )
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     exp_avg_slow.lerp_(grad, 1 - beta3_schedule(step, beta1, beta3, t_beta3))
     denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(eps)
-    mixed = exp_avg.div(1 - beta1**step).add_(exp_avg_slow,
-                                              alpha=alpha_schedule(step, alpha, t_alpha))
+    mixed = exp_avg.div(1 - beta1**step).add_(
+        exp_avg_slow, alpha=alpha_schedule(step, alpha, t_alpha)
+    )
     param.addcdiv_(mixed, denom, value=-lr)
 
 
@@ -106,23 +125,30 @@ class AdEMAMix(Optimizer):
 
     lr: float | Tensor = hyper(default=1e-3)
     betas: tuple[float, float, float] = hyper(
-        default=(0.9, 0.999, 0.9999), check=_three_betas,
+        default=(0.9, 0.999, 0.9999),
+        check=_three_betas,
         doc=r"decay rates :math:`(\beta_1, \beta_2, \beta_3)` of the fast, second and slow "
-            "moments")
-    alpha: float = hyper(default=5.0, check=check.non_negative,
-                         doc=r"weight :math:`\alpha` of the slow momentum")
-    t_alpha: float | None = hyper(default=None, check=_optional_steps,
-                                  doc=r"warm-up steps of :math:`\alpha` (None: none)")
-    t_beta3: float | None = hyper(default=None, check=_optional_steps,
-                                  doc=r"warm-up steps of :math:`\beta_3` (None: none)")
+        "moments",
+    )
+    alpha: float = hyper(
+        default=5.0, check=check.non_negative, doc=r"weight :math:`\alpha` of the slow momentum"
+    )
+    t_alpha: float | None = hyper(
+        default=None, check=_optional_steps, doc=r"warm-up steps of :math:`\alpha` (None: none)"
+    )
+    t_beta3: float | None = hyper(
+        default=None, check=_optional_steps, doc=r"warm-up steps of :math:`\beta_3` (None: none)"
+    )
     eps: float = hyper(default=1e-8)
     weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc=r"fast momentum :math:`m_1`"),
-             State("exp_avg_sq", non_negative=True, doc=r"second moment :math:`\nu`"),
-             State("exp_avg_slow", doc=r"slow momentum :math:`m_2`"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc=r"fast momentum :math:`m_1`"),
+        State("exp_avg_sq", non_negative=True, doc=r"second moment :math:`\nu`"),
+        State("exp_avg_slow", doc=r"slow momentum :math:`m_2`"),
+    )
     math = staticmethod(ademamix)
     decoupled_decay = True
 
@@ -130,8 +156,10 @@ class AdEMAMix(Optimizer):
     def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
         beta1, _, beta3 = group["betas"]
         if group["t_beta3"] is not None and (float(beta1) == 0 or float(beta3) == 0):
-            raise ValueError(f"AdEMAMix: {where}t_beta3={group['t_beta3']!r} needs beta1 > 0 "
-                             f"and beta3 > 0 (their logarithms), got betas={group['betas']!r}")
+            raise ValueError(
+                f"AdEMAMix: {where}t_beta3={group['t_beta3']!r} needs beta1 > 0 "
+                f"and beta3 > 0 (their logarithms), got betas={group['betas']!r}"
+            )
 
 
 __all__ = ["AdEMAMix", "ademamix", "alpha_schedule", "beta3_schedule"]

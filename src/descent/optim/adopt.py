@@ -16,9 +16,21 @@ def _optional_non_negative(owner: str, name: str, value: Any) -> Any:
     return value if value is None else check.non_negative(owner, name, value)
 
 
-def adopt(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq: TensorList,
-          step: float, lr: Any, betas: tuple[Any, Any], eps: float, clip_exponent: float | None,
-          weight_decay: float, decoupled_weight_decay: bool, maximize: bool) -> None:
+def adopt(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_avg_sq: TensorList,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    clip_exponent: float | None,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> None:
     r"""One ADOPT step, in place (the first only sets :math:`v_0 = g_0^2`).
 
     .. math::
@@ -86,15 +98,19 @@ class ADOPT(Optimizer):
     betas: tuple[float, float] = hyper(default=(0.9, 0.9999))
     eps: float = hyper(default=1e-6, doc=r"floor :math:`\epsilon` of :math:`\sqrt{v}`")
     clip_exponent: float | None = hyper(
-        default=0.25, check=_optional_non_negative,
-        doc=r"clip the normalised gradient to :math:`\pm t^{p}` (None: no clipping)")
+        default=0.25,
+        check=_optional_non_negative,
+        doc=r"clip the normalised gradient to :math:`\pm t^{p}` (None: no clipping)",
+    )
     weight_decay: float = hyper(default=0.0)
     decoupled_weight_decay: bool = hyper(default=False)
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="momentum m of the normalised gradient"),
-             State("exp_avg_sq", non_negative=True, doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="momentum m of the normalised gradient"),
+        State("exp_avg_sq", non_negative=True, doc="second moment v"),
+    )
     math = staticmethod(adopt)
     registry_name = "adopt"
 

@@ -13,9 +13,21 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def asgd(param: TensorList, grad: TensorList, *, ax: TensorList, eta: Tensor, mu: Tensor,
-         step: float, lr: Any, lambd: float, alpha: float, t0: float, weight_decay: float,
-         maximize: bool) -> None:
+def asgd(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    ax: TensorList,
+    eta: Tensor,
+    mu: Tensor,
+    step: float,
+    lr: Any,
+    lambd: float,
+    alpha: float,
+    t0: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One ASGD step, in place (``eta`` and ``mu``, 0-dim tensors, too).
 
     .. math::
@@ -73,22 +85,29 @@ class ASGD(Optimizer):
     """
 
     lr: float | Tensor = hyper(default=1e-2, doc=r"learning rate :math:`\eta`")
-    lambd: float = hyper(default=1e-4, check=check.non_negative,
-                         doc=r"decay term :math:`\lambda` of the step size and parameters")
-    alpha: float = hyper(default=0.75, check=check.finite,
-                         doc=r"power :math:`\alpha` of the step-size decay")
-    t0: float = hyper(default=1e6, check=check.not_nan,
-                      doc="step after which averaging starts (inf: never)")
+    lambd: float = hyper(
+        default=1e-4,
+        check=check.non_negative,
+        doc=r"decay term :math:`\lambda` of the step size and parameters",
+    )
+    alpha: float = hyper(
+        default=0.75, check=check.finite, doc=r"power :math:`\alpha` of the step-size decay"
+    )
+    t0: float = hyper(
+        default=1e6, check=check.not_nan, doc="step after which averaging starts (inf: never)"
+    )
     weight_decay: float = hyper(default=0.0, doc=r"weight decay :math:`\lambda_{wd}`")
     foreach: bool | None = hyper(default=None)
     maximize: bool = hyper(default=False)
     differentiable: bool = hyper(default=False)
     capturable: bool = hyper(default=False)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("eta", scalar=True, doc=r"step size :math:`\eta_t`"),
-             State("mu", scalar=True, init=1.0, doc=r"averaging weight :math:`\mu_t`"),
-             State("ax", doc=r"average :math:`\bar\theta` of the iterates"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("eta", scalar=True, doc=r"step size :math:`\eta_t`"),
+        State("mu", scalar=True, init=1.0, doc=r"averaging weight :math:`\mu_t`"),
+        State("ax", doc=r"average :math:`\bar\theta` of the iterates"),
+    )
     math = staticmethod(asgd)
 
 

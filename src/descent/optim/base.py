@@ -53,11 +53,23 @@ FORMAT_VERSION = 1
 
 _TOP_LEVEL_KEYS = frozenset({"state", "param_groups", "descent"})
 
-FLAGS_FILLED_ON_LOAD = frozenset({
-    "foreach", "maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay",
-    "amsgrad", "nesterov", "centered",
-    "cautious", "state_dtype", "state_block_size", "param_rounding",  # descent's own options
-})
+FLAGS_FILLED_ON_LOAD = frozenset(
+    {
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "amsgrad",
+        "nesterov",
+        "centered",
+        "cautious",
+        "state_dtype",
+        "state_block_size",
+        "param_rounding",  # descent's own options
+    }
+)
 """Flags that torch.optim added to an algorithm after its first release, and the options
 descent adds to every rule: a state dict written by an older torch (or by torch) lacks
 them, and loading it fills in the class's default (as torch.optim's ``__setstate__``
@@ -97,16 +109,25 @@ class Optimizer(_Declared):
     # How state is stored and low-precision parameters are written (descent.engine.quantize);
     # options of every elementwise rule, declared once here.
     state_dtype: str | None = hyper(
-        default=None, check=quantize.check_state_dtype, kw_only=True,
+        default=None,
+        check=quantize.check_state_dtype,
+        kw_only=True,
         doc="state precision: None (the parameter's dtype), 'float32', 'bf16', or "
-            "block-quantised 'int8' / 'int4'")
+        "block-quantised 'int8' / 'int4'",
+    )
     state_block_size: int = hyper(
-        default=quantize.DEFAULT_BLOCK_SIZE, check=quantize.check_block_size, kw_only=True,
-        doc="elements per quantisation block, each with a float32 scale")
+        default=quantize.DEFAULT_BLOCK_SIZE,
+        check=quantize.check_block_size,
+        kw_only=True,
+        doc="elements per quantisation block, each with a float32 scale",
+    )
     param_rounding: str = hyper(
-        default="nearest", check=quantize.check_param_rounding, kw_only=True,
+        default="nearest",
+        check=quantize.check_param_rounding,
+        kw_only=True,
         doc="how updates are written into bfloat16/float16 parameters: 'nearest', "
-            "'stochastic' or 'kahan'")
+        "'stochastic' or 'kahan'",
+    )
 
     #: Every hyperparameter of the class, by name, in constructor order.
     hyperparameters: ClassVar[dict[str, Hyper]] = {}
@@ -183,8 +204,11 @@ class Optimizer(_Declared):
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         # a hand-written constructor may leave out what it does not change (``cautious``)
         if defaults:
-            declared = {name: spec.default for name, spec in self.hyperparameters.items()
-                        if not spec.required}
+            declared = {
+                name: spec.default
+                for name, spec in self.hyperparameters.items()
+                if not spec.required
+            }
             defaults = {**declared, **defaults}
         defaults = self._check_hyperparameters(defaults, "")
         # NumPy containers become tensors sharing their memory (descent.interop.arrays).
@@ -209,21 +233,28 @@ class Optimizer(_Declared):
             group.setdefault(name, default)
         group.update(self._check_hyperparameters(group, f"param_groups[{index}]: "))
 
-        existing = {id(p): (gi, pi) for gi, g in enumerate(self.param_groups)
-                    for pi, p in enumerate(g["params"])}
+        existing = {
+            id(p): (gi, pi)
+            for gi, g in enumerate(self.param_groups)
+            for pi, p in enumerate(g["params"])
+        }
         seen: dict[int, int] = {}
         for i, param in enumerate(group["params"]):
             label = param_label(group, index, i)
             self._check_param_dtype(param, label)
             if id(param) in seen:
                 first = param_label(group, index, seen[id(param)])
-                raise ValueError(f"{owner}: {label} is the same tensor as {first}; "
-                                 "each parameter may be given only once")
+                raise ValueError(
+                    f"{owner}: {label} is the same tensor as {first}; "
+                    "each parameter may be given only once"
+                )
             if id(param) in existing:
                 gi, pi = existing[id(param)]
                 first = param_label(self.param_groups[gi], gi, pi)
-                raise ValueError(f"{owner}: {label} is already optimized as {first}; "
-                                 "each parameter may be given only once")
+                raise ValueError(
+                    f"{owner}: {label} is already optimized as {first}; "
+                    "each parameter may be given only once"
+                )
             seen[id(param)] = i
         super().add_param_group(group)
 
@@ -231,11 +262,15 @@ class Optimizer(_Declared):
         owner = type(self).__name__
         if param.is_complex():
             if not self.supports_complex:
-                raise TypeError(f"{owner}: {label} has complex dtype {param.dtype}; "
-                                f"{owner} updates real floating-point parameters only")
+                raise TypeError(
+                    f"{owner}: {label} has complex dtype {param.dtype}; "
+                    f"{owner} updates real floating-point parameters only"
+                )
         elif not param.is_floating_point():
-            raise TypeError(f"{owner}: {label} has dtype {param.dtype}; expected a "
-                            "floating-point tensor (an in-place update would truncate integers)")
+            raise TypeError(
+                f"{owner}: {label} has dtype {param.dtype}; expected a "
+                "floating-point tensor (an in-place update would truncate integers)"
+            )
 
     def _check_hyperparameters(self, group: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Check every hyperparameter of ``group``; return the checked values by name."""
@@ -251,8 +286,10 @@ class Optimizer(_Declared):
         self._check_options({**group, **checked}, where)
         _cautious.check_options(type(self), {**group, **checked}, where)
         if checked.get("state_dtype") in ("int8", "int4") and self.quantized_state_refused:
-            raise ValueError(f"{owner}: {where}state_dtype={checked['state_dtype']!r} is not "
-                             f"supported: {self.quantized_state_refused}")
+            raise ValueError(
+                f"{owner}: {where}state_dtype={checked['state_dtype']!r} is not "
+                f"supported: {self.quantized_state_refused}"
+            )
         return checked
 
     @classmethod
@@ -272,26 +309,33 @@ class Optimizer(_Declared):
                 shape = entry.shape_for(param, group)
                 if shape is None:
                     continue
-                state[entry.name] = (entry.init(param, group) if callable(entry.init)
-                                     else _new_full(param, shape, float(entry.init)))
+                state[entry.name] = (
+                    entry.init(param, group)
+                    if callable(entry.init)
+                    else _new_full(param, shape, float(entry.init))
+                )
             elif callable(entry.init):
                 state[entry.name] = entry.init(param, group)
             elif entry.scalar:
                 state[entry.name] = torch.tensor(float(entry.init), dtype=scalar_dtype())
             else:
-                state[entry.name] = torch.full_like(param, entry.init,
-                                                    memory_format=torch.preserve_format)
+                state[entry.name] = torch.full_like(
+                    param, entry.init, memory_format=torch.preserve_format
+                )
         return quantize.stored_state(state, param, group, self)
 
     def _state_keys(self, group: Mapping[str, Any], param: torch.Tensor) -> frozenset[str]:
         """The keys ``param``, of ``group``, has in its state once it has stepped."""
-        return frozenset(entry.name for entry in self.keeps if entry.applies(group)
-                         and (entry.scalar or entry.shape_for(param, group) is not None))
-
+        return frozenset(
+            entry.name
+            for entry in self.keeps
+            if entry.applies(group) and (entry.scalar or entry.shape_for(param, group) is not None)
+        )
 
     @classmethod
-    def cautious_call(cls, param: Any, grad: Any, arguments: dict[str, Any],
-                      options: Mapping[str, Any]) -> dict[str, Any]:
+    def cautious_call(
+        cls, param: Any, grad: Any, arguments: dict[str, Any], options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """The rule's math with cautious masking around it (the engine calls this for
         groups with ``cautious=True``; see :mod:`descent.optim._cautious`)."""
         return _cautious.masked_update(cls, param, grad, arguments, options)
@@ -354,10 +398,10 @@ class Optimizer(_Declared):
         """
         self._conform_state()  # state stored as the options now say, before it is read
         state_dict = super().state_dict()
-        state_dict["state"] = {key: engine.compact_state(entry)
-                               for key, entry in state_dict["state"].items()}
-        state_dict["descent"] = {"optimizer": type(self).__name__,
-                                 "format_version": FORMAT_VERSION}
+        state_dict["state"] = {
+            key: engine.compact_state(entry) for key, entry in state_dict["state"].items()
+        }
+        state_dict["descent"] = {"optimizer": type(self).__name__, "format_version": FORMAT_VERSION}
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -382,10 +426,13 @@ class Optimizer(_Declared):
         self._check_state_dict(state_dict)
         # A deep copy, so that the loaded state never aliases the caller's tensors
         # (torch's load keeps tensors that need no cast, and descent updates in place).
-        payload = copy.deepcopy({key: value for key, value in state_dict.items()
-                                 if key != "descent"})
-        storage = [{name: group[name] for name in quantize.OPTIONS if name in group}
-                   for group in self.param_groups]
+        payload = copy.deepcopy(
+            {key: value for key, value in state_dict.items() if key != "descent"}
+        )
+        storage = [
+            {name: group[name] for name in quantize.OPTIONS if name in group}
+            for group in self.param_groups
+        ]
         super().load_state_dict(payload)
         for group, options in zip(self.param_groups, storage, strict=True):
             group.update(options)  # state is stored as this optimizer's options say
@@ -427,21 +474,30 @@ class Optimizer(_Declared):
         groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
         if not isinstance(groups, list | tuple):
             return state_dict  # malformed: _check_state_dict says how
-        filled = [self._with_default_flags(group) if isinstance(group, Mapping) else group
-                  for group in groups]
+        filled = [
+            self._with_default_flags(group) if isinstance(group, Mapping) else group
+            for group in groups
+        ]
         return {**state_dict, "param_groups": filled}
 
     def _with_default_flags(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """A saved ``group`` with the flags of :data:`FLAGS_FILLED_ON_LOAD` it lacks set to
         this class's defaults (overridden where a group's defaults depend on the group)."""
-        return {**group, **{name: spec.default for name, spec in self.hyperparameters.items()
-                            if name in FLAGS_FILLED_ON_LOAD and name not in group}}
+        return {
+            **group,
+            **{
+                name: spec.default
+                for name, spec in self.hyperparameters.items()
+                if name in FLAGS_FILLED_ON_LOAD and name not in group
+            },
+        }
 
     def _check_state_dict(self, state_dict: Any) -> None:
         owner = type(self).__name__
         if not isinstance(state_dict, Mapping):
-            raise TypeError(f"{owner}.load_state_dict: expected a dict, got "
-                            f"{type(state_dict).__name__}")
+            raise TypeError(
+                f"{owner}.load_state_dict: expected a dict, got {type(state_dict).__name__}"
+            )
         missing = {"state", "param_groups"} - set(state_dict)
         if missing:
             raise ValueError(f"{owner}.load_state_dict: state dict lacks {sorted(missing)}")
@@ -452,51 +508,70 @@ class Optimizer(_Declared):
         if meta is not None:
             saved_type = meta.get("optimizer") if isinstance(meta, Mapping) else None
             if saved_type != owner:
-                raise ValueError(f"{owner}.load_state_dict: the state dict is from optimizer "
-                                 f"{saved_type!r}, not {owner!r}")
+                raise ValueError(
+                    f"{owner}.load_state_dict: the state dict is from optimizer "
+                    f"{saved_type!r}, not {owner!r}"
+                )
             version = meta.get("format_version")
             if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-                raise ValueError(f"{owner}.load_state_dict: format_version={version!r} is not "
-                                 f"supported; expected an integer from 1 to {FORMAT_VERSION}")
+                raise ValueError(
+                    f"{owner}.load_state_dict: format_version={version!r} is not "
+                    f"supported; expected an integer from 1 to {FORMAT_VERSION}"
+                )
 
         saved_groups = state_dict["param_groups"]
         if not isinstance(saved_groups, list | tuple):
-            raise ValueError(f"{owner}.load_state_dict: param_groups has type "
-                             f"{type(saved_groups).__name__}; expected a list")
+            raise ValueError(
+                f"{owner}.load_state_dict: param_groups has type "
+                f"{type(saved_groups).__name__}; expected a list"
+            )
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"{owner}.load_state_dict: the state dict has {len(saved_groups)} "
-                             f"param groups, the optimizer has {len(self.param_groups)}")
+            raise ValueError(
+                f"{owner}.load_state_dict: the state dict has {len(saved_groups)} "
+                f"param groups, the optimizer has {len(self.param_groups)}"
+            )
         id_to_param: dict[Any, tuple[torch.Tensor, dict[str, Any], str]] = {}
         for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             where = f"param_groups[{gi}]"
             if not isinstance(saved, Mapping) or "params" not in saved:
-                raise ValueError(f"{owner}.load_state_dict: {where} is not a group dict with "
-                                 "a 'params' entry")
+                raise ValueError(
+                    f"{owner}.load_state_dict: {where} is not a group dict with a 'params' entry"
+                )
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"{owner}.load_state_dict: {where} has {len(saved['params'])} "
-                                 f"parameters in the state dict, {len(group['params'])} in "
-                                 "the optimizer")
+                raise ValueError(
+                    f"{owner}.load_state_dict: {where} has {len(saved['params'])} "
+                    f"parameters in the state dict, {len(group['params'])} in "
+                    "the optimizer"
+                )
             self._check_hyperparameters(saved, f"load_state_dict: {where}: ")
-            for pi, (param_id, param) in enumerate(zip(saved["params"], group["params"],
-                                                       strict=True)):
+            for pi, (param_id, param) in enumerate(
+                zip(saved["params"], group["params"], strict=True)
+            ):
                 if param_id in id_to_param:
-                    raise ValueError(f"{owner}.load_state_dict: parameter id {param_id!r} "
-                                     "appears twice in param_groups")
+                    raise ValueError(
+                        f"{owner}.load_state_dict: parameter id {param_id!r} "
+                        "appears twice in param_groups"
+                    )
                 id_to_param[param_id] = (param, dict(saved), param_label(group, gi, pi))
 
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
-            raise ValueError(f"{owner}.load_state_dict: state has type "
-                             f"{type(saved_state).__name__}; expected a dict")
+            raise ValueError(
+                f"{owner}.load_state_dict: state has type "
+                f"{type(saved_state).__name__}; expected a dict"
+            )
         for param_id, entry in saved_state.items():
             if param_id not in id_to_param:
-                raise ValueError(f"{owner}.load_state_dict: state has an entry for parameter "
-                                 f"id {param_id!r}, which no param group lists")
+                raise ValueError(
+                    f"{owner}.load_state_dict: state has an entry for parameter "
+                    f"id {param_id!r}, which no param group lists"
+                )
             param, group, label = id_to_param[param_id]
             self._check_state_entry(param, group, label, entry)
 
-    def _check_state_entry(self, param: torch.Tensor, group: dict[str, Any], label: str,
-                           entry: Any) -> None:
+    def _check_state_entry(
+        self, param: torch.Tensor, group: dict[str, Any], label: str, entry: Any
+    ) -> None:
         owner = type(self).__name__
         where = f"{owner}.load_state_dict: state of {label}"
         if not isinstance(entry, Mapping):
@@ -511,34 +586,49 @@ class Optimizer(_Declared):
                 parts.append(f"missing {sorted(expected - keys)}")
             if keys - expected:
                 parts.append(f"unknown {sorted(keys - expected)}")
-            raise ValueError(f"{where}: {' and '.join(parts)} keys "
-                             f"(expected {sorted(expected)} for this group's options)")
+            raise ValueError(
+                f"{where}: {' and '.join(parts)} keys "
+                f"(expected {sorted(expected)} for this group's options)"
+            )
         scalar_state = self.scalar_state
-        shapes = {spec.name: spec.shape_for(param, group) for spec in self.keeps
-                  if not spec.scalar}
+        shapes = {spec.name: spec.shape_for(param, group) for spec in self.keeps if not spec.scalar}
         for key, value in entry.items():
             if key in scalar_state:
                 number = value.item() if torch.is_tensor(value) and value.numel() == 1 else value
-                if (isinstance(number, bool) or not isinstance(number, int | float)
-                        or not math.isfinite(number) or (key == "step" and number < 0)):
-                    raise ValueError(f"{where}: {key}={value!r} is invalid; expected a finite "
-                                     "scalar" + (" >= 0" if key == "step" else ""))
+                if (
+                    isinstance(number, bool)
+                    or not isinstance(number, int | float)
+                    or not math.isfinite(number)
+                    or (key == "step" and number < 0)
+                ):
+                    raise ValueError(
+                        f"{where}: {key}={value!r} is invalid; expected a finite "
+                        "scalar" + (" >= 0" if key == "step" else "")
+                    )
                 continue
             if quantize.Options.of(group).applies(param):
-                quantize.check_stored(where, key, value, param, group,
-                                      signed=key not in self._non_negative_state)
+                quantize.check_stored(
+                    where, key, value, param, group, signed=key not in self._non_negative_state
+                )
                 continue
             if not torch.is_tensor(value):
-                raise ValueError(f"{where}: {key} has type {type(value).__name__}; expected "
-                                 "a tensor")
+                raise ValueError(
+                    f"{where}: {key} has type {type(value).__name__}; expected a tensor"
+                )
             if tuple(value.shape) != shapes[key]:
-                expected_shape = ("" if shapes[key] == tuple(param.shape)
-                                  else f", so {key} has shape {shapes[key]}")
-                raise ValueError(f"{where}: {key} has shape {tuple(value.shape)}, the "
-                                 f"parameter has shape {tuple(param.shape)}{expected_shape}")
+                expected_shape = (
+                    ""
+                    if shapes[key] == tuple(param.shape)
+                    else f", so {key} has shape {shapes[key]}"
+                )
+                raise ValueError(
+                    f"{where}: {key} has shape {tuple(value.shape)}, the "
+                    f"parameter has shape {tuple(param.shape)}{expected_shape}"
+                )
             if value.dtype != param.dtype:
-                raise ValueError(f"{where}: {key} has dtype {value.dtype}, the parameter has "
-                                 f"dtype {param.dtype}")
+                raise ValueError(
+                    f"{where}: {key} has dtype {value.dtype}, the parameter has dtype {param.dtype}"
+                )
 
 
 # ---------------------------------------------------------------------- derived pieces
@@ -549,13 +639,18 @@ def _math_arguments(cls: type[Optimizer]) -> tuple[str, ...]:
     or a hyperparameter of the class."""
     assert cls.math is not None
     signature = inspect.signature(cls.math)
-    names = [name for name, parameter in signature.parameters.items()
-             if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    names = [
+        name
+        for name, parameter in signature.parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
     known = {entry.name for entry in cls.keeps} | set(cls.hyperparameters) | {"step"}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise TypeError(f"{cls.__name__}.math takes {unknown}, which are neither state "
-                        "entries, 'step' nor hyperparameters of the class")
+        raise TypeError(
+            f"{cls.__name__}.math takes {unknown}, which are neither state "
+            "entries, 'step' nor hyperparameters of the class"
+        )
     return tuple(names)
 
 
@@ -564,12 +659,18 @@ def _make_init(cls: type[Optimizer]) -> Callable[..., None]:
     kind = inspect.Parameter
     arguments = [h for h in cls.hyperparameters.values() if h.init]
     fixed = {h.name: h.default for h in cls.hyperparameters.values() if not h.init}
-    parameters = [kind("self", kind.POSITIONAL_OR_KEYWORD),
-                  kind("params", kind.POSITIONAL_OR_KEYWORD)]
+    parameters = [
+        kind("self", kind.POSITIONAL_OR_KEYWORD),
+        kind("params", kind.POSITIONAL_OR_KEYWORD),
+    ]
     for spec in [h for h in arguments if not h.kw_only] + [h for h in arguments if h.kw_only]:
-        parameters.append(kind(spec.name,
-                               kind.KEYWORD_ONLY if spec.kw_only else kind.POSITIONAL_OR_KEYWORD,
-                               default=kind.empty if spec.required else spec.default))
+        parameters.append(
+            kind(
+                spec.name,
+                kind.KEYWORD_ONLY if spec.kw_only else kind.POSITIONAL_OR_KEYWORD,
+                default=kind.empty if spec.required else spec.default,
+            )
+        )
     signature = inspect.Signature(parameters)
     owner = cls.__name__
 
@@ -577,8 +678,9 @@ def _make_init(cls: type[Optimizer]) -> Callable[..., None]:
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError as error:
-            raise TypeError(f"{owner}: {error}; its arguments are "
-                            f"{', '.join(list(signature.parameters)[1:])}") from None
+            raise TypeError(
+                f"{owner}: {error}; its arguments are {', '.join(list(signature.parameters)[1:])}"
+            ) from None
         bound.apply_defaults()
         values = dict(bound.arguments)
         del values["self"]
@@ -602,8 +704,9 @@ def _new_full(param: torch.Tensor, shape: tuple[int, ...], value: float) -> torc
 
         dtensor: Any = param
         local = torch.full(shape, value, dtype=param.dtype, device=dtensor.to_local().device)
-        return DTensor.from_local(local, dtensor.device_mesh,
-                                  [Replicate()] * dtensor.device_mesh.ndim, run_check=False)
+        return DTensor.from_local(
+            local, dtensor.device_mesh, [Replicate()] * dtensor.device_mesh.ndim, run_check=False
+        )
     return param.new_full(shape, value)
 
 
@@ -612,17 +715,33 @@ def _document(cls: type[Optimizer]) -> str:
     doc = inspect.cleandoc(cls.__doc__ or "")
     if re.search(r"^Args:$", doc, flags=re.M):  # written by hand (MuonAdamW's own options)
         return doc + "\n"
-    lines = ["", "", "Args:",
-             "    params: the parameters to optimize: tensors, ``named_parameters()``, "
-             "param-group dicts, a module or a list of modules."]
+    lines = [
+        "",
+        "",
+        "Args:",
+        "    params: the parameters to optimize: tensors, ``named_parameters()``, "
+        "param-group dicts, a module or a list of modules.",
+    ]
     specs = [spec for spec in cls.hyperparameters.values() if spec.init]
     for spec in sorted(specs, key=lambda spec: spec.kw_only):  # in the constructor's order
-        refused = f"; only False here: {cls.cautious_refused}" \
-            if spec.name == "cautious" and cls.cautious_refused else ""
-        lines.append(f"    {spec.name}: {spec.doc or 'see above'}{refused} "
-                     f"(default {format_default(spec.default)}).")
+        refused = (
+            f"; only False here: {cls.cautious_refused}"
+            if spec.name == "cautious" and cls.cautious_refused
+            else ""
+        )
+        lines.append(
+            f"    {spec.name}: {spec.doc or 'see above'}{refused} "
+            f"(default {format_default(spec.default)})."
+        )
     return doc + "\n".join(lines) + "\n"
 
 
-__all__ = ["FLAGS_FILLED_ON_LOAD", "FORMAT_VERSION", "Optimizer", "Params", "State", "hyper",
-           "scalar_dtype"]
+__all__ = [
+    "FLAGS_FILLED_ON_LOAD",
+    "FORMAT_VERSION",
+    "Optimizer",
+    "Params",
+    "State",
+    "hyper",
+    "scalar_dtype",
+]

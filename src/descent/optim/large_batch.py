@@ -18,9 +18,17 @@ def trust_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(usable, numerator / denominator, torch.ones_like(numerator))
 
 
-def lars(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor | None, lr: Any,
-         momentum: float, weight_decay: float, trust_coefficient: float,
-         maximize: bool) -> None:
+def lars(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    momentum_buffer: Tensor | None,
+    lr: Any,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    maximize: bool,
+) -> None:
     r"""One LARS step on one tensor, in place.
 
     .. math::
@@ -36,8 +44,9 @@ def lars(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor | None, lr: Any
     if maximize:
         grad = -grad
     weight_norm = torch.linalg.vector_norm(param)
-    local_lr = trust_ratio(trust_coefficient * weight_norm,
-                           torch.linalg.vector_norm(grad) + weight_decay * weight_norm)
+    local_lr = trust_ratio(
+        trust_coefficient * weight_norm, torch.linalg.vector_norm(grad) + weight_decay * weight_norm
+    )
     update = grad.add(param, alpha=weight_decay) if weight_decay != 0 else grad.clone()
     update.mul_(local_lr * lr)
     if momentum_buffer is not None:
@@ -45,9 +54,20 @@ def lars(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor | None, lr: Any
     param.sub_(update)
 
 
-def lamb(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, step: float,
-         lr: Any, betas: tuple[Any, Any], eps: float, weight_decay: float,
-         bias_correction: bool, maximize: bool) -> None:
+def lamb(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+) -> None:
     r"""One LAMB step on one tensor, in place.
 
     .. math::
@@ -101,8 +121,9 @@ class LARS(Optimizer):
     lr: float | Tensor = hyper(default=1e-3, doc=r"global learning rate :math:`\gamma`")
     momentum: float = hyper(default=0.9)
     weight_decay: float = hyper(default=0.0, doc=r"weight decay :math:`\beta` (coupled)")
-    trust_coefficient: float = hyper(default=1e-3, check=check.non_negative,
-                                     doc=r"trust coefficient :math:`\eta_{trust}`")
+    trust_coefficient: float = hyper(
+        default=1e-3, check=check.non_negative, doc=r"trust coefficient :math:`\eta_{trust}`"
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
     keeps = (State("momentum_buffer", when="momentum", doc="momentum v (includes the lr)"),)
@@ -138,15 +159,21 @@ class LAMB(Optimizer):
     lr: float | Tensor = hyper(default=1e-3)
     betas: tuple[float, float] = hyper(default=(0.9, 0.999))
     eps: float = hyper(default=1e-6)
-    weight_decay: float = hyper(default=0.01, doc=r"weight decay :math:`\lambda` (inside the "
-                                                  "trust ratio)")
-    bias_correction: bool = hyper(default=True, check=check.flag,
-                                  doc="use Adam's bias-corrected moments")
+    weight_decay: float = hyper(
+        default=0.01,
+        doc=r"weight decay :math:`\lambda` (inside the "
+        "trust ratio)",
+    )
+    bias_correction: bool = hyper(
+        default=True, check=check.flag, doc="use Adam's bias-corrected moments"
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", doc="second moment v"),
+    )
     math = staticmethod(lamb)
     sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False

@@ -17,8 +17,15 @@ Number = Any
 """A Python float or a 0-dim tensor: L-BFGS's scalars are either, as in torch."""
 
 
-def cubic_interpolate(x1: Number, f1: Number, g1: Number, x2: Number, f2: Number,
-                      g2: Number, bounds: tuple[Number, Number] | None = None) -> Number:
+def cubic_interpolate(
+    x1: Number,
+    f1: Number,
+    g1: Number,
+    x2: Number,
+    f2: Number,
+    g2: Number,
+    bounds: tuple[Number, Number] | None = None,
+) -> Number:
     r"""The minimizer, within ``bounds`` (default: between x1 and x2), of the cubic
     through :math:`(x_1, f_1)` and :math:`(x_2, f_2)` with slopes :math:`g_1, g_2`
     (Nocedal & Wright, eq. 3.59); the middle of the bounds if it has none.
@@ -46,10 +53,19 @@ Evaluate = Callable[[list[Tensor], Number, Tensor], tuple[float, Tensor]]
 """``evaluate(x, t, d)``: loss and flat gradient at ``x + t d`` (parameters restored)."""
 
 
-def strong_wolfe(evaluate: Evaluate, x: list[Tensor], t: Number, d: Tensor, f: float,
-                 g: Tensor, gtd: Tensor, c1: float = 1e-4, c2: float = 0.9,
-                 tolerance_change: float = 1e-9, max_ls: int = 25
-                 ) -> tuple[float, Tensor, Number, int]:
+def strong_wolfe(
+    evaluate: Evaluate,
+    x: list[Tensor],
+    t: Number,
+    d: Tensor,
+    f: float,
+    g: Tensor,
+    gtd: Tensor,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    tolerance_change: float = 1e-9,
+    max_ls: int = 25,
+) -> tuple[float, Tensor, Number, int]:
     r"""A step length along ``d`` satisfying the strong Wolfe conditions.
 
     .. math::
@@ -88,8 +104,9 @@ def strong_wolfe(evaluate: Evaluate, x: list[Tensor], t: Number, d: Tensor, f: f
             break
         # extrapolate, between 1.01 t and 10 t
         previous = t
-        t = cubic_interpolate(t_prev, f_prev, gtd_prev, t, f_new, gtd_new,
-                              bounds=(t + 0.01 * (t - t_prev), t * 10))
+        t = cubic_interpolate(
+            t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(t + 0.01 * (t - t_prev), t * 10)
+        )
         t_prev, f_prev = previous, f_new
         g_prev = g_new.clone(memory_format=torch.contiguous_format)
         gtd_prev = gtd_new
@@ -106,14 +123,18 @@ def strong_wolfe(evaluate: Evaluate, x: list[Tensor], t: Number, d: Tensor, f: f
     while not done and iteration < max_ls:
         if abs(bracket[1] - bracket[0]) * d_norm < tolerance_change:
             break
-        t = cubic_interpolate(bracket[0], bracket_f[0], bracket_gtd[0],
-                              bracket[1], bracket_f[1], bracket_gtd[1])
+        t = cubic_interpolate(
+            bracket[0], bracket_f[0], bracket_gtd[0], bracket[1], bracket_f[1], bracket_gtd[1]
+        )
         # keep t at least 10% of the bracket's width away from its ends
         eps = 0.1 * (max(bracket) - min(bracket))
         if min(max(bracket) - t, t - min(bracket)) < eps:
             if insufficient_progress or t >= max(bracket) or t <= min(bracket):
-                t = (max(bracket) - eps if abs(t - max(bracket)) < abs(t - min(bracket))
-                     else min(bracket) + eps)
+                t = (
+                    max(bracket) - eps
+                    if abs(t - max(bracket)) < abs(t - min(bracket))
+                    else min(bracket) + eps
+                )
                 insufficient_progress = False
             else:
                 insufficient_progress = True
@@ -140,8 +161,14 @@ def strong_wolfe(evaluate: Evaluate, x: list[Tensor], t: Number, d: Tensor, f: f
     return bracket_f[low], bracket_g[low], bracket[low], evaluations
 
 
-def lbfgs_direction(grad: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor],
-                    ro: list[Tensor], h_diag: Number, al: list[Any]) -> Tensor:
+def lbfgs_direction(
+    grad: Tensor,
+    old_dirs: list[Tensor],
+    old_stps: list[Tensor],
+    ro: list[Tensor],
+    h_diag: Number,
+    al: list[Any],
+) -> Tensor:
     r"""The search direction :math:`-H g` by the two-loop recursion (Nocedal 1980).
 
     With curvature pairs :math:`(s_i, y_i)` (``old_stps``, ``old_dirs``),
@@ -167,8 +194,21 @@ def lbfgs_direction(grad: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor]
     return r
 
 
-_STATE_KEYS = frozenset({"func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro",
-                         "H_diag", "prev_flat_grad", "prev_loss", "al"})
+_STATE_KEYS = frozenset(
+    {
+        "func_evals",
+        "n_iter",
+        "d",
+        "t",
+        "old_dirs",
+        "old_stps",
+        "ro",
+        "H_diag",
+        "prev_flat_grad",
+        "prev_loss",
+        "al",
+    }
+)
 
 
 class LBFGS(Optimizer):
@@ -216,47 +256,81 @@ class LBFGS(Optimizer):
         opt.step(closure)
     """
 
-    lr: float | Tensor = hyper(default=1, doc=r"step length :math:`\eta` (without the "
-                                              "line search)")
-    max_iter: int = hyper(default=20, check=check.integer(1),
-                          doc="most iterations per step")
-    max_eval: int | None = hyper(default=None, check=check.optional(check.integer(1)),
-                                 doc="most closure evaluations per step (None: "
-                                     "max_iter * 5 // 4)")
-    tolerance_grad: float = hyper(default=1e-7, check=check.non_negative,
-                                  doc="stop when the gradient's largest entry is at most this")
-    tolerance_change: float = hyper(default=1e-9, check=check.non_negative,
-                                    doc="stop when the loss or the step changes less")
-    history_size: int = hyper(default=100, check=check.integer(1),
-                              doc="number of curvature pairs kept")
-    line_search_fn: str | None = hyper(default=None, check=check.choice(None, "strong_wolfe"),
-                                       doc='"strong_wolfe", or None for fixed steps')
+    lr: float | Tensor = hyper(
+        default=1,
+        doc=r"step length :math:`\eta` (without the "
+        "line search)",
+    )
+    max_iter: int = hyper(default=20, check=check.integer(1), doc="most iterations per step")
+    max_eval: int | None = hyper(
+        default=None,
+        check=check.optional(check.integer(1)),
+        doc="most closure evaluations per step (None: max_iter * 5 // 4)",
+    )
+    tolerance_grad: float = hyper(
+        default=1e-7,
+        check=check.non_negative,
+        doc="stop when the gradient's largest entry is at most this",
+    )
+    tolerance_change: float = hyper(
+        default=1e-9, check=check.non_negative, doc="stop when the loss or the step changes less"
+    )
+    history_size: int = hyper(
+        default=100, check=check.integer(1), doc="number of curvature pairs kept"
+    )
+    line_search_fn: str | None = hyper(
+        default=None,
+        check=check.choice(None, "strong_wolfe"),
+        doc='"strong_wolfe", or None for fixed steps',
+    )
 
     elementwise = False
     supports_sparse = True
-    cautious_refused = ("L-BFGS moves along a search direction with a line search, not by "
-                        "an update per element that a mask could keep or drop")
+    cautious_refused = (
+        "L-BFGS moves along a search direction with a line search, not by "
+        "an update per element that a mask could keep or drop"
+    )
 
-    def __init__(self, params: Params, lr: float | Tensor = 1, max_iter: int = 20,
-                 max_eval: int | None = None, tolerance_grad: float = 1e-7,
-                 tolerance_change: float = 1e-9, history_size: int = 100,
-                 line_search_fn: str | None = None, *, cautious: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        line_search_fn: str | None = None,
+        *,
+        cautious: bool = False,
+    ) -> None:
         """Make an LBFGS optimizer over ``params`` (one param group; see the class
         docstring)."""
         if max_eval is None:  # stored in the group, as torch does
             max_eval = self.hyperparameters["max_iter"].validate("LBFGS", "", max_iter) * 5 // 4
-        Optimizer.__init__(self, params, {
-            "lr": lr, "max_iter": max_iter, "max_eval": max_eval,
-            "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change,
-            "history_size": history_size, "line_search_fn": line_search_fn,
-            "cautious": cautious})
+        Optimizer.__init__(
+            self,
+            params,
+            {
+                "lr": lr,
+                "max_iter": max_iter,
+                "max_eval": max_eval,
+                "tolerance_grad": tolerance_grad,
+                "tolerance_change": tolerance_change,
+                "history_size": history_size,
+                "line_search_fn": line_search_fn,
+                "cautious": cautious,
+            },
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add the one param group (LBFGS optimizes one flat vector)."""
         if self.param_groups:
-            raise ValueError("LBFGS: a second param group is refused; LBFGS doesn't support "
-                             "per-parameter options (parameter groups): it treats all "
-                             "parameters as one vector")
+            raise ValueError(
+                "LBFGS: a second param group is refused; LBFGS doesn't support "
+                "per-parameter options (parameter groups): it treats all "
+                "parameters as one vector"
+            )
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ the flat vector
@@ -283,7 +357,7 @@ class LBFGS(Optimizer):
         for param in self._params:
             real = torch.view_as_real(param) if param.is_complex() else param
             count = real.numel()
-            real.add_(direction[offset:offset + count].view_as(real), alpha=step_size)
+            real.add_(direction[offset : offset + count].view_as(real), alpha=step_size)
             offset += count
 
     def _evaluate(self, closure: Callable[[], Any]) -> tuple[Any, Tensor]:
@@ -302,8 +376,10 @@ class LBFGS(Optimizer):
         return the loss; it is called several times per step.
         """
         if not callable(closure):
-            raise TypeError(f"LBFGS.step: closure={closure!r} is not callable; LBFGS needs a "
-                            "closure that re-evaluates the model and returns the loss")
+            raise TypeError(
+                f"LBFGS.step: closure={closure!r} is not callable; LBFGS needs a "
+                "closure that re-evaluates the model and returns the loss"
+            )
         closure = torch.enable_grad()(closure)
         group = self.param_groups[0]
         lr = group["lr"]
@@ -377,8 +453,8 @@ class LBFGS(Optimizer):
                     return float(value), gradient
 
                 loss, flat_grad, t, step_evaluations = strong_wolfe(
-                    evaluate, start, t, d, loss, flat_grad, gtd,
-                    max_ls=max_eval - evaluations)
+                    evaluate, start, t, d, loss, flat_grad, gtd, max_ls=max_eval - evaluations
+                )
                 self._add_to_params(t, d)
                 converged = flat_grad.abs().max() <= tolerance_grad
             else:
@@ -392,14 +468,27 @@ class LBFGS(Optimizer):
             evaluations += step_evaluations
             state["func_evals"] += step_evaluations
 
-            if (iteration == max_iter or evaluations >= max_eval or converged
-                    or d.mul(t).abs().max() <= tolerance_change
-                    or abs(loss - prev_loss) < tolerance_change):
+            if (
+                iteration == max_iter
+                or evaluations >= max_eval
+                or converged
+                or d.mul(t).abs().max() <= tolerance_change
+                or abs(loss - prev_loss) < tolerance_change
+            ):
                 break
 
-        state.update({"d": d, "t": t, "old_dirs": old_dirs, "old_stps": old_stps, "ro": ro,
-                      "H_diag": h_diag, "prev_flat_grad": prev_flat_grad,
-                      "prev_loss": prev_loss})
+        state.update(
+            {
+                "d": d,
+                "t": t,
+                "old_dirs": old_dirs,
+                "old_stps": old_stps,
+                "ro": ro,
+                "H_diag": h_diag,
+                "prev_flat_grad": prev_flat_grad,
+                "prev_loss": prev_loss,
+            }
+        )
         return first_loss
 
     # ------------------------------------------------------------------ state dicts
@@ -408,8 +497,9 @@ class LBFGS(Optimizer):
         """Nothing to convert: L-BFGS has no storage options, and its state (counters,
         lists, flat vectors of all the parameters) is not shaped like a parameter."""
 
-    def _check_state_entry(self, param: Tensor, group: dict[str, Any], label: str,
-                           entry: Any) -> None:
+    def _check_state_entry(
+        self, param: Tensor, group: dict[str, Any], label: str, entry: Any
+    ) -> None:
         """L-BFGS keeps torch's layout: counters, the last direction and step, the
         curvature pairs and the previous gradient, all with the first parameter."""
         where = f"LBFGS.load_state_dict: state of {label}"
@@ -419,29 +509,38 @@ class LBFGS(Optimizer):
             raise ValueError(f"{where}: only the first parameter keeps L-BFGS state")
         unknown = set(entry) - _STATE_KEYS
         if unknown:
-            raise ValueError(f"{where}: unknown {sorted(unknown)} keys (expected some of "
-                             f"{sorted(_STATE_KEYS)})")
+            raise ValueError(
+                f"{where}: unknown {sorted(unknown)} keys (expected some of {sorted(_STATE_KEYS)})"
+            )
         size = sum(2 * p.numel() if p.is_complex() else p.numel() for p in self._params)
         for key in ("d", "prev_flat_grad"):
             value = entry.get(key)
             if value is not None and (not torch.is_tensor(value) or value.numel() != size):
-                raise ValueError(f"{where}: {key} must be a flat tensor of the {size} "
-                                 f"parameter entries, got {_describe(value)}")
+                raise ValueError(
+                    f"{where}: {key} must be a flat tensor of the {size} "
+                    f"parameter entries, got {_describe(value)}"
+                )
         given = [entry.get(key) for key in ("old_dirs", "old_stps", "ro")]
         if any(value is not None and not isinstance(value, list) for value in given):
             raise ValueError(f"{where}: old_dirs, old_stps and ro must be lists")
         pairs: list[list[Any]] = [value for value in given if isinstance(value, list)]
         if 0 < len(pairs) < 3:
-            raise ValueError(f"{where}: old_dirs, old_stps and ro come together; the state "
-                             "dict has only some of them")
+            raise ValueError(
+                f"{where}: old_dirs, old_stps and ro come together; the state "
+                "dict has only some of them"
+            )
         if pairs:
             if len({len(value) for value in pairs}) != 1:
-                raise ValueError(f"{where}: old_dirs, old_stps and ro have different lengths "
-                                 f"{[len(value) for value in pairs]}")
+                raise ValueError(
+                    f"{where}: old_dirs, old_stps and ro have different lengths "
+                    f"{[len(value) for value in pairs]}"
+                )
             for vector in pairs[0] + pairs[1]:
                 if not torch.is_tensor(vector) or vector.numel() != size:
-                    raise ValueError(f"{where}: a curvature pair holds {_describe(vector)}; "
-                                     f"expected flat tensors of {size} entries")
+                    raise ValueError(
+                        f"{where}: a curvature pair holds {_describe(vector)}; "
+                        f"expected flat tensors of {size} entries"
+                    )
 
 
 def _describe(value: Any) -> str:

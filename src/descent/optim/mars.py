@@ -12,9 +12,21 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def mars(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor,
-         last_grad: Tensor, step: float, lr: Any, betas: tuple[Any, Any], gamma: float,
-         eps: float, weight_decay: float, maximize: bool) -> None:
+def mars(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    last_grad: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    gamma: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One MARS-AdamW step on one tensor, in place (the approximate form).
 
     .. math::
@@ -74,16 +86,21 @@ class MARS(Optimizer):
 
     lr: float | Tensor = hyper(default=3e-3)
     betas: tuple[float, float] = hyper(default=(0.95, 0.99))
-    gamma: float = hyper(default=0.025, check=check.non_negative,
-                         doc=r"scale :math:`\gamma` of the gradient correction")
+    gamma: float = hyper(
+        default=0.025,
+        check=check.non_negative,
+        doc=r"scale :math:`\gamma` of the gradient correction",
+    )
     eps: float = hyper(default=1e-8)
     weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"),
-             State("last_grad", doc="the previous step's gradient"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", doc="second moment v"),
+        State("last_grad", doc="the previous step's gradient"),
+    )
     math = staticmethod(mars)
     sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False

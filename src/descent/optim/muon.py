@@ -16,8 +16,9 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Keller Jordan's quintic coefficients (a, b, c), torch.optim.Muon's default."""
 
 
-def newton_schulz(matrix: Tensor, coefficients: tuple[float, float, float], steps: int,
-                  eps: float) -> Tensor:
+def newton_schulz(
+    matrix: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> Tensor:
     r"""An approximately orthogonal matrix with ``matrix``'s singular vectors (bfloat16).
 
     With :math:`X_0 = G / \max(\lVert G\rVert_F, \epsilon)` (transposed when G has more
@@ -57,10 +58,20 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
     return lr * math.sqrt(max(1, rows / cols))
 
 
-def muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor, lr: Any,
-         weight_decay: float, momentum: float, nesterov: bool,
-         ns_coefficients: tuple[float, float, float], eps: float, ns_steps: int,
-         adjust_lr_fn: str | None) -> None:
+def muon(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    momentum_buffer: Tensor,
+    lr: Any,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    ns_coefficients: tuple[float, float, float],
+    eps: float,
+    ns_steps: int,
+    adjust_lr_fn: str | None,
+) -> None:
     r"""One Muon step on one matrix parameter, in place.
 
     .. math::
@@ -83,8 +94,7 @@ def muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor, lr: Any,
 
 def _ns_coefficients(owner: str, name: str, value: Any) -> Any:
     if isinstance(value, Tensor) or not isinstance(value, tuple | list) or len(value) != 3:
-        raise TypeError(f"{owner}: {name}={value!r} is invalid; expected three numbers "
-                        "(a, b, c)")
+        raise TypeError(f"{owner}: {name}={value!r} is invalid; expected three numbers (a, b, c)")
     for index, coefficient in enumerate(value):
         check.finite(owner, f"{name}[{index}]", coefficient)
     return tuple(value)
@@ -133,16 +143,23 @@ class Muon(Optimizer):
     momentum: float = hyper(default=0.95)
     nesterov: bool = hyper(default=True, check=check.flag, doc="use Nesterov momentum")
     ns_coefficients: tuple[float, float, float] = hyper(
-        default=NS_COEFFICIENTS, check=_ns_coefficients,
-        doc="coefficients (a, b, c) of the Newton–Schulz quintic")
-    eps: float = hyper(default=1e-7, doc=r"floor :math:`\epsilon` of the norm that "
-                                         "scales the Newton–Schulz input")
-    ns_steps: int = hyper(default=5, check=check.integer(0, 100),
-                          doc="number k of Newton–Schulz iterations")
-    adjust_lr_fn: str | None = hyper(default=None,
-                                     check=check.choice(None, "original", "match_rms_adamw"),
-                                     doc='learning-rate scale per matrix shape: "original" '
-                                         '(None) or "match_rms_adamw"')
+        default=NS_COEFFICIENTS,
+        check=_ns_coefficients,
+        doc="coefficients (a, b, c) of the Newton–Schulz quintic",
+    )
+    eps: float = hyper(
+        default=1e-7,
+        doc=r"floor :math:`\epsilon` of the norm that "
+        "scales the Newton–Schulz input",
+    )
+    ns_steps: int = hyper(
+        default=5, check=check.integer(0, 100), doc="number k of Newton–Schulz iterations"
+    )
+    adjust_lr_fn: str | None = hyper(
+        default=None,
+        check=check.choice(None, "original", "match_rms_adamw"),
+        doc='learning-rate scale per matrix shape: "original" (None) or "match_rms_adamw"',
+    )
 
     keeps = (State("momentum_buffer", doc="momentum buffer B"),)
     math = staticmethod(muon)
@@ -155,9 +172,11 @@ class Muon(Optimizer):
         """A parameter's dtype, as every optimizer checks it, and its shape: a matrix."""
         super()._check_param_dtype(param, label)
         if param.dim() != 2:
-            raise ValueError(f"Muon: {label} has shape {tuple(param.shape)}; Muon updates "
-                             "2-D (matrix) parameters only; optimize the others (biases, "
-                             "norms, embeddings) with another optimizer such as AdamW")
+            raise ValueError(
+                f"Muon: {label} has shape {tuple(param.shape)}; Muon updates "
+                "2-D (matrix) parameters only; optimize the others (biases, "
+                "norms, embeddings) with another optimizer such as AdamW"
+            )
 
 
 __all__ = ["NS_COEFFICIENTS", "Muon", "adjusted_lr", "muon", "newton_schulz"]

@@ -51,8 +51,9 @@ _POLAR_EXPRESS_RAW = (
     (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
     (1.875, -1.25, 0.375),
 )
-POLAR_EXPRESS = tuple((a / 1.01, b / 1.01**3, c / 1.01**5)
-                      for a, b, c in _POLAR_EXPRESS_RAW[:-1]) + (_POLAR_EXPRESS_RAW[-1],)
+POLAR_EXPRESS = tuple(
+    (a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in _POLAR_EXPRESS_RAW[:-1]
+) + (_POLAR_EXPRESS_RAW[-1],)
 """The Polar Express schedule of degree 5 (Amsel et al. 2025, Algorithm 1): one (a, b, c)
 per iteration, the last repeated, with the paper's safety factor 1.01 on all but the last."""
 
@@ -61,10 +62,15 @@ _POLAR_EXPRESS_SAFETY = 1.01
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
-def newton_schulz(matrix: Tensor, *, steps: int = 5,
-                  coefficients: Sequence[float] | Sequence[Sequence[float]] = JORDAN,
-                  eps: float = 1e-7, dtype: torch.dtype | None = torch.bfloat16,
-                  safety: float = 1.0) -> Tensor:
+def newton_schulz(
+    matrix: Tensor,
+    *,
+    steps: int = 5,
+    coefficients: Sequence[float] | Sequence[Sequence[float]] = JORDAN,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = torch.bfloat16,
+    safety: float = 1.0,
+) -> Tensor:
     r"""The orthogonalisation of Muon: ``steps`` odd quintic iterations on ``matrix``.
 
     .. math::
@@ -82,8 +88,10 @@ def newton_schulz(matrix: Tensor, *, steps: int = 5,
     modified.
     """
     if matrix.ndim != 2:
-        raise ValueError(f"newton_schulz: matrix has shape {tuple(matrix.shape)}; expected a "
-                         "2-D tensor (flatten the trailing dimensions first)")
+        raise ValueError(
+            f"newton_schulz: matrix has shape {tuple(matrix.shape)}; expected a "
+            "2-D tensor (flatten the trailing dimensions first)"
+        )
     schedule = _schedule(coefficients)
     x = matrix.to(dtype) if dtype is not None else matrix
     tall = x.size(0) > x.size(1)
@@ -108,35 +116,48 @@ def _schedule(coefficients: Any) -> list[tuple[float, float, float]]:
 def _check_coefficients(owner: str, name: str, value: Any) -> Any:
     if value == "polar_express":
         return value
+
     def triple(item: Any) -> bool:
-        return (isinstance(item, tuple | list) and len(item) == 3
-                and all(isinstance(v, int | float) and not isinstance(v, bool)
-                        and math.isfinite(v) for v in item))
-    if isinstance(value, tuple | list) and (triple(value) or (
-            len(value) > 0 and all(triple(item) for item in value))):
+        return (
+            isinstance(item, tuple | list)
+            and len(item) == 3
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in item
+            )
+        )
+
+    if isinstance(value, tuple | list) and (
+        triple(value) or (len(value) > 0 and all(triple(item) for item in value))
+    ):
         return tuple(tuple(item) for item in value) if not triple(value) else tuple(value)
-    raise ValueError(f"{owner}: {name}={value!r} is invalid; expected a triple (a, b, c), a "
-                     "sequence of triples (one per iteration) or 'polar_express'")
+    raise ValueError(
+        f"{owner}: {name}={value!r} is invalid; expected a triple (a, b, c), a "
+        "sequence of triples (one per iteration) or 'polar_express'"
+    )
 
 
 def _check_steps(owner: str, name: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 100:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected an integer from 1 "
-                         "to 99")
+        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected an integer from 1 to 99")
     return value
 
 
 def _check_adjust(owner: str, name: str, value: Any) -> Any:
     if value not in ADJUST_LR_FNS:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected one of "
-                         f"{', '.join(map(repr, ADJUST_LR_FNS))}")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected one of "
+            f"{', '.join(map(repr, ADJUST_LR_FNS))}"
+        )
     return value
 
 
 def _check_dtype(owner: str, name: str, value: Any) -> Any:
     if value is not None and not (isinstance(value, torch.dtype) and value.is_floating_point):
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected a floating-point "
-                         "torch.dtype, or None for the parameter's dtype")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected a floating-point "
+            "torch.dtype, or None for the parameter's dtype"
+        )
     return value
 
 
@@ -157,11 +178,26 @@ def _rows(param: Tensor, group: Mapping[str, Any]) -> tuple[int, int]:
     return (param.shape[0], 1)
 
 
-def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
-               row_second_moment: Tensor | None, lr: Any, weight_decay: float,
-               momentum: float, nesterov: bool, ns_coefficients: Any, eps: float,
-               ns_steps: int, adjust_lr_fn: str | None, normuon: bool, beta2: float,
-               normuon_eps: float, ns_dtype: torch.dtype | None, maximize: bool) -> None:
+def ortho_muon(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    momentum_buffer: Tensor,
+    row_second_moment: Tensor | None,
+    lr: Any,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool,
+    ns_coefficients: Any,
+    eps: float,
+    ns_steps: int,
+    adjust_lr_fn: str | None,
+    normuon: bool,
+    beta2: float,
+    normuon_eps: float,
+    ns_dtype: torch.dtype | None,
+    maximize: bool,
+) -> None:
     r"""One Muon step on one matrix (more dimensions: flattened to ``(shape[0], -1)``).
 
     .. math::
@@ -185,8 +221,10 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     each rank keeps its shard of the result.
     """
     if param.ndim < 2:
-        raise ValueError(f"ortho_muon: the parameter has shape {tuple(param.shape)}; Muon "
-                         "updates matrices (2 or more dimensions)")
+        raise ValueError(
+            f"ortho_muon: the parameter has shape {tuple(param.shape)}; Muon "
+            "updates matrices (2 or more dimensions)"
+        )
     if maximize:
         grad = -grad
     momentum_buffer.lerp_(grad, 1 - momentum)
@@ -196,8 +234,14 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
     matrix = whole.flatten(1)  # (shape[0], -1), also when it has no elements
     rows, cols = matrix.shape
     polar = ns_coefficients == "polar_express"
-    ortho = newton_schulz(matrix, steps=ns_steps, coefficients=ns_coefficients, eps=eps,
-                          dtype=ns_dtype, safety=_POLAR_EXPRESS_SAFETY if polar else 1.0)
+    ortho = newton_schulz(
+        matrix,
+        steps=ns_steps,
+        coefficients=ns_coefficients,
+        eps=eps,
+        dtype=ns_dtype,
+        safety=_POLAR_EXPRESS_SAFETY if polar else 1.0,
+    )
     if normuon:
         assert row_second_moment is not None
         ortho = ortho.to(param.dtype)
@@ -212,8 +256,9 @@ def ortho_muon(param: Tensor, grad: Tensor, *, momentum_buffer: Tensor,
         from torch.distributed.tensor import distribute_tensor
 
         local: Any = update
-        ortho = distribute_tensor(ortho.to(whole.dtype), local.device_mesh, local.placements,
-                                  src_data_rank=None)
+        ortho = distribute_tensor(
+            ortho.to(whole.dtype), local.device_mesh, local.placements, src_data_rank=None
+        )
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
     param.add_(ortho, alpha=-step_size)
@@ -261,32 +306,56 @@ class OrthoMuon(Optimizer):
 
     lr: float | Tensor = hyper(default=1e-3)
     weight_decay: float = hyper(default=0.1, doc=r"decoupled weight decay :math:`\lambda`")
-    momentum: float = hyper(default=0.95, check=check.unit_interval,
-                            doc=r"momentum :math:`\mu`")
+    momentum: float = hyper(default=0.95, check=check.unit_interval, doc=r"momentum :math:`\mu`")
     nesterov: bool = hyper(default=True, check=check.flag, doc="use Nesterov momentum")
-    ns_coefficients: Any = hyper(default=JORDAN, check=_check_coefficients,
-                                 doc="Newton-Schulz (a, b, c), one triple per iteration, or "
-                                     "'polar_express'")
-    eps: float = hyper(default=1e-7, doc=r"floor :math:`\epsilon` of the norm in the "
-                                         "Newton-Schulz normalisation")
+    ns_coefficients: Any = hyper(
+        default=JORDAN,
+        check=_check_coefficients,
+        doc="Newton-Schulz (a, b, c), one triple per iteration, or 'polar_express'",
+    )
+    eps: float = hyper(
+        default=1e-7,
+        doc=r"floor :math:`\epsilon` of the norm in the "
+        "Newton-Schulz normalisation",
+    )
     ns_steps: int = hyper(default=5, check=_check_steps, doc="Newton-Schulz iterations")
-    adjust_lr_fn: str | None = hyper(default=None, check=_check_adjust,
-                                     doc="None/'original' or 'match_rms_adamw' (see "
-                                         ":func:`adjusted_lr`)")
-    normuon: bool = hyper(default=False, check=check.flag,
-                          doc="NorMuon: normalise the rows of the orthogonalised update")
-    beta2: float = hyper(default=0.95, check=check.unit_interval,
-                         doc=r"decay :math:`\beta_2` of NorMuon's row second moment")
-    normuon_eps: float = hyper(default=1e-10, check=check.non_negative,
-                               doc=r"term :math:`\epsilon_N` added to NorMuon's row RMS")
-    ns_dtype: torch.dtype | None = hyper(default=torch.bfloat16, check=_check_dtype,
-                                         doc="dtype of the iteration (None: the "
-                                             "parameter's)")
+    adjust_lr_fn: str | None = hyper(
+        default=None,
+        check=_check_adjust,
+        doc="None/'original' or 'match_rms_adamw' (see :func:`adjusted_lr`)",
+    )
+    normuon: bool = hyper(
+        default=False,
+        check=check.flag,
+        doc="NorMuon: normalise the rows of the orthogonalised update",
+    )
+    beta2: float = hyper(
+        default=0.95,
+        check=check.unit_interval,
+        doc=r"decay :math:`\beta_2` of NorMuon's row second moment",
+    )
+    normuon_eps: float = hyper(
+        default=1e-10,
+        check=check.non_negative,
+        doc=r"term :math:`\epsilon_N` added to NorMuon's row RMS",
+    )
+    ns_dtype: torch.dtype | None = hyper(
+        default=torch.bfloat16,
+        check=_check_dtype,
+        doc="dtype of the iteration (None: the parameter's)",
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("momentum_buffer", doc="momentum B"),
-             State("row_second_moment", when="normuon", init=_row_statistics, shape=_rows,
-                   doc="NorMuon's second moment v of each row, shape (rows, 1)"))
+    keeps = (
+        State("momentum_buffer", doc="momentum B"),
+        State(
+            "row_second_moment",
+            when="normuon",
+            init=_row_statistics,
+            shape=_rows,
+            doc="NorMuon's second moment v of each row, shape (rows, 1)",
+        ),
+    )
     math = staticmethod(ortho_muon)
     sharded_math = True  # gathers each sharded matrix itself
     elementwise = False
@@ -297,15 +366,19 @@ class OrthoMuon(Optimizer):
     def _check_param_dtype(self, param: Tensor, label: str) -> None:
         super()._check_param_dtype(param, label)
         if param.ndim < 2:
-            raise ValueError(f"{type(self).__name__}: {label} has shape {tuple(param.shape)}; "
-                             "Muon updates matrices (2 or more dimensions): give biases, "
-                             "norm gains and other 1-D parameters to AdamW, or use MuonAdamW")
+            raise ValueError(
+                f"{type(self).__name__}: {label} has shape {tuple(param.shape)}; "
+                "Muon updates matrices (2 or more dimensions): give biases, "
+                "norm gains and other 1-D parameters to AdamW, or use MuonAdamW"
+            )
 
     @classmethod
     def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
         if group["normuon"] and group["adjust_lr_fn"] is not None:
-            raise ValueError(f"{cls.__name__}: {where}normuon=True sets its own step scale; "
-                             f"adjust_lr_fn={group['adjust_lr_fn']!r} must be None with it")
+            raise ValueError(
+                f"{cls.__name__}: {where}normuon=True sets its own step scale; "
+                f"adjust_lr_fn={group['adjust_lr_fn']!r} must be None with it"
+            )
 
 
 # ---------------------------------------------------------------------- Muon + AdamW
@@ -321,8 +394,12 @@ class Route:
     reason: str
 
 
-_ADAMW_ARGUMENTS = {"adamw_lr": "lr", "adamw_betas": "betas", "adamw_eps": "eps",
-                    "adamw_weight_decay": "weight_decay"}
+_ADAMW_ARGUMENTS = {
+    "adamw_lr": "lr",
+    "adamw_betas": "betas",
+    "adamw_eps": "eps",
+    "adamw_weight_decay": "weight_decay",
+}
 _SHARED = ("maximize", "cautious")
 _BOOKKEEPING = ("params", "param_names", "use_muon")
 
@@ -397,34 +474,67 @@ class MuonAdamW(Optimizer):
     # the scalar state of both rules (AdamW's step), not derived from keeps (it has none)
     scalar_state = OrthoMuon.scalar_state | AdamW.scalar_state
 
-    def __init__(self, params: Params, lr: float | Tensor = 0.02, momentum: float = 0.95,
-                 weight_decay: float = 0.0, nesterov: bool = True,
-                 ns_coefficients: Any = JORDAN, ns_steps: int = 5, eps: float = 1e-7,
-                 adjust_lr_fn: str | None = None, normuon: bool = False, beta2: float = 0.95,
-                 normuon_eps: float = 1e-10,
-                 ns_dtype: torch.dtype | None = torch.bfloat16,
-                 adamw_lr: float | Tensor = 3e-4,
-                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0, *, muon: Iterable[str] = (),
-                 adamw: Iterable[str] = (), maximize: bool = False,
-                 cautious: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_coefficients: Any = JORDAN,
+        ns_steps: int = 5,
+        eps: float = 1e-7,
+        adjust_lr_fn: str | None = None,
+        normuon: bool = False,
+        beta2: float = 0.95,
+        normuon_eps: float = 1e-10,
+        ns_dtype: torch.dtype | None = torch.bfloat16,
+        adamw_lr: float | Tensor = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-10,
+        adamw_weight_decay: float = 0.0,
+        *,
+        muon: Iterable[str] = (),
+        adamw: Iterable[str] = (),
+        maximize: bool = False,
+        cautious: bool = False,
+    ) -> None:
         owner = type(self).__name__
-        self._patterns = {True: _patterns(owner, "muon", muon),
-                          False: _patterns(owner, "adamw", adamw)}
-        given = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                     ns_coefficients=ns_coefficients, ns_steps=ns_steps, eps=eps,
-                     adjust_lr_fn=adjust_lr_fn, normuon=normuon, beta2=beta2,
-                     normuon_eps=normuon_eps, ns_dtype=ns_dtype, adamw_lr=adamw_lr,
-                     adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-                     adamw_weight_decay=adamw_weight_decay, maximize=maximize,
-                     cautious=cautious)
-        self._rule_defaults = {flag: _options_for(owner, flag, _class_defaults(flag), given, "")
-                               for flag in (True, False)}
+        self._patterns = {
+            True: _patterns(owner, "muon", muon),
+            False: _patterns(owner, "adamw", adamw),
+        }
+        given = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            ns_coefficients=ns_coefficients,
+            ns_steps=ns_steps,
+            eps=eps,
+            adjust_lr_fn=adjust_lr_fn,
+            normuon=normuon,
+            beta2=beta2,
+            normuon_eps=normuon_eps,
+            ns_dtype=ns_dtype,
+            adamw_lr=adamw_lr,
+            adamw_betas=adamw_betas,
+            adamw_eps=adamw_eps,
+            adamw_weight_decay=adamw_weight_decay,
+            maximize=maximize,
+            cautious=cautious,
+        )
+        self._rule_defaults = {
+            flag: _options_for(owner, flag, _class_defaults(flag), given, "")
+            for flag in (True, False)
+        }
         self.routes: list[Route] = []
         self._parts: dict[bool, Optimizer] = {}
         self._modules = _modules_of(params)
-        groups = [split_group(owner, group, index)
-                  for index, group in enumerate(as_param_groups(owner, params))]
+        groups = [
+            split_group(owner, group, index)
+            for index, group in enumerate(as_param_groups(owner, params))
+        ]
         self._head = _head_of(self._modules, groups)
         self._embeddings = _embeddings_of(self._modules)
         Optimizer.__init__(self, groups, {})
@@ -432,8 +542,14 @@ class MuonAdamW(Optimizer):
     # ------------------------------------------------------------------ routing
 
     @classmethod
-    def param_groups_for(cls, model: nn.Module, *, muon: Iterable[str] = (),
-                         adamw: Iterable[str] = (), **options: Any) -> list[dict[str, Any]]:
+    def param_groups_for(
+        cls,
+        model: nn.Module,
+        *,
+        muon: Iterable[str] = (),
+        adamw: Iterable[str] = (),
+        **options: Any,
+    ) -> list[dict[str, Any]]:
         """The routed groups of ``model``'s parameters, each with ``use_muon`` and every
         option of its rule (``options``: this class's constructor arguments), as tensors
         without names: what ``ZeroRedundancyOptimizer(groups, optimizer_class=MuonAdamW)``
@@ -442,21 +558,21 @@ class MuonAdamW(Optimizer):
         groups = []
         for group in router.param_groups:
             if group["params"]:
-                groups.append({key: value for key, value in group.items()
-                               if key != "param_names"})
+                groups.append({key: value for key, value in group.items() if key != "param_names"})
         return groups
 
     def describe(self) -> str:
         """The routing, one line per parameter: name, shape, rule and why."""
         muon = sum(route.use_muon for route in self.routes)
-        lines = [f"{type(self).__name__}: {len(self.routes)} parameters, {muon} to Muon, "
-                 f"{len(self.routes) - muon} to AdamW"]
+        lines = [
+            f"{type(self).__name__}: {len(self.routes)} parameters, {muon} to Muon, "
+            f"{len(self.routes) - muon} to AdamW"
+        ]
         width = max([len(route.name) for route in self.routes] + [9])
         lines.append(f"  {'parameter':<{width}}  {'shape':<16} {'rule':<6} why")
         for route in self.routes:
             rule = "muon" if route.use_muon else "adamw"
-            lines.append(f"  {route.name:<{width}}  {route.shape!s:<16} {rule:<6} "
-                         f"{route.reason}")
+            lines.append(f"  {route.name:<{width}}  {route.shape!s:<16} {rule:<6} {route.reason}")
         return "\n".join(lines)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -481,18 +597,22 @@ class MuonAdamW(Optimizer):
             reason = f"group use_muon={flag}"
             for i, param in enumerate(group["params"]):
                 if flag and param.ndim < 2:
-                    raise ValueError(f"{owner}: {param_label(group, index, i)} has shape "
-                                     f"{tuple(param.shape)}; Muon updates matrices (the group "
-                                     "has use_muon=True)")
+                    raise ValueError(
+                        f"{owner}: {param_label(group, index, i)} has shape "
+                        f"{tuple(param.shape)}; Muon updates matrices (the group "
+                        "has use_muon=True)"
+                    )
                 self._record(group, index, i, param, flag, reason)
             self._add_routed(flag, group, _rule_defaults_for(self._rule_defaults[flag], group))
             return
         options = {key: value for key, value in group.items() if key not in _BOOKKEEPING}
         unknown = sorted(set(options) - set(self._given(True)) - set(self._given(False)))
         if unknown:
-            raise ValueError(f"{owner}: param_groups[{index}] has options {unknown}, which are "
-                             "not arguments of MuonAdamW (a group without 'use_muon' takes "
-                             "the constructor's names: lr, momentum, ..., adamw_lr, ...)")
+            raise ValueError(
+                f"{owner}: param_groups[{index}] has options {unknown}, which are "
+                "not arguments of MuonAdamW (a group without 'use_muon' takes "
+                "the constructor's names: lr, momentum, ..., adamw_lr, ...)"
+            )
         parts: dict[bool, dict[str, Any]] = {True: {"params": []}, False: {"params": []}}
         names = group.get("param_names")
         if names is not None:
@@ -504,9 +624,16 @@ class MuonAdamW(Optimizer):
             parts[flag]["params"].append(param)
             if names is not None:
                 parts[flag]["param_names"].append(name)
-        chosen = {flag: _options_for(owner, flag, self._rule_defaults[flag],
-                                     {**self._given(flag), **options},
-                                     f"param_groups[{index}]: ") for flag in (True, False)}
+        chosen = {
+            flag: _options_for(
+                owner,
+                flag,
+                self._rule_defaults[flag],
+                {**self._given(flag), **options},
+                f"param_groups[{index}]: ",
+            )
+            for flag in (True, False)
+        }
         for flag in (True, False):
             if parts[flag]["params"] or (not group["params"] and flag):
                 self._add_routed(flag, parts[flag], chosen[flag])
@@ -515,20 +642,28 @@ class MuonAdamW(Optimizer):
         defaults = self._rule_defaults[flag]
         if flag:
             return {key: defaults[key] for key in OrthoMuon.hyperparameters}
-        return {**{arg: defaults[name] for arg, name in _ADAMW_ARGUMENTS.items()},
-                **{name: defaults[name] for name in _SHARED}}
+        return {
+            **{arg: defaults[name] for arg, name in _ADAMW_ARGUMENTS.items()},
+            **{name: defaults[name] for name in _SHARED},
+        }
 
     def _route(self, name: str, param: Tensor) -> tuple[bool, str]:
         owner = type(self).__name__
-        matches = {flag: next((p for p in self._patterns[flag] if fnmatch.fnmatchcase(name, p)),
-                              None) for flag in (True, False)}
+        matches = {
+            flag: next((p for p in self._patterns[flag] if fnmatch.fnmatchcase(name, p)), None)
+            for flag in (True, False)
+        }
         if matches[True] is not None and matches[False] is not None:
-            raise ValueError(f"{owner}: parameter {name!r} matches muon={matches[True]!r} and "
-                             f"adamw={matches[False]!r}; name each parameter in one list")
+            raise ValueError(
+                f"{owner}: parameter {name!r} matches muon={matches[True]!r} and "
+                f"adamw={matches[False]!r}; name each parameter in one list"
+            )
         if matches[True] is not None:
             if param.ndim < 2:
-                raise ValueError(f"{owner}: parameter {name!r} matches muon={matches[True]!r} "
-                                 f"but has shape {tuple(param.shape)}; Muon updates matrices")
+                raise ValueError(
+                    f"{owner}: parameter {name!r} matches muon={matches[True]!r} "
+                    f"but has shape {tuple(param.shape)}; Muon updates matrices"
+                )
             return True, f"named by muon={matches[True]!r}"
         if matches[False] is not None:
             return False, f"named by adamw={matches[False]!r}"
@@ -541,8 +676,9 @@ class MuonAdamW(Optimizer):
         extra = " (flattened to 2-D)" if param.ndim > 2 else ""
         return True, "hidden matrix" + extra
 
-    def _record(self, group: Mapping[str, Any], index: int, i: int, param: Tensor,
-                flag: bool, reason: str) -> None:
+    def _record(
+        self, group: Mapping[str, Any], index: int, i: int, param: Tensor, flag: bool, reason: str
+    ) -> None:
         names = group.get("param_names")
         name = names[i] if names is not None else f"param_groups[{index}][{i}]"
         self.routes.append(Route(name, tuple(param.shape), flag, reason))
@@ -566,8 +702,7 @@ class MuonAdamW(Optimizer):
             part.defaults = self._rule_defaults[flag]
             self._parts[flag] = part
         part.state = self.state  # load_state_dict makes a new one
-        part.param_groups = [group for group in self.param_groups
-                             if group["use_muon"] is flag]
+        part.param_groups = [group for group in self.param_groups if group["use_muon"] is flag]
         return part
 
     def _check_hyperparameters(self, group: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -581,8 +716,10 @@ class MuonAdamW(Optimizer):
         checked = {"use_muon": group["use_muon"]}
         for name, spec in rule.hyperparameters.items():
             if name not in group:
-                raise ValueError(f"{owner}: {where}missing hyperparameter {name!r} of the "
-                                 f"{'Muon' if group['use_muon'] else 'AdamW'} rule")
+                raise ValueError(
+                    f"{owner}: {where}missing hyperparameter {name!r} of the "
+                    f"{'Muon' if group['use_muon'] else 'AdamW'} rule"
+                )
             checked[name] = spec.validate(owner, where, group[name])
         rule._check_options({**group, **checked}, where)
         _cautious.check_options(rule, {**group, **checked}, where)
@@ -599,8 +736,9 @@ class MuonAdamW(Optimizer):
             if part.param_groups:
                 quantize.conform_all(part)
 
-    def _check_state_entry(self, param: Tensor, group: dict[str, Any], label: str,
-                           entry: Any) -> None:
+    def _check_state_entry(
+        self, param: Tensor, group: dict[str, Any], label: str, entry: Any
+    ) -> None:
         self._part(bool(group.get("use_muon")))._check_state_entry(param, group, label, entry)
 
     def _with_default_flags(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -615,19 +753,21 @@ class MuonAdamW(Optimizer):
     def _check_state_dict(self, state_dict: Any) -> None:
         super()._check_state_dict(state_dict)
         owner = type(self).__name__
-        for index, (saved, group) in enumerate(zip(state_dict["param_groups"],
-                                                   self.param_groups, strict=True)):
+        for index, (saved, group) in enumerate(
+            zip(state_dict["param_groups"], self.param_groups, strict=True)
+        ):
             if saved["use_muon"] is not group["use_muon"]:
                 rule = {True: "Muon", False: "AdamW"}
-                raise ValueError(f"{owner}.load_state_dict: param_groups[{index}] goes to "
-                                 f"{rule[saved['use_muon']]} in the state dict and to "
-                                 f"{rule[group['use_muon']]} here; route the parameters as "
-                                 "the saved optimizer did")
+                raise ValueError(
+                    f"{owner}.load_state_dict: param_groups[{index}] goes to "
+                    f"{rule[saved['use_muon']]} in the state dict and to "
+                    f"{rule[group['use_muon']]} here; route the parameters as "
+                    "the saved optimizer did"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         kept = ("_patterns", "routes", "_rule_defaults", "_modules", "_head", "_embeddings")
-        return {**super().__getstate__(), **{key: self.__dict__[key] for key in kept},
-                "_parts": {}}
+        return {**super().__getstate__(), **{key: self.__dict__[key] for key in kept}, "_parts": {}}
 
     @torch.no_grad()
     def step(self, closure: Any = None, *, grads: Mapping[str, Any] | None = None) -> Any:
@@ -653,18 +793,18 @@ class MuonAdamW(Optimizer):
 
 def _patterns(owner: str, name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise TypeError(f"{owner}: {name}={value!r} is invalid; expected a list of parameter "
-                        "name patterns, e.g. ['lm_head.*']")
+        raise TypeError(
+            f"{owner}: {name}={value!r} is invalid; expected a list of parameter "
+            "name patterns, e.g. ['lm_head.*']"
+        )
     patterns = tuple(value)
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(f"{owner}: {name} holds {pattern!r}; expected name patterns "
-                            "(strings)")
+            raise TypeError(f"{owner}: {name} holds {pattern!r}; expected name patterns (strings)")
     return patterns
 
 
-def _rule_options(owner: str, flag: bool, given: Mapping[str, Any],
-                  where: str) -> dict[str, Any]:
+def _rule_options(owner: str, flag: bool, given: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The options of one rule, from the router's argument names, each checked."""
     rule = OrthoMuon if flag else AdamW
     options: dict[str, Any] = {}
@@ -676,16 +816,20 @@ def _rule_options(owner: str, flag: bool, given: Mapping[str, Any],
         for argument, name in _ADAMW_ARGUMENTS.items():
             if argument in given:
                 spec = rule.hyperparameters[name]
-                options[name] = spec.check(owner, f"{where}{argument}", given[argument]) \
-                    if spec.check else given[argument]
+                options[name] = (
+                    spec.check(owner, f"{where}{argument}", given[argument])
+                    if spec.check
+                    else given[argument]
+                )
         for name in _SHARED:
             if name in given:
                 options[name] = rule.hyperparameters[name].validate(owner, where, given[name])
     return options
 
 
-def _options_for(owner: str, flag: bool, defaults: Mapping[str, Any], given: Mapping[str, Any],
-                 where: str) -> dict[str, Any]:
+def _options_for(
+    owner: str, flag: bool, defaults: Mapping[str, Any], given: Mapping[str, Any], where: str
+) -> dict[str, Any]:
     """Every option of one rule: ``defaults`` updated from ``given`` (the router's argument
     names), each checked, and checked together."""
     rule = OrthoMuon if flag else AdamW
@@ -710,33 +854,53 @@ def _class_defaults(flag: bool) -> dict[str, Any]:
 def _modules_of(params: Any) -> list[nn.Module]:
     if isinstance(params, nn.Module):
         return [params]
-    if isinstance(params, list | tuple) and params and all(
-            isinstance(item, nn.Module) for item in params):
+    if (
+        isinstance(params, list | tuple)
+        and params
+        and all(isinstance(item, nn.Module) for item in params)
+    ):
         return list(params)
     return []
 
 
 def _embeddings_of(modules: list[nn.Module]) -> set[int]:
-    return {id(param) for module in modules for child in module.modules()
-            if isinstance(child, nn.Embedding | nn.EmbeddingBag)
-            for param in child.parameters(recurse=False)}
+    return {
+        id(param)
+        for module in modules
+        for child in module.modules()
+        if isinstance(child, nn.Embedding | nn.EmbeddingBag)
+        for param in child.parameters(recurse=False)
+    }
 
 
 def _embedding_name(name: str) -> bool:
     return any("embed" in part.lower() or part in ("wte", "wpe") for part in name.split("."))
 
 
-def _head_of(modules: list[nn.Module],
-             groups: list[dict[str, Any]]) -> tuple[Tensor, str] | None:
+def _head_of(modules: list[nn.Module], groups: list[dict[str, Any]]) -> tuple[Tensor, str] | None:
     """The output head: the last ``nn.Linear``'s weight, or the last matrix given."""
-    linears = [child for module in modules for child in module.modules()
-               if isinstance(child, nn.Linear)]
+    linears = [
+        child for module in modules for child in module.modules() if isinstance(child, nn.Linear)
+    ]
     if linears:
         return linears[-1].weight, "last nn.Linear"
-    matrices = [param for group in groups if "use_muon" not in group
-                for param in group["params"] if param.ndim >= 2]
+    matrices = [
+        param
+        for group in groups
+        if "use_muon" not in group
+        for param in group["params"]
+        if param.ndim >= 2
+    ]
     return (matrices[-1], "last matrix given") if matrices else None
 
 
-__all__ = ["JORDAN", "POLAR_EXPRESS", "MuonAdamW", "OrthoMuon", "Route", "adjusted_lr",
-           "newton_schulz", "ortho_muon"]
+__all__ = [
+    "JORDAN",
+    "POLAR_EXPRESS",
+    "MuonAdamW",
+    "OrthoMuon",
+    "Route",
+    "adjusted_lr",
+    "newton_schulz",
+    "ortho_muon",
+]

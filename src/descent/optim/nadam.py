@@ -13,10 +13,22 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def nadam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq: TensorList,
-          mu_product: Tensor, step: float, lr: Any, betas: tuple[Any, Any], eps: float,
-          weight_decay: float, momentum_decay: float, decoupled_weight_decay: bool,
-          maximize: bool) -> None:
+def nadam(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_avg_sq: TensorList,
+    mu_product: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    momentum_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> None:
     r"""One NAdam step, in place (``mu_product``, a 0-dim tensor, too).
 
     .. math::
@@ -33,8 +45,14 @@ def nadam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_s
     product is rounded in that dtype.
     """
     beta1, beta2 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                      decoupled=decoupled_weight_decay, maximize=maximize)
+    grad = regularize(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+    )
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product.mul_(mu)
@@ -67,19 +85,26 @@ class NAdam(Optimizer):
     betas: tuple[float, float] = hyper(default=(0.9, 0.999))
     eps: float = hyper(default=1e-8)
     weight_decay: float = hyper(default=0.0)
-    momentum_decay: float = hyper(default=4e-3, check=check.non_negative,
-                                  doc=r"momentum decay :math:`\psi`")
+    momentum_decay: float = hyper(
+        default=4e-3, check=check.non_negative, doc=r"momentum decay :math:`\psi`"
+    )
     decoupled_weight_decay: bool = hyper(default=False)
     foreach: bool | None = hyper(default=None, kw_only=True)
     maximize: bool = hyper(default=False, kw_only=True)
     capturable: bool = hyper(default=False, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("mu_product", scalar=True, init=1.0,
-                   doc=r"product :math:`\Pi_t` of the momentum coefficients"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", non_negative=True, doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State(
+            "mu_product",
+            scalar=True,
+            init=1.0,
+            doc=r"product :math:`\Pi_t` of the momentum coefficients",
+        ),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", non_negative=True, doc="second moment v"),
+    )
     math = staticmethod(nadam)
 
 

@@ -31,10 +31,16 @@ def _positive(owner: str, name: str, value: Any) -> Any:
 
 
 def _growth(owner: str, name: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
-            or math.isnan(value):
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected a number > 0 "
-                         "(float('inf') for no limit)")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value > 0
+        or math.isnan(value)
+    ):
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected a number > 0 "
+            "(float('inf') for no limit)"
+        )
     return value
 
 
@@ -102,37 +108,50 @@ class Prodigy(Optimizer):
         opt = descent.Prodigy(model, lr=1.0, weight_decay=0.01)
     """
 
-    lr: float | Tensor = hyper(default=1.0, doc=r"multiplier :math:`\gamma` of the "
-                                                "estimated step (leave at 1)")
+    lr: float | Tensor = hyper(
+        default=1.0,
+        doc=r"multiplier :math:`\gamma` of the "
+        "estimated step (leave at 1)",
+    )
     betas: tuple[float, float] = hyper(default=(0.9, 0.999))
-    beta3: float | None = hyper(default=None, check=_optional_beta,
-                                doc=r"decay :math:`\beta_3` of r and s (None: "
-                                    r":math:`\sqrt{\beta_2}`)")
+    beta3: float | None = hyper(
+        default=None,
+        check=_optional_beta,
+        doc=r"decay :math:`\beta_3` of r and s (None: "
+        r":math:`\sqrt{\beta_2}`)",
+    )
     eps: float = hyper(default=1e-8)
     weight_decay: float = hyper(default=0.0)
-    decoupled_weight_decay: bool = hyper(default=True, doc="decay the parameter directly "
-                                                           "(prodigyopt's decouple)")
-    use_bias_correction: bool = hyper(default=False, check=check.flag,
-                                      doc="scale the step by Adam's bias corrections")
-    safeguard_warmup: bool = hyper(default=False, check=check.flag,
-                                   doc=r"leave :math:`\gamma` out of s (for warm-ups)")
+    decoupled_weight_decay: bool = hyper(
+        default=True, doc="decay the parameter directly (prodigyopt's decouple)"
+    )
+    use_bias_correction: bool = hyper(
+        default=False, check=check.flag, doc="scale the step by Adam's bias corrections"
+    )
+    safeguard_warmup: bool = hyper(
+        default=False, check=check.flag, doc=r"leave :math:`\gamma` out of s (for warm-ups)"
+    )
     d0: float = hyper(default=1e-6, check=_positive, doc=r"initial estimate :math:`d_0`")
-    d_coef: float = hyper(default=1.0, check=check.non_negative,
-                          doc="factor c of the estimate")
-    growth_rate: float = hyper(default=float("inf"), check=_growth,
-                               doc="largest factor d may grow by in one step")
+    d_coef: float = hyper(default=1.0, check=check.non_negative, doc="factor c of the estimate")
+    growth_rate: float = hyper(
+        default=float("inf"), check=_growth, doc="largest factor d may grow by in one step"
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("s", doc="weighted sum s of gradients"),
-             State("p0", init=_clone, doc="the starting point x0"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("s", doc="weighted sum s of gradients"),
+        State("p0", init=_clone, doc="the starting point x0"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", doc="second moment v"),
+    )
     registry_name = "prodigy"
     elementwise = False  # its own step (d sums over every parameter): no storage options
     supports_complex = False
-    cautious_refused = ("Prodigy steps every parameter with one estimated step size; "
-                        "cautious masking is not implemented for it")
+    cautious_refused = (
+        "Prodigy steps every parameter with one estimated step size; "
+        "cautious masking is not implemented for it"
+    )
 
     def _check_param_dtype(self, param: Tensor, label: str) -> None:
         """A parameter's dtype, as every optimizer checks it, and not float16: the second
@@ -140,14 +159,17 @@ class Prodigy(Optimizer):
         smallest number, so a float16 step divides by zero (``prodigyopt``'s too)."""
         super()._check_param_dtype(param, label)
         if param.dtype == torch.float16:
-            raise TypeError(f"Prodigy: {label} has dtype torch.float16, whose range cannot hold "
-                            "Prodigy's moments (they scale with d**2, from d0**2); use bfloat16 "
-                            "or float32 parameters")
+            raise TypeError(
+                f"Prodigy: {label} has dtype torch.float16, whose range cannot hold "
+                "Prodigy's moments (they scale with d**2, from d0**2); use bfloat16 "
+                "or float32 parameters"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; it shares the running estimate :math:`d` of the others."""
-        shared = ({key: self.param_groups[0][key] for key in _GROUP_STATE}
-                  if self.param_groups else {})
+        shared = (
+            {key: self.param_groups[0][key] for key in _GROUP_STATE} if self.param_groups else {}
+        )
         start = param_group.get("d0", self.defaults["d0"])
         fresh = {"d": start, "d_max": start, "d_numerator": 0.0, "k": 0}
         super().add_param_group({**fresh, **shared, **param_group})
@@ -159,10 +181,13 @@ class Prodigy(Optimizer):
                 _positive(cls.__name__, f"{where}{key}", group[key])
         if "d_numerator" in group:
             check.finite(cls.__name__, f"{where}d_numerator", group["d_numerator"])
-        if "k" in group and (isinstance(group["k"], bool) or not isinstance(group["k"], int)
-                             or group["k"] < 0):
-            raise ValueError(f"{cls.__name__}: {where}k={group['k']!r} is invalid; expected "
-                             "the number of steps taken, an integer >= 0")
+        if "k" in group and (
+            isinstance(group["k"], bool) or not isinstance(group["k"], int) or group["k"] < 0
+        ):
+            raise ValueError(
+                f"{cls.__name__}: {where}k={group['k']!r} is invalid; expected "
+                "the number of steps taken, an integer >= 0"
+            )
 
     @torch.no_grad()
     def step(self, closure: Any = None, *, grads: Mapping[str, Any] | None = None) -> Any:
@@ -176,15 +201,20 @@ class Prodigy(Optimizer):
         lr = max(float(group["lr"]) for group in groups)
         for index, group in enumerate(groups):
             if float(group["lr"]) not in (lr, 0.0):
-                raise ValueError(f"Prodigy: param_groups[{index}] has lr={group['lr']!r} and "
-                                 f"another group lr={lr!r}; Prodigy takes one lr for all "
-                                 "groups (or 0 to freeze a group)")
+                raise ValueError(
+                    f"Prodigy: param_groups[{index}] has lr={group['lr']!r} and "
+                    f"another group lr={lr!r}; Prodigy takes one lr for all "
+                    "groups (or 0 to freeze a group)"
+                )
         first = groups[0]
         beta1, beta2 = first["betas"]
         beta3 = math.sqrt(beta2) if first["beta3"] is None else float(first["beta3"])
         k, d, d_max = first["k"], float(first["d"]), float(first["d_max"])
-        bias = (math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
-                if first["use_bias_correction"] else 1.0)
+        bias = (
+            math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
+            if first["use_bias_correction"]
+            else 1.0
+        )
         dlr = d * lr * bias
         numerator = float(first["d_numerator"]) * beta3
         delta: Any = 0.0
@@ -208,7 +238,8 @@ class Prodigy(Optimizer):
                 state["exp_avg"].mul_(beta1).add_(grad, alpha=d * (1 - beta1))
                 state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=d * d * (1 - beta2))
                 state["s"].mul_(beta3).add_(
-                    grad, alpha=(d / d0) * (d if group["safeguard_warmup"] else dlr))
+                    grad, alpha=(d / d0) * (d if group["safeguard_warmup"] else dlr)
+                )
                 denominator = denominator + _whole(state["s"].abs().sum())
         denominator = float(denominator)
         if denominator == 0:

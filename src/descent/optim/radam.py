@@ -12,9 +12,20 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def radam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_sq: TensorList,
-          step: float, lr: Any, betas: tuple[Any, Any], eps: float, weight_decay: float,
-          decoupled_weight_decay: bool, maximize: bool) -> None:
+def radam(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    exp_avg_sq: TensorList,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> None:
     r"""One RAdam step, in place.
 
     .. math::
@@ -29,8 +40,14 @@ def radam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_s
             \text{ if } \rho_t > 5, \text{ else } \theta - \eta\,\hat m
     """
     beta1, beta2 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay,
-                      decoupled=decoupled_weight_decay, maximize=maximize)
+    grad = regularize(
+        param,
+        grad,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+    )
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     bias_correction1 = 1 - beta1**step
@@ -38,11 +55,11 @@ def radam(param: TensorList, grad: TensorList, *, exp_avg: TensorList, exp_avg_s
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
     if rho_t > 5.0:
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        rect = (
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        ) ** 0.5
         denom = exp_avg_sq.sqrt().add_(eps)
-        param.addcdiv_(exp_avg, denom,
-                       value=-lr * rect * bias_correction2**0.5 / bias_correction1)
+        param.addcdiv_(exp_avg, denom, value=-lr * rect * bias_correction2**0.5 / bias_correction1)
     else:
         param.add_(exp_avg, alpha=-lr / bias_correction1)
 
@@ -76,9 +93,11 @@ class RAdam(Optimizer):
     capturable: bool = hyper(default=False, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", non_negative=True, doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", non_negative=True, doc="second moment v"),
+    )
     math = staticmethod(radam)
 
 

@@ -13,10 +13,20 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def rmsprop(param: TensorList, grad: TensorList, *, square_avg: TensorList,
-            momentum_buffer: TensorList | None, grad_avg: TensorList | None, lr: Any,
-            alpha: float, eps: float, weight_decay: float, momentum: float,
-            maximize: bool) -> None:
+def rmsprop(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    square_avg: TensorList,
+    momentum_buffer: TensorList | None,
+    grad_avg: TensorList | None,
+    lr: Any,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    maximize: bool,
+) -> None:
     r"""One RMSprop step, in place; ``grad_avg`` given means centered, ``momentum_buffer``
     given means momentum.
 
@@ -65,15 +75,21 @@ class RMSprop(Optimizer):
     """
 
     lr: float | Tensor = hyper(default=1e-2)
-    alpha: float = hyper(default=0.99, check=check.non_negative,
-                         doc=r"decay rate :math:`\alpha` of the squared-gradient average")
+    alpha: float = hyper(
+        default=0.99,
+        check=check.non_negative,
+        doc=r"decay rate :math:`\alpha` of the squared-gradient average",
+    )
     eps: float = hyper(default=1e-8)
-    weight_decay: float = hyper(default=0.0, check=check.non_negative,
-                                doc=r"weight decay :math:`\lambda` (an L2 penalty)")
+    weight_decay: float = hyper(
+        default=0.0, check=check.non_negative, doc=r"weight decay :math:`\lambda` (an L2 penalty)"
+    )
     momentum: float = hyper(default=0.0)
-    centered: bool = hyper(default=False, check=check.flag,
-                           doc="divide by the estimated variance instead of the raw "
-                               "second moment")
+    centered: bool = hyper(
+        default=False,
+        check=check.flag,
+        doc="divide by the estimated variance instead of the raw second moment",
+    )
     capturable: bool = hyper(default=False)
     foreach: bool | None = hyper(default=None)
     maximize: bool = hyper(default=False)
@@ -82,8 +98,7 @@ class RMSprop(Optimizer):
     keeps = (
         State("step", scalar=True, doc="steps taken"),
         State("square_avg", non_negative=True, doc="average of squared gradients v"),
-        State("momentum_buffer", when="momentum",
-              doc="momentum buffer b"),
+        State("momentum_buffer", when="momentum", doc="momentum buffer b"),
         State("grad_avg", when="centered", doc="average gradient"),
     )
     math = staticmethod(rmsprop)

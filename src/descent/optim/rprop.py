@@ -12,9 +12,17 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def rprop(param: TensorList, grad: TensorList, *, prev: TensorList,
-          step_size: TensorList | None, lr: Any, etas: tuple[float, float],
-          step_sizes: tuple[float, float], maximize: bool) -> dict[str, TensorList]:
+def rprop(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    prev: TensorList,
+    step_size: TensorList | None,
+    lr: Any,
+    etas: tuple[float, float],
+    step_sizes: tuple[float, float],
+    maximize: bool,
+) -> dict[str, TensorList]:
     r"""One Rprop step, in place; returns the step sizes when this step created them.
 
     .. math::
@@ -52,8 +60,10 @@ def _etas(owner: str, name: str, value: Any) -> Any:
     for index, eta in enumerate((eta_minus, eta_plus)):
         check.finite(owner, f"{name}[{index}]", eta)
     if not 0.0 < eta_minus < 1.0 < eta_plus:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected (eta_minus, eta_plus) "
-                         "with 0 < eta_minus < 1 < eta_plus")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected (eta_minus, eta_plus) "
+            "with 0 < eta_minus < 1 < eta_plus"
+        )
     return tuple(value)
 
 
@@ -62,8 +72,10 @@ def _step_sizes(owner: str, name: str, value: Any) -> Any:
     for index, size in enumerate((smallest, largest)):
         check.non_negative(owner, f"{name}[{index}]", size)
     if smallest > largest:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected (minimum, maximum) "
-                         "with minimum <= maximum")
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected (minimum, maximum) "
+            "with minimum <= maximum"
+        )
     return tuple(value)
 
 
@@ -94,22 +106,33 @@ class Rprop(Optimizer):
         opt = descent.Rprop(model.parameters(), lr=0.01)
     """
 
-    lr: float | Tensor = hyper(default=1e-2,
-                               doc=r"initial step size :math:`\Delta_0` of every weight")
-    etas: tuple[float, float] = hyper(default=(0.5, 1.2), check=_etas,
-                                      doc=r"factors :math:`(\eta_-, \eta_+)` that shrink "
-                                          "and grow a step size")
-    step_sizes: tuple[float, float] = hyper(default=(1e-6, 50), check=_step_sizes,
-                                            doc=r"bounds :math:`(\Delta_{min}, \Delta_{max})`")
+    lr: float | Tensor = hyper(
+        default=1e-2, doc=r"initial step size :math:`\Delta_0` of every weight"
+    )
+    etas: tuple[float, float] = hyper(
+        default=(0.5, 1.2),
+        check=_etas,
+        doc=r"factors :math:`(\eta_-, \eta_+)` that shrink "
+        "and grow a step size",
+    )
+    step_sizes: tuple[float, float] = hyper(
+        default=(1e-6, 50), check=_step_sizes, doc=r"bounds :math:`(\Delta_{min}, \Delta_{max})`"
+    )
     capturable: bool = hyper(default=False, kw_only=True)
     foreach: bool | None = hyper(default=None, kw_only=True)
     maximize: bool = hyper(default=False, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("prev", doc="the previous step's gradient (0 where its sign changed)"),
-             State("step_size", lazy=True, non_negative=True,
-                   doc=r"step size :math:`\Delta` of each weight"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("prev", doc="the previous step's gradient (0 where its sign changed)"),
+        State(
+            "step_size",
+            lazy=True,
+            non_negative=True,
+            doc=r"step size :math:`\Delta` of each weight",
+        ),
+    )
     math = staticmethod(rprop)
 
 

@@ -79,8 +79,9 @@ def _clone(param: Tensor, group: Mapping[str, Any]) -> Tensor:
     return param.clone(memory_format=torch.preserve_format)
 
 
-def averaging_weight(lr: float, step: float, r: float, weight_lr_power: float,
-                     lr_max: Tensor, weight_sum: Tensor) -> float:
+def averaging_weight(
+    lr: float, step: float, r: float, weight_lr_power: float, lr_max: Tensor, weight_sum: Tensor
+) -> float:
     r"""Update :math:`\max\gamma` and :math:`\sum w` in place; return :math:`c_{t+1}`.
 
     .. math::
@@ -99,8 +100,9 @@ def averaging_weight(lr: float, step: float, r: float, weight_lr_power: float,
     return weight / total if total != 0 else 0.0
 
 
-def _averaged_step(param: TensorList, z: TensorList, direction: TensorList, lr: Any,
-                   beta: float, c: float) -> None:
+def _averaged_step(
+    param: TensorList, z: TensorList, direction: TensorList, lr: Any, beta: float, c: float
+) -> None:
     r""":math:`z \leftarrow z - \gamma d` and the matching :math:`y` for the new average
     (the authors' in-place form: :math:`y \leftarrow (1-c) y + c z + \gamma(\beta(1-c)-1) d`)."""
     param.lerp_(z, c)
@@ -112,10 +114,22 @@ def _warmup(lr: Any, step: float, warmup_steps: int) -> Any:
     return lr * (step / warmup_steps) if step <= warmup_steps else lr
 
 
-def schedule_free_sgd(param: TensorList, grad: TensorList, *, z: TensorList,
-                      lr_max: Tensor, weight_sum: Tensor, step: float, lr: Any,
-                      momentum: float, weight_decay: float, warmup_steps: int, r: float,
-                      weight_lr_power: float, maximize: bool) -> None:
+def schedule_free_sgd(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    z: TensorList,
+    lr_max: Tensor,
+    weight_sum: Tensor,
+    step: float,
+    lr: Any,
+    momentum: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    maximize: bool,
+) -> None:
     r"""One Schedule-Free SGD step on :math:`y` (the parameter) and :math:`z`, in place.
 
     .. math::
@@ -134,11 +148,24 @@ def schedule_free_sgd(param: TensorList, grad: TensorList, *, z: TensorList,
     _averaged_step(param, z, direction, lr_t, momentum, c)
 
 
-def schedule_free_adamw(param: TensorList, grad: TensorList, *, z: TensorList,
-                        exp_avg_sq: TensorList, lr_max: Tensor, weight_sum: Tensor,
-                        step: float, lr: Any, betas: tuple[Any, Any], eps: float,
-                        weight_decay: float, warmup_steps: int, r: float,
-                        weight_lr_power: float, maximize: bool) -> None:
+def schedule_free_adamw(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    z: TensorList,
+    exp_avg_sq: TensorList,
+    lr_max: Tensor,
+    weight_sum: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    warmup_steps: int,
+    r: float,
+    weight_lr_power: float,
+    maximize: bool,
+) -> None:
     r"""One Schedule-Free AdamW step on :math:`y` (the parameter) and :math:`z`, in place.
 
     .. math::
@@ -160,11 +187,24 @@ def schedule_free_adamw(param: TensorList, grad: TensorList, *, z: TensorList,
     _averaged_step(param, z, direction, lr_t, beta1, c)
 
 
-def schedule_free_radam(param: TensorList, grad: TensorList, *, z: TensorList,
-                        exp_avg_sq: TensorList, lr_max: Tensor, weight_sum: Tensor,
-                        step: float, lr: Any, betas: tuple[Any, Any], eps: float,
-                        weight_decay: float, r: float, weight_lr_power: float,
-                        silent_sgd_phase: bool, maximize: bool) -> None:
+def schedule_free_radam(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    z: TensorList,
+    exp_avg_sq: TensorList,
+    lr_max: Tensor,
+    weight_sum: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    r: float,
+    weight_lr_power: float,
+    silent_sgd_phase: bool,
+    maximize: bool,
+) -> None:
     r"""One Schedule-Free RAdam step on :math:`y` (the parameter) and :math:`z`, in place.
 
     RAdam's rectification :math:`r_t` (Liu et al. 2020) replaces the warm-up:
@@ -186,15 +226,15 @@ def schedule_free_radam(param: TensorList, grad: TensorList, *, z: TensorList,
     rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
     adaptive = rho_t > 4.0
     if adaptive:
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        rect = (
+            (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        ) ** 0.5
     else:
         rect = float(not silent_sgd_phase)
     lr_t = lr * rect
     c = averaging_weight(float(lr_t), step, r, weight_lr_power, lr_max, weight_sum)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    direction = grad.div(exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)) if adaptive \
-        else grad
+    direction = grad.div(exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)) if adaptive else grad
     if weight_decay != 0:
         direction = direction.add(param, alpha=weight_decay)
     _averaged_step(param, z, direction, lr_t, beta1, c)
@@ -212,23 +252,29 @@ def _steps(owner: str, name: str, value: Any) -> Any:
 
 
 def _averaging_keeps(*extra: State) -> tuple[State, ...]:
-    return (State("step", scalar=True, doc="steps taken t"),
-            State("lr_max", scalar=True, init=_minus_one,
-                  doc="largest learning rate so far (float64)"),
-            State("weight_sum", scalar=True, init=_float64,
-                  doc="sum of the averaging weights (float64)"),
-            State("z", init=_clone, doc="the base optimizer's iterate z"),
-            *extra)
+    return (
+        State("step", scalar=True, doc="steps taken t"),
+        State("lr_max", scalar=True, init=_minus_one, doc="largest learning rate so far (float64)"),
+        State(
+            "weight_sum", scalar=True, init=_float64, doc="sum of the averaging weights (float64)"
+        ),
+        State("z", init=_clone, doc="the base optimizer's iterate z"),
+        *extra,
+    )
 
 
 class _ScheduleFree(Optimizer):
     """Mode switching shared by the Schedule-Free optimizers (see the module docstring)."""
 
-    cautious_refused = ("the parameters move between y and the average x, not by an "
-                        "update that can be masked; mask the base rule instead")
-    quantized_state_refused = ("z is the base iterate, not a statistic, and blocks of 8 or 4 "
-                               "bits would round the weights themselves; use None, 'float32' "
-                               "or 'bf16'")
+    cautious_refused = (
+        "the parameters move between y and the average x, not by an "
+        "update that can be masked; mask the base rule instead"
+    )
+    quantized_state_refused = (
+        "z is the base iterate, not a statistic, and blocks of 8 or 4 "
+        "bits would round the weights themselves; use None, 'float32' "
+        "or 'bf16'"
+    )
 
     def _interpolation(self, group: Mapping[str, Any]) -> float:
         """:math:`\\beta`, the weight of :math:`x` in :math:`y` (betas[0] or momentum)."""
@@ -239,8 +285,10 @@ class _ScheduleFree(Optimizer):
         """Whether the parameters hold the training point y (else the average x)."""
         modes: set[bool] = {group["train_mode"] for group in self.param_groups}
         if len(modes) > 1:
-            raise ValueError(f"{type(self).__name__}: param groups are in different modes; "
-                             "call train() or eval() to put them all in one")
+            raise ValueError(
+                f"{type(self).__name__}: param groups are in different modes; "
+                "call train() or eval() to put them all in one"
+            )
         return modes.pop()
 
     @torch.no_grad()
@@ -274,7 +322,8 @@ class _ScheduleFree(Optimizer):
                 raise RuntimeError(
                     f"{type(self).__name__}.step: param_groups[{index}] is in eval mode (its "
                     "parameters hold the average x); call opt.train() before training steps "
-                    "and opt.eval() before evaluating")
+                    "and opt.eval() before evaluating"
+                )
         return super().step(closure, grads=grads)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -309,8 +358,11 @@ class ScheduleFreeSGD(_ScheduleFree):
     """
 
     lr: float | Tensor = hyper(default=1.0)
-    momentum: float = hyper(default=0.9, check=check.unit_interval,
-                            doc=r"interpolation :math:`\beta` between z and x (in (0, 1))")
+    momentum: float = hyper(
+        default=0.9,
+        check=check.unit_interval,
+        doc=r"interpolation :math:`\beta` between z and x (in (0, 1))",
+    )
     weight_decay: float = hyper(default=0.0, doc=r"weight decay :math:`\lambda` at y")
     warmup_steps: int = hyper(default=0, check=_steps, doc=_WARMUP_DOC)
     r: float = hyper(default=0.0, check=check.non_negative, doc=_R_DOC)
@@ -328,8 +380,10 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _check_options(cls, group: Mapping[str, Any], where: str) -> None:
         super()._check_options(group, where)
         if float(group["momentum"]) == 0:
-            raise ValueError(f"ScheduleFreeSGD: {where}momentum=0 is invalid; expected a "
-                             "number in (0, 1) (x is recovered from y and z through it)")
+            raise ValueError(
+                f"ScheduleFreeSGD: {where}momentum=0 is invalid; expected a "
+                "number in (0, 1) (x is recovered from y and z through it)"
+            )
 
 
 class ScheduleFreeAdamW(_ScheduleFree):
@@ -388,8 +442,9 @@ class ScheduleFreeRAdam(_ScheduleFree):
     weight_decay: float = hyper(default=0.0, doc=r"weight decay :math:`\lambda` at y")
     r: float = hyper(default=0.0, check=check.non_negative, doc=_R_DOC)
     weight_lr_power: float = hyper(default=2.0, check=check.non_negative, doc=_POWER_DOC)
-    silent_sgd_phase: bool = hyper(default=True, check=check.flag,
-                                   doc="take no step (rather than SGD) before rectification")
+    silent_sgd_phase: bool = hyper(
+        default=True, check=check.flag, doc="take no step (rather than SGD) before rectification"
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
     keeps = _averaging_keeps(State("exp_avg_sq", non_negative=True, doc="second moment v"))
@@ -404,10 +459,19 @@ class ScheduleFreeRAdam(_ScheduleFree):
 
 def _positive_beta1(owner: str, group: Mapping[str, Any], where: str) -> None:
     if float(group["betas"][0]) == 0:
-        raise ValueError(f"{owner}: {where}betas[0]=0 is invalid; expected a number in (0, 1) "
-                         "(the average x is recovered from y and z through it)")
+        raise ValueError(
+            f"{owner}: {where}betas[0]=0 is invalid; expected a number in (0, 1) "
+            "(the average x is recovered from y and z through it)"
+        )
 
 
-__all__ = ["ModeSwitching", "ScheduleFreeAdamW", "ScheduleFreeRAdam", "ScheduleFreeSGD",
-           "averaging_weight", "schedule_free_adamw", "schedule_free_radam",
-           "schedule_free_sgd"]
+__all__ = [
+    "ModeSwitching",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeRAdam",
+    "ScheduleFreeSGD",
+    "averaging_weight",
+    "schedule_free_adamw",
+    "schedule_free_radam",
+    "schedule_free_sgd",
+]

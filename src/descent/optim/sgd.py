@@ -15,9 +15,18 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def sgd(param: TensorList, grad: TensorList, *, momentum_buffer: TensorList | None, lr: Any,
-        momentum: float, dampening: float, weight_decay: float, nesterov: bool,
-        maximize: bool) -> dict[str, TensorList]:
+def sgd(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    momentum_buffer: TensorList | None,
+    lr: Any,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> dict[str, TensorList]:
     r"""One SGD step, in place; returns the momentum buffer when this step created it.
 
     .. math::
@@ -75,18 +84,26 @@ class SGD(Optimizer):
 
     lr: float | Tensor = hyper(default=1e-3)
     momentum: float = hyper(default=0.0)
-    dampening: float = hyper(default=0.0, check=check.finite,
-                             doc=r"dampening :math:`\tau` of the momentum")
-    weight_decay: float = hyper(default=0.0, check=check.non_negative,
-                                doc=r"weight decay :math:`\lambda` (an L2 penalty)")
+    dampening: float = hyper(
+        default=0.0, check=check.finite, doc=r"dampening :math:`\tau` of the momentum"
+    )
+    weight_decay: float = hyper(
+        default=0.0, check=check.non_negative, doc=r"weight decay :math:`\lambda` (an L2 penalty)"
+    )
     nesterov: bool = hyper(default=False, check=check.flag, doc="use Nesterov momentum")
     maximize: bool = hyper(default=False, kw_only=True)
     foreach: bool | None = hyper(default=None, kw_only=True)
     differentiable: bool = hyper(default=False, kw_only=True)
     fused: bool | None = hyper(default=None, kw_only=True)
 
-    keeps = (State("momentum_buffer", lazy=True, when="momentum",
-                   doc="momentum buffer b, the first gradient at first"),)
+    keeps = (
+        State(
+            "momentum_buffer",
+            lazy=True,
+            when="momentum",
+            doc="momentum buffer b, the first gradient at first",
+        ),
+    )
     math = staticmethod(sgd)
     fused_kernel = staticmethod(fused_sgd)
     supports_sparse = True
@@ -96,7 +113,8 @@ class SGD(Optimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"SGD: {where}nesterov=True needs momentum > 0 and dampening == 0, got "
-                f"momentum={group['momentum']!r}, dampening={group['dampening']!r}")
+                f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
+            )
 
 
 __all__ = ["SGD", "sgd"]

@@ -13,8 +13,16 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def sign_sgd(param: TensorList, grad: TensorList, *, momentum_buffer: TensorList | None,
-             lr: Any, momentum: float, weight_decay: float, maximize: bool) -> None:
+def sign_sgd(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    momentum_buffer: TensorList | None,
+    lr: Any,
+    momentum: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One signSGD step, or Signum when ``momentum_buffer`` is given (zeros at first).
 
     .. math::
@@ -22,16 +30,25 @@ def sign_sgd(param: TensorList, grad: TensorList, *, momentum_buffer: TensorList
         m &\leftarrow \beta m + (1-\beta) g \quad\text{(Signum; } m = g \text{ for signSGD)} \\
         \theta &\leftarrow \theta(1 - \eta\lambda) - \eta\,\operatorname{sign}(m)
     """
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                      maximize=maximize)
+    grad = regularize(
+        param, grad, lr=lr, weight_decay=weight_decay, decoupled=True, maximize=maximize
+    )
     direction = grad
     if momentum_buffer is not None:
         direction = momentum_buffer.lerp_(grad, 1 - momentum)
     param.add_(direction.sign(), alpha=-lr)
 
 
-def lion(param: TensorList, grad: TensorList, *, exp_avg: TensorList, lr: Any,
-         betas: tuple[Any, Any], weight_decay: float, maximize: bool) -> None:
+def lion(
+    param: TensorList,
+    grad: TensorList,
+    *,
+    exp_avg: TensorList,
+    lr: Any,
+    betas: tuple[Any, Any],
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One Lion step, in place.
 
     .. math::
@@ -41,8 +58,9 @@ def lion(param: TensorList, grad: TensorList, *, exp_avg: TensorList, lr: Any,
         m &\leftarrow \beta_2 m + (1-\beta_2) g
     """
     beta1, beta2 = betas
-    grad = regularize(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True,
-                      maximize=maximize)
+    grad = regularize(
+        param, grad, lr=lr, weight_decay=weight_decay, decoupled=True, maximize=maximize
+    )
     update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign()
     param.add_(update, alpha=-lr)
     exp_avg.lerp_(grad, 1 - beta2)
@@ -67,13 +85,13 @@ class SignSGD(Optimizer):
     """
 
     lr: float | Tensor = hyper(default=1e-3)
-    momentum: float = hyper(default=0.0, check=check.unit_interval,
-                            doc=r"momentum :math:`\beta` (Signum when > 0)")
+    momentum: float = hyper(
+        default=0.0, check=check.unit_interval, doc=r"momentum :math:`\beta` (Signum when > 0)"
+    )
     weight_decay: float = hyper(default=0.0, doc=r"decoupled weight decay :math:`\lambda`")
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("momentum_buffer", when="momentum",
-                   doc="momentum m (Signum)"),)
+    keeps = (State("momentum_buffer", when="momentum", doc="momentum m (Signum)"),)
     math = staticmethod(sign_sgd)
     supports_complex = False
     registry_name = "sign_sgd"

@@ -60,14 +60,17 @@ def _new_zeros(param: Tensor, shape: tuple[int, ...]) -> Tensor:
 def _zeros(shape: Any) -> Any:
     def init(param: Tensor, group: Mapping[str, Any]) -> Tensor:
         return _new_zeros(param, shape(param, group))
+
     return init
 
 
 def _basis(shape: Any) -> Any:
     """A basis is kept column-major, the layout in which ``eigh`` and ``qr`` (LAPACK)
     return it, so products with it round as they do in the authors' code."""
+
     def init(param: Tensor, group: Mapping[str, Any]) -> Tensor:
         return _new_zeros(param, shape(param, group)).T
+
     return init
 
 
@@ -97,8 +100,9 @@ def _eigenbases(statistics: list[Tensor]) -> list[Tensor]:
     return bases
 
 
-def _power_iteration(statistics: list[Tensor], bases: list[Tensor],
-                     exp_avg_sq: Tensor) -> tuple[list[Tensor], Tensor]:
+def _power_iteration(
+    statistics: list[Tensor], bases: list[Tensor], exp_avg_sq: Tensor
+) -> tuple[list[Tensor], Tensor]:
     """One power iteration and a QR decomposition per basis (in float32, as the authors'
     code), with the second moment's rows reordered like the estimated eigenvalues."""
     new = []
@@ -128,11 +132,27 @@ def _accumulate(statistics: list[Tensor], grad: Tensor, beta: float) -> None:
         matrix.lerp_(outer.to(matrix.dtype), 1 - beta)
 
 
-def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, left: Tensor,
-         right: Tensor, left_basis: Tensor, right_basis: Tensor, step: float, lr: Any,
-         betas: tuple[Any, Any], shampoo_beta: float | None, eps: float, weight_decay: float,
-         precondition_frequency: int, normalize_gradient: bool, correct_bias: bool,
-         maximize: bool) -> None:
+def soap(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    left: Tensor,
+    right: Tensor,
+    left_basis: Tensor,
+    right_basis: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    shampoo_beta: float | None,
+    eps: float,
+    weight_decay: float,
+    precondition_frequency: int,
+    normalize_gradient: bool,
+    correct_bias: bool,
+    maximize: bool,
+) -> None:
     r"""One SOAP step on one tensor, in place (the first step only sets up the bases).
 
     .. math::
@@ -152,8 +172,9 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
     beta1, beta2 = betas
     if maximize:
         grad = -grad
-    view: Callable[[Tensor], Tensor] = \
+    view: Callable[[Tensor], Tensor] = (
         (lambda x: x) if param.ndim <= 2 else (lambda x: x.flatten(1))
+    )
     grad2, exp_avg2, exp_avg_sq2 = view(grad), view(exp_avg), view(exp_avg_sq)
     statistics = [right] if param.ndim == 1 else [left, right]
     bases = [right_basis] if param.ndim == 1 else [left_basis, right_basis]
@@ -169,8 +190,7 @@ def soap(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor, le
         step_size = lr * (math.sqrt(1 - beta2**t) / (1 - beta1**t))
     exp_avg2.lerp_(grad2, 1 - beta1)
     exp_avg_sq2.lerp_(_project(grad2, bases).square(), 1 - beta2)
-    direction = _project(_project(exp_avg2, bases) / exp_avg_sq2.sqrt().add_(eps), bases,
-                         back=True)
+    direction = _project(_project(exp_avg2, bases) / exp_avg_sq2.sqrt().add_(eps), bases, back=True)
     if normalize_gradient:
         direction.div_(torch.mean(direction.square()).sqrt_().add_(eps))
     param.add_(direction.reshape(param.shape), alpha=-step_size)
@@ -219,39 +239,72 @@ class SOAP(Optimizer):
     lr: float | Tensor = hyper(default=3e-3)
     betas: tuple[float, float] = hyper(default=(0.95, 0.95))
     shampoo_beta: float | None = hyper(
-        default=None, check=lambda owner, name, value: value if value is None
-        else check.unit_interval(owner, name, value),
-        doc=r"decay of the statistics L, R (None: :math:`\beta_2`)")
+        default=None,
+        check=lambda owner, name, value: (
+            value if value is None else check.unit_interval(owner, name, value)
+        ),
+        doc=r"decay of the statistics L, R (None: :math:`\beta_2`)",
+    )
     eps: float = hyper(default=1e-8)
-    weight_decay: float = hyper(default=0.01, doc=r"decoupled weight decay :math:`\lambda`, "
-                                                  "applied after the step")
-    precondition_frequency: int = hyper(default=10, check=lambda owner, name, value:
-                                        _positive_int(owner, name, value),
-                                        doc="steps between refreshes of the bases")
-    max_precondition_dim: int = hyper(default=10000, check=lambda owner, name, value:
-                                      _positive_int(owner, name, value),
-                                      doc="largest dimension given a basis")
-    precondition_1d: bool = hyper(default=False, check=check.flag,
-                                  doc="give vectors (biases, gains) a basis too")
-    normalize_gradient: bool = hyper(default=False, check=check.flag,
-                                     doc="divide the step by its RMS")
-    correct_bias: bool = hyper(default=True, check=check.flag,
-                               doc="Adam's bias corrections of the step")
+    weight_decay: float = hyper(
+        default=0.01,
+        doc=r"decoupled weight decay :math:`\lambda`, "
+        "applied after the step",
+    )
+    precondition_frequency: int = hyper(
+        default=10,
+        check=lambda owner, name, value: _positive_int(owner, name, value),
+        doc="steps between refreshes of the bases",
+    )
+    max_precondition_dim: int = hyper(
+        default=10000,
+        check=lambda owner, name, value: _positive_int(owner, name, value),
+        doc="largest dimension given a basis",
+    )
+    precondition_1d: bool = hyper(
+        default=False, check=check.flag, doc="give vectors (biases, gains) a basis too"
+    )
+    normalize_gradient: bool = hyper(
+        default=False, check=check.flag, doc="divide the step by its RMS"
+    )
+    correct_bias: bool = hyper(
+        default=True, check=check.flag, doc="Adam's bias corrections of the step"
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment M (in the parameter's basis)"),
-             State("exp_avg_sq", doc="second moment V (in the eigenbasis)"),
-             State("left", init=_zeros(_left), shape=_left, uses=("max_precondition_dim",),
-                   doc="statistic L of the rows (0x0: none)"),
-             State("right", init=_zeros(_right), shape=_right,
-                   uses=("max_precondition_dim", "precondition_1d"),
-                   doc="statistic R of the columns (0x0: none)"),
-             State("left_basis", init=_basis(_left), shape=_left,
-                   uses=("max_precondition_dim",), doc="eigenbasis Q_L of L"),
-             State("right_basis", init=_basis(_right), shape=_right,
-                   uses=("max_precondition_dim", "precondition_1d"),
-                   doc="eigenbasis Q_R of R"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment M (in the parameter's basis)"),
+        State("exp_avg_sq", doc="second moment V (in the eigenbasis)"),
+        State(
+            "left",
+            init=_zeros(_left),
+            shape=_left,
+            uses=("max_precondition_dim",),
+            doc="statistic L of the rows (0x0: none)",
+        ),
+        State(
+            "right",
+            init=_zeros(_right),
+            shape=_right,
+            uses=("max_precondition_dim", "precondition_1d"),
+            doc="statistic R of the columns (0x0: none)",
+        ),
+        State(
+            "left_basis",
+            init=_basis(_left),
+            shape=_left,
+            uses=("max_precondition_dim",),
+            doc="eigenbasis Q_L of L",
+        ),
+        State(
+            "right_basis",
+            init=_basis(_right),
+            shape=_right,
+            uses=("max_precondition_dim", "precondition_1d"),
+            doc="eigenbasis Q_R of R",
+        ),
+    )
     math = staticmethod(soap)
     elementwise = False
     supports_complex = False

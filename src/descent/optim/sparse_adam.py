@@ -13,9 +13,18 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def sparse_adam(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor,
-                step: float, lr: Any, betas: tuple[Any, Any], eps: float,
-                maximize: bool) -> None:
+def sparse_adam(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    maximize: bool,
+) -> None:
     r"""One SparseAdam step on one parameter with a sparse gradient, in place.
 
     Only the entries :math:`i` the gradient holds change:
@@ -86,33 +95,45 @@ class SparseAdam(Optimizer):
         opt = descent.SparseAdam(embedding.parameters(), lr=1e-3)
     """
 
-    lr: float | Tensor = hyper(default=1e-3, check=check.positive,
-                               doc=r"learning rate :math:`\eta` (> 0)")
+    lr: float | Tensor = hyper(
+        default=1e-3, check=check.positive, doc=r"learning rate :math:`\eta` (> 0)"
+    )
     betas: tuple[float, float] = hyper(default=(0.9, 0.999))
-    eps: float = hyper(default=1e-8, check=check.positive,
-                       doc=r"term :math:`\epsilon` added to the denominator (> 0)")
+    eps: float = hyper(
+        default=1e-8,
+        check=check.positive,
+        doc=r"term :math:`\epsilon` added to the denominator (> 0)",
+    )
     maximize: bool = hyper(default=False)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", doc="second moment v"),
+    )
     math = staticmethod(sparse_adam)
     functional_form = False  # it takes sparse gradients only
     elementwise = False
     supports_complex = False
     supports_sparse = True
     registry_name = "sparse_adam"
-    cautious_refused = ("its gradients are sparse, and the mask's rescaling by d / (nnz + 1) "
-                        "counts the whole tensor, most of which a sparse step leaves alone")
+    cautious_refused = (
+        "its gradients are sparse, and the mask's rescaling by d / (nnz + 1) "
+        "counts the whole tensor, most of which a sparse step leaves alone"
+    )
 
     def _check_param_dtype(self, param: Tensor, label: str) -> None:
         """A dense, real floating-point parameter (ValueError otherwise, as torch raises)."""
         if param.is_complex():
-            raise ValueError(f"SparseAdam: {label} has complex dtype {param.dtype}; SparseAdam "
-                             "does not support complex parameters")
+            raise ValueError(
+                f"SparseAdam: {label} has complex dtype {param.dtype}; SparseAdam "
+                "does not support complex parameters"
+            )
         if param.layout != torch.strided:
-            raise ValueError(f"SparseAdam: {label} has layout {param.layout}; SparseAdam "
-                             "requires dense parameter tensors (their gradients are sparse)")
+            raise ValueError(
+                f"SparseAdam: {label} has layout {param.layout}; SparseAdam "
+                "requires dense parameter tensors (their gradients are sparse)"
+            )
         super()._check_param_dtype(param, label)
 
     def _check_gradients(self) -> None:
@@ -120,10 +141,12 @@ class SparseAdam(Optimizer):
         for group_index, group in enumerate(self.param_groups):
             for index, param in enumerate(group["params"]):
                 if param.grad is not None and param.grad.layout == torch.strided:
-                    raise RuntimeError(f"{self.describe_param(group_index, index)} has a dense "
-                                       "gradient; SparseAdam takes sparse gradients only "
-                                       "(nn.Embedding(sparse=True)); use descent.Adam for "
-                                       "dense ones")
+                    raise RuntimeError(
+                        f"{self.describe_param(group_index, index)} has a dense "
+                        "gradient; SparseAdam takes sparse gradients only "
+                        "(nn.Embedding(sparse=True)); use descent.Adam for "
+                        "dense ones"
+                    )
 
 
 __all__ = ["SparseAdam", "sparse_adam"]

@@ -10,9 +10,19 @@ from ._spec import State, hyper
 from .base import Optimizer
 
 
-def stable_adamw(param: Tensor, grad: Tensor, *, exp_avg: Tensor, exp_avg_sq: Tensor,
-                 step: float, lr: Any, betas: tuple[Any, Any], eps: float, weight_decay: float,
-                 maximize: bool) -> None:
+def stable_adamw(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: float,
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
     r"""One StableAdamW step on one tensor, in place.
 
     .. math::
@@ -66,13 +76,18 @@ class StableAdamW(Optimizer):
     lr: float | Tensor = hyper(default=1e-3)
     betas: tuple[float, float] = hyper(default=(0.9, 0.99))
     eps: float = hyper(default=1e-6)
-    weight_decay: float = hyper(default=1e-2, doc=r"decoupled weight decay :math:`\lambda` "
-                                                  r"(scaled by :math:`\eta_t`)")
+    weight_decay: float = hyper(
+        default=1e-2,
+        doc=r"decoupled weight decay :math:`\lambda` "
+        r"(scaled by :math:`\eta_t`)",
+    )
     maximize: bool = hyper(default=False, kw_only=True)
 
-    keeps = (State("step", scalar=True, doc="steps taken"),
-             State("exp_avg", doc="first moment m"),
-             State("exp_avg_sq", doc="second moment v"))
+    keeps = (
+        State("step", scalar=True, doc="steps taken"),
+        State("exp_avg", doc="first moment m"),
+        State("exp_avg_sq", doc="second moment v"),
+    )
     math = staticmethod(stable_adamw)
     sharded_math = True  # its norms and means are DTensor reductions
     elementwise = False

@@ -26,14 +26,20 @@ def integer(owner: str, name: str, value: Any, *, minimum: int | None = None) ->
         raise TypeError(f"{owner}: {name}={_describe(value)} is invalid; expected an integer")
     number = int(value)
     if minimum is not None and number < minimum:
-        raise ValueError(f"{owner}: {name}={number!r} is invalid; expected an integer "
-                         f">= {minimum}")
+        raise ValueError(f"{owner}: {name}={number!r} is invalid; expected an integer >= {minimum}")
     return number
 
 
-def real(owner: str, name: str, value: Any, *, minimum: float | None = None,
-         maximum: float | None = None, open_minimum: bool = False,
-         open_maximum: bool = False) -> float:
+def real(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_minimum: bool = False,
+    open_maximum: bool = False,
+) -> float:
     """A finite real number (not a bool; a one-element float tensor is read), within bounds."""
     if torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point():
         value = value.item()
@@ -49,16 +55,20 @@ def real(owner: str, name: str, value: Any, *, minimum: float | None = None,
         if maximum is not None:
             parts.append(f"{'<' if open_maximum else '<='} {maximum}")
         bounds = " and ".join(parts)
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected a finite number"
-                         + (f" {bounds}" if bounds else ""))
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected a finite number"
+            + (f" {bounds}" if bounds else "")
+        )
     return number
 
 
 def choice(owner: str, name: str, value: Any, options: Sequence[str]) -> str:
     """One of a fixed set of strings."""
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{owner}: {name}={value!r} is invalid; expected one of "
-                         + ", ".join(repr(option) for option in options))
+        raise ValueError(
+            f"{owner}: {name}={value!r} is invalid; expected one of "
+            + ", ".join(repr(option) for option in options)
+        )
     return value
 
 
@@ -73,24 +83,28 @@ def increasing(owner: str, name: str, values: Any, *, minimum: int = 0) -> tuple
         try:
             values = list(values)
         except TypeError:
-            raise TypeError(f"{owner}: {name}={_describe(values)} is invalid; expected a "
-                            "list of integers") from None
-    items = tuple(integer(owner, f"{name}[{i}]", v, minimum=minimum)
-                  for i, v in enumerate(values))
+            raise TypeError(
+                f"{owner}: {name}={_describe(values)} is invalid; expected a list of integers"
+            ) from None
+    items = tuple(integer(owner, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values))
     for i in range(1, len(items)):
         if items[i] <= items[i - 1]:
-            raise ValueError(f"{owner}: {name}={list(items)!r} is invalid; expected strictly "
-                             f"increasing integers ({name}[{i}]={items[i]} does not exceed "
-                             f"{name}[{i - 1}]={items[i - 1]})")
+            raise ValueError(
+                f"{owner}: {name}={list(items)!r} is invalid; expected strictly "
+                f"increasing integers ({name}[{i}]={items[i]} does not exceed "
+                f"{name}[{i - 1}]={items[i - 1]})"
+            )
     return items
 
 
-def per_group(owner: str, name: str, value: Any, groups: int, *,
-              minimum: float | None = None) -> list[float]:
+def per_group(
+    owner: str, name: str, value: Any, groups: int, *, minimum: float | None = None
+) -> list[float]:
     """One number for every param group: a scalar (shared) or a list of ``groups`` numbers."""
     if isinstance(value, list | tuple):
         if len(value) != groups:
-            raise ValueError(f"{owner}: {name} has {len(value)} values; expected one per "
-                             f"param group ({groups})")
+            raise ValueError(
+                f"{owner}: {name} has {len(value)} values; expected one per param group ({groups})"
+            )
         return [real(owner, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value)]
     return [real(owner, name, value, minimum=minimum)] * groups

@@ -72,8 +72,11 @@ class Schedule:
     __radd__ = __add__
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{f.name}={_describe(getattr(self, f.name))}"
-                              for f in dataclasses.fields(self) if f.repr)
+        arguments = ", ".join(
+            f"{f.name}={_describe(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
         return f"{type(self).__name__}({arguments})"
 
 
@@ -183,8 +186,11 @@ class Linear(Schedule):
     def __post_init__(self) -> None:
         _set(self, "start", _checks.real("Linear", "start", self.start))
         _set(self, "end", _checks.real("Linear", "end", self.end))
-        _set(self, "total_steps",
-             _checks.integer("Linear", "total_steps", self.total_steps, minimum=1))
+        _set(
+            self,
+            "total_steps",
+            _checks.integer("Linear", "total_steps", self.total_steps, minimum=1),
+        )
 
     def _value(self, step: int) -> float:
         return self.start + (self.end - self.start) * min(self.total_steps, step) / self.total_steps
@@ -205,8 +211,11 @@ class Polynomial(Schedule):
     final: float = 0.0
 
     def __post_init__(self) -> None:
-        _set(self, "total_steps",
-             _checks.integer("Polynomial", "total_steps", self.total_steps, minimum=1))
+        _set(
+            self,
+            "total_steps",
+            _checks.integer("Polynomial", "total_steps", self.total_steps, minimum=1),
+        )
         _set(self, "power", _checks.real("Polynomial", "power", self.power, minimum=0.0))
         _set(self, "init", _checks.real("Polynomial", "init", self.init))
         _set(self, "final", _checks.real("Polynomial", "final", self.final))
@@ -238,8 +247,11 @@ class Cosine(Schedule):
     after_end: str = "hold"
 
     def __post_init__(self) -> None:
-        _set(self, "total_steps",
-             _checks.integer("Cosine", "total_steps", self.total_steps, minimum=1))
+        _set(
+            self,
+            "total_steps",
+            _checks.integer("Cosine", "total_steps", self.total_steps, minimum=1),
+        )
         _set(self, "init", _checks.real("Cosine", "init", self.init))
         _set(self, "final", _checks.real("Cosine", "final", self.final))
         _checks.choice("Cosine", "after_end", self.after_end, ("hold", "continue"))
@@ -247,8 +259,10 @@ class Cosine(Schedule):
     def _value(self, step: int) -> float:
         if self.after_end == "hold":
             step = min(step, self.total_steps)
-        return (self.final + (self.init - self.final)
-                * (1 + math.cos(math.pi * step / self.total_steps)) / 2)
+        return (
+            self.final
+            + (self.init - self.final) * (1 + math.cos(math.pi * step / self.total_steps)) / 2
+        )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -276,10 +290,14 @@ class CosineRestarts(Schedule):
 
     def __post_init__(self) -> None:
         owner = "CosineRestarts"
-        _set(self, "first_period",
-             _checks.integer(owner, "first_period", self.first_period, minimum=1))
-        _set(self, "period_mult",
-             _checks.integer(owner, "period_mult", self.period_mult, minimum=1))
+        _set(
+            self,
+            "first_period",
+            _checks.integer(owner, "first_period", self.first_period, minimum=1),
+        )
+        _set(
+            self, "period_mult", _checks.integer(owner, "period_mult", self.period_mult, minimum=1)
+        )
         _set(self, "init", _checks.real(owner, "init", self.init))
         _set(self, "final", _checks.real(owner, "final", self.final))
 
@@ -296,8 +314,10 @@ class CosineRestarts(Schedule):
 
     def _value(self, step: int) -> float:
         since_restart, length = self.position(step)
-        return (self.final + (self.init - self.final)
-                * (1 + math.cos(math.pi * since_restart / length)) / 2)
+        return (
+            self.final
+            + (self.init - self.final) * (1 + math.cos(math.pi * since_restart / length)) / 2
+        )
 
 
 # ---------------------------------------------------------------------------- cycles
@@ -344,28 +364,35 @@ class OneCycle(Schedule):
         _set(self, "pct_start", pct)
         _checks.choice(owner, "anneal_strategy", self.anneal_strategy, ("cos", "linear"))
         if not isinstance(self.three_phase, bool):
-            raise TypeError(f"{owner}: three_phase={self.three_phase!r} is invalid; expected "
-                            "True or False")
+            raise TypeError(
+                f"{owner}: three_phase={self.three_phase!r} is invalid; expected True or False"
+            )
         start = 0.0
         for end, _, _ in self._phases():
             if end == start:
-                raise ValueError(f"{owner}: pct_start={pct!r} with total_steps={total} gives a "
-                                 "phase of zero length; change pct_start or total_steps")
+                raise ValueError(
+                    f"{owner}: pct_start={pct!r} with total_steps={total} gives a "
+                    "phase of zero length; change pct_start or total_steps"
+                )
             start = end
 
     def _phases(self) -> list[tuple[float, float, float]]:
         """``(end_step, start_value, end_value)`` of each phase (torch's boundaries)."""
         up = float(self.pct_start * self.total_steps) - 1
         if self.three_phase:
-            return [(up, self.initial, self.peak),
-                    (float(2 * self.pct_start * self.total_steps) - 2, self.peak, self.initial),
-                    (self.total_steps - 1, self.initial, self.final)]
+            return [
+                (up, self.initial, self.peak),
+                (float(2 * self.pct_start * self.total_steps) - 2, self.peak, self.initial),
+                (self.total_steps - 1, self.initial, self.final),
+            ]
         return [(up, self.initial, self.peak), (self.total_steps - 1, self.peak, self.final)]
 
     def _value(self, step: int) -> float:
         if step > self.total_steps:
-            raise ValueError(f"OneCycle: step={step} is past total_steps={self.total_steps}; "
-                             "the 1cycle policy is defined for steps 0 to total_steps")
+            raise ValueError(
+                f"OneCycle: step={step} is past total_steps={self.total_steps}; "
+                "the 1cycle policy is defined for steps 0 to total_steps"
+            )
         phases = self._phases()
         start_step = 0.0
         for index, (end_step, start_value, end_value) in enumerate(phases):
@@ -373,7 +400,8 @@ class OneCycle(Schedule):
                 pct = (step - start_step) / (end_step - start_step)
                 if self.anneal_strategy == "cos":
                     value = end_value + (start_value - end_value) / 2.0 * (
-                        math.cos(math.pi * pct) + 1)
+                        math.cos(math.pi * pct) + 1
+                    )
                 else:
                     value = (end_value - start_value) * pct + start_value
                 low, high = sorted((start_value, end_value))
@@ -427,8 +455,11 @@ class Cyclic(Schedule):
         _set(self, "max_value", _checks.real(owner, "max_value", self.max_value))
         up = _checks.integer(owner, "step_size_up", self.step_size_up, minimum=1)
         _set(self, "step_size_up", up)
-        down = up if self.step_size_down is None else _checks.integer(
-            owner, "step_size_down", self.step_size_down, minimum=1)
+        down = (
+            up
+            if self.step_size_down is None
+            else _checks.integer(owner, "step_size_down", self.step_size_down, minimum=1)
+        )
         _set(self, "step_size_down", down)
         _set(self, "gamma", _checks.real(owner, "gamma", self.gamma, minimum=0.0))
         if self.scale_fn is None:
@@ -456,8 +487,7 @@ class Cyclic(Schedule):
         x = 1.0 + step / total_size - cycle
         scale_factor = x / step_ratio if x <= step_ratio else (x - 1) / (step_ratio - 1)
         height = (self.max_value - self.base_value) * scale_factor
-        return self.base_value + height * self._scale(
-            cycle if self.scale_mode == "cycle" else step)
+        return self.base_value + height * self._scale(cycle if self.scale_mode == "cycle" else step)
 
 
 # ---------------------------------------------------------------------------- warmup shapes
@@ -492,9 +522,11 @@ class WarmupStableDecay(Schedule):
         warmup = _checks.integer(owner, "warmup_steps", self.warmup_steps, minimum=0)
         decay = _checks.integer(owner, "decay_steps", self.decay_steps, minimum=0)
         if warmup + decay > total:
-            raise ValueError(f"{owner}: warmup_steps={warmup} plus decay_steps={decay} is "
-                             f"longer than total_steps={total}; expected warmup_steps + "
-                             "decay_steps <= total_steps")
+            raise ValueError(
+                f"{owner}: warmup_steps={warmup} plus decay_steps={decay} is "
+                f"longer than total_steps={total}; expected warmup_steps + "
+                "decay_steps <= total_steps"
+            )
         _set(self, "total_steps", total)
         _set(self, "warmup_steps", warmup)
         _set(self, "decay_steps", decay)
@@ -533,8 +565,11 @@ class InverseSqrt(Schedule):
     init: float = 0.0
 
     def __post_init__(self) -> None:
-        _set(self, "warmup_steps",
-             _checks.integer("InverseSqrt", "warmup_steps", self.warmup_steps, minimum=1))
+        _set(
+            self,
+            "warmup_steps",
+            _checks.integer("InverseSqrt", "warmup_steps", self.warmup_steps, minimum=1),
+        )
         _set(self, "peak", _checks.real("InverseSqrt", "peak", self.peak))
         _set(self, "init", _checks.real("InverseSqrt", "init", self.init))
 
@@ -552,8 +587,9 @@ def _call(label: str, fn: Callable[[int], Any], step: int) -> float:
             raise TypeError
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{label}={_describe(fn)} returned {value!r} at step {step}; expected "
-                        "a real number") from None
+        raise TypeError(
+            f"{label}={_describe(fn)} returned {value!r} at step {step}; expected a real number"
+        ) from None
 
 
 def _require_callable(label: str, fn: Any) -> None:
@@ -662,8 +698,11 @@ class Warmup(Schedule):
 
     def __post_init__(self) -> None:
         _require_schedule("Warmup", "schedule", self.schedule)
-        _set(self, "warmup_steps",
-             _checks.integer("Warmup", "warmup_steps", self.warmup_steps, minimum=0))
+        _set(
+            self,
+            "warmup_steps",
+            _checks.integer("Warmup", "warmup_steps", self.warmup_steps, minimum=0),
+        )
         _set(self, "init", _checks.real("Warmup", "init", self.init))
 
     def _value(self, step: int) -> float:
@@ -690,14 +729,18 @@ class Join(Schedule):
     def __post_init__(self) -> None:
         schedules = tuple(self.schedules) if isinstance(self.schedules, Sequence) else None
         if not schedules:
-            raise ValueError(f"Join: schedules={self.schedules!r} is invalid; expected a "
-                             "non-empty list of schedules")
+            raise ValueError(
+                f"Join: schedules={self.schedules!r} is invalid; expected a "
+                "non-empty list of schedules"
+            )
         for i, schedule in enumerate(schedules):
             _require_schedule("Join", f"schedules[{i}]", schedule)
         boundaries = _checks.increasing("Join", "boundaries", self.boundaries, minimum=1)
         if len(boundaries) != len(schedules) - 1:
-            raise ValueError(f"Join: boundaries has {len(boundaries)} entries for "
-                             f"{len(schedules)} schedules; expected {len(schedules) - 1}")
+            raise ValueError(
+                f"Join: boundaries has {len(boundaries)} entries for "
+                f"{len(schedules)} schedules; expected {len(schedules) - 1}"
+            )
         _set(self, "schedules", schedules)
         _set(self, "boundaries", boundaries)
 
@@ -754,12 +797,15 @@ class Product(Schedule):
 
 def _require_schedule(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, Schedule):
-        raise TypeError(f"{owner}: {name}={value!r} has type {type(value).__name__}; expected "
-                        "a Schedule (wrap a plain function in Lambda)")
+        raise TypeError(
+            f"{owner}: {name}={value!r} has type {type(value).__name__}; expected "
+            "a Schedule (wrap a plain function in Lambda)"
+        )
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, peak: float = 1.0, init: float = 0.0,
-                  final: float = 0.0) -> Schedule:
+def warmup_cosine(
+    total_steps: int, warmup_steps: int, peak: float = 1.0, init: float = 0.0, final: float = 0.0
+) -> Schedule:
     r"""Linear warmup from ``init`` to ``peak``, then cosine decay to ``final`` at ``total_steps``.
 
     ``Warmup(Cosine(total_steps - warmup_steps, peak, final), warmup_steps, init)``;
@@ -774,6 +820,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int, peak: float = 1.0, init: 
     total = _checks.integer("warmup_cosine", "total_steps", total_steps, minimum=1)
     warmup = _checks.integer("warmup_cosine", "warmup_steps", warmup_steps, minimum=0)
     if warmup >= total:
-        raise ValueError(f"warmup_cosine: warmup_steps={warmup} is not shorter than "
-                         f"total_steps={total}; expected warmup_steps < total_steps")
+        raise ValueError(
+            f"warmup_cosine: warmup_steps={warmup} is not shorter than "
+            f"total_steps={total}; expected warmup_steps < total_steps"
+        )
     return Warmup(Cosine(total - warmup, init=peak, final=final), warmup, init=init)

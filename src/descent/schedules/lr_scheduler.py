@@ -86,8 +86,9 @@ class _ShapeScheduler(BaseScheduler):
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
         return self._shape * base
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         """torch multiplies the current value by the shape's change over the step."""
         previous = 1.0 if step == 0 else self._shape(step - 1)
         current = self._shape(step)
@@ -109,10 +110,13 @@ class StepLR(_ShapeScheduler):
 
     _shape: Step
 
-    def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1,
-                 last_epoch: int = -1) -> None:
-        self._shape = Step(_checks.integer("StepLR", "step_size", step_size, minimum=1),
-                           _checks.real("StepLR", "gamma", gamma, minimum=0.0))
+    def __init__(
+        self, optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1
+    ) -> None:
+        self._shape = Step(
+            _checks.integer("StepLR", "step_size", step_size, minimum=1),
+            _checks.real("StepLR", "gamma", gamma, minimum=0.0),
+        )
         self._bind(optimizer, last_epoch)
 
     def _config(self) -> dict[str, Any]:
@@ -127,11 +131,13 @@ class MultiStepLR(_ShapeScheduler):
 
     _shape: MultiStep
 
-    def __init__(self, optimizer: Any, milestones: Sequence[int], gamma: float = 0.1,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Any, milestones: Sequence[int], gamma: float = 0.1, last_epoch: int = -1
+    ) -> None:
         milestones = _checks.increasing("MultiStepLR", "milestones", milestones)
-        self._shape = MultiStep(milestones, _checks.real("MultiStepLR", "gamma", gamma,
-                                                         minimum=0.0))
+        self._shape = MultiStep(
+            milestones, _checks.real("MultiStepLR", "gamma", gamma, minimum=0.0)
+        )
         self._bind(optimizer, last_epoch)
 
     def _config(self) -> dict[str, Any]:
@@ -144,8 +150,9 @@ class ConstantLR(_ShapeScheduler):
     .. math:: \eta_t = \eta_0\,\text{factor} \ (t < T), \qquad \eta_t = \eta_0 \ (t \ge T)
     """
 
-    def __init__(self, optimizer: Any, factor: float = 1.0 / 3, total_iters: int = 5,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Any, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1
+    ) -> None:
         self.factor = _checks.real("ConstantLR", "factor", factor, minimum=0.0, maximum=1.0)
         self.total_iters = _checks.integer("ConstantLR", "total_iters", total_iters, minimum=1)
         self._shape = Join((Constant(self.factor), Constant(1.0)), (self.total_iters,))
@@ -165,19 +172,29 @@ class LinearLR(_ShapeScheduler):
 
     _shape: Linear
 
-    def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
-                 total_iters: int = 5, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
         owner = "LinearLR"
-        start = _checks.real(owner, "start_factor", start_factor, minimum=0.0, maximum=1.0,
-                             open_minimum=True)
+        start = _checks.real(
+            owner, "start_factor", start_factor, minimum=0.0, maximum=1.0, open_minimum=True
+        )
         end = _checks.real(owner, "end_factor", end_factor, minimum=0.0, maximum=1.0)
         total = _checks.integer(owner, "total_iters", total_iters, minimum=1)
         self._shape = Linear(start, end, total)
         self._bind(optimizer, last_epoch)
 
     def _config(self) -> dict[str, Any]:
-        return {"start_factor": self._shape.start, "end_factor": self._shape.end,
-                "total_iters": self._shape.total_steps}
+        return {
+            "start_factor": self._shape.start,
+            "end_factor": self._shape.end,
+            "total_iters": self._shape.total_steps,
+        }
 
 
 class ExponentialLR(_ShapeScheduler):
@@ -201,11 +218,14 @@ class PolynomialLR(_ShapeScheduler):
 
     _shape: Polynomial
 
-    def __init__(self, optimizer: Any, total_iters: int = 5, power: float = 1.0,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Any, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1
+    ) -> None:
         owner = "PolynomialLR"
-        self._shape = Polynomial(_checks.integer(owner, "total_iters", total_iters, minimum=1),
-                                 _checks.real(owner, "power", power, minimum=0.0))
+        self._shape = Polynomial(
+            _checks.integer(owner, "total_iters", total_iters, minimum=1),
+            _checks.real(owner, "power", power, minimum=0.0),
+        )
         self._bind(optimizer, last_epoch)
 
     def _config(self) -> dict[str, Any]:
@@ -227,8 +247,9 @@ class CosineAnnealingLR(BaseScheduler):
     Restarts", ICLR 2017.
     """
 
-    def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Any, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
+    ) -> None:
         self.T_max = _checks.integer("CosineAnnealingLR", "T_max", T_max, minimum=1)
         self.eta_min = _checks.real("CosineAnnealingLR", "eta_min", eta_min, minimum=0.0)
         self._bind(optimizer, last_epoch)
@@ -236,15 +257,17 @@ class CosineAnnealingLR(BaseScheduler):
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
         return Cosine(self.T_max, init=base, final=self.eta_min, after_end="continue")
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         """torch's recursion: the distance to ``eta_min`` scaled by the cosine's change."""
         if step == 0:
             return value
         if (step - 1 - self.T_max) % (2 * self.T_max) == 0:  # leaving the minimum
             return value + (base - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2
-        ratio = ((1 + math.cos(math.pi * step / self.T_max))
-                 / (1 + math.cos(math.pi * (step - 1) / self.T_max)))
+        ratio = (1 + math.cos(math.pi * step / self.T_max)) / (
+            1 + math.cos(math.pi * (step - 1) / self.T_max)
+        )
         return self.eta_min + (value - self.eta_min) * ratio
 
     def _config(self) -> dict[str, Any]:
@@ -264,8 +287,9 @@ class CosineAnnealingWarmRestarts(BaseScheduler):
     batches instead (``T_0`` in batches, ``step()`` once per batch).
     """
 
-    def __init__(self, optimizer: Any, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Any, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1
+    ) -> None:
         owner = "CosineAnnealingWarmRestarts"
         self.T_0 = _checks.integer(owner, "T_0", T_0, minimum=1)
         self.T_mult = _checks.integer(owner, "T_mult", T_mult, minimum=1)
@@ -295,9 +319,11 @@ def _momentum_key(owner: str, optimizer: Any) -> str:
         return "betas[0]"
     if "momentum" in defaults:
         return "momentum"
-    raise ValueError(f"{owner}: cycle_momentum=True needs an optimizer with a 'momentum' or "
-                     f"'betas' option; {type(optimizer).__name__} has neither (pass "
-                     "cycle_momentum=False)")
+    raise ValueError(
+        f"{owner}: cycle_momentum=True needs an optimizer with a 'momentum' or "
+        f"'betas' option; {type(optimizer).__name__} has neither (pass "
+        "cycle_momentum=False)"
+    )
 
 
 def _flag(owner: str, name: str, value: Any) -> bool:
@@ -310,8 +336,9 @@ def _per_group_named(owner: str, name: str, value: Any, groups: int) -> list[tup
     """``(label, value)`` for each group of a per-group argument (a scalar or one per group)."""
     if isinstance(value, list | tuple):
         if len(value) != groups:
-            raise ValueError(f"{owner}: {name} has {len(value)} values; expected one per "
-                             f"param group ({groups})")
+            raise ValueError(
+                f"{owner}: {name} has {len(value)} values; expected one per param group ({groups})"
+            )
         return [(f"{name}[{i}]", v) for i, v in enumerate(value)]
     return [(name, value)] * groups
 
@@ -319,9 +346,16 @@ def _per_group_named(owner: str, name: str, value: Any, groups: int) -> list[tup
 class _MomentumCycler(BaseScheduler):
     """Base of the schedulers that cycle momentum (or beta1) inversely to the lr."""
 
-    def _cycle_momentum(self, owner: str, optimizer: Any, base_momentum: Any,
-                        max_momentum: Any, groups: int, keys: list[str],
-                        bases: dict[str, list[float]]) -> None:
+    def _cycle_momentum(
+        self,
+        owner: str,
+        optimizer: Any,
+        base_momentum: Any,
+        max_momentum: Any,
+        groups: int,
+        keys: list[str],
+        bases: dict[str, list[float]],
+    ) -> None:
         """Check the momentum bounds per group and add the momentum option to ``keys``.
 
         The bounds are >= 0, and < 1 where they drive ``betas[0]`` (Adam's own bounds).
@@ -330,10 +364,12 @@ class _MomentumCycler(BaseScheduler):
         below_one = 1.0 if self._momentum_key == "betas[0]" else None
         self.base_momentums = [
             _checks.real(owner, name, value, minimum=0.0, maximum=below_one, open_maximum=True)
-            for name, value in _per_group_named(owner, "base_momentum", base_momentum, groups)]
+            for name, value in _per_group_named(owner, "base_momentum", base_momentum, groups)
+        ]
         self.max_momentums = [
             _checks.real(owner, name, value, minimum=0.0, maximum=below_one, open_maximum=True)
-            for name, value in _per_group_named(owner, "max_momentum", max_momentum, groups)]
+            for name, value in _per_group_named(owner, "max_momentum", max_momentum, groups)
+        ]
         keys.append(self._momentum_key)
         bases[self._momentum_key] = self.max_momentums
 
@@ -349,12 +385,22 @@ class CyclicLR(_MomentumCycler):
     Reference: Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
     """
 
-    def __init__(self, optimizer: Any, base_lr: float | list[float], max_lr: float | list[float],
-                 step_size_up: int = 2000, step_size_down: int | None = None,
-                 mode: str = "triangular", gamma: float = 1.0,
-                 scale_fn: Callable[[float], float] | None = None, scale_mode: str = "cycle",
-                 cycle_momentum: bool = True, base_momentum: float | list[float] = 0.8,
-                 max_momentum: float | list[float] = 0.9, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        base_lr: float | list[float],
+        max_lr: float | list[float],
+        step_size_up: int = 2000,
+        step_size_down: int | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[float], float] | None = None,
+        scale_mode: str = "cycle",
+        cycle_momentum: bool = True,
+        base_momentum: float | list[float] = 0.8,
+        max_momentum: float | list[float] = 0.9,
+        last_epoch: int = -1,
+    ) -> None:
         owner = "CyclicLR"
         groups = len(_param_groups(owner, optimizer))
         self.base_lrs_arg = _checks.per_group(owner, "base_lr", base_lr, groups, minimum=0.0)
@@ -362,8 +408,9 @@ class CyclicLR(_MomentumCycler):
         step_size_up = _checks.integer(owner, "step_size_up", step_size_up, minimum=1)
         if step_size_down is not None:
             step_size_down = _checks.integer(owner, "step_size_down", step_size_down, minimum=1)
-        self._shape = Cyclic(0.0, 1.0, step_size_up, step_size_down, mode, gamma, scale_fn,
-                             scale_mode)
+        self._shape = Cyclic(
+            0.0, 1.0, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
+        )
         self.mode = self._shape.mode
         self.gamma = self._shape.gamma
         self.scale_mode = self._shape.scale_mode
@@ -371,8 +418,7 @@ class CyclicLR(_MomentumCycler):
         keys = ["lr"]
         bases: dict[str, list[float]] = {"lr": self.base_lrs_arg}
         if self.cycle_momentum:
-            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups,
-                                 keys, bases)
+            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups, keys, bases)
         self._bind(optimizer, last_epoch, keys=keys, base_values=bases)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -381,16 +427,30 @@ class CyclicLR(_MomentumCycler):
         else:
             low, high = base, self.base_momentums[group_index]
         shape = self._shape
-        return Cyclic(low, high, shape.step_size_up, shape.step_size_down, shape.mode,
-                      shape.gamma, shape.scale_fn, shape.scale_mode)
+        return Cyclic(
+            low,
+            high,
+            shape.step_size_up,
+            shape.step_size_down,
+            shape.mode,
+            shape.gamma,
+            shape.scale_fn,
+            shape.scale_mode,
+        )
 
     def _config(self) -> dict[str, Any]:
-        config = {"max_lr": self.max_lrs, "step_size_up": self._shape.step_size_up,
-                  "step_size_down": self._shape.step_size_down, "mode": self.mode,
-                  "gamma": self.gamma, "scale_mode": self.scale_mode,
-                  "scale_fn": None if self._shape.scale_fn is None
-                  else repr(Lambda(self._shape.scale_fn)),
-                  "cycle_momentum": self.cycle_momentum}
+        config = {
+            "max_lr": self.max_lrs,
+            "step_size_up": self._shape.step_size_up,
+            "step_size_down": self._shape.step_size_down,
+            "mode": self.mode,
+            "gamma": self.gamma,
+            "scale_mode": self.scale_mode,
+            "scale_fn": None
+            if self._shape.scale_fn is None
+            else repr(Lambda(self._shape.scale_fn)),
+            "cycle_momentum": self.cycle_momentum,
+        }
         if self.cycle_momentum:
             config["base_momentum"] = self.base_momentums
         return config
@@ -409,43 +469,58 @@ class OneCycleLR(_MomentumCycler):
     Reference: Smith & Topin, "Super-Convergence", 2017 (arXiv:1708.07120).
     """
 
-    def __init__(self, optimizer: Any, max_lr: float | list[float], total_steps: int | None = None,
-                 epochs: int | None = None, steps_per_epoch: int | None = None,
-                 pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = True, base_momentum: float | list[float] = 0.85,
-                 max_momentum: float | list[float] = 0.95, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4, three_phase: bool = False,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        max_lr: float | list[float],
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | list[float] = 0.85,
+        max_momentum: float | list[float] = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        last_epoch: int = -1,
+    ) -> None:
         owner = "OneCycleLR"
         groups = len(_param_groups(owner, optimizer))
         if total_steps is not None:
             self.total_steps = _checks.integer(owner, "total_steps", total_steps, minimum=1)
         elif epochs is not None and steps_per_epoch is not None:
-            self.total_steps = (_checks.integer(owner, "epochs", epochs, minimum=1)
-                                * _checks.integer(owner, "steps_per_epoch", steps_per_epoch,
-                                                  minimum=1))
+            self.total_steps = _checks.integer(
+                owner, "epochs", epochs, minimum=1
+            ) * _checks.integer(owner, "steps_per_epoch", steps_per_epoch, minimum=1)
         else:
-            raise ValueError(f"{owner}: total_steps=None with epochs={epochs!r} and "
-                             f"steps_per_epoch={steps_per_epoch!r}; give total_steps, or both "
-                             "epochs and steps_per_epoch")
+            raise ValueError(
+                f"{owner}: total_steps=None with epochs={epochs!r} and "
+                f"steps_per_epoch={steps_per_epoch!r}; give total_steps, or both "
+                "epochs and steps_per_epoch"
+            )
         self.max_lrs = _checks.per_group(owner, "max_lr", max_lr, groups, minimum=0.0)
-        self.div_factor = _checks.real(owner, "div_factor", div_factor, minimum=0.0,
-                                       open_minimum=True)
-        self.final_div_factor = _checks.real(owner, "final_div_factor", final_div_factor,
-                                             minimum=0.0, open_minimum=True)
+        self.div_factor = _checks.real(
+            owner, "div_factor", div_factor, minimum=0.0, open_minimum=True
+        )
+        self.final_div_factor = _checks.real(
+            owner, "final_div_factor", final_div_factor, minimum=0.0, open_minimum=True
+        )
         self.pct_start = _checks.real(owner, "pct_start", pct_start, minimum=0.0, maximum=1.0)
-        self.anneal_strategy = _checks.choice(owner, "anneal_strategy", anneal_strategy,
-                                              ("cos", "linear"))
+        self.anneal_strategy = _checks.choice(
+            owner, "anneal_strategy", anneal_strategy, ("cos", "linear")
+        )
         self.three_phase = _flag(owner, "three_phase", three_phase)
         self.cycle_momentum = _flag(owner, "cycle_momentum", cycle_momentum)
         # building one checks the phases (a zero-length phase would divide by zero)
-        OneCycle(self.total_steps, 0.0, 1.0, 0.0, self.pct_start, self.anneal_strategy,
-                 self.three_phase)
+        OneCycle(
+            self.total_steps, 0.0, 1.0, 0.0, self.pct_start, self.anneal_strategy, self.three_phase
+        )
         keys = ["lr"]
         bases = {"lr": [m / self.div_factor for m in self.max_lrs]}
         if self.cycle_momentum:
-            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups,
-                                 keys, bases)
+            self._cycle_momentum(owner, optimizer, base_momentum, max_momentum, groups, keys, bases)
         self._bind(optimizer, last_epoch, keys=keys, base_values=bases, overwrite_initial=True)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
@@ -454,27 +529,43 @@ class OneCycleLR(_MomentumCycler):
             final = initial / self.final_div_factor
         else:
             initial, peak, final = base, self.base_momentums[group_index], base
-        return OneCycle(self.total_steps, initial, peak, final, self.pct_start,
-                        self.anneal_strategy, self.three_phase)
+        return OneCycle(
+            self.total_steps,
+            initial,
+            peak,
+            final,
+            self.pct_start,
+            self.anneal_strategy,
+            self.three_phase,
+        )
 
     def _config(self) -> dict[str, Any]:
-        config = {"max_lr": self.max_lrs, "total_steps": self.total_steps,
-                  "pct_start": self.pct_start, "anneal_strategy": self.anneal_strategy,
-                  "cycle_momentum": self.cycle_momentum, "div_factor": self.div_factor,
-                  "final_div_factor": self.final_div_factor, "three_phase": self.three_phase}
+        config = {
+            "max_lr": self.max_lrs,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "anneal_strategy": self.anneal_strategy,
+            "cycle_momentum": self.cycle_momentum,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
+            "three_phase": self.three_phase,
+        }
         if self.cycle_momentum:
             config["base_momentum"] = self.base_momentums
         return config
 
 
-def _lr_lambdas(owner: str, optimizer: Any, lr_lambda: Any) -> list[tuple[Callable[[int], float],
-                                                                          str]]:
+def _lr_lambdas(
+    owner: str, optimizer: Any, lr_lambda: Any
+) -> list[tuple[Callable[[int], float], str]]:
     """``(function, label)`` per group from ``lr_lambda`` (one function, or one per group)."""
     groups = len(_param_groups(owner, optimizer))
     if isinstance(lr_lambda, list | tuple):
         if len(lr_lambda) != groups:
-            raise ValueError(f"{owner}: lr_lambda has {len(lr_lambda)} functions; expected "
-                             f"one per param group ({groups})")
+            raise ValueError(
+                f"{owner}: lr_lambda has {len(lr_lambda)} functions; expected "
+                f"one per param group ({groups})"
+            )
         pairs = [(fn, f"{owner}: lr_lambda[{i}]") for i, fn in enumerate(lr_lambda)]
     else:
         pairs = [(lr_lambda, f"{owner}: lr_lambda")] * groups
@@ -495,8 +586,12 @@ class LambdaLR(BaseScheduler):
         sched.load_state_dict(checkpoint["scheduler"])
     """
 
-    def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float]
-                 | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+        last_epoch: int = -1,
+    ) -> None:
         pairs = _lr_lambdas("LambdaLR", optimizer, lr_lambda)
         self.lr_lambdas = [fn for fn, _ in pairs]
         self._shapes = [Lambda(fn, label=label) for fn, label in pairs]
@@ -532,8 +627,12 @@ class MultiplicativeLR(BaseScheduler):
         [0.125]
     """
 
-    def __init__(self, optimizer: Any, lr_lambda: Callable[[int], float]
-                 | Sequence[Callable[[int], float]], last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+        last_epoch: int = -1,
+    ) -> None:
         self._pairs = _lr_lambdas("MultiplicativeLR", optimizer, lr_lambda)
         self.lr_lambdas = [fn for fn, _ in self._pairs]
         self._bind(optimizer, last_epoch)
@@ -542,8 +641,9 @@ class MultiplicativeLR(BaseScheduler):
         fn, label = self._pairs[group_index]
         return Multiplicative(fn, init=base, label=label)
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         """torch multiplies the current value by ``lr_lambda(step)`` (from step 1)."""
         if step == 0:
             return value
@@ -563,54 +663,78 @@ class SequentialLR(BaseScheduler):
     same optimizer, driving the learning rate only; their own step counts are not used.
     """
 
-    def __init__(self, optimizer: Any, schedulers: Sequence[BaseScheduler],
-                 milestones: Sequence[int], last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        schedulers: Sequence[BaseScheduler],
+        milestones: Sequence[int],
+        last_epoch: int = -1,
+    ) -> None:
         owner = "SequentialLR"
         if not isinstance(schedulers, list | tuple) or not schedulers:
-            raise ValueError(f"{owner}: schedulers={schedulers!r} is invalid; expected a "
-                             "non-empty list of schedulers")
+            raise ValueError(
+                f"{owner}: schedulers={schedulers!r} is invalid; expected a "
+                "non-empty list of schedulers"
+            )
         for i, scheduler in enumerate(schedulers):
             if not isinstance(scheduler, BaseScheduler):
-                raise TypeError(f"{owner}: schedulers[{i}] is a {type(scheduler).__name__}; "
-                                "expected a descent scheduler (descent.schedules)")
+                raise TypeError(
+                    f"{owner}: schedulers[{i}] is a {type(scheduler).__name__}; "
+                    "expected a descent scheduler (descent.schedules)"
+                )
             if scheduler.optimizer is not optimizer:
-                raise ValueError(f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) is "
-                                 "bound to another optimizer")
+                raise ValueError(
+                    f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) is "
+                    "bound to another optimizer"
+                )
             if scheduler.keys != ("lr",):
-                raise ValueError(f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) drives "
-                                 f"{list(scheduler.keys)}; SequentialLR sequences the lr only "
-                                 "(pass cycle_momentum=False)")
+                raise ValueError(
+                    f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) drives "
+                    f"{list(scheduler.keys)}; SequentialLR sequences the lr only "
+                    "(pass cycle_momentum=False)"
+                )
         self.milestones = _checks.increasing(owner, "milestones", milestones, minimum=1)
         if len(self.milestones) != len(schedulers) - 1:
-            raise ValueError(f"{owner}: milestones has {len(self.milestones)} entries for "
-                             f"{len(schedulers)} schedulers; expected {len(schedulers) - 1}")
+            raise ValueError(
+                f"{owner}: milestones has {len(self.milestones)} entries for "
+                f"{len(schedulers)} schedulers; expected {len(schedulers) - 1}"
+            )
         self._schedulers: list[BaseScheduler] = list(schedulers)
         self._bind(optimizer, last_epoch)
 
     def _build(self, key: str, group_index: int, base: float) -> Schedule:
         # Schedulers whose base values come from their arguments (CyclicLR, OneCycleLR)
         # keep them; the others start from this scheduler's (saved and loaded) base value.
-        parts = tuple(s._build(key, group_index, s.base_values[key][group_index]
-                               if s._explicit_bases else base) for s in self._schedulers)
+        parts = tuple(
+            s._build(
+                key, group_index, s.base_values[key][group_index] if s._explicit_bases else base
+            )
+            for s in self._schedulers
+        )
         return Join(parts, self.milestones)
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         """torch's: the active scheduler's step, which restarts (at its step 0) at a milestone."""
         index = bisect_right(self.milestones, step)
         start = self.milestones[index - 1] if index else 0
         if step == start:
             return schedule(step)
         part = self._schedulers[index]
-        part_base = (part.base_values[key][group_index] if part._explicit_bases else base)
+        part_base = part.base_values[key][group_index] if part._explicit_bases else base
         assert isinstance(schedule, Join)
-        return part._chain_step(key, group_index, schedule.schedules[index], part_base,
-                                step - start, value)
+        return part._chain_step(
+            key, group_index, schedule.schedules[index], part_base, step - start, value
+        )
 
     def _config(self) -> dict[str, Any]:
-        return {"milestones": list(self.milestones),
-                "schedulers": [{"scheduler": type(s).__name__, **s._config()}
-                               for s in self._schedulers]}
+        return {
+            "milestones": list(self.milestones),
+            "schedulers": [
+                {"scheduler": type(s).__name__, **s._config()} for s in self._schedulers
+            ],
+        }
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -664,26 +788,36 @@ class ChainedScheduler(BaseScheduler):
     def __init__(self, schedulers: Sequence[BaseScheduler], optimizer: Any = None) -> None:
         owner = "ChainedScheduler"
         if not isinstance(schedulers, list | tuple) or not schedulers:
-            raise ValueError(f"{owner}: schedulers={schedulers!r} is invalid; expected a "
-                             "non-empty list of schedulers")
+            raise ValueError(
+                f"{owner}: schedulers={schedulers!r} is invalid; expected a "
+                "non-empty list of schedulers"
+            )
         for i, scheduler in enumerate(schedulers):
             name = type(scheduler).__name__
             if isinstance(scheduler, TorchReduceLROnPlateau):
-                raise ValueError(f"{owner}: schedulers[{i}] is a {name}, which cannot be "
-                                 "chained: it steps on a metric (as in torch)")
+                raise ValueError(
+                    f"{owner}: schedulers[{i}] is a {name}, which cannot be "
+                    "chained: it steps on a metric (as in torch)"
+                )
             if isinstance(scheduler, LRScheduler) and not isinstance(scheduler, BaseScheduler):
-                raise TypeError(f"{owner}: schedulers[{i}] is torch's {name}; a chain computes "
-                                "its values from the step count, which a torch scheduler "
-                                f"cannot give (use descent.schedules.{name}, with the same "
-                                "arguments)")
+                raise TypeError(
+                    f"{owner}: schedulers[{i}] is torch's {name}; a chain computes "
+                    "its values from the step count, which a torch scheduler "
+                    f"cannot give (use descent.schedules.{name}, with the same "
+                    "arguments)"
+                )
             if not isinstance(scheduler, BaseScheduler):
-                raise TypeError(f"{owner}: schedulers[{i}] is a {name}; expected a descent "
-                                "scheduler (descent.schedules)")
+                raise TypeError(
+                    f"{owner}: schedulers[{i}] is a {name}; expected a descent "
+                    "scheduler (descent.schedules)"
+                )
         optimizer = schedulers[0].optimizer if optimizer is None else optimizer
         for i, scheduler in enumerate(schedulers):
             if scheduler.optimizer is not optimizer:
-                raise ValueError(f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) is "
-                                 "bound to another optimizer")
+                raise ValueError(
+                    f"{owner}: schedulers[{i}] ({type(scheduler).__name__}) is "
+                    "bound to another optimizer"
+                )
         keys = list(dict.fromkeys(key for s in schedulers for key in s.keys))
         keys.sort(key=lambda key: key != "lr")
         self._schedulers: list[BaseScheduler] = list(schedulers)
@@ -694,33 +828,40 @@ class ChainedScheduler(BaseScheduler):
         for scheduler in self._schedulers:
             if key not in scheduler.keys:
                 continue
-            part_base = (scheduler.base_values[key][group_index] if scheduler._explicit_bases
-                         else base)
+            part_base = (
+                scheduler.base_values[key][group_index] if scheduler._explicit_bases else base
+            )
             schedule = scheduler._build(key, group_index, part_base)
-            updates.append(functools.partial(scheduler._chain_step, key, group_index, schedule,
-                                             part_base))
+            updates.append(
+                functools.partial(scheduler._chain_step, key, group_index, schedule, part_base)
+            )
         return _Chain(tuple(updates), base)
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         assert isinstance(schedule, _Chain)
         return schedule._advance(step, value)
 
     def _config(self) -> dict[str, Any]:
-        return {"schedulers": [{"scheduler": type(s).__name__, **s._config()}
-                               for s in self._schedulers]}
+        return {
+            "schedulers": [{"scheduler": type(s).__name__, **s._config()} for s in self._schedulers]
+        }
 
     def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
         return "descent" not in state_dict and "_schedulers" in state_dict
 
-    def _read_torch_state(self, owner: str,
-                          state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
+    def _read_torch_state(
+        self, owner: str, state: Mapping[str, Any]
+    ) -> tuple[int, dict[str, list[float]]]:
         """torch's chain state: its schedulers' states, which must agree on the step."""
         parts = state["_schedulers"]
         if not isinstance(parts, list | tuple) or len(parts) != len(self._schedulers):
-            raise ValueError(f"{owner}: _schedulers holds "
-                             f"{len(parts) if isinstance(parts, list | tuple) else parts!r} "
-                             f"states; this chain has {len(self._schedulers)} schedulers")
+            raise ValueError(
+                f"{owner}: _schedulers holds "
+                f"{len(parts) if isinstance(parts, list | tuple) else parts!r} "
+                f"states; this chain has {len(self._schedulers)} schedulers"
+            )
         read: list[tuple[int, dict[str, list[float]]]] = []
         for i, (scheduler, part) in enumerate(zip(self._schedulers, parts, strict=True)):
             if not isinstance(part, Mapping) or "base_lrs" not in part:
@@ -728,7 +869,7 @@ class ChainedScheduler(BaseScheduler):
             read.append(scheduler._read_torch_state(f"{owner}: _schedulers[{i}]", part))
         steps = {step for step, _ in read}
         if len(steps) != 1:
-            raise ValueError(f"{owner}: the chained schedulers were saved at different steps "
-                             f"{sorted(steps)}")
+            raise ValueError(
+                f"{owner}: the chained schedulers were saved at different steps {sorted(steps)}"
+            )
         return read[0]
-

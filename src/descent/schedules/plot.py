@@ -29,14 +29,22 @@ def _curves(label: str, item: Any, steps: range) -> list[tuple[str, list[float]]
                 name = name if groups == 1 else f"{name} (group {gi})"
                 curves.append((name, [values[gi] for values in per_step]))
         return curves
-    raise TypeError(f"plot: {label}={item!r} has type {type(item).__name__}; expected a "
-                    "Schedule or a descent scheduler (ReduceLROnPlateau depends on metrics "
-                    "and cannot be plotted ahead)")
+    raise TypeError(
+        f"plot: {label}={item!r} has type {type(item).__name__}; expected a "
+        "Schedule or a descent scheduler (ReduceLROnPlateau depends on metrics "
+        "and cannot be plotted ahead)"
+    )
 
 
-def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any], steps: int,
-         path: str | os.PathLike[str] | None = None, *, title: str | None = None,
-         log_scale: bool = False, columns: int = 1) -> Figure:
+def plot(
+    schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any],
+    steps: int,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    title: str | None = None,
+    log_scale: bool = False,
+    columns: int = 1,
+) -> Figure:
     """Plot one or more schedules (or schedulers) over ``steps`` steps; return the figure,
     saved as an image (PNG for ``.png``) at ``path`` when one is given.
 
@@ -65,8 +73,10 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
     elif isinstance(schedules, ReduceLROnPlateau):
         items = [("ReduceLROnPlateau", schedules)]
     else:
-        raise TypeError(f"plot: schedules={schedules!r} is invalid; expected a schedule, a "
-                        "scheduler, or a list or dict of them")
+        raise TypeError(
+            f"plot: schedules={schedules!r} is invalid; expected a schedule, a "
+            "scheduler, or a list or dict of them"
+        )
     if not items:
         raise ValueError("plot: schedules is empty; expected at least one schedule")
     curves = [(label, _curves(label, item, range(count))) for label, item in items]
@@ -75,8 +85,10 @@ def plot(schedules: Schedule | BaseScheduler | Sequence[Any] | Mapping[str, Any]
         import matplotlib  # noqa: F401  (a clear error when it is missing)
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plot needs matplotlib, which is not installed; install it with "
-                          "pip install matplotlib (or pip install \"descent[demo]\")") from None
+        raise ImportError(
+            "plot needs matplotlib, which is not installed; install it with "
+            'pip install matplotlib (or pip install "descent[demo]")'
+        ) from None
 
     panels = curves if columns > 1 else [(title or "", [c for _, cs in curves for c in cs])]
     rows = -(-len(panels) // columns)

@@ -55,9 +55,11 @@ class GroupKey:
     def __init__(self, owner: str, spec: str) -> None:
         match = _KEY_PATTERN.match(spec) if isinstance(spec, str) else None
         if match is None:
-            raise ValueError(f"{owner}: key={spec!r} is invalid; expected a param group "
-                             "option name such as 'lr', 'momentum', 'weight_decay' or "
-                             "'betas[0]'")
+            raise ValueError(
+                f"{owner}: key={spec!r} is invalid; expected a param group "
+                "option name such as 'lr', 'momentum', 'weight_decay' or "
+                "'betas[0]'"
+            )
         self.spec = spec
         self.name = match.group(1)
         self.index = None if match.group(2) is None else int(match.group(2))
@@ -72,21 +74,28 @@ class GroupKey:
         for gi, group in enumerate(groups):
             if self.name not in group:
                 options = sorted(k for k in group if k != "params")
-                raise ValueError(f"{owner}: param_groups[{gi}] has no {self.name!r} option to "
-                                 f"schedule (key={self.spec!r}); the group has {options}")
+                raise ValueError(
+                    f"{owner}: param_groups[{gi}] has no {self.name!r} option to "
+                    f"schedule (key={self.spec!r}); the group has {options}"
+                )
             value = group[self.name]
-            if self.index is not None and (not isinstance(value, tuple | list)
-                                           or self.index >= len(value)):
-                raise ValueError(f"{owner}: param_groups[{gi}][{self.name!r}]={value!r} has no "
-                                 f"element {self.index} (key={self.spec!r})")
+            if self.index is not None and (
+                not isinstance(value, tuple | list) or self.index >= len(value)
+            ):
+                raise ValueError(
+                    f"{owner}: param_groups[{gi}][{self.name!r}]={value!r} has no "
+                    f"element {self.index} (key={self.spec!r})"
+                )
             element = value if self.index is None else value[self.index]
             try:
                 if isinstance(element, bool) or element is None:
                     raise TypeError
                 self.get(group)
             except (TypeError, ValueError):
-                raise TypeError(f"{owner}: param_groups[{gi}] has {self.spec}={value!r}, which "
-                                "is not a number and cannot be scheduled") from None
+                raise TypeError(
+                    f"{owner}: param_groups[{gi}] has {self.spec}={value!r}, which "
+                    "is not a number and cannot be scheduled"
+                ) from None
 
     def get(self, group: Mapping[str, Any]) -> float:
         value = group[self.name]
@@ -114,8 +123,10 @@ class GroupKey:
 def _param_groups(owner: str, optimizer: Any) -> list[dict[str, Any]]:
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
-        raise TypeError(f"{owner}: optimizer={type(optimizer).__name__} is invalid; expected an "
-                        "optimizer with a non-empty list of param_groups dicts")
+        raise TypeError(
+            f"{owner}: optimizer={type(optimizer).__name__} is invalid; expected an "
+            "optimizer with a non-empty list of param_groups dicts"
+        )
     return groups
 
 
@@ -174,9 +185,14 @@ class BaseScheduler(LRScheduler):
 
     keys: tuple[str, ...] = ("lr",)
 
-    def _bind(self, optimizer: Any, last_epoch: int, keys: Sequence[str] = ("lr",),
-              base_values: Mapping[str, list[float]] | None = None,
-              overwrite_initial: bool = False) -> None:
+    def _bind(
+        self,
+        optimizer: Any,
+        last_epoch: int,
+        keys: Sequence[str] = ("lr",),
+        base_values: Mapping[str, list[float]] | None = None,
+        overwrite_initial: bool = False,
+    ) -> None:
         """Attach to ``optimizer``, read the base values and write the values at the first step.
 
         Base values are, per group, ``group["initial_<key>"]`` when the group has it (left
@@ -197,8 +213,10 @@ class BaseScheduler(LRScheduler):
             if base_values is not None and key.spec in base_values:
                 bases[key.spec] = [float(v) for v in base_values[key.spec]]
             elif last_epoch == -1:
-                bases[key.spec] = [float(g[key.initial_name]) if key.initial_name in g
-                                   else key.get(g) for g in groups]
+                bases[key.spec] = [
+                    float(g[key.initial_name]) if key.initial_name in g else key.get(g)
+                    for g in groups
+                ]
             else:
                 missing = [gi for gi, g in enumerate(groups) if key.initial_name not in g]
                 if missing:
@@ -206,11 +224,13 @@ class BaseScheduler(LRScheduler):
                         f"{owner}: last_epoch={last_epoch} resumes a schedule, but "
                         f"param_groups{missing} have no {key.initial_name!r}; load the "
                         "optimizer's state dict first, or build the scheduler with "
-                        "last_epoch=-1 and load the scheduler's state dict")
+                        "last_epoch=-1 and load the scheduler's state dict"
+                    )
                 bases[key.spec] = [float(g[key.initial_name]) for g in groups]
             for gi, value in enumerate(bases[key.spec]):
-                _checks.real(owner, f"base value of {key.spec!r} in param_groups[{gi}]", value,
-                             minimum=0.0)
+                _checks.real(
+                    owner, f"base value of {key.spec!r} in param_groups[{gi}]", value, minimum=0.0
+                )
         self.optimizer = optimizer
         self._optimizer_steps_at_bind = _optimizer_steps(optimizer)
         self._first_step_done = False
@@ -237,8 +257,9 @@ class BaseScheduler(LRScheduler):
         """The scheduler's arguments, as saved in (and checked against) state dicts."""
         raise NotImplementedError
 
-    def _chain_step(self, key: str, group_index: int, schedule: Schedule, base: float,
-                    step: int, value: float) -> float:
+    def _chain_step(
+        self, key: str, group_index: int, schedule: Schedule, base: float, step: int, value: float
+    ) -> float:
         """torch's step-by-step form of this scheduler: the value at ``step`` from ``value``.
 
         ``schedule`` is this scheduler's schedule of option ``key`` in group
@@ -255,20 +276,25 @@ class BaseScheduler(LRScheduler):
     # ------------------------------------------------------------------ values
 
     def _build_all(self, bases: Mapping[str, list[float]]) -> dict[str, list[Schedule]]:
-        return {key: [self._build(key, gi, base) for gi, base in enumerate(values)]
-                for key, values in bases.items()}
+        return {
+            key: [self._build(key, gi, base) for gi, base in enumerate(values)]
+            for key, values in bases.items()
+        }
 
-    def _values_from(self, schedules: Mapping[str, list[Schedule]],
-                     step: int) -> dict[str, list[float]]:
+    def _values_from(
+        self, schedules: Mapping[str, list[Schedule]], step: int
+    ) -> dict[str, list[float]]:
         owner = type(self).__name__
         values: dict[str, list[float]] = {}
         for key, per_group in schedules.items():
             values[key] = [schedule(step) for schedule in per_group]
             for gi, value in enumerate(values[key]):
                 if not (math.isfinite(value) and value >= 0):
-                    raise ValueError(f"{owner}: the schedule gives {key}={value!r} for "
-                                     f"param_groups[{gi}] at step {step}; expected a finite "
-                                     "number >= 0")
+                    raise ValueError(
+                        f"{owner}: the schedule gives {key}={value!r} for "
+                        f"param_groups[{gi}] at step {step}; expected a finite "
+                        "number >= 0"
+                    )
         return values
 
     def _commit(self, step: int, values: Mapping[str, list[float]]) -> None:
@@ -276,9 +302,11 @@ class BaseScheduler(LRScheduler):
         owner = type(self).__name__
         for key in self._keys:
             if len(values[key.spec]) != len(groups):
-                raise ValueError(f"{owner}: the optimizer now has {len(groups)} param groups, "
-                                 f"the scheduler was built for {len(values[key.spec])}; "
-                                 "build a new scheduler after add_param_group")
+                raise ValueError(
+                    f"{owner}: the optimizer now has {len(groups)} param groups, "
+                    f"the scheduler was built for {len(values[key.spec])}; "
+                    "build a new scheduler after add_param_group"
+                )
         for key in self._keys:
             for group, value in zip(groups, values[key.spec], strict=True):
                 key.set(group, value)
@@ -299,8 +327,10 @@ class BaseScheduler(LRScheduler):
         if key is None:
             return self.keys[0]
         if key not in self._schedules:
-            raise ValueError(f"{type(self).__name__}: key={key!r} is not scheduled here; "
-                             f"this scheduler drives {list(self.keys)}")
+            raise ValueError(
+                f"{type(self).__name__}: key={key!r} is not scheduled here; "
+                f"this scheduler drives {list(self.keys)}"
+            )
         return key
 
     @property
@@ -337,8 +367,11 @@ class BaseScheduler(LRScheduler):
         call warns, as torch's schedulers do, if the optimizer has not stepped since the
         scheduler was built.
         """
-        target = self._step + 1 if epoch is None else _checks.integer(
-            type(self).__name__, "epoch", epoch, minimum=0)
+        target = (
+            self._step + 1
+            if epoch is None
+            else _checks.integer(type(self).__name__, "epoch", epoch, minimum=0)
+        )
         self._commit(target, self._values_from(self._schedules, target))
         if not self._first_step_done:
             self._first_step_done = True
@@ -360,7 +393,9 @@ class BaseScheduler(LRScheduler):
                 "call `optimizer.step()` first, then `scheduler.step()`; stepping the "
                 "scheduler first skips the first value of the schedule. See "
                 "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
-                UserWarning, stacklevel=3)
+                UserWarning,
+                stacklevel=3,
+            )
 
     # floats only: a narrower list than torch's list[float | Tensor]
     def get_lr(self) -> list[float]:  # type: ignore[override]
@@ -390,10 +425,12 @@ class BaseScheduler(LRScheduler):
         ``config`` records the arguments (schedules built from user functions by their
         name only), so that loading into a scheduler built differently is refused.
         """
-        return {"descent": {"scheduler": type(self).__name__, "format_version": FORMAT_VERSION},
-                "last_epoch": self._step,
-                "base_values": {key: list(values) for key, values in self.base_values.items()},
-                "config": self._config()}
+        return {
+            "descent": {"scheduler": type(self).__name__, "format_version": FORMAT_VERSION},
+            "last_epoch": self._step,
+            "base_values": {key: list(values) for key, values in self.base_values.items()},
+            "config": self._config(),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state dict after checking all of it, then write that step's values.
@@ -412,8 +449,9 @@ class BaseScheduler(LRScheduler):
         """Raise what :meth:`load_state_dict` would raise, without changing anything."""
         self._checked_state(state_dict)
 
-    def _checked_state(self, state_dict: Any) -> tuple[int, dict[str, list[float]],
-                                                         dict[str, list[Schedule]]]:
+    def _checked_state(
+        self, state_dict: Any
+    ) -> tuple[int, dict[str, list[float]], dict[str, list[Schedule]]]:
         owner = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{owner}: expected a dict, got {type(state_dict).__name__}")
@@ -429,8 +467,9 @@ class BaseScheduler(LRScheduler):
     def _is_torch_state(self, state_dict: Mapping[str, Any]) -> bool:
         return "descent" not in state_dict and "base_lrs" in state_dict
 
-    def _read_state(self, owner: str,
-                    state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
+    def _read_state(
+        self, owner: str, state: Mapping[str, Any]
+    ) -> tuple[int, dict[str, list[float]]]:
         missing = _STATE_KEYS - set(state)
         if missing:
             raise ValueError(f"{owner}: the state dict lacks {sorted(missing)}")
@@ -440,44 +479,61 @@ class BaseScheduler(LRScheduler):
         meta = state["descent"]
         saved_type = meta.get("scheduler") if isinstance(meta, Mapping) else None
         if saved_type != type(self).__name__:
-            raise ValueError(f"{owner}: the state dict is from scheduler {saved_type!r}, not "
-                             f"{type(self).__name__!r}")
+            raise ValueError(
+                f"{owner}: the state dict is from scheduler {saved_type!r}, not "
+                f"{type(self).__name__!r}"
+            )
         version = meta.get("format_version")
-        if isinstance(version, bool) or not isinstance(version, int) or not (
-                1 <= version <= FORMAT_VERSION):
-            raise ValueError(f"{owner}: format_version={version!r} is not supported; expected "
-                             f"an integer from 1 to {FORMAT_VERSION}")
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not (1 <= version <= FORMAT_VERSION)
+        ):
+            raise ValueError(
+                f"{owner}: format_version={version!r} is not supported; expected "
+                f"an integer from 1 to {FORMAT_VERSION}"
+            )
         step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=-1)
         saved_bases = state["base_values"]
         if not isinstance(saved_bases, Mapping) or set(saved_bases) != set(self.keys):
             found = sorted(saved_bases) if isinstance(saved_bases, Mapping) else saved_bases
-            raise ValueError(f"{owner}: base_values has keys {found!r}; this scheduler drives "
-                             f"{list(self.keys)}")
-        bases = {key: self._read_bases(owner, f"base_values[{key!r}]", saved_bases[key])
-                 for key in self.keys}
+            raise ValueError(
+                f"{owner}: base_values has keys {found!r}; this scheduler drives {list(self.keys)}"
+            )
+        bases = {
+            key: self._read_bases(owner, f"base_values[{key!r}]", saved_bases[key])
+            for key in self.keys
+        }
         self._compare_config(owner, state["config"])
         return step, bases
 
-    def _read_torch_state(self, owner: str,
-                          state: Mapping[str, Any]) -> tuple[int, dict[str, list[float]]]:
+    def _read_torch_state(
+        self, owner: str, state: Mapping[str, Any]
+    ) -> tuple[int, dict[str, list[float]]]:
         if self.keys != ("lr",):
-            raise ValueError(f"{owner}: a torch scheduler state dict holds learning rates only; "
-                             f"this scheduler also drives {list(self.keys[1:])}")
+            raise ValueError(
+                f"{owner}: a torch scheduler state dict holds learning rates only; "
+                f"this scheduler also drives {list(self.keys[1:])}"
+            )
         if "last_epoch" not in state:
             raise ValueError(f"{owner}: the torch state dict lacks 'last_epoch'")
         step = _checks.integer(owner, "last_epoch", state["last_epoch"], minimum=-1)
         config = self._config()
         for name, value in state.items():
             if name in config and _plain(value) != config[name]:
-                raise ValueError(f"{owner}: the state dict was saved with {name}="
-                                 f"{_plain(value)!r}, this scheduler has {name}={config[name]!r}")
+                raise ValueError(
+                    f"{owner}: the state dict was saved with {name}="
+                    f"{_plain(value)!r}, this scheduler has {name}={config[name]!r}"
+                )
         return step, {"lr": self._read_bases(owner, "base_lrs", state["base_lrs"])}
 
     def _read_bases(self, owner: str, name: str, values: Any) -> list[float]:
         groups = len(self.optimizer.param_groups)
         if not isinstance(values, list | tuple) or len(values) != groups:
-            raise ValueError(f"{owner}: {name}={values!r} is invalid; expected a list of "
-                             f"{groups} numbers, one per param group")
+            raise ValueError(
+                f"{owner}: {name}={values!r} is invalid; expected a list of "
+                f"{groups} numbers, one per param group"
+            )
         return [_checks.real(owner, f"{name}[{i}]", v, minimum=0.0) for i, v in enumerate(values)]
 
     def _compare_config(self, owner: str, saved: Any) -> None:
@@ -485,14 +541,17 @@ class BaseScheduler(LRScheduler):
         if not isinstance(saved, Mapping):
             raise ValueError(f"{owner}: config has type {type(saved).__name__}; expected a dict")
         missing = "<missing>"
-        differences = [f"{name}: saved {saved.get(name, missing)!r}, here "
-                       f"{config.get(name, missing)!r}"
-                       for name in sorted(set(saved) | set(config))
-                       if saved.get(name, missing) != config.get(name, missing)]
+        differences = [
+            f"{name}: saved {saved.get(name, missing)!r}, here {config.get(name, missing)!r}"
+            for name in sorted(set(saved) | set(config))
+            if saved.get(name, missing) != config.get(name, missing)
+        ]
         if differences:
-            raise ValueError(f"{owner}: the state dict was saved by a scheduler built with other "
-                             f"arguments ({'; '.join(differences)}); build the scheduler with the "
-                             "saved arguments")
+            raise ValueError(
+                f"{owner}: the state dict was saved by a scheduler built with other "
+                f"arguments ({'; '.join(differences)}); build the scheduler with the "
+                "saved arguments"
+            )
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{name}={value!r}" for name, value in self._config().items())
@@ -504,8 +563,10 @@ def _as_schedule(owner: str, name: str, value: Any) -> Schedule:
         return value
     if callable(value):
         return Lambda(value, label=f"{owner}: {name}")
-    raise TypeError(f"{owner}: {name}={value!r} has type {type(value).__name__}; expected a "
-                    "Schedule or a function of the step")
+    raise TypeError(
+        f"{owner}: {name}={value!r} has type {type(value).__name__}; expected a "
+        "Schedule or a function of the step"
+    )
 
 
 class Scheduler(BaseScheduler):
@@ -538,17 +599,26 @@ class Scheduler(BaseScheduler):
     ``load_state_dict``.
     """
 
-    def __init__(self, optimizer: Any, schedule: Schedule | Callable[[int], float]
-                 | Sequence[Schedule | Callable[[int], float]], key: str = "lr", *,
-                 relative: bool = True, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        schedule: Schedule | Callable[[int], float] | Sequence[Schedule | Callable[[int], float]],
+        key: str = "lr",
+        *,
+        relative: bool = True,
+        last_epoch: int = -1,
+    ) -> None:
         owner = type(self).__name__
         groups = _param_groups(owner, optimizer)
         if isinstance(schedule, list | tuple):
             if len(schedule) != len(groups):
-                raise ValueError(f"{owner}: schedule has {len(schedule)} entries; expected one "
-                                 f"per param group ({len(groups)})")
-            self._group_schedules = [_as_schedule(owner, f"schedule[{i}]", s)
-                                     for i, s in enumerate(schedule)]
+                raise ValueError(
+                    f"{owner}: schedule has {len(schedule)} entries; expected one "
+                    f"per param group ({len(groups)})"
+                )
+            self._group_schedules = [
+                _as_schedule(owner, f"schedule[{i}]", s) for i, s in enumerate(schedule)
+            ]
         else:
             self._group_schedules = [_as_schedule(owner, "schedule", schedule)] * len(groups)
         if not isinstance(relative, bool):
@@ -561,5 +631,8 @@ class Scheduler(BaseScheduler):
         return Scale(schedule, base) if self.relative else schedule
 
     def _config(self) -> dict[str, Any]:
-        return {"key": self.keys[0], "relative": self.relative,
-                "schedule": [repr(s) for s in self._group_schedules]}
+        return {
+            "key": self.keys[0],
+            "relative": self.relative,
+            "schedule": [repr(s) for s in self._group_schedules],
+        }

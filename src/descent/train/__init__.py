@@ -26,7 +26,20 @@ from .supervised import accuracy as accuracy
 
 # What ``from descent.train import *`` (and so the top-level ``descent`` package) exports.
 __all__ = [
-    "AdversarialTrainer", "CSVLogger", "Callback", "EarlyStopping", "History", "JSONLogger",
-    "LRFinderResult", "LRMonitor", "NonFiniteError", "ProgressBar", "RecurrentTrainer",
-    "SupervisedTrainer", "Trainer", "lr_find", "lr_find_demo", "param_groups",
+    "AdversarialTrainer",
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "JSONLogger",
+    "LRFinderResult",
+    "LRMonitor",
+    "NonFiniteError",
+    "ProgressBar",
+    "RecurrentTrainer",
+    "SupervisedTrainer",
+    "Trainer",
+    "lr_find",
+    "lr_find_demo",
+    "param_groups",
 ]

@@ -53,8 +53,11 @@ def batch_length(value: Any) -> int:
 
 def count_targets(loss: Any, target: Any) -> float:
     """How many target values ``loss`` averages over for ``target`` (see the module doc)."""
-    if isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss) and isinstance(target, torch.Tensor) \
-            and not target.is_floating_point():
+    if (
+        isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss)
+        and isinstance(target, torch.Tensor)
+        and not target.is_floating_point()
+    ):
         counted = target[target != loss.ignore_index]
         if loss.weight is not None:
             return float(loss.weight[counted].sum())
@@ -68,8 +71,10 @@ def check_normalize_by(owner: str, value: Any) -> str | Counter:
     if callable(value) and not isinstance(value, str):
         return cast(Counter, value)
     if value not in NORMALIZE_BY:
-        raise ValueError(f"{owner}: normalize_by={value!r}; expected 'samples', 'targets' or a "
-                         "callable count(target) -> number")
+        raise ValueError(
+            f"{owner}: normalize_by={value!r}; expected 'samples', 'targets' or a "
+            "callable count(target) -> number"
+        )
     return cast(str, value)  # one of NORMALIZE_BY
 
 
@@ -83,8 +88,10 @@ def count(owner: str, normalize_by: str | Counter, loss: Any, target: Any) -> fl
     value = normalize_by(target)
     number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
     if isinstance(number, bool) or not isinstance(number, int | float) or not number >= 0:
-        raise ValueError(f"{owner}: normalize_by returned {value!r} for a batch; expected a "
-                         "number >= 0 (the items the loss averages over)")
+        raise ValueError(
+            f"{owner}: normalize_by returned {value!r} for a batch; expected a "
+            "number >= 0 (the items the loss averages over)"
+        )
     return float(number)
 
 

@@ -112,20 +112,37 @@ class AdversarialTrainer(Trainer):
     Gulrajani et al., "Improved Training of Wasserstein GANs", NeurIPS 2017.
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, g_optimizer: Any,
-                 d_optimizer: Any, *, latent_dim: int, batch_size: int = 64, epochs: int = 10,
-                 n_critic: int = 1, loss: str = "nonsaturating", gp_weight: float = 10.0,
-                 g_scheduler: Any = None, d_scheduler: Any = None,
-                 clip_grad_norm: float | None = None, callbacks: Iterable[Callback] = (),
-                 shuffle: bool = True, drop_last: bool = True,
-                 gradient_accumulation_steps: int = 1, **options: Any) -> None:
-        super().__init__(epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm,
-                         **options)
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        g_optimizer: Any,
+        d_optimizer: Any,
+        *,
+        latent_dim: int,
+        batch_size: int = 64,
+        epochs: int = 10,
+        n_critic: int = 1,
+        loss: str = "nonsaturating",
+        gp_weight: float = 10.0,
+        g_scheduler: Any = None,
+        d_scheduler: Any = None,
+        clip_grad_norm: float | None = None,
+        callbacks: Iterable[Callback] = (),
+        shuffle: bool = True,
+        drop_last: bool = True,
+        gradient_accumulation_steps: int = 1,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm, **options
+        )
         owner = type(self).__name__
         for name, module in (("generator", generator), ("discriminator", discriminator)):
             if not isinstance(module, nn.Module):
-                raise TypeError(f"{owner}: {name} is a {type(module).__name__}; expected an "
-                                "nn.Module")
+                raise TypeError(
+                    f"{owner}: {name} is a {type(module).__name__}; expected an nn.Module"
+                )
         self.generator, self.discriminator = generator, discriminator
         self.g_optimizer = check_optimizer(owner, "g_optimizer", g_optimizer)
         self.d_optimizer = check_optimizer(owner, "d_optimizer", d_optimizer)
@@ -135,11 +152,16 @@ class AdversarialTrainer(Trainer):
         self.latent_dim = check_positive_int(owner, "latent_dim", latent_dim)
         self.batch_size = check_positive_int(owner, "batch_size", batch_size)
         self.n_critic = check_positive_int(owner, "n_critic", n_critic)
-        self.accumulation = check_positive_int(owner, "gradient_accumulation_steps",
-                                               gradient_accumulation_steps)
+        self.accumulation = check_positive_int(
+            owner, "gradient_accumulation_steps", gradient_accumulation_steps
+        )
         self.loss = check_choice(owner, "loss", loss, LOSSES)
-        if isinstance(gp_weight, bool) or not isinstance(gp_weight, int | float) \
-                or not gp_weight >= 0 or not math.isfinite(gp_weight):
+        if (
+            isinstance(gp_weight, bool)
+            or not isinstance(gp_weight, int | float)
+            or not gp_weight >= 0
+            or not math.isfinite(gp_weight)
+        ):
             raise ValueError(f"{owner}: gp_weight={gp_weight!r}; expected a finite number >= 0")
         self.gp_weight = float(gp_weight)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
@@ -160,8 +182,10 @@ class AdversarialTrainer(Trainer):
     def check_counters(self, loop: Any) -> None:
         super().check_counters(loop)
         if loop.critic_steps >= self.n_critic:
-            raise ValueError(f"loop counter critic_steps={loop.critic_steps}; expected less "
-                             f"than n_critic={self.n_critic}")
+            raise ValueError(
+                f"loop counter critic_steps={loop.critic_steps}; expected less "
+                f"than n_critic={self.n_critic}"
+            )
 
     def loop_plan(self) -> dict[str, Any]:
         return {**super().loop_plan(), "n_critic": self.n_critic}
@@ -185,17 +209,22 @@ class AdversarialTrainer(Trainer):
         g_params = {id(p) for p in self.generator.parameters()}
         d_params = {id(p) for p in self.discriminator.parameters()}
         if g_params & d_params:
-            raise ValueError(f"{owner}: the generator and the discriminator share "
-                             f"{len(g_params & d_params)} parameter(s); each network needs its own")
+            raise ValueError(
+                f"{owner}: the generator and the discriminator share "
+                f"{len(g_params & d_params)} parameter(s); each network needs its own"
+            )
         for name, optimizer, mine, network in (
-                ("g_optimizer", self.g_optimizer, g_params, "generator"),
-                ("d_optimizer", self.d_optimizer, d_params, "discriminator")):
+            ("g_optimizer", self.g_optimizer, g_params, "generator"),
+            ("d_optimizer", self.d_optimizer, d_params, "discriminator"),
+        ):
             for g, group in enumerate(optimizer.param_groups):
                 for i, param in enumerate(group["params"]):
                     if id(param) not in mine:
-                        raise ValueError(f"{owner}: {name} param_groups[{g}]['params'][{i}] is "
-                                         f"not a parameter of the {network}; each optimizer must "
-                                         "update its own network only")
+                        raise ValueError(
+                            f"{owner}: {name} param_groups[{g}]['params'][{i}] is "
+                            f"not a parameter of the {network}; each optimizer must "
+                            "update its own network only"
+                        )
 
     def optimizers(self) -> dict[str, Any]:
         return {"g": self.g_optimizer, "d": self.d_optimizer}
@@ -220,10 +249,15 @@ class AdversarialTrainer(Trainer):
 
     def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
         state = extra.get("noise_generator") if isinstance(extra, Mapping) else None
-        if set(extra) != {"noise_generator"} or not isinstance(state, torch.Tensor) \
-                or state.dtype != torch.uint8:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: 'extra' must hold "
-                             "'noise_generator', a uint8 tensor (torch.Generator state)")
+        if (
+            set(extra) != {"noise_generator"}
+            or not isinstance(state, torch.Tensor)
+            or state.dtype != torch.uint8
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: 'extra' must hold "
+                "'noise_generator', a uint8 tensor (torch.Generator state)"
+            )
 
     def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
         self.noise_generator.set_state(extra["noise_generator"].clone())
@@ -238,9 +272,14 @@ class AdversarialTrainer(Trainer):
         ``resume=True`` continues from the latest checkpoint in ``checkpoint_dir``, as
         in :meth:`SupervisedTrainer.train`.
         """
-        batches = self.make_batches(data, batch_size=self.batch_size, shuffle=self.shuffle,
-                                    drop_last=self.drop_last, require_targets=False,
-                                    x_name="data")
+        batches = self.make_batches(
+            data,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            require_targets=False,
+            x_name="data",
+        )
         return self._fit(self.model, batches, epochs, resume=resume)
 
     @torch.no_grad()
@@ -269,8 +308,9 @@ class AdversarialTrainer(Trainer):
         """Noise for ``n`` samples: standard normal ``(n, latent_dim)``, seeded stream."""
         return torch.randn(n, self.latent_dim, generator=self.noise_generator).to(self._device())
 
-    def discriminator_loss(self, real_scores: torch.Tensor,
-                           fake_scores: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real_scores: torch.Tensor, fake_scores: torch.Tensor
+    ) -> torch.Tensor:
         """The discriminator's loss without the gradient penalty."""
         if self.loss == "nonsaturating":
             return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
@@ -282,8 +322,9 @@ class AdversarialTrainer(Trainer):
             return F.softplus(-fake_scores).mean()
         return -fake_scores.mean()
 
-    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor,
-                         epsilon: torch.Tensor | None = None) -> torch.Tensor:
+    def gradient_penalty(
+        self, real: torch.Tensor, fake: torch.Tensor, epsilon: torch.Tensor | None = None
+    ) -> torch.Tensor:
         r""":math:`\mathbb E[(\lVert\nabla_{\hat x} D(\hat x)\rVert_2 - 1)^2]` on random
         interpolates :math:`\hat x` of real and generated samples (without the weight).
 
@@ -303,8 +344,9 @@ class AdversarialTrainer(Trainer):
         """A batch's real samples (its weight within its window)."""
         return float(batch_length(_real(batch)))
 
-    def train_batch(self, model: nn.Module, batch: Any, index: int,
-                    n_batches: int | None) -> dict[str, float]:
+    def train_batch(
+        self, model: nn.Module, batch: Any, index: int, n_batches: int | None
+    ) -> dict[str, float]:
         """One micro-batch of the discriminator's window; after the window's last, a
         discriminator step, and after every ``n_critic`` of those a generator step."""
         real = _real(batch)
@@ -341,7 +383,8 @@ class AdversarialTrainer(Trainer):
                 logs["wasserstein"] = float((real_scores.mean() - fake_scores.mean()).detach())
                 if self.gp_weight:
                     penalty = self.gradient_penalty(
-                        real, fake.to(real.dtype), None if epsilon is None else epsilon[rows])
+                        real, fake.to(real.dtype), None if epsilon is None else epsilon[rows]
+                    )
                     logs["gradient_penalty"] = float(penalty.detach())
                     loss = loss + self.gp_weight * penalty
         logs["d_loss"] = self._note_loss(loss, index)
@@ -359,10 +402,16 @@ class AdversarialTrainer(Trainer):
         The samples come in micro-batches of the sizes of the discriminator's window
         (when it held ``n`` samples), each loss weighted by its share."""
         state, window = self.state, self.window
-        sizes = ([int(c) for c in window.counts] if window is not None
-                 and int(sum(window.counts)) == n else [n])
-        scale = window.scale if window is not None and len(sizes) == window.size \
+        sizes = (
+            [int(c) for c in window.counts]
+            if window is not None and int(sum(window.counts)) == n
+            else [n]
+        )
+        scale = (
+            window.scale
+            if window is not None and len(sizes) == window.size
             else (lambda count: count / n)
+        )
         noise = self.sample_noise(n)
         frozen = [p for p in self.discriminator.parameters() if p.requires_grad]
         for param in frozen:
@@ -371,7 +420,7 @@ class AdversarialTrainer(Trainer):
         try:
             for start, size in zip(itertools.accumulate([0, *sizes]), sizes, strict=False):
                 with self.autocast():
-                    generated = self.generator(noise[start:start + size])
+                    generated = self.generator(noise[start : start + size])
                     loss = self.generator_loss(_scores(self.discriminator(generated)))
                 total += self._note_loss(loss, index) * size
                 self.backward(loss * scale(size), model=self.generator, sync=True)
@@ -390,8 +439,11 @@ class AdversarialTrainer(Trainer):
         once so that a window of micro-batches draws what one batch would."""
         n = int(sum(window.counts))
         noise = self.sample_noise(n)
-        epsilon = (torch.rand(n, generator=self.noise_generator)
-                   if self.loss == "wgan-gp" and self.gp_weight else None)
+        epsilon = (
+            torch.rand(n, generator=self.noise_generator)
+            if self.loss == "wgan-gp" and self.gp_weight
+            else None
+        )
         self._draws = (noise, epsilon, list(itertools.accumulate([0, *map(int, window.counts)])))
 
     def _device(self) -> torch.device:
@@ -413,6 +465,8 @@ def _scores(scores: torch.Tensor) -> torch.Tensor:
     if scores.dim() == 2 and scores.shape[1] == 1:
         scores = scores[:, 0]
     if scores.dim() != 1:
-        raise ValueError(f"AdversarialTrainer: the discriminator returned shape "
-                         f"{tuple(scores.shape)}; expected one score per sample, (n,) or (n, 1)")
+        raise ValueError(
+            f"AdversarialTrainer: the discriminator returned shape "
+            f"{tuple(scores.shape)}; expected one score per sample, (n,) or (n, 1)"
+        )
     return scores.float() if scores.dtype in (torch.bfloat16, torch.float16) else scores

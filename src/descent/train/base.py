@@ -68,8 +68,9 @@ from .step import NonFiniteError, StepGuard
 
 __all__ = ["LoopState", "NonFiniteError", "Trainer", "detach"]
 
-TRAINING_KEYS = frozenset({"trainer", "seed", "loop", "meter", "history", "callbacks", "extra",
-                           "scaler"})
+TRAINING_KEYS = frozenset(
+    {"trainer", "seed", "loop", "meter", "history", "callbacks", "extra", "scaler"}
+)
 """The keys of :meth:`Trainer.training_state` (``state_dict`` adds the optimizers and
 schedulers)."""
 
@@ -133,43 +134,68 @@ class Trainer:
     #: Whether the strategy trains through DDP (False: gradients averaged before steps).
     uses_ddp = True
 
-    def __init__(self, *, epochs: int = 10, callbacks: Iterable[Callback] = (),
-                 nonfinite: str = "raise", precision: str = "fp32",
-                 device: torch.device | str | None = None, seed: int = 0,
-                 clip_grad_norm: float | None = None,
-                 clip_grad_value: float | None = None,
-                 scheduler_monitor: str | None = None,
-                 checkpoint_dir: str | os.PathLike[str] | None = None,
-                 checkpoint_every: int | None = None, checkpoint_each_epoch: bool = True,
-                 keep_last: int = 3, checkpoint_monitor: str | None = None,
-                 checkpoint_mode: str = "min", zero_redundancy: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        epochs: int = 10,
+        callbacks: Iterable[Callback] = (),
+        nonfinite: str = "raise",
+        precision: str = "fp32",
+        device: torch.device | str | None = None,
+        seed: int = 0,
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+        scheduler_monitor: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_each_epoch: bool = True,
+        keep_last: int = 3,
+        checkpoint_monitor: str | None = None,
+        checkpoint_mode: str = "min",
+        zero_redundancy: bool = False,
+    ) -> None:
         owner = type(self).__name__
-        self.checkpointing = Checkpointing(owner, checkpoint_dir, every=checkpoint_every,
-                                           each_epoch=checkpoint_each_epoch,
-                                           keep_last=keep_last, monitor=checkpoint_monitor,
-                                           mode=checkpoint_mode)
-        self.distribution = Distribution(owner, zero_redundancy=zero_redundancy,
-                                         ddp=self.uses_ddp)
+        self.checkpointing = Checkpointing(
+            owner,
+            checkpoint_dir,
+            every=checkpoint_every,
+            each_epoch=checkpoint_each_epoch,
+            keep_last=keep_last,
+            monitor=checkpoint_monitor,
+            mode=checkpoint_mode,
+        )
+        self.distribution = Distribution(owner, zero_redundancy=zero_redundancy, ddp=self.uses_ddp)
         self.epochs = check_positive_int(owner, "epochs", epochs)
         callbacks = list(callbacks)
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Callback):
-                raise TypeError(f"{owner}: callbacks[{index}] is a {type(callback).__name__}; "
-                                "expected a descent.train.Callback")
+                raise TypeError(
+                    f"{owner}: callbacks[{index}] is a {type(callback).__name__}; "
+                    "expected a descent.train.Callback"
+                )
         self.callbacks: list[Callback] = callbacks
-        self.guard = StepGuard(owner, nonfinite=nonfinite, precision=precision,
-                               clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+        self.guard = StepGuard(
+            owner,
+            nonfinite=nonfinite,
+            precision=precision,
+            clip_grad_norm=clip_grad_norm,
+            clip_grad_value=clip_grad_value,
+        )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"{owner}: seed={seed!r}; expected an int")
         self.seed = seed
         try:
             self.device = torch.device(device) if device is not None else None
         except (RuntimeError, TypeError) as error:
-            raise ValueError(f"{owner}: device={device!r} is not a device torch knows "
-                             "(e.g. 'cpu', 'cuda', 'cuda:1')") from error
+            raise ValueError(
+                f"{owner}: device={device!r} is not a device torch knows "
+                "(e.g. 'cpu', 'cuda', 'cuda:1')"
+            ) from error
         if scheduler_monitor is not None and not isinstance(scheduler_monitor, str):
-            raise TypeError(f"{owner}: scheduler_monitor={scheduler_monitor!r}; expected None "
-                            "or the name of an epoch metric")
+            raise TypeError(
+                f"{owner}: scheduler_monitor={scheduler_monitor!r}; expected None "
+                "or the name of an epoch metric"
+            )
         self.scheduler_monitor = scheduler_monitor
         self.state = self.new_state()
         self.history = History()
@@ -181,9 +207,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _fit(self, model: nn.Module, batches: Batches, epochs: int | None,
-             evaluate: Callable[[], dict[str, float]] | None = None, *,
-             resume: bool = False) -> History:
+    def _fit(
+        self,
+        model: nn.Module,
+        batches: Batches,
+        epochs: int | None,
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        *,
+        resume: bool = False,
+    ) -> History:
         """Run (or finish) a ``train()`` call over ``batches``; return the history.
 
         With ``resume`` the latest usable checkpoint in ``checkpoint_dir`` is loaded
@@ -198,8 +230,9 @@ class Trainer:
                 for window in self._windows(batches):
                     for index, batch in window.remaining(state.batch):
                         self._call("on_batch_begin", index)
-                        logs = self.train_batch(training_model, batch, index,
-                                                self.batches_per_epoch)
+                        logs = self.train_batch(
+                            training_model, batch, index, self.batches_per_epoch
+                        )
                         state.batch = index + 1
                         self._call("on_batch_end", index, logs)
                     if self.stop_training:
@@ -215,8 +248,9 @@ class Trainer:
         self._call("on_train_end")
         return self.history
 
-    def _prepare(self, model: nn.Module, batches: Batches, epochs: int | None,
-                 resume: bool) -> nn.Module:
+    def _prepare(
+        self, model: nn.Module, batches: Batches, epochs: int | None, resume: bool
+    ) -> nn.Module:
         """Check the call, place the model, resume or refuse a used checkpoint directory,
         and start a new run unless one is to be finished; return the module to train."""
         owner = type(self).__name__
@@ -224,8 +258,10 @@ class Trainer:
         if not isinstance(resume, bool):
             raise TypeError(f"{owner}.train: resume={resume!r}; expected a bool")
         if resume and self.checkpointing.manager is None:
-            raise ValueError(f"{owner}.train: resume=True needs a checkpoint directory; pass "
-                             f"checkpoint_dir=... to {owner}(...)")
+            raise ValueError(
+                f"{owner}.train: resume=True needs a checkpoint directory; pass "
+                f"checkpoint_dir=... to {owner}(...)"
+            )
         self.device = self.distribution.join(self.device)
         try:
             n_batches: int | None = len(batches)
@@ -273,18 +309,21 @@ class Trainer:
         source = iter(batches.epoch(state.epoch, start=first))
         while n is None or first < n:
             planned = size if n is None else min(size, n - first)
-            fetched = [to_device(batch, self.device)
-                       for batch in itertools.islice(source, planned)]
+            fetched = [to_device(batch, self.device) for batch in itertools.islice(source, planned)]
             if not fetched:
                 return
             counts = [self.count_batch(batch) for batch in fetched]
-            self.window = Window(first, fetched, counts, self.distribution.sum(sum(counts)),
-                                 self.distribution.replicas)
+            self.window = Window(
+                first,
+                fetched,
+                counts,
+                self.distribution.sum(sum(counts)),
+                self.distribution.replicas,
+            )
             yield self.window
             first += len(fetched)
 
-    def _end_epoch(self, model: nn.Module,
-                   evaluate: Callable[[], dict[str, float]] | None) -> None:
+    def _end_epoch(self, model: nn.Module, evaluate: Callable[[], dict[str, float]] | None) -> None:
         state, epoch = self.state, self.state.epoch
         self.end_epoch(model)
         metrics = {**self.meter.means(), **self._epoch_extras()}
@@ -347,8 +386,10 @@ class Trainer:
         return {
             **self.training_state(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
-            "schedulers": {name: (None if sched is None else sched.state_dict())
-                           for name, sched in self.schedulers().items()},
+            "schedulers": {
+                name: (None if sched is None else sched.state_dict())
+                for name, sched in self.schedulers().items()
+            },
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -367,14 +408,22 @@ class Trainer:
                 raise ValueError(f"{owner}: {part} {got}; expected {sorted(mine)}")
         for name, sched in schedulers.items():
             if (sched is None) != (state_dict["schedulers"][name] is None):
-                raise ValueError(f"{owner}: scheduler {name!r} is "
-                                 f"{'absent' if sched is None else 'present'} here but not "
-                                 "in the state")
+                raise ValueError(
+                    f"{owner}: scheduler {name!r} is "
+                    f"{'absent' if sched is None else 'present'} here but not "
+                    "in the state"
+                )
         objects = [(opt, state_dict["optimizers"][name]) for name, opt in optimizers.items()]
-        objects += [(sched, state_dict["schedulers"][name]) for name, sched in schedulers.items()
-                    if sched is not None]
-        rest = {key: value for key, value in state_dict.items()
-                if key not in ("optimizers", "schedulers")}
+        objects += [
+            (sched, state_dict["schedulers"][name])
+            for name, sched in schedulers.items()
+            if sched is not None
+        ]
+        rest = {
+            key: value
+            for key, value in state_dict.items()
+            if key not in ("optimizers", "schedulers")
+        }
         self.load_training_state(rest, owner, objects=objects)
 
     # ------------------------------------------------------------------ the components' seam
@@ -389,13 +438,14 @@ class Trainer:
 
     def check_counters(self, loop: LoopState) -> None:
         """Raise ``ValueError`` naming a counter of ``loop`` impossible for this trainer."""
-        loop.check(batches_per_epoch=self.batches_per_epoch,
-                   accumulation=self.batches_per_window())
+        loop.check(batches_per_epoch=self.batches_per_epoch, accumulation=self.batches_per_window())
 
     def loop_plan(self) -> dict[str, Any]:
         """What the counters refer to (a checkpoint records it; a resume requires it)."""
-        return {"batches_per_epoch": self.batches_per_epoch,
-                "batches_per_window": self.batches_per_window()}
+        return {
+            "batches_per_epoch": self.batches_per_epoch,
+            "batches_per_window": self.batches_per_window(),
+        }
 
     def training_state(self) -> dict[str, Any]:
         """:meth:`state_dict` without the optimizers and schedulers (a checkpoint stores
@@ -418,17 +468,27 @@ class Trainer:
         for name, optimizer in self.optimizers().items():
             local = optimizer.optim if distributed.is_zero_optimizer(optimizer) else optimizer
             steps[name] = largest_step(local.state_dict())
-        return {"trainer": {"meter": self.meter.state_dict(), "extra": self._extra_state(),
-                            "scaler": self.guard.state_dict()},
-                "optimizer_steps": steps}
+        return {
+            "trainer": {
+                "meter": self.meter.state_dict(),
+                "extra": self._extra_state(),
+                "scaler": self.guard.state_dict(),
+            },
+            "optimizer_steps": steps,
+        }
 
     def checkpoint_schedulers(self) -> dict[str, Any]:
         """The schedulers a checkpoint holds (those present), by name."""
         return {name: sched for name, sched in self.schedulers().items() if sched is not None}
 
-    def load_training_state(self, state_dict: Mapping[str, Any], owner: str, *,
-                            objects: Iterable[tuple[Any, Any]] = (),
-                            then: Callable[[], None] | None = None) -> None:
+    def load_training_state(
+        self,
+        state_dict: Mapping[str, Any],
+        owner: str,
+        *,
+        objects: Iterable[tuple[Any, Any]] = (),
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Check and apply a :meth:`training_state`; load each ``(object, state)`` of
         ``objects``; ``then`` runs last. If anything raises, what was loaded is put back."""
         self._check_header(state_dict, owner, TRAINING_KEYS)
@@ -444,8 +504,10 @@ class Trainer:
         self.guard.check_state(owner, state_dict["scaler"])
         backups: list[tuple[Any, Any]] = []
         try:
-            for obj, state in [*objects, *zip(self.callbacks, state_dict["callbacks"],
-                                              strict=True)]:
+            for obj, state in [
+                *objects,
+                *zip(self.callbacks, state_dict["callbacks"], strict=True),
+            ]:
                 backups.append((obj, obj.state_dict()))
                 obj.load_state_dict(state)
             if then is not None:
@@ -458,23 +520,33 @@ class Trainer:
         self._load_extra_state(state_dict["extra"])
         self.guard.load_state(state_dict["scaler"])
 
-    def _check_header(self, state_dict: Mapping[str, Any], owner: str,
-                      keys: frozenset[str]) -> None:
+    def _check_header(
+        self, state_dict: Mapping[str, Any], owner: str, keys: frozenset[str]
+    ) -> None:
         """Refuse a state of other keys, another trainer class, seed or callback count."""
         if set(state_dict) != keys:
             raise ValueError(f"{owner}: keys {sorted(state_dict)}; expected {sorted(keys)}")
         if state_dict["trainer"] != type(self).__name__:
-            raise ValueError(f"{owner}: the state is from a {state_dict['trainer']}, not a "
-                             f"{type(self).__name__}")
+            raise ValueError(
+                f"{owner}: the state is from a {state_dict['trainer']}, not a {type(self).__name__}"
+            )
         if state_dict["seed"] != self.seed:
-            raise ValueError(f"{owner}: the state was saved with seed={state_dict['seed']}, "
-                             f"this trainer has seed={self.seed}; the data order would differ")
-        if not isinstance(state_dict["callbacks"], list) \
-                or len(state_dict["callbacks"]) != len(self.callbacks):
-            got = (len(state_dict["callbacks"]) if isinstance(state_dict["callbacks"], list)
-                   else state_dict["callbacks"])
-            raise ValueError(f"{owner}: the state has {got} callback states, the trainer has "
-                             f"{len(self.callbacks)} callbacks")
+            raise ValueError(
+                f"{owner}: the state was saved with seed={state_dict['seed']}, "
+                f"this trainer has seed={self.seed}; the data order would differ"
+            )
+        if not isinstance(state_dict["callbacks"], list) or len(state_dict["callbacks"]) != len(
+            self.callbacks
+        ):
+            got = (
+                len(state_dict["callbacks"])
+                if isinstance(state_dict["callbacks"], list)
+                else state_dict["callbacks"]
+            )
+            raise ValueError(
+                f"{owner}: the state has {got} callback states, the trainer has "
+                f"{len(self.callbacks)} callbacks"
+            )
 
     def _extra_state(self) -> dict[str, Any]:
         """Strategy-specific state (e.g. a noise generator) for :meth:`state_dict`."""
@@ -482,8 +554,9 @@ class Trainer:
 
     def _check_extra_state(self, extra: Mapping[str, Any]) -> None:
         if extra:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected extra state "
-                             f"{sorted(extra)}")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: unexpected extra state {sorted(extra)}"
+            )
 
     def _load_extra_state(self, extra: Mapping[str, Any]) -> None:
         """Apply state already checked by :meth:`_check_extra_state`."""
@@ -493,8 +566,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ extension points
 
-    def train_batch(self, model: nn.Module, batch: Any, index: int,
-                    n_batches: int | None) -> dict[str, float]:
+    def train_batch(
+        self, model: nn.Module, batch: Any, index: int, n_batches: int | None
+    ) -> dict[str, float]:
         """Train on one batch (batch ``index`` of ``n_batches`` in the epoch, in the
         accumulation window ``self.window``); return its logs.
 
@@ -507,19 +581,38 @@ class Trainer:
         """What ``batch`` counts towards its window's total (default: 1 per batch)."""
         return 1.0
 
-    def make_batches(self, x: Any, y: Any = None, *, batch_size: int, shuffle: bool,
-                     drop_last: bool = False, require_targets: bool = True,
-                     x_name: str = "x", y_name: str = "y", shard: bool = True) -> Batches:
+    def make_batches(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool = False,
+        require_targets: bool = True,
+        x_name: str = "x",
+        y_name: str = "y",
+        shard: bool = True,
+    ) -> Batches:
         """The batch source for ``x`` (and ``y``): :func:`descent.train.data.make_batches`
         with this trainer's seed; under torch.distributed (and ``shard``), this rank's
         share of every epoch's seeded order."""
         self.device = self.distribution.join(self.device)
-        replicas, rank = ((distributed.get_world_size(), distributed.get_rank()) if shard
-                          else (1, 0))
-        return make_batches(type(self).__name__, x, y, batch_size=batch_size, shuffle=shuffle,
-                            drop_last=drop_last, seed=self.seed,
-                            require_targets=require_targets, x_name=x_name, y_name=y_name,
-                            num_replicas=replicas, rank=rank)
+        replicas, rank = (distributed.get_world_size(), distributed.get_rank()) if shard else (1, 0)
+        return make_batches(
+            type(self).__name__,
+            x,
+            y,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=self.seed,
+            require_targets=require_targets,
+            x_name=x_name,
+            y_name=y_name,
+            num_replicas=replicas,
+            rank=rank,
+        )
 
     def end_epoch(self, model: nn.Module) -> None:
         """Called after the epoch's last batch, before its metrics are computed."""
@@ -559,18 +652,23 @@ class Trainer:
         under DDP when ``sync`` is False (a micro-batch inside an accumulation window)."""
         return self.distribution.gradient_sync(model, sync)
 
-    def optimizer_step(self, optimizer: Any, scheduler: Any = None, *,
-                       name: str = "optimizer") -> bool:
+    def optimizer_step(
+        self, optimizer: Any, scheduler: Any = None, *, name: str = "optimizer"
+    ) -> bool:
         """Check, clip and apply one step of ``optimizer``, then step ``scheduler``
         (:meth:`StepGuard.step`: non-finite check, ``on_before_optimizer_step``
         callbacks, clipping, step, ``zero_grad``, scheduler). Without DDP, the gradients
         are first averaged over the ranks. Returns False if the step was skipped."""
         self.distribution.average_gradients(optimizer)
         logs = self.guard.step(
-            optimizer, scheduler,
+            optimizer,
+            scheduler,
             before_step=lambda: self._call("on_before_optimizer_step", optimizer, name),
-            where=lambda: (f"optimizer step {self._next_step_number(name)} ({name}, epoch "
-                           f"{self.state.epoch}, batch {self.state.batch})"))
+            where=lambda: (
+                f"optimizer step {self._next_step_number(name)} ({name}, epoch "
+                f"{self.state.epoch}, batch {self.state.batch})"
+            ),
+        )
         if logs is None:
             self.state.skipped += 1
             return False
@@ -580,8 +678,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
 
-    def _finish_window(self, optimizer: Any, scheduler: Any, *, name: str = "optimizer",
-                       loss_key: str = "loss") -> bool:
+    def _finish_window(
+        self, optimizer: Any, scheduler: Any, *, name: str = "optimizer", loss_key: str = "loss"
+    ) -> bool:
         """Step ``optimizer`` on the window just completed; log the step (the window's
         mean loss as ``loss_key``); reset the window. Returns False if it was skipped."""
         state = self.state
@@ -609,8 +708,9 @@ class Trainer:
         self.state.step += 1
         return self.state.step
 
-    def _weighted_loss(self, loss: torch.Tensor, index: int, count: float,
-                       weight: float) -> tuple[torch.Tensor, float]:
+    def _weighted_loss(
+        self, loss: torch.Tensor, index: int, count: float, weight: float
+    ) -> tuple[torch.Tensor, float]:
         """What to back-propagate for a micro-batch's mean ``loss`` (``weight``: its share
         of the window), and the loss as a float. A micro-batch that counts nothing (all
         its targets padding) has a mean of 0/0: it adds nothing, and is not a non-finite
@@ -654,9 +754,11 @@ class Trainer:
             if monitor is None:
                 monitor = "val_loss" if "val_loss" in metrics else "loss"
             if monitor not in metrics:
-                raise ValueError(f"{type(self).__name__}: scheduler_monitor={monitor!r} is not "
-                                 f"among the epoch metrics {sorted(metrics)} (needed by the "
-                                 f"plateau scheduler of {name!r})")
+                raise ValueError(
+                    f"{type(self).__name__}: scheduler_monitor={monitor!r} is not "
+                    f"among the epoch metrics {sorted(metrics)} (needed by the "
+                    f"plateau scheduler of {name!r})"
+                )
             scheduler.step(metrics[monitor])
 
     def _epoch_extras(self) -> dict[str, float]:

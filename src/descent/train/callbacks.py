@@ -75,8 +75,10 @@ class Callback:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (checked first; nothing changes on error)."""
         if state_dict:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: expected an empty dict, "
-                             f"got keys {sorted(state_dict)}")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: expected an empty dict, "
+                f"got keys {sorted(state_dict)}"
+            )
 
 
 def _format_logs(logs: Mapping[str, float]) -> str:
@@ -105,8 +107,9 @@ class ProgressBar(Callback):
             needs tqdm (``pip install descent[demo]``); without it, plain lines.
     """
 
-    def __init__(self, file: TextIO | None = None, leave: bool = True,
-                 dynamic: bool | None = None) -> None:
+    def __init__(
+        self, file: TextIO | None = None, leave: bool = True, dynamic: bool | None = None
+    ) -> None:
         if dynamic is not None and not isinstance(dynamic, bool):
             raise TypeError(f"ProgressBar: dynamic={dynamic!r}; expected None, True or False")
         self.file = file
@@ -139,9 +142,15 @@ class ProgressBar(Callback):
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=trainer.batches_per_epoch, initial=trainer.state.batch,
-                         file=self._stream(), leave=self.leave, dynamic_ncols=True,
-                         unit="batch", desc=f"epoch {epoch + 1}/{self._total_epochs}")
+        self._bar = tqdm(
+            total=trainer.batches_per_epoch,
+            initial=trainer.state.batch,
+            file=self._stream(),
+            leave=self.leave,
+            dynamic_ncols=True,
+            unit="batch",
+            desc=f"epoch {epoch + 1}/{self._total_epochs}",
+        )
 
     def on_batch_end(self, trainer: Trainer, batch: int, logs: Mapping[str, float]) -> None:
         self._batches += 1
@@ -155,9 +164,13 @@ class ProgressBar(Callback):
         if self._bar is None:
             total = trainer.batches_per_epoch
             seconds = time.perf_counter() - self._started
-            print(f"epoch {epoch + 1}/{self._total_epochs}: {self._batches}"
-                  f"{'' if total is None else f'/{total}'} batches, {seconds:.1f} s, "
-                  f"{_format_logs(logs)}", file=self._stream(), flush=True)
+            print(
+                f"epoch {epoch + 1}/{self._total_epochs}: {self._batches}"
+                f"{'' if total is None else f'/{total}'} batches, {seconds:.1f} s, "
+                f"{_format_logs(logs)}",
+                file=self._stream(),
+                flush=True,
+            )
             return
         self._bar.set_postfix_str(_format_logs(logs), refresh=False)
         self._bar.close()
@@ -193,18 +206,29 @@ class EarlyStopping(Callback):
                                                                validation_split=0.2)
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
-                 min_delta: float = 0.0, restore_best_weights: bool = False) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+    ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"EarlyStopping: monitor={monitor!r}; expected a metric name")
         if mode not in ("min", "max", "auto"):
             raise ValueError(f"EarlyStopping: mode={mode!r}; expected 'min', 'max' or 'auto'")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"EarlyStopping: patience={patience!r}; expected an int >= 1")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, int | float) \
-                or not min_delta >= 0 or not math.isfinite(min_delta):
-            raise ValueError(f"EarlyStopping: min_delta={min_delta!r}; expected a finite "
-                             "number >= 0")
+        if (
+            isinstance(min_delta, bool)
+            or not isinstance(min_delta, int | float)
+            or not min_delta >= 0
+            or not math.isfinite(min_delta)
+        ):
+            raise ValueError(
+                f"EarlyStopping: min_delta={min_delta!r}; expected a finite number >= 0"
+            )
         self.monitor = monitor
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
         self.patience = patience
@@ -225,15 +249,19 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Mapping[str, float]) -> None:
         if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitor={self.monitor!r} is not among the epoch "
-                             f"metrics {sorted(logs)}; pass validation data for 'val_*' "
-                             "metrics, or monitor one of these")
+            raise ValueError(
+                f"EarlyStopping: monitor={self.monitor!r} is not among the epoch "
+                f"metrics {sorted(logs)}; pass validation data for 'val_*' "
+                "metrics, or monitor one of these"
+            )
         value = float(logs[self.monitor])
         if math.isfinite(value) and self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                self.best_weights = {key: tensor.detach().clone() for key, tensor
-                                     in _model(trainer).state_dict().items()}
+                self.best_weights = {
+                    key: tensor.detach().clone()
+                    for key, tensor in _model(trainer).state_dict().items()
+                }
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -245,19 +273,26 @@ class EarlyStopping(Callback):
             _model(trainer).load_state_dict(self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "mode": self.mode, "best": self.best,
-                "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch,
-                "best_weights": None if self.best_weights is None else dict(self.best_weights)}
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best_weights": None if self.best_weights is None else dict(self.best_weights),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         keys = {"monitor", "mode", "best", "best_epoch", "wait", "stopped_epoch", "best_weights"}
         if not isinstance(state_dict, Mapping) or set(state_dict) != keys:
             raise ValueError(f"EarlyStopping.load_state_dict: expected keys {sorted(keys)}")
         if (state_dict["monitor"], state_dict["mode"]) != (self.monitor, self.mode):
-            raise ValueError(f"EarlyStopping.load_state_dict: the state monitors "
-                             f"{state_dict['monitor']!r} ({state_dict['mode']}), this callback "
-                             f"{self.monitor!r} ({self.mode})")
+            raise ValueError(
+                f"EarlyStopping.load_state_dict: the state monitors "
+                f"{state_dict['monitor']!r} ({state_dict['mode']}), this callback "
+                f"{self.monitor!r} ({self.mode})"
+            )
         wait = state_dict["wait"]
         if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
             raise ValueError(f"EarlyStopping.load_state_dict: wait={wait!r}; expected an int >= 0")
@@ -272,8 +307,7 @@ class EarlyStopping(Callback):
 def _model(trainer: Trainer) -> torch.nn.Module:
     model = getattr(trainer, "model", None)
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{type(trainer).__name__} exposes no single model to restore weights "
-                        "into")
+        raise TypeError(f"{type(trainer).__name__} exposes no single model to restore weights into")
     return model
 
 
@@ -288,8 +322,9 @@ class LRMonitor(Callback):
 
     def __init__(self, logging_interval: str = "step") -> None:
         if logging_interval not in ("step", "epoch"):
-            raise ValueError(f"LRMonitor: logging_interval={logging_interval!r}; expected "
-                             "'step' or 'epoch'")
+            raise ValueError(
+                f"LRMonitor: logging_interval={logging_interval!r}; expected 'step' or 'epoch'"
+            )
         self.logging_interval = logging_interval
 
     @staticmethod

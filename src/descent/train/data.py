@@ -63,11 +63,14 @@ def as_tensor(owner: str, name: str, value: Any) -> torch.Tensor:
         return value
     if isinstance(value, np.ndarray):
         if value.dtype == object:
-            raise TypeError(f"{owner}: {name} is a NumPy array of dtype object; expected a "
-                            "numeric array")
+            raise TypeError(
+                f"{owner}: {name} is a NumPy array of dtype object; expected a numeric array"
+            )
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise TypeError(f"{owner}: {name} has type {type(value).__name__}; expected a NumPy "
-                    "array, a tensor, a torch Dataset or a DataLoader")
+    raise TypeError(
+        f"{owner}: {name} has type {type(value).__name__}; expected a NumPy "
+        "array, a tensor, a torch Dataset or a DataLoader"
+    )
 
 
 class Batches:
@@ -108,7 +111,9 @@ def shard_order(order: torch.Tensor, num_replicas: int, rank: int) -> torch.Tens
         return order
     total = math.ceil(len(order) / num_replicas) * num_replicas
     if total > len(order):
-        order = torch.cat([order, order.repeat(math.ceil(total / len(order)))[:total - len(order)]])
+        order = torch.cat(
+            [order, order.repeat(math.ceil(total / len(order)))[: total - len(order)]]
+        )
     return order[rank::num_replicas]
 
 
@@ -120,9 +125,17 @@ class TensorBatches(Batches):
     order. ``drop_last`` drops a last, smaller batch.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, num_replicas: int = 1,
-                 rank: int = 0) -> None:
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -140,11 +153,13 @@ class TensorBatches(Batches):
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         n = self.num_samples
-        order = epoch_permutation(len(self.tensors[0]), self.seed, epoch) if self.shuffle \
-            else None
+        order = epoch_permutation(len(self.tensors[0]), self.seed, epoch) if self.shuffle else None
         if self.num_replicas > 1:
-            order = shard_order(torch.arange(len(self.tensors[0])) if order is None else order,
-                                self.num_replicas, self.rank)
+            order = shard_order(
+                torch.arange(len(self.tensors[0])) if order is None else order,
+                self.num_replicas,
+                self.rank,
+            )
         # the order on each tensor's device, once per epoch (indexing a CUDA tensor with
         # CPU indices copies them, and waits for the GPU, at every batch)
         orders = None if order is None else {t.device: order.to(t.device) for t in self.tensors}
@@ -160,10 +175,18 @@ class TensorBatches(Batches):
 class DatasetBatches(Batches):
     """Batches of a map-style ``Dataset``, collated with ``default_collate``, seeded order."""
 
-    def __init__(self, dataset: Dataset[Any], batch_size: int, *, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0,
-                 indices: Sequence[int] | None = None, num_replicas: int = 1,
-                 rank: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool = False,
+        seed: int = 0,
+        indices: Sequence[int] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.dataset = dataset
         # a map-style dataset has a length; torch's Dataset does not declare __len__
         size = len(cast(Sized, dataset))
@@ -187,7 +210,7 @@ class DatasetBatches(Batches):
         order_tensor = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
         order = shard_order(order_tensor, self.num_replicas, self.rank).tolist()
         for index in range(start, len(self)):
-            rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+            rows = order[index * self.batch_size : (index + 1) * self.batch_size]
             yield default_collate([self.dataset[self.indices[row]] for row in rows])
 
 
@@ -220,10 +243,21 @@ class LoaderBatches(Batches):
         return itertools.islice(iter(self.loader), start, None)
 
 
-def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle: bool,
-                 drop_last: bool = False, seed: int = 0, require_targets: bool = True,
-                 x_name: str = "x", y_name: str = "y", num_replicas: int = 1,
-                 rank: int = 0) -> Batches:
+def make_batches(
+    owner: str,
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool = False,
+    seed: int = 0,
+    require_targets: bool = True,
+    x_name: str = "x",
+    y_name: str = "y",
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> Batches:
     """A :class:`Batches` source for ``x`` (and ``y``), whatever form they come in.
 
     * arrays or tensors ``x`` (and ``y``, same length): :class:`TensorBatches`;
@@ -238,46 +272,79 @@ def make_batches(owner: str, x: Any, y: Any = None, *, batch_size: int, shuffle:
     """
     if isinstance(x, DataLoader):
         if y is not None:
-            raise ValueError(f"{owner}: {y_name} must be None when {x_name} is a DataLoader "
-                             f"(its batches carry the targets); got {type(y).__name__}")
+            raise ValueError(
+                f"{owner}: {y_name} must be None when {x_name} is a DataLoader "
+                f"(its batches carry the targets); got {type(y).__name__}"
+            )
         return LoaderBatches(x)
     if isinstance(x, Dataset) and not isinstance(x, torch.Tensor):
         if y is not None:
-            raise ValueError(f"{owner}: {y_name} must be None when {x_name} is a Dataset "
-                             f"(its items carry the targets); got {type(y).__name__}")
+            raise ValueError(
+                f"{owner}: {y_name} must be None when {x_name} is a Dataset "
+                f"(its items carry the targets); got {type(y).__name__}"
+            )
         if not hasattr(x, "__len__") or isinstance(x, torch.utils.data.IterableDataset):
-            raise TypeError(f"{owner}: {x_name} is an iterable dataset; wrap it in a "
-                            "DataLoader, or pass a map-style Dataset")
+            raise TypeError(
+                f"{owner}: {x_name} is an iterable dataset; wrap it in a "
+                "DataLoader, or pass a map-style Dataset"
+            )
         if len(x) == 0:
             raise ValueError(f"{owner}: {x_name} is an empty Dataset")
-        return DatasetBatches(x, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                              num_replicas=num_replicas, rank=rank)
+        return DatasetBatches(
+            x,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
     x_tensor = as_tensor(owner, x_name, x)
     if x_tensor.dim() == 0 or len(x_tensor) == 0:
-        raise ValueError(f"{owner}: {x_name} has shape {tuple(x_tensor.shape)}; expected at "
-                         "least one sample along dimension 0")
+        raise ValueError(
+            f"{owner}: {x_name} has shape {tuple(x_tensor.shape)}; expected at "
+            "least one sample along dimension 0"
+        )
     tensors = [x_tensor]
     if y is None:
         if require_targets:
-            raise ValueError(f"{owner}: {y_name} is None; pass targets for {x_name}, or a "
-                             "Dataset / DataLoader that yields (input, target) pairs")
+            raise ValueError(
+                f"{owner}: {y_name} is None; pass targets for {x_name}, or a "
+                "Dataset / DataLoader that yields (input, target) pairs"
+            )
     else:
         y_tensor = as_tensor(owner, y_name, y)
         if y_tensor.dim() == 0 or len(y_tensor) != len(x_tensor):
-            raise ValueError(f"{owner}: {y_name} has {len(y_tensor) if y_tensor.dim() else 0} "
-                             f"samples and {x_name} has {len(x_tensor)}; expected the same "
-                             "number along dimension 0")
+            raise ValueError(
+                f"{owner}: {y_name} has {len(y_tensor) if y_tensor.dim() else 0} "
+                f"samples and {x_name} has {len(x_tensor)}; expected the same "
+                "number along dimension 0"
+            )
         tensors.append(y_tensor)
-    batches = TensorBatches(tensors, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                            num_replicas=num_replicas, rank=rank)
+    batches = TensorBatches(
+        tensors,
+        batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        num_replicas=num_replicas,
+        rank=rank,
+    )
     if len(batches) == 0:
-        raise ValueError(f"{owner}: drop_last=True with batch_size={batch_size} leaves no batch "
-                         f"of the {len(x_tensor)} samples")
+        raise ValueError(
+            f"{owner}: drop_last=True with batch_size={batch_size} leaves no batch "
+            f"of the {len(x_tensor)} samples"
+        )
     return batches
 
 
-def split_validation(owner: str, x: Any, y: Any, fraction: float, seed: int,
-                     ) -> tuple[Any, Any, Any, Any]:
+def split_validation(
+    owner: str,
+    x: Any,
+    y: Any,
+    fraction: float,
+    seed: int,
+) -> tuple[Any, Any, Any, Any]:
     """Split ``(x, y)`` into a training part and a validation part of ``fraction``.
 
     The validation samples are a seeded random subset (``seed``), so a sorted data
@@ -285,8 +352,10 @@ def split_validation(owner: str, x: Any, y: Any, fraction: float, seed: int,
     datasets (returned as ``Subset`` objects with ``y`` None).
     """
     if isinstance(x, DataLoader):
-        raise ValueError(f"{owner}: validation_split={fraction} cannot split a DataLoader; "
-                         "pass validation_data instead")
+        raise ValueError(
+            f"{owner}: validation_split={fraction} cannot split a DataLoader; "
+            "pass validation_data instead"
+        )
     if isinstance(x, Dataset) and not isinstance(x, torch.Tensor):
         n = len(cast(Sized, x))  # map-style: torch's Dataset does not declare __len__
     else:
@@ -294,14 +363,24 @@ def split_validation(owner: str, x: Any, y: Any, fraction: float, seed: int,
         n = len(x)
     n_val = round(n * fraction)
     if n_val < 1 or n_val >= n:
-        raise ValueError(f"{owner}: validation_split={fraction} of {n} samples leaves "
-                         f"{n_val} for validation and {n - n_val} for training; both must be "
-                         "at least 1")
+        raise ValueError(
+            f"{owner}: validation_split={fraction} of {n} samples leaves "
+            f"{n_val} for validation and {n - n_val} for training; both must be "
+            "at least 1"
+        )
     order = torch.randperm(n, generator=epoch_generator(seed, -1))
     train_rows, val_rows = order[n_val:].sort().values, order[:n_val].sort().values
     if isinstance(x, Dataset) and not isinstance(x, torch.Tensor):
-        return (torch.utils.data.Subset(x, train_rows.tolist()), None,
-                torch.utils.data.Subset(x, val_rows.tolist()), None)
+        return (
+            torch.utils.data.Subset(x, train_rows.tolist()),
+            None,
+            torch.utils.data.Subset(x, val_rows.tolist()),
+            None,
+        )
     y = as_tensor(owner, "y", y) if y is not None else None
-    return (x[train_rows], None if y is None else y[train_rows],
-            x[val_rows], None if y is None else y[val_rows])
+    return (
+        x[train_rows],
+        None if y is None else y[train_rows],
+        x[val_rows],
+        None if y is None else y[val_rows],
+    )

@@ -90,7 +90,8 @@ class Distribution:
         """Without DDP, average the gradients of ``optimizer``'s parameters over the ranks."""
         if self.active and not self.ddp:
             distributed.average_gradients(
-                p for group in optimizer.param_groups for p in group["params"])
+                p for group in optimizer.param_groups for p in group["params"]
+            )
 
     def sum(self, value: float) -> float:
         """``value`` summed over the ranks."""
@@ -117,16 +118,21 @@ class Distribution:
                 sharded[name] = optimizer
                 continue
             if optimizer.state:
-                raise ValueError(f"{self.owner}: zero_redundancy=True shards optimizer "
-                                 f"{name!r} when training starts, but it already has state; "
-                                 "build the trainer on a fresh optimizer")
+                raise ValueError(
+                    f"{self.owner}: zero_redundancy=True shards optimizer "
+                    f"{name!r} when training starts, but it already has state; "
+                    "build the trainer on a fresh optimizer"
+                )
             sharded[name] = ZeroRedundancyOptimizer(
-                optimizer.param_groups, optimizer_class=type(optimizer),
-                **_constructor_options(type(optimizer), optimizer.defaults))
+                optimizer.param_groups,
+                optimizer_class=type(optimizer),
+                **_constructor_options(type(optimizer), optimizer.defaults),
+            )
         return sharded
 
-    def reduce_metrics(self, metrics: Mapping[str, float], exact: Mapping[str, float]
-                       ) -> dict[str, float]:
+    def reduce_metrics(
+        self, metrics: Mapping[str, float], exact: Mapping[str, float]
+    ) -> dict[str, float]:
         """``metrics`` as reported over all ranks: the keys of ``exact`` (the meter's
         means over every rank's samples) replace their per-rank values; the others
         (validation, counters: the same on every rank) are averaged."""
@@ -142,8 +148,11 @@ def _constructor_options(kind: type[Any], defaults: Mapping[str, Any]) -> dict[s
     parameters = inspect.signature(kind.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(defaults)
-    return {key: value for key, value in defaults.items()
-            if key in parameters and key not in ("self", "params")}
+    return {
+        key: value
+        for key, value in defaults.items()
+        if key in parameters and key not in ("self", "params")
+    }
 
 
 def parameters_of(optimizer: Any) -> Iterable[torch.Tensor]:

@@ -21,8 +21,17 @@ from torch import nn
 from .. import distributed
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
-    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
 """Module types whose parameters are normalisation scales and shifts."""
 
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
@@ -42,21 +51,28 @@ class ParamGroups(list[dict[str, Any]]):
         for group in self:
             names = group["param_names"]
             count = sum(p.numel() for p in group["params"])
-            shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)"
-                                            if len(names) > 6 else "")
+            shown = ", ".join(names[:6]) + (
+                f", ... ({len(names) - 6} more)" if len(names) > 6 else ""
+            )
             tensors = f"{len(names)} tensor{'' if len(names) == 1 else 's'}"
-            lines.append(f"weight_decay={group['weight_decay']:g}: {tensors}, {count:,} values: "
-                         f"{shown}")
+            lines.append(
+                f"weight_decay={group['weight_decay']:g}: {tensors}, {count:,} values: {shown}"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
 
 
-def param_groups(model: nn.Module, weight_decay: float, *,
-                 no_decay: Iterable[str | type[nn.Module]] | None = None,
-                 decay: Iterable[str | type[nn.Module]] = (), verbose: bool = True,
-                 **options: Any) -> ParamGroups:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    no_decay: Iterable[str | type[nn.Module]] | None = None,
+    decay: Iterable[str | type[nn.Module]] = (),
+    verbose: bool = True,
+    **options: Any,
+) -> ParamGroups:
     """Split ``model``'s trainable parameters into a group with ``weight_decay`` and one
     without.
 
@@ -94,17 +110,24 @@ def param_groups(model: nn.Module, weight_decay: float, *,
     owner = "param_groups"
     if not isinstance(model, nn.Module):
         raise TypeError(f"{owner}: model is a {type(model).__name__}; expected an nn.Module")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) \
-            or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"{owner}: weight_decay={weight_decay!r}; expected a finite number "
-                         ">= 0")
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, int | float)
+        or not math.isfinite(weight_decay)
+        or weight_decay < 0
+    ):
+        raise ValueError(f"{owner}: weight_decay={weight_decay!r}; expected a finite number >= 0")
     exempt = _rules(owner, "no_decay", DEFAULT_NO_DECAY if no_decay is None else no_decay)
     forced = _rules(owner, "decay", decay)
-    owners = {id(param): module for module in model.modules()
-              for param in module.parameters(recurse=False)}
+    owners = {
+        id(param): module
+        for module in model.modules()
+        for param in module.parameters(recurse=False)
+    }
     chosen: tuple[dict[str, Any], dict[str, Any]] = (
         {"params": [], "param_names": [], "weight_decay": float(weight_decay), **options},
-        {"params": [], "param_names": [], "weight_decay": 0.0, **options})
+        {"params": [], "param_names": [], "weight_decay": 0.0, **options},
+    )
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -114,8 +137,10 @@ def param_groups(model: nn.Module, weight_decay: float, *,
         group["params"].append(param)
         group["param_names"].append(name)
     if not chosen[0]["params"] and not chosen[1]["params"]:
-        raise ValueError(f"{owner}: the model has no trainable parameters (all have "
-                         "requires_grad=False, or it has none)")
+        raise ValueError(
+            f"{owner}: the model has no trainable parameters (all have "
+            "requires_grad=False, or it has none)"
+        )
     groups = ParamGroups(group for group in chosen if group["params"])
     if verbose and distributed.is_main_process():
         print(groups.summary())
@@ -127,13 +152,18 @@ def _rules(owner: str, name: str, entries: Iterable[Any]) -> list[str | type[nn.
         entries = [entries]
     rules = list(entries)
     for index, entry in enumerate(rules):
-        if not isinstance(entry, str) and not (isinstance(entry, type)
-                                               and issubclass(entry, nn.Module)):
-            raise TypeError(f"{owner}: {name}[{index}]={entry!r}; expected a name pattern "
-                            "(str, e.g. '*bias') or an nn.Module subclass (e.g. nn.LayerNorm)")
+        if not isinstance(entry, str) and not (
+            isinstance(entry, type) and issubclass(entry, nn.Module)
+        ):
+            raise TypeError(
+                f"{owner}: {name}[{index}]={entry!r}; expected a name pattern "
+                "(str, e.g. '*bias') or an nn.Module subclass (e.g. nn.LayerNorm)"
+            )
     return rules
 
 
 def _matches(rules: list[str | type[nn.Module]], name: str, module: nn.Module) -> bool:
-    return any(fnmatch.fnmatchcase(name, rule) if isinstance(rule, str)
-               else isinstance(module, rule) for rule in rules)
+    return any(
+        fnmatch.fnmatchcase(name, rule) if isinstance(rule, str) else isinstance(module, rule)
+        for rule in rules
+    )

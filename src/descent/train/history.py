@@ -39,8 +39,9 @@ class History(Mapping[str, list[float]]):
         try:
             return self._epoch_metrics[key]
         except KeyError:
-            raise KeyError(f"History has no epoch metric {key!r}; it has "
-                           f"{sorted(self._epoch_metrics)}") from None
+            raise KeyError(
+                f"History has no epoch metric {key!r}; it has {sorted(self._epoch_metrics)}"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._epoch_metrics)
@@ -83,40 +84,56 @@ class History(Mapping[str, list[float]]):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything recorded, as plain lists (JSON-serialisable)."""
-        return {"epochs": list(self.epochs),
-                "epoch_metrics": {k: list(v) for k, v in self._epoch_metrics.items()},
-                "steps": {k: list(v) for k, v in self.steps.items()},
-                "step_indices": {k: list(v) for k, v in self.step_indices.items()}}
+        return {
+            "epochs": list(self.epochs),
+            "epoch_metrics": {k: list(v) for k, v in self._epoch_metrics.items()},
+            "steps": {k: list(v) for k, v in self.steps.items()},
+            "step_indices": {k: list(v) for k, v in self.step_indices.items()},
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a :meth:`state_dict`; checked first, so nothing changes on error."""
         if not isinstance(state_dict, Mapping):
-            raise TypeError(f"History.load_state_dict: expected a dict, got "
-                            f"{type(state_dict).__name__}")
+            raise TypeError(
+                f"History.load_state_dict: expected a dict, got {type(state_dict).__name__}"
+            )
         expected = {"epochs", "epoch_metrics", "steps", "step_indices"}
         if set(state_dict) != expected:
-            raise ValueError(f"History.load_state_dict: keys {sorted(state_dict)}; expected "
-                             f"{sorted(expected)}")
+            raise ValueError(
+                f"History.load_state_dict: keys {sorted(state_dict)}; expected {sorted(expected)}"
+            )
         epochs = [int(e) for e in state_dict["epochs"]]
-        epoch_metrics = {str(k): [float(v) for v in values]
-                         for k, values in state_dict["epoch_metrics"].items()}
+        epoch_metrics = {
+            str(k): [float(v) for v in values] for k, values in state_dict["epoch_metrics"].items()
+        }
         for key, values in epoch_metrics.items():
             if len(values) != len(epochs):
-                raise ValueError(f"History.load_state_dict: epoch metric {key!r} has "
-                                 f"{len(values)} values for {len(epochs)} epochs")
+                raise ValueError(
+                    f"History.load_state_dict: epoch metric {key!r} has "
+                    f"{len(values)} values for {len(epochs)} epochs"
+                )
         steps = {str(k): [float(v) for v in values] for k, values in state_dict["steps"].items()}
-        indices = {str(k): [int(v) for v in values]
-                   for k, values in state_dict["step_indices"].items()}
+        indices = {
+            str(k): [int(v) for v in values] for k, values in state_dict["step_indices"].items()
+        }
         if steps.keys() != indices.keys() or any(len(steps[k]) != len(indices[k]) for k in steps):
-            raise ValueError("History.load_state_dict: 'steps' and 'step_indices' do not match "
-                             "key for key and length for length")
+            raise ValueError(
+                "History.load_state_dict: 'steps' and 'step_indices' do not match "
+                "key for key and length for length"
+            )
         self.epochs, self._epoch_metrics = epochs, epoch_metrics
         self.steps, self.step_indices = steps, indices
 
     # ------------------------------------------------------------------ plotting
 
-    def plot(self, path: str | Path | None = None, keys: Sequence[str] | None = None, *,
-             title: str | None = None, per_step: bool = True) -> Figure:
+    def plot(
+        self,
+        path: str | Path | None = None,
+        keys: Sequence[str] | None = None,
+        *,
+        title: str | None = None,
+        per_step: bool = True,
+    ) -> Figure:
         """Draw the metrics; return the matplotlib figure, saved as an image at ``path``
         when one is given.
 
@@ -132,8 +149,9 @@ class History(Mapping[str, list[float]]):
             import matplotlib  # noqa: F401  (a clear error when it is missing)
             from matplotlib.figure import Figure
         except ImportError as error:
-            raise ImportError("History.plot needs matplotlib: pip install 'descent[demo]'"
-                              ) from error
+            raise ImportError(
+                "History.plot needs matplotlib: pip install 'descent[demo]'"
+            ) from error
         families: dict[str, list[str]] = {}
         for key in list(self._epoch_metrics) + list(self.steps):
             base = key[4:] if key.startswith("val_") else key
@@ -143,8 +161,9 @@ class History(Mapping[str, list[float]]):
         if keys is not None:
             unknown = [k for k in keys if k not in families]
             if unknown:
-                raise ValueError(f"History.plot: keys {unknown} were not recorded; recorded: "
-                                 f"{sorted(families)}")
+                raise ValueError(
+                    f"History.plot: keys {unknown} were not recorded; recorded: {sorted(families)}"
+                )
             families = {k: families[k] for k in keys}
         if not families:
             raise ValueError("History.plot: nothing was recorded yet")
@@ -155,8 +174,9 @@ class History(Mapping[str, list[float]]):
             for key in members:
                 if per_step and key in self.steps and steps_per_epoch:
                     x = [s / steps_per_epoch for s in self.step_indices[key]]
-                    axis.plot(x, self.steps[key], alpha=0.3, linewidth=0.8,
-                              label=f"{key} (per step)")
+                    axis.plot(
+                        x, self.steps[key], alpha=0.3, linewidth=0.8, label=f"{key} (per step)"
+                    )
                 if key in self._epoch_metrics:
                     x = [e + 1 for e in self.epochs]
                     axis.plot(x, self._epoch_metrics[key], marker="o", markersize=3, label=key)

@@ -84,8 +84,13 @@ class LRFinderResult:
             return None
         return self.lrs[min(range(len(self.smoothed)), key=self.smoothed.__getitem__)]
 
-    def plot(self, path: str | os.PathLike[str] | None = None, *, ax: Axes | None = None,
-             title: str | None = None) -> Figure:
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        ax: Axes | None = None,
+        title: str | None = None,
+    ) -> Figure:
         """Draw the raw and smoothed losses against the learning rate (log scale), with
         the suggestion marked; return the figure, and save it as an image when ``path``
         is given. Draws into ``ax`` if given, else into a new figure, without touching
@@ -95,17 +100,26 @@ class LRFinderResult:
         axis.plot(self.lrs, self.losses, alpha=0.35, linewidth=0.8, label="loss")
         axis.plot(self.lrs, self.smoothed, linewidth=1.6, label="smoothed (centred)")
         if self.suggestion is not None:
-            axis.axvline(self.suggestion, color="C2", linestyle="--",
-                         label=f"suggestion {self.suggestion:.2g}")
+            axis.axvline(
+                self.suggestion,
+                color="C2",
+                linestyle="--",
+                label=f"suggestion {self.suggestion:.2g}",
+            )
         if self.lowest is not None:
-            axis.axvline(self.lowest, color="C3", linestyle=":", alpha=0.6,
-                         label=f"lowest smoothed loss at {self.lowest:.2g}")
+            axis.axvline(
+                self.lowest,
+                color="C3",
+                linestyle=":",
+                alpha=0.6,
+                label=f"lowest smoothed loss at {self.lowest:.2g}",
+            )
         axis.set_xscale("log")
         axis.set_xlabel("learning rate")
         axis.set_ylabel("training loss")
         axis.set_title(title or f"learning-rate range test\n{self.stopped}", fontsize=8)
         finite = [value for value in self.losses if math.isfinite(value)]
-        if finite:   # keep the divergence from squashing the interesting part
+        if finite:  # keep the divergence from squashing the interesting part
             low, start = min(finite), finite[0]
             axis.set_ylim(low - 0.05 * (start - low + 1e-12), start + 0.5 * (start - low))
         axis.grid(alpha=0.3)
@@ -121,9 +135,12 @@ class _Sweep(Callback):
 
     def __init__(self, optimizer: Any, lrs: list[float], beta: float, diverge: float) -> None:
         self.optimizer, self.planned, self.beta, self.diverge = optimizer, lrs, beta, diverge
-        self.ratios = [group["lr"] / optimizer.param_groups[0]["lr"]
-                       if optimizer.param_groups[0]["lr"] else 1.0
-                       for group in optimizer.param_groups]
+        self.ratios = [
+            group["lr"] / optimizer.param_groups[0]["lr"]
+            if optimizer.param_groups[0]["lr"]
+            else 1.0
+            for group in optimizer.param_groups
+        ]
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []
@@ -138,7 +155,7 @@ class _Sweep(Callback):
 
     def on_batch_end(self, trainer: Any, batch: int, logs: Mapping[str, float]) -> None:
         # the steps taken since the last batch (several per batch for TBPTT per chunk)
-        for loss in trainer.history.steps.get("loss", [])[len(self.losses):]:
+        for loss in trainer.history.steps.get("loss", [])[len(self.losses) :]:
             if trainer.stop_training:
                 return
             self.losses.append(loss)
@@ -147,15 +164,27 @@ class _Sweep(Callback):
             if len(self.losses) == len(self.planned):
                 trainer.stop_training = True
             elif self.smoothed[-1] > self.diverge * min(self.smoothed):
-                self.stopped = (f"diverged at lr {self.lrs[len(self.losses) - 1]:.3g}: "
-                                f"running mean loss {self.smoothed[-1]:.4g} > {self.diverge:g}"
-                                f" x its lowest {min(self.smoothed):.4g}")
+                self.stopped = (
+                    f"diverged at lr {self.lrs[len(self.losses) - 1]:.3g}: "
+                    f"running mean loss {self.smoothed[-1]:.4g} > {self.diverge:g}"
+                    f" x its lowest {min(self.smoothed):.4g}"
+                )
                 trainer.stop_training = True
 
 
-def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
-            loss: Any = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            steps: int = 100, smoothing: float = 0.9, diverge: float = 4.0) -> LRFinderResult:
+def lr_find(
+    trainer: SupervisedTrainer,
+    model: nn.Module,
+    x: Any,
+    y: Any = None,
+    loss: Any = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    smoothing: float = 0.9,
+    diverge: float = 4.0,
+) -> LRFinderResult:
     """Run the learning-rate range test with ``trainer``'s strategy; restore everything.
 
     Args:
@@ -184,29 +213,44 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
     """
     owner = "lr_find"
     optimizers = trainer.optimizers() if hasattr(trainer, "optimizers") else None
-    if not isinstance(optimizers, Mapping) or set(optimizers) != {"optimizer"} \
-            or not hasattr(trainer, "train"):
-        raise TypeError(f"{owner}: trainer is a {type(trainer).__name__}; expected a trainer "
-                        "with one optimizer (SupervisedTrainer, RecurrentTrainer)")
+    if (
+        not isinstance(optimizers, Mapping)
+        or set(optimizers) != {"optimizer"}
+        or not hasattr(trainer, "train")
+    ):
+        raise TypeError(
+            f"{owner}: trainer is a {type(trainer).__name__}; expected a trainer "
+            "with one optimizer (SupervisedTrainer, RecurrentTrainer)"
+        )
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ValueError(f"{owner}: {name}={value!r}; expected a finite number > 0")
     if not start_lr < end_lr:
-        raise ValueError(f"{owner}: start_lr={start_lr!r} and end_lr={end_lr!r}; expected "
-                         "start_lr < end_lr")
+        raise ValueError(
+            f"{owner}: start_lr={start_lr!r} and end_lr={end_lr!r}; expected start_lr < end_lr"
+        )
     check_positive_int(owner, "steps", steps)
     if steps < 2:
         raise ValueError(f"{owner}: steps={steps}; expected at least 2")
-    if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) \
-            or not 0 <= smoothing < 1:
+    if (
+        isinstance(smoothing, bool)
+        or not isinstance(smoothing, int | float)
+        or not 0 <= smoothing < 1
+    ):
         raise ValueError(f"{owner}: smoothing={smoothing!r}; expected a number in [0, 1)")
     if isinstance(diverge, bool) or not isinstance(diverge, int | float) or not diverge > 1:
         raise ValueError(f"{owner}: diverge={diverge!r}; expected a number > 1")
     optimizer = optimizers["optimizer"]
     if not optimizer.param_groups[0]["lr"] and any(g["lr"] for g in optimizer.param_groups):
-        raise ValueError(f"{owner}: the first param group has lr=0 but others do not; the "
-                         "groups' ratios to it are undefined")
+        raise ValueError(
+            f"{owner}: the first param group has lr=0 but others do not; the "
+            "groups' ratios to it are undefined"
+        )
     lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
     sweep = _Sweep(optimizer, lrs, float(smoothing), float(diverge))
     saved = _Snapshot(trainer, model)
@@ -221,10 +265,16 @@ def lr_find(trainer: SupervisedTrainer, model: nn.Module, x: Any, y: Any = None,
             sweep.stopped = f"non-finite loss or gradient at lr {sweep.lrs[-1]:.3g}"
     finally:
         saved.restore()
-    lrs = sweep.lrs[:len(sweep.losses)]
+    lrs = sweep.lrs[: len(sweep.losses)]
     smoothed = _centred(sweep.losses, round(1 / (2 * (1 - smoothing))))
-    return LRFinderResult(lrs, sweep.losses, smoothed, _suggest(lrs, smoothed),
-                          _steepest(lrs, smoothed), sweep.stopped)
+    return LRFinderResult(
+        lrs,
+        sweep.losses,
+        smoothed,
+        _suggest(lrs, smoothed),
+        _steepest(lrs, smoothed),
+        sweep.stopped,
+    )
 
 
 class _Snapshot:
@@ -235,9 +285,22 @@ class _Snapshot:
         self.weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
         self.modes = {module: module.training for module in model.modules()}
         self.state = copy.deepcopy(trainer.state_dict())
-        self.attributes = {name: getattr(trainer, name) for name in (
-            "callbacks", "checkpointing", "state", "history", "meter", "stop_training",
-            "batches_per_epoch", "window", "loss_fn", "model") if hasattr(trainer, name)}
+        self.attributes = {
+            name: getattr(trainer, name)
+            for name in (
+                "callbacks",
+                "checkpointing",
+                "state",
+                "history",
+                "meter",
+                "stop_training",
+                "batches_per_epoch",
+                "window",
+                "loss_fn",
+                "model",
+            )
+            if hasattr(trainer, name)
+        }
         self.missing = [name for name in ("model",) if not hasattr(trainer, name)]
         self.nonfinite = trainer.guard.nonfinite
         self.scaler = copy.deepcopy(trainer.guard.state_dict())
@@ -264,8 +327,10 @@ class _Snapshot:
 
 def _centred(values: list[float], k: int) -> list[float]:
     """The mean of ``values[i - k : i + k + 1]`` (cut at the ends) for each ``i``."""
-    return [sum(values[max(0, i - k):i + k + 1]) / len(values[max(0, i - k):i + k + 1])
-            for i in range(len(values))]
+    return [
+        sum(values[max(0, i - k) : i + k + 1]) / len(values[max(0, i - k) : i + k + 1])
+        for i in range(len(values))
+    ]
 
 
 def _suggest(lrs: list[float], smoothed: list[float]) -> float | None:
@@ -277,8 +342,10 @@ def _suggest(lrs: list[float], smoothed: list[float]) -> float | None:
 
 def _steepest(lrs: list[float], smoothed: list[float]) -> float | None:
     lowest = min(range(len(smoothed)), key=smoothed.__getitem__, default=0)
-    slopes = [(smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i]))
-              for i in range(lowest)]
+    slopes = [
+        (smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i]))
+        for i in range(lowest)
+    ]
     if not slopes or min(slopes) >= 0:
         return None
     return lrs[min(range(len(slopes)), key=slopes.__getitem__)]
@@ -299,8 +366,9 @@ def _axes(ax: Axes | None) -> tuple[Figure, Axes]:
     return figure, figure.add_subplot()
 
 
-def lr_find_demo(steps: int = 100, *, seed: int = 0,
-                 path: str | os.PathLike[str] | None = None) -> LRFinderResult:
+def lr_find_demo(
+    steps: int = 100, *, seed: int = 0, path: str | os.PathLike[str] | None = None
+) -> LRFinderResult:
     """The range test of a character-level GRU (Adam, batches of 32 sequences of 64
     characters, chunks of 16) on the bundled *Coriolanus* text; what ``descent
     lr-find`` shows. Plots to ``path`` when given."""
@@ -311,10 +379,12 @@ def lr_find_demo(steps: int = 100, *, seed: int = 0,
     x, y, vocabulary = char_sequences(load_text(), 64, stride=32)
     torch.manual_seed(seed)
     model = _CharGRU(len(vocabulary))
-    trainer = RecurrentTrainer(Adam(model, lr=1e-3), batch_size=32, bptt_steps=16,
-                               clip_grad_norm=1.0, seed=seed)
-    result = lr_find(trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=10.0,
-                     steps=steps)
+    trainer = RecurrentTrainer(
+        Adam(model, lr=1e-3), batch_size=32, bptt_steps=16, clip_grad_norm=1.0, seed=seed
+    )
+    result = lr_find(
+        trainer, model, x, y, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=10.0, steps=steps
+    )
     if path is not None:
         result.plot(path, title="character GRU on Coriolanus: learning-rate range test")
     return result

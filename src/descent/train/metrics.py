@@ -47,9 +47,10 @@ class Meter:
     def global_means(self) -> dict[str, float]:
         """:meth:`means` over the micro-batches of every rank (every rank must call it)."""
         keys = sorted(self.sums)
-        totals = distributed.sum_over_ranks([self.sums[k] for k in keys]
-                                            + [self.weights[k] for k in keys])
-        sums, weights = totals[:len(keys)], totals[len(keys):]
+        totals = distributed.sum_over_ranks(
+            [self.sums[k] for k in keys] + [self.weights[k] for k in keys]
+        )
+        sums, weights = totals[: len(keys)], totals[len(keys) :]
         return {key: s / w for key, s, w in zip(keys, sums, weights, strict=True) if w}
 
     def add_window(self, loss: float, weight: float) -> None:
@@ -66,19 +67,25 @@ class Meter:
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.weights),
-                "window": [self.window_sum, self.window_weight]}
+        return {
+            "sums": dict(self.sums),
+            "counts": dict(self.weights),
+            "window": [self.window_sum, self.window_weight],
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a :meth:`state_dict`; checked first, so nothing changes on error."""
         if not isinstance(state_dict, Mapping) or set(state_dict) != {"sums", "counts", "window"}:
-            raise ValueError("Meter.load_state_dict: expected a dict with 'sums', 'counts' and "
-                             "'window'")
+            raise ValueError(
+                "Meter.load_state_dict: expected a dict with 'sums', 'counts' and 'window'"
+            )
         sums = {str(k): float(v) for k, v in state_dict["sums"].items()}
         weights = {str(k): float(v) for k, v in state_dict["counts"].items()}
         if set(sums) != set(weights):
-            raise ValueError(f"Meter.load_state_dict: 'sums' has keys {sorted(sums)}, 'counts' "
-                             f"{sorted(weights)}; expected the same")
+            raise ValueError(
+                f"Meter.load_state_dict: 'sums' has keys {sorted(sums)}, 'counts' "
+                f"{sorted(weights)}; expected the same"
+            )
         window_sum, window_weight = (float(v) for v in state_dict["window"])
         self.sums, self.weights = sums, weights
         self.window_sum, self.window_weight = window_sum, window_weight

@@ -83,39 +83,77 @@ class RecurrentTrainer(SupervisedTrainer):
         trainer.train(model, x, y, torch.nn.CrossEntropyLoss())   # x, y: (N, T) int64
     """
 
-    def __init__(self, optimizer: Any, batch_size: int = 32, epochs: int = 10,
-                 bptt_steps: int | None = None, gradient_accumulation_steps: int = 1,
-                 scheduler: Any = None, clip_grad_norm: float | None = None,
-                 callbacks: Iterable[Callback] = (), *, step_every: str = "chunk",
-                 metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
-                 **options: Any) -> None:
-        super().__init__(optimizer, batch_size, epochs, gradient_accumulation_steps, scheduler,
-                         clip_grad_norm, callbacks, metrics=metrics, **options)
+    def __init__(
+        self,
+        optimizer: Any,
+        batch_size: int = 32,
+        epochs: int = 10,
+        bptt_steps: int | None = None,
+        gradient_accumulation_steps: int = 1,
+        scheduler: Any = None,
+        clip_grad_norm: float | None = None,
+        callbacks: Iterable[Callback] = (),
+        *,
+        step_every: str = "chunk",
+        metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            optimizer,
+            batch_size,
+            epochs,
+            gradient_accumulation_steps,
+            scheduler,
+            clip_grad_norm,
+            callbacks,
+            metrics=metrics,
+            **options,
+        )
         owner = type(self).__name__
-        self.bptt_steps = (None if bptt_steps is None
-                           else check_positive_int(owner, "bptt_steps", bptt_steps))
+        self.bptt_steps = (
+            None if bptt_steps is None else check_positive_int(owner, "bptt_steps", bptt_steps)
+        )
         self.step_every = check_choice(owner, "step_every", step_every, STEP_EVERY)
 
     def batches_per_window(self) -> int:
         return self.accumulation if self.step_every == "sequence" else 1
 
     def check_counters(self, loop: Any) -> None:
-        loop.check(batches_per_epoch=self.batches_per_epoch, accumulation=self.accumulation,
-                   accumulation_name="gradient_accumulation_steps")
+        loop.check(
+            batches_per_epoch=self.batches_per_epoch,
+            accumulation=self.accumulation,
+            accumulation_name="gradient_accumulation_steps",
+        )
 
     def loop_plan(self) -> dict[str, Any]:
         return {**super().loop_plan(), "step_every": self.step_every}
 
-    def train(self, model: nn.Module, x: Any, y: Any = None,
-              loss: Callable[..., torch.Tensor] | None = None, *,
-              validation_data: Any = None, validation_split: float | None = None,
-              epochs: int | None = None, resume: bool = False) -> History:
+    def train(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: Any = None,
+        loss: Callable[..., torch.Tensor] | None = None,
+        *,
+        validation_data: Any = None,
+        validation_split: float | None = None,
+        epochs: int | None = None,
+        resume: bool = False,
+    ) -> History:
         """Train on sequences ``x`` ``(N, T, ...)`` with per-step targets ``y`` ``(N, T, ...)``.
 
         Same forms and options (``resume`` included) as :meth:`SupervisedTrainer.train`.
         """
-        return super().train(model, x, y, loss, validation_data=validation_data,
-                             validation_split=validation_split, epochs=epochs, resume=resume)
+        return super().train(
+            model,
+            x,
+            y,
+            loss,
+            validation_data=validation_data,
+            validation_split=validation_split,
+            epochs=epochs,
+            resume=resume,
+        )
 
     # ------------------------------------------------------------------ extension points
 
@@ -123,14 +161,17 @@ class RecurrentTrainer(SupervisedTrainer):
         """The hidden state a batch of sequences starts from (None: the model's default)."""
         return None
 
-    def forward_chunk(self, model: nn.Module, x_chunk: torch.Tensor,
-                      hidden: Any) -> tuple[Any, Any]:
+    def forward_chunk(
+        self, model: nn.Module, x_chunk: torch.Tensor, hidden: Any
+    ) -> tuple[Any, Any]:
         """``model(x_chunk, hidden) -> (y_chunk, hidden)``, with the contract checked."""
         result = model(x_chunk, hidden)
         if not isinstance(result, tuple | list) or len(result) != 2:
-            raise TypeError(f"{type(self).__name__}: the model returned a "
-                            f"{type(result).__name__}; the contract is model(x_chunk, hidden) "
-                            "-> (y_chunk, hidden)")
+            raise TypeError(
+                f"{type(self).__name__}: the model returned a "
+                f"{type(result).__name__}; the contract is model(x_chunk, hidden) "
+                "-> (y_chunk, hidden)"
+            )
         return result[0], result[1]
 
     def compute_loss(self, output: Any, target: Any) -> torch.Tensor:
@@ -150,8 +191,9 @@ class RecurrentTrainer(SupervisedTrainer):
             return 1.0
         return self._count(split_batch(type(self).__name__, batch)[1])
 
-    def train_batch(self, model: nn.Module, batch: Any, index: int,
-                    n_batches: int | None) -> dict[str, float]:
+    def train_batch(
+        self, model: nn.Module, batch: Any, index: int, n_batches: int | None
+    ) -> dict[str, float]:
         """Run the batch of sequences chunk by chunk, stepping per chunk window or per
         window of batches; each chunk's loss weighted by its share of its window's count."""
         owner = type(self).__name__
@@ -159,7 +201,7 @@ class RecurrentTrainer(SupervisedTrainer):
         _check_sequences(owner, inputs, target)
         spans = self.chunks(inputs.shape[1])
         state, per_sequence = self.state, self.step_every == "sequence"
-        if not per_sequence and state.window:   # an interrupted batch restarts at chunk 0
+        if not per_sequence and state.window:  # an interrupted batch restarts at chunk 0
             self.optimizer.zero_grad(set_to_none=True)
             self.meter.pop_window()
             state.window = 0
@@ -174,11 +216,15 @@ class RecurrentTrainer(SupervisedTrainer):
                 sync = number == len(spans) - 1 and state.window + 1 == window.size
             else:
                 first = number - number % self.accumulation
-                if number == first:   # a new window of chunks: count it over the ranks
-                    members = counts[first:first + self.accumulation]
-                    window = Window(first, spans[first:first + self.accumulation], members,
-                                    self.distribution.sum(sum(members)),
-                                    self.distribution.replicas)
+                if number == first:  # a new window of chunks: count it over the ranks
+                    members = counts[first : first + self.accumulation]
+                    window = Window(
+                        first,
+                        spans[first : first + self.accumulation],
+                        members,
+                        self.distribution.sum(sum(members)),
+                        self.distribution.replicas,
+                    )
                 assert window is not None
                 weight = window.weight(number)
                 sync = number == first + window.size - 1
@@ -192,15 +238,18 @@ class RecurrentTrainer(SupervisedTrainer):
             logs = {}
             with torch.no_grad():
                 for name, metric in self.metrics.items():
-                    logs[name] = float(metric(_merge_time(detach(output)),
-                                              _merge_time(target[:, start:stop])))
+                    logs[name] = float(
+                        metric(_merge_time(detach(output)), _merge_time(target[:, start:stop]))
+                    )
             steps = inputs.shape[0] * (stop - start)
             self.meter.add({"loss": value}, counts[number])
             self.meter.add(logs, steps)
             self.meter.add_window(value, counts[number])
-            for key, item in (("loss", value * counts[number] if counts[number] else 0.0),
-                              ("loss_weight", counts[number]),
-                              *((k, v * steps) for k, v in logs.items())):
+            for key, item in (
+                ("loss", value * counts[number] if counts[number] else 0.0),
+                ("loss_weight", counts[number]),
+                *((k, v * steps) for k, v in logs.items()),
+            ):
                 sums[key] = sums.get(key, 0.0) + item
             if not per_sequence:
                 state.window += 1
@@ -227,8 +276,9 @@ class RecurrentTrainer(SupervisedTrainer):
         if self.step_every == "sequence":
             super()._check_batch_count(n_batches)
 
-    def _evaluate_batches(self, model: nn.Module, batches: Batches,
-                          loss: Callable[..., torch.Tensor] | None) -> dict[str, float]:
+    def _evaluate_batches(
+        self, model: nn.Module, batches: Batches, loss: Callable[..., torch.Tensor] | None
+    ) -> dict[str, float]:
         owner = type(self).__name__
         was_training = model.training
         model.eval()
@@ -242,20 +292,32 @@ class RecurrentTrainer(SupervisedTrainer):
                     hidden = self.initial_hidden(model, inputs)
                     for start, stop in self.chunks(inputs.shape[1]):
                         with self.autocast():
-                            output, hidden = self.forward_chunk(model, inputs[:, start:stop],
-                                                                hidden)
-                            values = ({} if loss is None else
-                                      {"loss": float(loss(_merge_time(output),
-                                                          _merge_time(target[:, start:stop])))})
+                            output, hidden = self.forward_chunk(
+                                model, inputs[:, start:stop], hidden
+                            )
+                            values = (
+                                {}
+                                if loss is None
+                                else {
+                                    "loss": float(
+                                        loss(
+                                            _merge_time(output), _merge_time(target[:, start:stop])
+                                        )
+                                    )
+                                }
+                            )
                         for name, metric in self.metrics.items():
-                            values[name] = float(metric(_merge_time(output),
-                                                        _merge_time(target[:, start:stop])))
+                            values[name] = float(
+                                metric(_merge_time(output), _merge_time(target[:, start:stop]))
+                            )
                         steps = float(inputs.shape[0] * (stop - start))
                         weights = {key: steps for key in values}
                         if loss is not None:
-                            weights["loss"] = (steps if self.normalize_by == "samples" else
-                                               count(owner, self.normalize_by, loss,
-                                                     target[:, start:stop]))
+                            weights["loss"] = (
+                                steps
+                                if self.normalize_by == "samples"
+                                else count(owner, self.normalize_by, loss, target[:, start:stop])
+                            )
                         for key, value in values.items():
                             sums[key] = sums.get(key, 0.0) + value * weights[key]
                             totals[key] = totals.get(key, 0.0) + weights[key]
@@ -273,13 +335,20 @@ def _merge_time(value: Any) -> Any:
 def _check_sequences(owner: str, inputs: Any, target: Any) -> None:
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"{owner}: sequence inputs have shape {shape}; expected (batch, time, "
-                         "...) with batch first")
-    if not isinstance(target, torch.Tensor) or target.dim() < 2 \
-            or target.shape[:2] != inputs.shape[:2]:
+        raise ValueError(
+            f"{owner}: sequence inputs have shape {shape}; expected (batch, time, "
+            "...) with batch first"
+        )
+    if (
+        not isinstance(target, torch.Tensor)
+        or target.dim() < 2
+        or target.shape[:2] != inputs.shape[:2]
+    ):
         shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
-        raise ValueError(f"{owner}: targets have shape {shape}, inputs {tuple(inputs.shape)}; "
-                         "expected per-step targets (batch, time, ...) matching the inputs' "
-                         "first two dimensions")
+        raise ValueError(
+            f"{owner}: targets have shape {shape}, inputs {tuple(inputs.shape)}; "
+            "expected per-step targets (batch, time, ...) matching the inputs' "
+            "first two dimensions"
+        )
     if inputs.shape[1] == 0:
         raise ValueError(f"{owner}: the sequences have length 0")

@@ -35,18 +35,26 @@ class LoopState:
         fields = {f.name for f in dataclasses.fields(self)}
         if not isinstance(state_dict, Mapping) or set(state_dict) != fields:
             got = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict)
-            raise ValueError(f"{type(self).__name__}.load_state_dict: keys {got}; expected "
-                             f"{sorted(fields)}")
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: keys {got}; expected {sorted(fields)}"
+            )
         for name, value in state_dict.items():
             kind = bool if name == "running" else int
             if type(value) is not kind or (kind is int and value < 0):
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name}={value!r}; "
-                                 f"expected a {'bool' if kind is bool else 'non-negative int'}")
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {name}={value!r}; "
+                    f"expected a {'bool' if kind is bool else 'non-negative int'}"
+                )
         for name, value in state_dict.items():
             setattr(self, name, value)
 
-    def check(self, *, batches_per_epoch: int | None, accumulation: int,
-              accumulation_name: str = "gradient_accumulation_steps") -> None:
+    def check(
+        self,
+        *,
+        batches_per_epoch: int | None,
+        accumulation: int,
+        accumulation_name: str = "gradient_accumulation_steps",
+    ) -> None:
         """Raise ``ValueError`` naming the first counter that this trainer's configuration
         makes impossible (the counter, its value, and the bound it breaks).
 
@@ -54,17 +62,26 @@ class LoopState:
         ``batches_per_epoch`` the length of an epoch (None: unknown).
         """
         if self.window >= accumulation:
-            raise ValueError(f"loop counter window={self.window}; expected less than "
-                             f"{accumulation_name}={accumulation}")
+            raise ValueError(
+                f"loop counter window={self.window}; expected less than "
+                f"{accumulation_name}={accumulation}"
+            )
         if batches_per_epoch is not None and self.batch > batches_per_epoch:
-            raise ValueError(f"loop counter batch={self.batch}; expected at most the "
-                             f"{batches_per_epoch} batches of an epoch")
+            raise ValueError(
+                f"loop counter batch={self.batch}; expected at most the "
+                f"{batches_per_epoch} batches of an epoch"
+            )
         if self.epoch > self.end_epoch:
-            raise ValueError(f"loop counter epoch={self.epoch}; expected at most "
-                             f"end_epoch={self.end_epoch}")
+            raise ValueError(
+                f"loop counter epoch={self.epoch}; expected at most end_epoch={self.end_epoch}"
+            )
         if self.epoch == self.end_epoch and (self.batch or self.window):
-            raise ValueError(f"loop counter batch={self.batch} (window={self.window}) at "
-                             f"epoch={self.epoch}, the end epoch; expected 0: the run is over")
+            raise ValueError(
+                f"loop counter batch={self.batch} (window={self.window}) at "
+                f"epoch={self.epoch}, the end epoch; expected 0: the run is over"
+            )
         if not self.running and (self.batch or self.window):
-            raise ValueError(f"loop counter batch={self.batch} (window={self.window}) with "
-                             "running=False; expected 0 between train() calls")
+            raise ValueError(
+                f"loop counter batch={self.batch} (window={self.window}) with "
+                "running=False; expected 0 between train() calls"
+            )

@@ -51,9 +51,15 @@ class StepGuard:
         clip_grad_norm, clip_grad_value: None, or the bound (see :mod:`descent.utils.clip`).
     """
 
-    def __init__(self, owner: str, *, nonfinite: str = "raise", precision: str = "fp32",
-                 clip_grad_norm: float | None = None,
-                 clip_grad_value: float | None = None) -> None:
+    def __init__(
+        self,
+        owner: str,
+        *,
+        nonfinite: str = "raise",
+        precision: str = "fp32",
+        clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None,
+    ) -> None:
         self.owner = owner
         self.nonfinite = check_choice(owner, "nonfinite", nonfinite, NONFINITE_POLICIES)
         self.precision = check_choice(owner, "precision", precision, PRECISIONS)
@@ -98,10 +104,14 @@ class StepGuard:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, optimizer: Any, scheduler: Any = None, *,
-             before_step: Callable[[], None] = lambda: None,
-             where: Callable[[], str] = lambda: "the optimizer step",
-             ) -> dict[str, float] | None:
+    def step(
+        self,
+        optimizer: Any,
+        scheduler: Any = None,
+        *,
+        before_step: Callable[[], None] = lambda: None,
+        where: Callable[[], str] = lambda: "the optimizer step",
+    ) -> dict[str, float] | None:
         """Check, clip and apply one step of ``optimizer``; then step ``scheduler``.
 
         ``before_step`` runs when the step will happen (the callbacks); ``where()``
@@ -111,8 +121,9 @@ class StepGuard:
         """
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]
-                  if p.grad is not None]
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
         bad = _nonfinite(params)
         if bad or self.nonfinite_loss is not None:
             self._refuse(optimizer, [self.label(optimizer, p) for p in bad], where())
@@ -152,7 +163,7 @@ class StepGuard:
         """Drop the window's gradients; raise :class:`NonFiniteError` unless skipping."""
         overflow = self.scaler is not None and self.nonfinite_loss is None
         if self.scaler is not None:
-            self.scaler.update()   # an overflow: the scaler lowers its scale
+            self.scaler.update()  # an overflow: the scaler lowers its scale
         optimizer.zero_grad(set_to_none=True)
         parts = []
         if self.nonfinite_loss is not None:
@@ -160,14 +171,17 @@ class StepGuard:
             parts.append(f"non-finite loss {value} at epoch {epoch}, batch {index}")
         self.nonfinite_loss = None
         if labels:
-            shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more"
-                                              if len(labels) > 10 else "")
+            shown = ", ".join(labels[:10]) + (
+                f" and {len(labels) - 10} more" if len(labels) > 10 else ""
+            )
             parts.append(f"non-finite gradients in {shown}")
         else:
             parts.append("no parameter gradient is non-finite")
         if self.nonfinite == "raise" and not overflow:
-            raise NonFiniteError(f"{self.owner}: {'; '.join(parts)} at {where}; no parameter "
-                                 "was updated (nonfinite='skip' skips such steps instead)")
+            raise NonFiniteError(
+                f"{self.owner}: {'; '.join(parts)} at {where}; no parameter "
+                "was updated (nonfinite='skip' skips such steps instead)"
+            )
 
     # ------------------------------------------------------------------ state
 
@@ -178,13 +192,19 @@ class StepGuard:
     def check_state(self, owner: str, state: Any) -> None:
         """Refuse a :meth:`state_dict` that does not fit this guard (nothing changes)."""
         if (state is None) != (self.precision != "fp16"):
-            raise ValueError(f"{owner}: the state has {'no' if state is None else 'a'} "
-                             f"GradScaler state, this trainer has precision={self.precision!r}")
-        if state is not None and not (isinstance(state, Mapping) and isinstance(
-                state.get("scale"), float) and math.isfinite(state["scale"])
-                and state["scale"] > 0):
-            raise ValueError(f"{owner}: the GradScaler state {state!r} has no finite positive "
-                             "'scale'")
+            raise ValueError(
+                f"{owner}: the state has {'no' if state is None else 'a'} "
+                f"GradScaler state, this trainer has precision={self.precision!r}"
+            )
+        if state is not None and not (
+            isinstance(state, Mapping)
+            and isinstance(state.get("scale"), float)
+            and math.isfinite(state["scale"])
+            and state["scale"] > 0
+        ):
+            raise ValueError(
+                f"{owner}: the GradScaler state {state!r} has no finite positive 'scale'"
+            )
 
     def load_state(self, state: Mapping[str, Any] | None) -> None:
         """Apply a state checked by :meth:`check_state`."""

@@ -40,9 +40,11 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (predicted == target).float().mean()
     if output.shape == target.shape:
         return ((output > 0) == (target > 0.5)).float().mean()
-    raise ValueError(f"accuracy: output shape {tuple(output.shape)} and target shape "
-                     f"{tuple(target.shape)} fit neither class scores (N, C, ...) against "
-                     "indices (N, ...) nor binary logits against labels of the same shape")
+    raise ValueError(
+        f"accuracy: output shape {tuple(output.shape)} and target shape "
+        f"{tuple(target.shape)} fit neither class scores (N, C, ...) against "
+        "indices (N, ...) nor binary logits against labels of the same shape"
+    )
 
 
 BUILTIN_METRICS: dict[str, Metric] = {"accuracy": accuracy}
@@ -62,15 +64,19 @@ def resolve_metrics(owner: str, metrics: Any) -> dict[str, Metric]:
             elif callable(entry):
                 items.append((getattr(entry, "__name__", type(entry).__name__), entry))
             else:
-                raise TypeError(f"{owner}: metrics entry {entry!r} is neither a metric name "
-                                f"({sorted(BUILTIN_METRICS)}) nor a callable")
+                raise TypeError(
+                    f"{owner}: metrics entry {entry!r} is neither a metric name "
+                    f"({sorted(BUILTIN_METRICS)}) nor a callable"
+                )
     resolved: dict[str, Metric] = {}
     for name, fn in items:
         if isinstance(fn, str):
             if fn not in BUILTIN_METRICS:
-                raise ValueError(f"{owner}: unknown metric {fn!r}; built-in metrics are "
-                                 f"{sorted(BUILTIN_METRICS)}, or pass a callable "
-                                 "(output, target) -> number")
+                raise ValueError(
+                    f"{owner}: unknown metric {fn!r}; built-in metrics are "
+                    f"{sorted(BUILTIN_METRICS)}, or pass a callable "
+                    "(output, target) -> number"
+                )
             fn = BUILTIN_METRICS[fn]
         if not callable(fn):
             raise TypeError(f"{owner}: metric {name!r} is not callable")
@@ -84,9 +90,11 @@ def split_batch(owner: str, batch: Any) -> tuple[Any, Any]:
     """``(inputs, targets)`` of a batch that is a pair."""
     if isinstance(batch, tuple | list) and len(batch) == 2:
         return batch[0], batch[1]
-    raise TypeError(f"{owner}: a batch must be an (inputs, targets) pair; got a "
-                    f"{type(batch).__name__}" + (f" of length {len(batch)}"
-                                                 if isinstance(batch, tuple | list) else ""))
+    raise TypeError(
+        f"{owner}: a batch must be an (inputs, targets) pair; got a "
+        f"{type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
+    )
 
 
 class SupervisedTrainer(Trainer):
@@ -149,27 +157,41 @@ class SupervisedTrainer(Trainer):
     True
     """
 
-    def __init__(self, optimizer: Any, batch_size: int = 32, epochs: int = 10,
-                 gradient_accumulation_steps: int = 1, scheduler: Any = None,
-                 clip_grad_norm: float | None = None, callbacks: Iterable[Callback] = (), *,
-                 metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
-                 shuffle: bool = True, drop_last: bool = False,
-                 validation_batch_size: int | None = None,
-                 normalize_by: str | Counter = "samples", **options: Any) -> None:
-        super().__init__(epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm,
-                         **options)
+    def __init__(
+        self,
+        optimizer: Any,
+        batch_size: int = 32,
+        epochs: int = 10,
+        gradient_accumulation_steps: int = 1,
+        scheduler: Any = None,
+        clip_grad_norm: float | None = None,
+        callbacks: Iterable[Callback] = (),
+        *,
+        metrics: Sequence[str | Metric] | Mapping[str, Metric] = (),
+        shuffle: bool = True,
+        drop_last: bool = False,
+        validation_batch_size: int | None = None,
+        normalize_by: str | Counter = "samples",
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            epochs=epochs, callbacks=callbacks, clip_grad_norm=clip_grad_norm, **options
+        )
         owner = type(self).__name__
         self.optimizer = check_optimizer(owner, "optimizer", optimizer)
         self.scheduler = check_scheduler(owner, "scheduler", scheduler, optimizer)
         self.batch_size = check_positive_int(owner, "batch_size", batch_size)
-        self.accumulation = check_positive_int(owner, "gradient_accumulation_steps",
-                                               gradient_accumulation_steps)
+        self.accumulation = check_positive_int(
+            owner, "gradient_accumulation_steps", gradient_accumulation_steps
+        )
         self.metrics = resolve_metrics(owner, metrics)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.validation_batch_size = check_positive_int(
-            owner, "validation_batch_size",
-            batch_size if validation_batch_size is None else validation_batch_size)
+            owner,
+            "validation_batch_size",
+            batch_size if validation_batch_size is None else validation_batch_size,
+        )
         self.normalize_by = check_normalize_by(owner, normalize_by)
         self.loss_fn: Callable[..., torch.Tensor] | None = None
 
@@ -184,10 +206,18 @@ class SupervisedTrainer(Trainer):
 
     # ------------------------------------------------------------------ public
 
-    def train(self, model: nn.Module, x: Any, y: Any = None,
-              loss: Callable[..., torch.Tensor] | None = None, *,
-              validation_data: Any = None, validation_split: float | None = None,
-              epochs: int | None = None, resume: bool = False) -> History:
+    def train(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: Any = None,
+        loss: Callable[..., torch.Tensor] | None = None,
+        *,
+        validation_data: Any = None,
+        validation_split: float | None = None,
+        epochs: int | None = None,
+        resume: bool = False,
+    ) -> History:
         """Train ``model`` on ``x`` (and ``y``) with ``loss``; return the :class:`History`.
 
         ``x``, ``y``: NumPy arrays or tensors of equal length; or ``x`` a ``Dataset`` or
@@ -210,23 +240,30 @@ class SupervisedTrainer(Trainer):
         """
         owner = type(self).__name__
         if not isinstance(model, nn.Module):
-            raise TypeError(f"{owner}.train: model is a {type(model).__name__}; expected an "
-                            "nn.Module")
+            raise TypeError(
+                f"{owner}.train: model is a {type(model).__name__}; expected an nn.Module"
+            )
         check_loss(owner, loss)
         if validation_split is not None:
             if validation_data is not None:
-                raise ValueError(f"{owner}.train: pass validation_data or validation_split, "
-                                 "not both")
-            if isinstance(validation_split, bool) or not isinstance(validation_split, float) \
-                    or not 0.0 < validation_split < 1.0:
-                raise ValueError(f"{owner}.train: validation_split={validation_split!r}; "
-                                 "expected a float strictly between 0 and 1")
+                raise ValueError(
+                    f"{owner}.train: pass validation_data or validation_split, not both"
+                )
+            if (
+                isinstance(validation_split, bool)
+                or not isinstance(validation_split, float)
+                or not 0.0 < validation_split < 1.0
+            ):
+                raise ValueError(
+                    f"{owner}.train: validation_split={validation_split!r}; "
+                    "expected a float strictly between 0 and 1"
+                )
             x, y, x_val, y_val = split_validation(owner, x, y, validation_split, self.seed)
             validation_data = x_val if y_val is None else (x_val, y_val)
-        batches = self.make_batches(x, y, batch_size=self.batch_size, shuffle=self.shuffle,
-                                    drop_last=self.drop_last)
-        validation = (None if validation_data is None
-                      else self._validation_batches(validation_data))
+        batches = self.make_batches(
+            x, y, batch_size=self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last
+        )
+        validation = None if validation_data is None else self._validation_batches(validation_data)
         check_optimizer_trains(owner, "the optimizer", self.optimizer, (model, loss))
         self.loss_fn = loss
 
@@ -235,11 +272,17 @@ class SupervisedTrainer(Trainer):
             metrics = self._evaluate_batches(model, validation, loss)
             return {f"val_{key}": value for key, value in metrics.items()}
 
-        return self._fit(model, batches, epochs, None if validation is None else evaluate,
-                         resume=resume)
+        return self._fit(
+            model, batches, epochs, None if validation is None else evaluate, resume=resume
+        )
 
-    def evaluate(self, model: nn.Module, x: Any, y: Any = None,
-                 loss: Callable[..., torch.Tensor] | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: Any = None,
+        loss: Callable[..., torch.Tensor] | None = None,
+    ) -> dict[str, float]:
         """Mean loss (if ``loss`` is given) and metrics of ``model`` on ``(x, y)``.
 
         Runs in eval mode without gradients, in batches of ``validation_batch_size``;
@@ -248,8 +291,9 @@ class SupervisedTrainer(Trainer):
         """
         if loss is not None:
             check_loss(type(self).__name__, loss)
-        batches = self.make_batches(x, y, batch_size=self.validation_batch_size, shuffle=False,
-                                    shard=False)
+        batches = self.make_batches(
+            x, y, batch_size=self.validation_batch_size, shuffle=False, shard=False
+        )
         if self.device is not None:
             model.to(self.device)
         self.guard.set_device_type(self._find_device_type(model))
@@ -267,8 +311,9 @@ class SupervisedTrainer(Trainer):
         owner = type(self).__name__
         return count(owner, self.normalize_by, self.loss_fn, split_batch(owner, batch)[1])
 
-    def train_batch(self, model: nn.Module, batch: Any, index: int,
-                    n_batches: int | None) -> dict[str, float]:
+    def train_batch(
+        self, model: nn.Module, batch: Any, index: int, n_batches: int | None
+    ) -> dict[str, float]:
         """Forward, loss, backward of the loss times its share of the window's count;
         the optimizer step after the window's last batch."""
         inputs, target = split_batch(type(self).__name__, batch)
@@ -288,8 +333,9 @@ class SupervisedTrainer(Trainer):
             for name, metric in self.metrics.items():
                 logs[name] = float(metric(detach(output), target))
         self.meter.add({"loss": value}, counted)
-        self.meter.add({key: item for key, item in logs.items() if key != "loss"},
-                       batch_length(target))
+        self.meter.add(
+            {key: item for key, item in logs.items() if key != "loss"}, batch_length(target)
+        )
         self.meter.add_window(value, counted)
         if state.window == window.size:
             self._finish_window(self.optimizer, self.scheduler)
@@ -297,26 +343,42 @@ class SupervisedTrainer(Trainer):
 
     def _check_batch_count(self, n_batches: int | None) -> None:
         if n_batches is None and self.accumulation > 1:
-            raise TypeError(f"{type(self).__name__}: gradient_accumulation_steps="
-                            f"{self.accumulation} needs to know the number of batches per "
-                            "epoch, and this DataLoader has no len(); use a map-style dataset")
+            raise TypeError(
+                f"{type(self).__name__}: gradient_accumulation_steps="
+                f"{self.accumulation} needs to know the number of batches per "
+                "epoch, and this DataLoader has no len(); use a map-style dataset"
+            )
 
     # ------------------------------------------------------------------ helpers
 
     def _validation_batches(self, data: Any) -> Batches:
         owner = type(self).__name__
         if isinstance(data, DataLoader | Dataset) and not isinstance(data, torch.Tensor):
-            return self.make_batches(data, batch_size=self.validation_batch_size,
-                                     shuffle=False, x_name="validation_data", shard=False)
+            return self.make_batches(
+                data,
+                batch_size=self.validation_batch_size,
+                shuffle=False,
+                x_name="validation_data",
+                shard=False,
+            )
         if isinstance(data, tuple | list) and len(data) == 2:
-            return self.make_batches(data[0], data[1], batch_size=self.validation_batch_size,
-                                     shuffle=False, x_name="validation_data[0]",
-                                     y_name="validation_data[1]", shard=False)
-        raise TypeError(f"{owner}.train: validation_data is a {type(data).__name__}; expected "
-                        "an (x_val, y_val) pair, a Dataset or a DataLoader")
+            return self.make_batches(
+                data[0],
+                data[1],
+                batch_size=self.validation_batch_size,
+                shuffle=False,
+                x_name="validation_data[0]",
+                y_name="validation_data[1]",
+                shard=False,
+            )
+        raise TypeError(
+            f"{owner}.train: validation_data is a {type(data).__name__}; expected "
+            "an (x_val, y_val) pair, a Dataset or a DataLoader"
+        )
 
-    def _evaluate_batches(self, model: nn.Module, batches: Batches,
-                          loss: Callable[..., torch.Tensor] | None) -> dict[str, float]:
+    def _evaluate_batches(
+        self, model: nn.Module, batches: Batches, loss: Callable[..., torch.Tensor] | None
+    ) -> dict[str, float]:
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
@@ -333,8 +395,9 @@ class SupervisedTrainer(Trainer):
                     samples = float(batch_length(target))
                     weights = {key: samples for key in values}
                     if loss is not None:
-                        weights["loss"] = count(type(self).__name__, self.normalize_by, loss,
-                                                target)
+                        weights["loss"] = count(
+                            type(self).__name__, self.normalize_by, loss, target
+                        )
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0.0) + value * weights[key]
                         totals[key] = totals.get(key, 0.0) + weights[key]

@@ -50,9 +50,11 @@ def _named_groups(where: str, parameters: Any) -> list[list[tuple[str, Tensor]]]
     if isinstance(parameters, nn.Module):
         return [[(f"parameter {name!r}", p) for name, p in parameters.named_parameters()]]
     if isinstance(parameters, dict) or not isinstance(parameters, Iterable):
-        raise TypeError(f"{where}: parameters has type {type(parameters).__name__}; expected "
-                        "tensors, named_parameters(), a module, param-group dicts or an "
-                        "optimizer")
+        raise TypeError(
+            f"{where}: parameters has type {type(parameters).__name__}; expected "
+            "tensors, named_parameters(), a module, param-group dicts or an "
+            "optimizer"
+        )
     items = list(parameters)
     if items and all(isinstance(item, dict) for item in items):
         groups = []
@@ -62,11 +64,15 @@ def _named_groups(where: str, parameters: Any) -> list[list[tuple[str, Tensor]]]
             inner = _named_groups(where, group["params"])[0]
             names = group.get("param_names")
             if names is not None and len(names) == len(inner):
-                inner = [(f"parameter {name!r}", tensor)
-                         for name, (_, tensor) in zip(names, inner, strict=True)]
+                inner = [
+                    (f"parameter {name!r}", tensor)
+                    for name, (_, tensor) in zip(names, inner, strict=True)
+                ]
             else:
-                inner = [(f"param_groups[{gi}]['params'][{i}]", tensor)
-                         for i, (_, tensor) in enumerate(inner)]
+                inner = [
+                    (f"param_groups[{gi}]['params'][{i}]", tensor)
+                    for i, (_, tensor) in enumerate(inner)
+                ]
             groups.append(inner)
         return groups
     named = []
@@ -76,8 +82,10 @@ def _named_groups(where: str, parameters: Any) -> list[list[tuple[str, Tensor]]]
         elif isinstance(item, Tensor):
             named.append((f"parameters[{index}]", item))
         else:
-            raise TypeError(f"{where}: parameters[{index}] has type {type(item).__name__}; "
-                            "expected a tensor or a (name, tensor) pair")
+            raise TypeError(
+                f"{where}: parameters[{index}] has type {type(item).__name__}; "
+                "expected a tensor or a (name, tensor) pair"
+            )
     return [named]
 
 
@@ -88,8 +96,9 @@ def _grads(where: str, group: list[tuple[str, Tensor]]) -> list[tuple[str, Tenso
         if grad is None:
             continue
         if grad.is_sparse:
-            raise TypeError(f"{where}: {label} has a sparse gradient; clipping takes dense "
-                            "gradients")
+            raise TypeError(
+                f"{where}: {label} has a sparse gradient; clipping takes dense gradients"
+            )
         out.append((label, param, grad))
     return out
 
@@ -103,14 +112,20 @@ def _total_norm(grads: list[Tensor], norm_type: float) -> Tensor:
     dtype = norms[0].dtype
     for norm in norms[1:]:
         dtype = torch.promote_types(dtype, norm.dtype)
-    total: Tensor = torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]),
-                                             norm_type)
+    total: Tensor = torch.linalg.vector_norm(
+        torch.stack([n.to(device, dtype) for n in norms]), norm_type
+    )
     return total
 
 
-def clip_grad_norm(parameters: Any, max_norm: float, norm_type: float = 2.0, *,
-                   nonfinite: Literal["error", "skip", "zero", "propagate"] = "error",
-                   per_group: bool = False) -> Tensor:
+def clip_grad_norm(
+    parameters: Any,
+    max_norm: float,
+    norm_type: float = 2.0,
+    *,
+    nonfinite: Literal["error", "skip", "zero", "propagate"] = "error",
+    per_group: bool = False,
+) -> Tensor:
     r"""Scale gradients so that their global norm is at most ``max_norm``; return the norm.
 
     With :math:`\|g\|` the ``norm_type``-norm of all gradients seen as one vector
@@ -147,13 +162,19 @@ def clip_grad_norm(parameters: Any, max_norm: float, norm_type: float = 2.0, *,
     """
     where = "clip_grad_norm"
     for name, value in (("max_norm", max_norm), ("norm_type", norm_type)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) \
-                or value <= 0:
-            raise ValueError(f"{where}: {name}={value!r} is invalid; expected a number > 0 "
-                             "(inf allowed)")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or math.isnan(value)
+            or value <= 0
+        ):
+            raise ValueError(
+                f"{where}: {name}={value!r} is invalid; expected a number > 0 (inf allowed)"
+            )
     if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"{where}: nonfinite={nonfinite!r} is invalid; expected one of "
-                         f"{NONFINITE_POLICIES}")
+        raise ValueError(
+            f"{where}: nonfinite={nonfinite!r} is invalid; expected one of {NONFINITE_POLICIES}"
+        )
     if not isinstance(per_group, bool):
         raise TypeError(f"{where}: per_group={per_group!r} is invalid; expected True or False")
     groups = _named_groups(where, parameters)
@@ -167,12 +188,14 @@ def clip_grad_norm(parameters: Any, max_norm: float, norm_type: float = 2.0, *,
         norms.append(total)
         if nonfinite != "propagate" and grads and not bool(torch.isfinite(total)):
             if nonfinite == "error":
-                label = next(label for label, _, grad in group
-                             if not bool(torch.isfinite(grad).all()))
+                label = next(
+                    label for label, _, grad in group if not bool(torch.isfinite(grad).all())
+                )
                 raise FloatingPointError(
                     f"{where}: the gradient norm is {float(total)} (not finite); {label} has "
                     "a non-finite gradient. Pass nonfinite='skip' to skip such steps, "
-                    "'zero' to zero the gradients, or 'propagate' for torch's behaviour")
+                    "'zero' to zero the gradients, or 'propagate' for torch's behaviour"
+                )
             for _, param, grad in group:
                 if nonfinite == "skip":
                     param.grad = None
@@ -206,14 +229,21 @@ def clip_grad_value(parameters: Any, clip_value: float) -> None:
         clip_value: the bound c, a finite number > 0.
     """
     where = "clip_grad_value"
-    if isinstance(clip_value, bool) or not isinstance(clip_value, int | float) or \
-            not math.isfinite(clip_value) or clip_value <= 0:
-        raise ValueError(f"{where}: clip_value={clip_value!r} is invalid; expected a finite "
-                         "number > 0")
+    if (
+        isinstance(clip_value, bool)
+        or not isinstance(clip_value, int | float)
+        or not math.isfinite(clip_value)
+        or clip_value <= 0
+    ):
+        raise ValueError(
+            f"{where}: clip_value={clip_value!r} is invalid; expected a finite number > 0"
+        )
     found = [item for group in _named_groups(where, parameters) for item in _grads(where, group)]
     for label, _, grad in found:
         if grad.is_complex():
-            raise TypeError(f"{where}: {label} has a complex gradient ({grad.dtype}); "
-                            "clipping by value needs real numbers")
+            raise TypeError(
+                f"{where}: {label} has a complex gradient ({grad.dtype}); "
+                "clipping by value needs real numbers"
+            )
     for _, _, grad in found:
         grad.clamp_(-clip_value, clip_value)

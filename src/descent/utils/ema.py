@@ -73,14 +73,23 @@ class EMA:
     ``tf.train.ExponentialMovingAverage`` (the ``num_updates`` warmup).
     """
 
-    def __init__(self, parameters: Any, decay: float | Callable[[int], float] = 0.999, *,
-                 warmup: bool = False, include_buffers: bool = False,
-                 device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        if dtype is not None and (not isinstance(dtype, torch.dtype)
-                                  or not dtype.is_floating_point):
-            raise TypeError(f"EMA: dtype={dtype!r} is invalid; expected a floating-point "
-                            "torch.dtype such as torch.float32")
+    def __init__(
+        self,
+        parameters: Any,
+        decay: float | Callable[[int], float] = 0.999,
+        *,
+        warmup: bool = False,
+        include_buffers: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(
+                f"EMA: dtype={dtype!r} is invalid; expected a floating-point "
+                "torch.dtype such as torch.float32"
+            )
         if not callable(decay):
             self._check_decay("decay", decay)
         for name, flag in (("warmup", warmup), ("include_buffers", include_buffers)):
@@ -94,17 +103,21 @@ class EMA:
         self.num_updates = 0
         self._names = [name for name, _ in named]
         self._tensors = [tensor for _, tensor in named]
-        self._shadow = [tensor.detach().to(
-            device=device, dtype=dtype if dtype is not None and not tensor.is_complex()
-            else tensor.dtype, copy=True) for tensor in self._tensors]
+        self._shadow = [
+            tensor.detach().to(
+                device=device,
+                dtype=dtype if dtype is not None and not tensor.is_complex() else tensor.dtype,
+                copy=True,
+            )
+            for tensor in self._tensors
+        ]
         self._swapped: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ inputs
 
     @staticmethod
     def _check_decay(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not 0.0 <= value <= 1.0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ValueError(f"EMA: {name}={value!r} is invalid; expected a number in [0, 1]")
         return float(value)
 
@@ -114,11 +127,13 @@ class EMA:
         if isinstance(parameters, nn.Module):
             named = list(parameters.named_parameters())
             if include_buffers:
-                named += [(name, buffer) for name, buffer in parameters.named_buffers()
-                          if buffer.is_floating_point() or buffer.is_complex()]
+                named += [
+                    (name, buffer)
+                    for name, buffer in parameters.named_buffers()
+                    if buffer.is_floating_point() or buffer.is_complex()
+                ]
         elif include_buffers:
-            raise ValueError("EMA: include_buffers=True needs a module (buffers belong to "
-                             "modules)")
+            raise ValueError("EMA: include_buffers=True needs a module (buffers belong to modules)")
         elif isinstance(parameters, Tensor):
             named = [("0", parameters)]
         else:
@@ -131,11 +146,15 @@ class EMA:
         seen: set[int] = set()
         for name, tensor in named:
             if not isinstance(tensor, Tensor):
-                raise TypeError(f"EMA: parameter {name!r} has type {type(tensor).__name__}; "
-                                "expected a torch.Tensor")
+                raise TypeError(
+                    f"EMA: parameter {name!r} has type {type(tensor).__name__}; "
+                    "expected a torch.Tensor"
+                )
             if not (tensor.is_floating_point() or tensor.is_complex()):
-                raise TypeError(f"EMA: parameter {name!r} has dtype {tensor.dtype}; expected "
-                                "a floating-point tensor (averages of integers would truncate)")
+                raise TypeError(
+                    f"EMA: parameter {name!r} has dtype {tensor.dtype}; expected "
+                    "a floating-point tensor (averages of integers would truncate)"
+                )
             if id(tensor) in seen:
                 raise ValueError(f"EMA: parameter {name!r} is given twice")
             seen.add(id(tensor))
@@ -158,8 +177,10 @@ class EMA:
     def update(self) -> None:
         """Move every average towards its parameter's current value (after a step)."""
         if self._swapped is not None:
-            raise RuntimeError("EMA.update: the averages are swapped in (inside "
-                               "average_parameters()); update after the block")
+            raise RuntimeError(
+                "EMA.update: the averages are swapped in (inside "
+                "average_parameters()); update after the block"
+            )
         weight = 1.0 - self.current_decay()
         for shadow, tensor in zip(self._shadow, self._tensors, strict=True):
             shadow.lerp_(tensor.detach().to(shadow.device, shadow.dtype), weight)
@@ -229,12 +250,13 @@ class EMA:
             raise ValueError(f"{where}: keys {sorted(state_dict)}, expected {sorted(expected)}")
         version = state_dict["format_version"]
         if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-            raise ValueError(f"{where}: format_version={version!r} is not supported; expected "
-                             f"an integer from 1 to {FORMAT_VERSION}")
+            raise ValueError(
+                f"{where}: format_version={version!r} is not supported; expected "
+                f"an integer from 1 to {FORMAT_VERSION}"
+            )
         count = state_dict["num_updates"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"{where}: num_updates={count!r} is invalid; expected an "
-                             "integer >= 0")
+            raise ValueError(f"{where}: num_updates={count!r} is invalid; expected an integer >= 0")
         decay = state_dict["decay"]
         if decay is not None:
             self._check_decay("decay", decay)
@@ -242,15 +264,24 @@ class EMA:
             raise ValueError(f"{where}: warmup={state_dict['warmup']!r}; expected a bool")
         averages, names = state_dict["averages"], state_dict["names"]
         if list(names) != self._names or len(averages) != len(self._shadow):
-            raise ValueError(f"{where}: the state dict averages {list(names)}, this EMA "
-                             f"averages {self._names}")
+            raise ValueError(
+                f"{where}: the state dict averages {list(names)}, this EMA averages {self._names}"
+            )
         for name, saved, shadow in zip(self._names, averages, self._shadow, strict=True):
-            if not isinstance(saved, Tensor) or saved.shape != shadow.shape or \
-                    saved.dtype != shadow.dtype:
-                what = f"shape {tuple(saved.shape)} and dtype {saved.dtype}" if isinstance(
-                    saved, Tensor) else f"type {type(saved).__name__}"
-                raise ValueError(f"{where}: the average of {name!r} has {what}; expected "
-                                 f"shape {tuple(shadow.shape)} and dtype {shadow.dtype}")
+            if (
+                not isinstance(saved, Tensor)
+                or saved.shape != shadow.shape
+                or saved.dtype != shadow.dtype
+            ):
+                what = (
+                    f"shape {tuple(saved.shape)} and dtype {saved.dtype}"
+                    if isinstance(saved, Tensor)
+                    else f"type {type(saved).__name__}"
+                )
+                raise ValueError(
+                    f"{where}: the average of {name!r} has {what}; expected "
+                    f"shape {tuple(shadow.shape)} and dtype {shadow.dtype}"
+                )
         with torch.no_grad():
             for saved, shadow in zip(averages, self._shadow, strict=True):
                 shadow.copy_(saved)
@@ -261,6 +292,7 @@ class EMA:
 
     def __repr__(self) -> str:
         decay = getattr(self.decay, "__name__", self.decay)
-        return (f"EMA(decay={decay}, warmup={self.warmup}, tensors={len(self._tensors)}, "
-                f"num_updates={self.num_updates})")
-
+        return (
+            f"EMA(decay={decay}, warmup={self.warmup}, tensors={len(self._tensors)}, "
+            f"num_updates={self.num_updates})"
+        )
