@@ -677,6 +677,110 @@ def test_without_a_compiler_the_math_runs_on_lists(monkeypatch: pytest.MonkeyPat
         assert torch.equal(a, b)
 
 
+def step_large(threads_min: int, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Eight Adam steps on tensors of uneven sizes (70,001 elements in all, so the
+    threads' ranges start and end inside tensors), compiled, with kernels split across
+    threads from ``threads_min`` elements; the parameters after them."""
+    monkeypatch.setattr(descent.engine.cpu, "PARALLEL_MIN_NUMEL", threads_min)
+    monkeypatch.setattr(descent.engine.cpu, "THREADS_MIN_NUMEL", threads_min)
+    generator = torch.Generator().manual_seed(7)
+    params = [
+        nn.Parameter(torch.randn(numel, generator=generator)) for numel in (30_011, 7, 39_983)
+    ]
+    opt = descent.Adam(params, lr=0.01, weight_decay=0.1, amsgrad=True)
+    engine.set_mode(opt, "compiled")
+    for _ in range(8):
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator)
+        opt.step()
+    return [param.detach().clone() for param in params]
+
+
+@needs_compiler
+@pytest.mark.parametrize("runtime", ["openmp", "python threads"])
+def test_kernels_split_across_threads_match_one_thread(
+    runtime: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A kernel split across torch's threads (in OpenMP's team, or across Python threads
+    where OpenMP is not used) computes what one thread does, bit for bit."""
+    if runtime == "openmp" and not descent.engine.cpu.openmp():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs two intra-op threads")
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(descent.engine.cpu, "openmp", lambda: runtime == "openmp")
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
+    calls = []
+    original = descent.engine.cpu.Kernel.__call__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(self.parallel is not None)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", recording)
+    split = step_large(1_000, monkeypatch)
+    assert calls and all(called == (runtime == "openmp") for called in calls)
+    one = step_large(1 << 40, monkeypatch)
+    for a, b in zip(split, one, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_compiler
+def test_openmp_runs_in_torchs_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A kernel built with OpenMP loads no second OpenMP runtime beside torch's."""
+    if not descent.engine.cpu.openmp():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
+    step_large(1_000, monkeypatch)
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@needs_compiler
+def test_a_compiler_without_openmp_builds_the_kernel_without(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A compiler that refuses ``-fopenmp`` gets the kernel built without it; the work is
+    then split across Python threads, with the same result."""
+    compiler = descent.engine.cpu.compiler()
+    refusing = tmp_path / "cc-without-openmp"
+    refusing.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {compiler} "$@"\n'
+    )
+    refusing.chmod(0o755)
+    monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: str(refusing))
+    monkeypatch.setattr(descent.engine.cpu, "openmp", lambda: True)
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
+    calls = []
+    original = descent.engine.cpu.Kernel.__call__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(self.parallel is None)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", recording)
+    split = step_large(1_000, monkeypatch)
+    assert calls and all(calls)
+    monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: compiler)
+    monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
+    for a, b in zip(split, step_large(1 << 40, monkeypatch), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_descent_no_openmp_turns_openmp_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESCENT_NO_OPENMP", "1")
+    descent.engine.cpu.openmp.cache_clear()
+    try:
+        assert descent.engine.cpu.openmp() is False
+        assert "-fopenmp" not in descent.engine.cpu.flags()
+    finally:
+        monkeypatch.delenv("DESCENT_NO_OPENMP")
+        descent.engine.cpu.openmp.cache_clear()
+
+
 @needs_compiler
 def test_a_failed_build_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(code: str) -> Any:

@@ -14,9 +14,14 @@ ready the engine keeps running the math on lists, so no step ever waits for a co
 Built kernels are cached on disk (``$DESCENT_CACHE_DIR`` or ``~/.cache/descent``), keyed by
 a hash of their source and the compiler's flags, and loaded with :mod:`ctypes`.
 
-The kernel is called from several Python threads at once, each on its own range of
-elements (ctypes releases the GIL), as many as torch's intra-op threads: no OpenMP
-runtime is loaded next to torch's.
+A bucket of at least :data:`PARALLEL_MIN_NUMEL` elements is split across torch's intra-op
+threads. Where torch runs on GNU OpenMP (``libgomp.so.1``, Linux builds), the kernel is
+built with ``-fopenmp`` and runs in torch's own OpenMP thread team: the same runtime,
+already loaded, so no second thread pool competes with torch's, and no hand-off through
+Python. Elsewhere (another OpenMP runtime, or a compiler without OpenMP) the kernel is
+called from several Python threads at once, each on its own range of elements (ctypes
+releases the GIL), a slower hand-off that pays off only on larger buckets
+(:data:`THREADS_MIN_NUMEL`).
 
 Arithmetic is the eager operations' (each scalar is rounded to the tensor's dtype, no
 contraction into fused multiply-adds), so float64 results agree with the math on lists
@@ -29,6 +34,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,8 +63,12 @@ _FLAGS = [
     "-shared",
     "-std=c99",
 ]
-#: Below this many elements a bucket is stepped by one thread.
-PARALLEL_MIN_NUMEL = 1 << 16
+#: Below this many elements a bucket is stepped by one thread (one more thread per this
+#: many elements, up to torch's intra-op threads), when the kernel runs in OpenMP's team.
+PARALLEL_MIN_NUMEL = 1 << 15
+#: The same threshold when the kernel is split across Python threads (no OpenMP): each
+#: hand-off costs tens of microseconds.
+THREADS_MIN_NUMEL = 1 << 21
 
 
 @functools.cache
@@ -70,6 +80,27 @@ def compiler() -> str | None:
         if name and shutil.which(name):
             return shutil.which(name)
     return None
+
+
+@functools.cache
+def openmp() -> bool:
+    """Whether kernels are built with OpenMP: torch has loaded GNU OpenMP as
+    ``libgomp.so.1`` (which a kernel built with ``-fopenmp`` then shares) and no other
+    OpenMP runtime, and ``$DESCENT_NO_OPENMP`` is not set."""
+    if os.environ.get("DESCENT_NO_OPENMP"):
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {Path(line.split()[-1]).name for line in maps}
+    except OSError:
+        return False
+    runtimes = {name for name in names if re.match(r"lib[a-z]*omp[-.0-9a-z]*\.so", name)}
+    return runtimes == {"libgomp.so.1"}
+
+
+def flags() -> list[str]:
+    """The C compiler's flags for kernels in this process."""
+    return [*_FLAGS, "-fopenmp"] if openmp() else list(_FLAGS)
 
 
 def cache_dir() -> Path:
@@ -167,6 +198,18 @@ def source(program: Program, dtype: torch.dtype) -> str:
             "        }",
             "    }",
             "}",
+            "#ifdef _OPENMP",  # built with -fopenmp: split the elements across the team
+            "#include <omp.h>",
+            "void descent_kernel_parallel(const int64_t* offsets, int64_t n, void* const* ptrs,",
+            "                             const double* s, int64_t total, int threads) {",
+            "    #pragma omp parallel num_threads(threads)",
+            "    {",
+            "        int64_t t = omp_get_thread_num(), count = omp_get_num_threads();",
+            "        descent_kernel(offsets, n, ptrs, s, total * t / count,",
+            "                       total * (t + 1) / count);",
+            "    }",
+            "}",
+            "#endif",
             "",
         ]
     )
@@ -175,11 +218,13 @@ def source(program: Program, dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------- building
 
 
-def _build(code: str) -> Callable[..., None]:
+def _library(code: str, options: list[str]) -> Path:
+    """The shared library built from ``code`` with ``options`` (from the disk cache when
+    it was built before)."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler")
-    digest = hashlib.sha256((code + " ".join(_FLAGS) + cc + sys.platform).encode()).hexdigest()
+    digest = hashlib.sha256((code + " ".join(options) + cc + sys.platform).encode()).hexdigest()
     directory = cache_dir()
     library = directory / f"kernel-{digest[:32]}.so"
     if not library.exists():
@@ -189,13 +234,28 @@ def _build(code: str) -> Callable[..., None]:
             source_path.write_text(code)
             built = Path(scratch) / "kernel.so"
             subprocess.run(
-                [cc, *_FLAGS, str(source_path), "-o", str(built), "-lm"],
+                [cc, *options, str(source_path), "-o", str(built), "-lm"],
                 check=True,
                 capture_output=True,
                 timeout=60,
             )
             os.replace(built, library)  # atomic: another process may be building it too
-    function = ctypes.CDLL(str(library)).descent_kernel
+    return library
+
+
+def _build(code: str) -> tuple[Callable[..., None], Callable[..., None] | None]:
+    """The built kernel's functions: the one over a range of elements, and the one that
+    splits all elements across an OpenMP team (None when built without OpenMP)."""
+    options = flags()
+    try:
+        library = _library(code, options)
+    except subprocess.CalledProcessError:
+        if "-fopenmp" not in options:
+            raise
+        options = list(_FLAGS)  # a compiler without OpenMP: Python threads split the work
+        library = _library(code, options)
+    loaded = ctypes.CDLL(str(library))
+    function = loaded.descent_kernel
     function.restype = None
     function.argtypes = [
         ctypes.c_void_p,
@@ -205,14 +265,25 @@ def _build(code: str) -> Callable[..., None]:
         ctypes.c_int64,
         ctypes.c_int64,
     ]
-    return function
+    if "-fopenmp" not in options:
+        return function, None
+    parallel = loaded.descent_kernel_parallel
+    parallel.restype = None
+    parallel.argtypes = [*function.argtypes[:4], ctypes.c_int64, ctypes.c_int]
+    return function, parallel
 
 
 class Kernel:
     """A built kernel for one program and dtype."""
 
-    def __init__(self, function: Callable[..., None], inputs: int) -> None:
+    def __init__(
+        self,
+        function: Callable[..., None],
+        inputs: int,
+        parallel: Callable[..., None] | None = None,
+    ) -> None:
         self.function = function
+        self.parallel = parallel
         self.inputs = inputs
 
     def __call__(
@@ -233,7 +304,14 @@ class Kernel:
         values = np.asarray(scalars, dtype=np.float64)
         total = int(offsets[-1])
         arguments = (offsets.ctypes.data, n, pointers.ctypes.data, values.ctypes.data)
-        threads = max(1, min(torch.get_num_threads(), total // PARALLEL_MIN_NUMEL))
+        if self.parallel is not None:
+            threads = max(1, min(torch.get_num_threads(), total // PARALLEL_MIN_NUMEL))
+            if threads > 1:
+                self.parallel(*arguments, total, threads)
+            else:
+                self.function(*arguments, 0, total)
+            return
+        threads = max(1, min(torch.get_num_threads(), total // THREADS_MIN_NUMEL))
         if threads == 1:
             self.function(*arguments, 0, total)
             return
@@ -271,10 +349,12 @@ def kernel(
     if not; with ``wait``, until it is built). None until then, or if it cannot be built."""
     if dtype not in _C_TYPES or compiler() is None:
         return None
-    code = source(program, dtype)
-    return _builds.get(
-        (program.key(), dtype), lambda: Kernel(_build(code), len(program.inputs)), wait
-    )
+
+    def build() -> Kernel:  # the source is written only when the kernel is first asked for
+        function, parallel = _build(source(program, dtype))
+        return Kernel(function, len(program.inputs), parallel)
+
+    return _builds.get((program.key(), dtype), build, wait)
 
 
 def build_error(program: Program, dtype: torch.dtype) -> BaseException | None:
@@ -284,11 +364,14 @@ def build_error(program: Program, dtype: torch.dtype) -> BaseException | None:
 
 __all__ = [
     "PARALLEL_MIN_NUMEL",
+    "THREADS_MIN_NUMEL",
     "Kernel",
     "build_error",
     "cache_dir",
     "compiler",
+    "flags",
     "kernel",
+    "openmp",
     "source",
     "supports",
 ]
