@@ -34,7 +34,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -84,18 +83,25 @@ def compiler() -> str | None:
 
 @functools.cache
 def openmp() -> bool:
-    """Whether kernels are built with OpenMP: torch has loaded GNU OpenMP as
-    ``libgomp.so.1`` (which a kernel built with ``-fopenmp`` then shares) and no other
-    OpenMP runtime, and ``$DESCENT_NO_OPENMP`` is not set."""
+    """Whether kernels are built with OpenMP: torch runs on GNU OpenMP, loaded in this
+    process as ``libgomp.so.1`` (the name a kernel built with ``-fopenmp`` asks for, so
+    the kernel shares torch's runtime and thread team), and ``$DESCENT_NO_OPENMP`` is
+    not set. Other copies of libgomp under other names (scikit-learn ships one) do not
+    matter: the kernel does not use them. Where torch ships its own libgomp under
+    another name, the kernel would not share it: no OpenMP then."""
     if os.environ.get("DESCENT_NO_OPENMP"):
+        return False
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    bundled = {path.name for path in (Path(torch.__file__).parent / "lib").glob("libgomp*")}
+    if bundled and "libgomp.so.1" not in bundled:
         return False
     try:
         with open("/proc/self/maps") as maps:
             names = {Path(line.split()[-1]).name for line in maps}
     except OSError:
         return False
-    runtimes = {name for name in names if re.match(r"lib[a-z]*omp[-.0-9a-z]*\.so", name)}
-    return runtimes == {"libgomp.so.1"}
+    return "libgomp.so.1" in names
 
 
 def flags() -> list[str]:
