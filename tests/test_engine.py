@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import math
 import socket
 import warnings
 from typing import Any
@@ -614,6 +615,100 @@ def test_generated_kernels_match_per_tensor(
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
     assert relative_difference(ours, reference) <= tolerance
     assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= tolerance
+
+
+SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("name", "scalars", "reference"),
+    [
+        ("maximum", (), torch.maximum),
+        ("clamp_min", (0.5,), lambda a, b: a.clamp_min(0.5)),
+        ("clamp_max", (0.5,), lambda a, b: a.clamp_max(0.5)),
+        ("clamp", (-0.5, 0.5), lambda a, b: a.clamp(-0.5, 0.5)),
+        ("sign", (), lambda a, b: torch.sign(a)),
+        ("gt_s", (0.5,), lambda a, b: (a > 0.5).to(a.dtype)),
+        ("masked_fill", (7.0,), lambda a, b: a.masked_fill(b != 0, 7.0)),
+    ],
+)
+def test_generated_selects_match_torch_on_special_values(
+    name: str, scalars: tuple[float, ...], reference: Any, dtype: torch.dtype
+) -> None:
+    """The kernel's selects (vector blends once compiled) against torch's operations on
+    every pair of NaN, infinities, signed zeros and ordinary numbers, bit for bit (the
+    sign of zero included)."""
+    from descent.engine.trace import OPS, Op, Program
+
+    values = torch.tensor(SPECIAL, dtype=dtype)
+    a = values.repeat_interleave(len(SPECIAL)).contiguous()  # every pair, 100 elements
+    b = values.repeat(len(SPECIAL)).contiguous()
+    expected = reference(a, b)
+    operands = (0, 1)[: OPS[name]]
+    program = Program(
+        ("param", "grad"),
+        (Op(name, operands, tuple(range(len(scalars)))),),
+        (("param", 2),),
+        len(scalars),
+    )
+    kernel = descent.engine.cpu.kernel(program, dtype, wait=True)
+    assert kernel is not None
+    pointers = np.array([a.data_ptr(), b.data_ptr()], dtype=np.int64)
+    kernel(pointers, 1, np.array([0, a.numel()], dtype=np.int64), list(scalars))
+    torch.testing.assert_close(a, expected, rtol=0, atol=0, equal_nan=True)
+    numbers = ~expected.isnan()  # (a NaN's sign bit carries no meaning)
+    assert torch.equal(a.signbit()[numbers], expected.signbit()[numbers])
+
+
+NOT_GENERATED: dict[str, str] = {}
+"""Elementwise rules whose math a generated kernel cannot express, and why (they run
+on lists in every mode)."""
+
+
+@needs_compiler
+@pytest.mark.parametrize(("info", "config"), ELEMENTWISE_CASES, ids=case_id)
+def test_elementwise_rules_run_on_generated_kernels(
+    info: OptimizerInfo, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its first step (which creates the state), every elementwise rule's step is
+    one generated kernel: its math traces (a rule that stops tracing would silently run
+    several passes over memory instead of one)."""
+    params = make_params()
+    opt = info.cls(params, **config)
+    engine.set_mode(opt, "compiled")
+    generator = torch.Generator().manual_seed(0)
+    calls = [0]
+    for step in range(4):  # every parameter steps together: one kernel call per step
+        if step == 1:
+            calls = count_kernel_calls(monkeypatch)
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+        opt.step()
+    expected = 0 if info.name in NOT_GENERATED else 3
+    assert calls[0] == expected, NOT_GENERATED.get(info.name)
+
+
+@needs_compiler
+def test_auto_policy_on_the_cpu() -> None:
+    """torch's fused kernel for few tensors of a rule that has one, a generated kernel for
+    many (or for a rule without one), the math on lists below the generated size."""
+
+    def path(cls: type[descent.Optimizer], count: int, numel: int) -> str:
+        params = [nn.Parameter(torch.randn(numel)) for _ in range(count)]
+        bucket = descent.engine._layout(params).buckets[0]
+        return engine.choose_path("auto", cls(params), bucket)
+
+    large = engine.GENERATED_MIN_NUMEL * 4
+    few, many = engine.FUSED_MAX_TENSORS - 1, engine.FUSED_MAX_TENSORS
+    assert path(descent.Adam, 1, large) == "fused"
+    assert path(descent.Adam, few, large // few) == "fused"
+    assert path(descent.Adam, many, large // many) == "generated"
+    assert path(descent.SGD, many, large // many) == "generated"
+    assert path(descent.NAdam, 1, large) == "generated"
+    assert path(descent.NAdam, 1, 100) == "foreach"
+    assert path(descent.Adam, many, 100) == "fused"
 
 
 def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:

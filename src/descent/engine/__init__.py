@@ -18,7 +18,8 @@ updates a parameter and its state in place); the engine decides *how* it runs, f
 :func:`set_mode` or for the process with :func:`default_mode` / ``DESCENT_ENGINE``:
 
 ``"auto"`` (default)
-    on CUDA, torch's fused kernel where the rule has one; otherwise generated kernels
+    torch's fused kernel where the rule has one, on CUDA always and on the CPU for
+    buckets of fewer than :data:`FUSED_MAX_TENSORS` tensors; otherwise generated kernels
     once built (the first steps use the next choice while the compiler works in the
     background, so no step waits for it), for buckets of at least
     :data:`GENERATED_MIN_NUMEL` elements; else torch's fused kernel where the rule has
@@ -84,6 +85,13 @@ MODES = ("auto", "per_tensor", "foreach", "fused", "compiled")
 #: call of torch's fused kernel (or a few multi-tensor calls) costs less there than
 #: recording the math and handing addresses to a kernel.
 GENERATED_MIN_NUMEL = 1 << 15
+
+#: In ``"auto"`` mode on the CPU, a bucket of fewer tensors runs torch's fused kernel
+#: where the rule has one, not a generated kernel: both stream memory equally fast, and
+#: one call of torch's kernel costs less than recording the math; from this many tensors
+#: up the generated kernel's lower cost per tensor wins (measured on Adam and SGD with
+#: 1 to 64 tensors of 100,000 to 1,000,000 elements in all: docs, "Speed").
+FUSED_MAX_TENSORS = 32
 
 _ENGINE_ATTRIBUTE = "_descent_engine"
 _MODE_ATTRIBUTE = "_descent_engine_mode"
@@ -423,6 +431,8 @@ def choose_path(mode: str, rule: Rule, bucket: Bucket, low_precision: bool = Fal
     )
     if fused and mode == "auto" and bucket.device.type == "cuda":
         return "fused"  # on an H200 torch's fused kernels beat generated ones (BENCHMARKS.md)
+    if fused and mode == "auto" and len(bucket.params) < FUSED_MAX_TENSORS:
+        return "fused"  # few tensors: torch's kernel streams as fast and costs less to call
     wants_generated = mode == "compiled" or (mode == "auto" and bucket.numel >= GENERATED_MIN_NUMEL)
     if wants_generated and bucket.generable:
         return "generated"
@@ -954,6 +964,7 @@ def compact_state(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "FUSED_MAX_TENSORS",
     "GENERATED_MIN_NUMEL",
     "MODES",
     "Bucket",

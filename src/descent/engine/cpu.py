@@ -120,7 +120,7 @@ def cache_dir() -> Path:
 
 def _expression(op: Op, v: list[str], t: str) -> str:
     a = [v[i] for i in op.operands]
-    s = [f"(({t})s[{k}])" for k in op.slots]
+    s = [f"c{k}" for k in op.slots]  # the scalars, read once before the loops
     name = op.name
     if name in ("add", "sub"):
         sign = "+" if name == "add" else "-"
@@ -138,19 +138,20 @@ def _expression(op: Op, v: list[str], t: str) -> str:
             f"({s[0]} < ({t})0.5 ? {a[0]} + {s[0]} * ({a[1]} - {a[0]}) "
             f": {a[1]} - ({a[1]} - {a[0]}) * (({t})1 - {s[0]}))"
         )
+    # selects of two values each (helpers in the source's prelude): nested conditional
+    # expressions keep the compiler from vectorising the loop
     if name == "maximum":  # NaN-propagating, as torch.maximum
-        return (
-            f"({a[0]} != {a[0]} ? {a[0]} : ({a[1]} != {a[1]} ? {a[1]} "
-            f": ({a[0]} > {a[1]} ? {a[0]} : {a[1]})))"
-        )
+        return f"descent_maximum({a[0]}, {a[1]})"
     if name == "clamp_min":
-        return f"({a[0]} != {a[0]} ? {a[0]} : ({a[0]} > {s[0]} ? {a[0]} : {s[0]}))"
+        return f"descent_clamp_min({a[0]}, {s[0]})"
+    if name == "clamp_max":  # torch's minimum with a number, NaN-propagating
+        return f"descent_clamp_max({a[0]}, {s[0]})"
     if name == "sqrt":
         return f"{'sqrtf' if t == 'float' else 'sqrt'}({a[0]})"
     if name == "abs":
         return f"{'fabsf' if t == 'float' else 'fabs'}({a[0]})"
-    if name == "sign":
-        return f"({a[0]} > 0 ? ({t})1 : ({a[0]} < 0 ? ({t})-1 : {a[0]}))"
+    if name == "sign":  # as torch.sign: +0.0 for NaN and for both zeros
+        return f"descent_sign({a[0]})"
     if name == "neg":
         return f"-{a[0]}"
     if name == "reciprocal":
@@ -163,9 +164,32 @@ def _expression(op: Op, v: list[str], t: str) -> str:
     if name == "masked_fill":
         return f"({a[1]} != 0 ? {s[0]} : {a[0]})"
     if name == "clamp":  # torch's min(max(a, low), high), NaN-propagating
-        low = f"({a[0]} != {a[0]} ? {a[0]} : ({a[0]} > {s[0]} ? {a[0]} : {s[0]}))"
-        return f"({low} != {low} ? {low} : ({low} < {s[1]} ? {low} : {s[1]}))"
+        return f"descent_clamp_max(descent_clamp_min({a[0]}, {s[0]}), {s[1]})"
     raise ValueError(f"descent.engine.cpu: no C form for operation {name!r}")
+
+
+def _helpers(t: str) -> list[str]:
+    """The prelude's selects: each a chain of two-way selects, which the compiler turns
+    into vector blends; NaN propagates as in torch."""
+    return [
+        f"static inline {t} descent_maximum({t} a, {t} b) {{",
+        f"    const {t} larger = a > b ? a : b;",
+        f"    const {t} either = b != b ? b : larger;",
+        "    return a != a ? a : either;",
+        "}",
+        f"static inline {t} descent_clamp_min({t} a, {t} low) {{",
+        f"    const {t} clamped = a > low ? a : low;",
+        "    return a != a ? a : clamped;",
+        "}",
+        f"static inline {t} descent_clamp_max({t} a, {t} high) {{",
+        f"    const {t} clamped = a < high ? a : high;",
+        "    return a != a ? a : clamped;",
+        "}",
+        f"static inline {t} descent_sign({t} a) {{",  # 0 for NaN and both zeros, as torch
+        f"    const {t} negative = a < 0 ? ({t})-1 : ({t})0;",
+        f"    return a > 0 ? ({t})1 : negative;",
+        "}",
+    ]
 
 
 def source(program: Program, dtype: torch.dtype) -> str:
@@ -188,8 +212,12 @@ def source(program: Program, dtype: torch.dtype) -> str:
             "#include <math.h>",
             "#include <stdint.h>",
             "/* descent generated kernel: " + ", ".join(program.inputs) + " */",
+            *_helpers(t),
             "void descent_kernel(const int64_t* offsets, int64_t n, void* const* ptrs,",
             "                    const double* s, int64_t begin, int64_t end) {",
+            # read before the loops: a scalar read in one arm of a select would be a
+            # conditional load, which keeps the compiler from vectorising the loop
+            *[f"    const {t} c{k} = ({t})s[{k}];" for k in range(program.slots)],
             "    int64_t lo = 0, hi = n;",
             "    while (hi - lo > 1) {",  # the tensor holding element `begin`
             "        int64_t mid = (lo + hi) / 2;",

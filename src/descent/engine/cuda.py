@@ -103,12 +103,15 @@ def _expression(op: Op, v: list[str], c: str) -> str:
         return f"tl.maximum({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
     if name == "clamp_min":
         return f"tl.where({a[0]} != {a[0]}, {a[0]}, tl.maximum({a[0]}, {s[0]}))"
+    if name == "clamp_max":
+        return f"tl.where({a[0]} != {a[0]}, {a[0]}, tl.minimum({a[0]}, {s[0]}))"
     if name == "sqrt":
         return f"tl.sqrt_rn({a[0]})" if c == "tl.float32" else f"tl.sqrt({a[0]})"
     if name == "abs":
         return f"tl.abs({a[0]})"
     if name == "sign":
-        return f"tl.where({a[0]} > 0, 1.0, tl.where({a[0]} < 0, -1.0, {a[0]})).to({c})"
+        # as torch.sign: 0 for NaN and for both zeros
+        return f"tl.where({a[0]} > 0, 1.0, tl.where({a[0]} < 0, -1.0, 0.0)).to({c})"
     if name == "neg":
         return f"-{a[0]}"
     if name == "reciprocal":

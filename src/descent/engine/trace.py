@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -49,6 +49,7 @@ OPS = {
     "lerp": 2,
     "maximum": 2,
     "clamp_min": 1,
+    "clamp_max": 1,
     "sqrt": 1,
     "abs": 1,
     "sign": 1,
@@ -65,12 +66,12 @@ OPS = {
 that as its mask."""
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     """``values[len(inputs) + index] = op(operands, scalars)``: one elementwise operation.
 
     ``operands`` are value numbers (inputs first, then earlier results); ``slots`` are
-    scalar-slot numbers.
+    scalar-slot numbers. (A named tuple: programs are hashed at every step to find their
+    kernel, and a tuple hashes in C.)
     """
 
     name: str
@@ -217,6 +218,11 @@ class Traced:
     def clamp_min_(self, minimum: Any) -> Traced:
         return self._set(
             self.recording.emit("clamp_min", (self.value,), (self.recording.slot(minimum),))
+        )
+
+    def clamp_max_(self, maximum: Any) -> Traced:
+        return self._set(
+            self.recording.emit("clamp_max", (self.value,), (self.recording.slot(maximum),))
         )
 
     def clamp_(self, minimum: Any, maximum: Any) -> Traced:
