@@ -679,15 +679,15 @@ def test_elementwise_rules_run_on_generated_kernels(
     opt = info.cls(params, **config)
     engine.set_mode(opt, "compiled")
     generator = torch.Generator().manual_seed(0)
-    calls = [0]
+    calls: list[Any] = []
     for step in range(4):  # every parameter steps together: one kernel call per step
         if step == 1:
-            calls = count_kernel_calls(monkeypatch)
+            calls = kernel_calls(monkeypatch)
         for param in params:
             param.grad = torch.randn(param.shape, generator=generator, dtype=param.dtype)
         opt.step()
     expected = 0 if info.name in NOT_GENERATED else 3
-    assert calls[0] == expected, NOT_GENERATED.get(info.name)
+    assert len(calls) == expected, NOT_GENERATED.get(info.name)
 
 
 @needs_compiler
@@ -711,15 +711,16 @@ def test_auto_policy_on_the_cpu() -> None:
     assert path(descent.Adam, many, 100) == "fused"
 
 
-def count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls = [0]
-    original = descent.engine.cpu.Kernel.__call__
+def kernel_calls(monkeypatch: pytest.MonkeyPatch, backend: Any = descent.engine.cpu) -> list[Any]:
+    """From now on, each generated kernel of ``backend`` called, once per call."""
+    calls: list[Any] = []
+    original = backend.Kernel.__call__
 
-    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
-        calls[0] += 1
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(self)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", counting)
+    monkeypatch.setattr(backend.Kernel, "__call__", recording)
     return calls
 
 
@@ -739,7 +740,7 @@ def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setattr(descent.engine.cpu, "_build", held_build)
     monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})  # nothing built yet
     monkeypatch.setattr(descent.engine, "GENERATED_MIN_NUMEL", 0)
-    calls = count_kernel_calls(monkeypatch)
+    calls = kernel_calls(monkeypatch)
     params, reference = make_params(seed=3), make_params(seed=3)
     opt = descent.Adamax(params, lr=0.01, weight_decay=0.25)
     reference_opt = descent.Adamax(reference, lr=0.01, weight_decay=0.25)
@@ -749,7 +750,7 @@ def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_pat
         give_grads(reference, step)
         opt.step()  # the build is held: these steps cannot have waited for it
         reference_opt.step()
-    assert calls[0] == 0
+    assert len(calls) == 0
     release.set()
     descent.engine.cpu._builds.drain()
     for step in range(2, 5):
@@ -757,17 +758,17 @@ def test_no_step_waits_for_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_pat
         give_grads(reference, step)
         opt.step()
         reference_opt.step()
-    assert calls[0] >= 1
+    assert len(calls) >= 1
     assert relative_difference(params, reference) <= 1e-12
 
 
 def test_without_a_compiler_the_math_runs_on_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: None)
-    calls = count_kernel_calls(monkeypatch)
+    calls = kernel_calls(monkeypatch)
     info = next(i for i in OPTIMIZERS if i.name == "NAdam")
     ours, _ = run(info, {"lr": 0.01}, "compiled")
     reference, _ = run(info, {"lr": 0.01}, "foreach")
-    assert calls[0] == 0
+    assert len(calls) == 0
     for a, b in zip(ours, reference, strict=True):
         assert torch.equal(a, b)
 
@@ -805,16 +806,9 @@ def test_kernels_split_across_threads_match_one_thread(
     monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(descent.engine.cpu, "openmp", lambda: runtime == "openmp")
     monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
-    calls = []
-    original = descent.engine.cpu.Kernel.__call__
-
-    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(self.parallel is not None)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", recording)
+    calls = kernel_calls(monkeypatch)
     split = step_large(1_000, monkeypatch)
-    assert calls and all(called == (runtime == "openmp") for called in calls)
+    assert calls and all((kernel.parallel is not None) == (runtime == "openmp") for kernel in calls)
     one = step_large(1 << 40, monkeypatch)
     for a, b in zip(split, one, strict=True):
         assert torch.equal(a, b)
@@ -848,17 +842,12 @@ def test_a_compiler_without_openmp_builds_the_kernel_without(
     monkeypatch.setenv("DESCENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: str(refusing))
     monkeypatch.setattr(descent.engine.cpu, "openmp", lambda: True)
+    monkeypatch.setattr(descent.engine.cpu, "_WITHOUT_OPENMP", set())
     monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
-    calls = []
-    original = descent.engine.cpu.Kernel.__call__
-
-    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(self.parallel is None)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(descent.engine.cpu.Kernel, "__call__", recording)
+    calls = kernel_calls(monkeypatch)
     split = step_large(1_000, monkeypatch)
-    assert calls and all(calls)
+    assert calls and all(kernel.parallel is None for kernel in calls)
+    assert "-fopenmp" not in descent.engine.cpu.flags()  # not tried again for this compiler
     monkeypatch.setattr(descent.engine.cpu, "compiler", lambda: compiler)
     monkeypatch.setattr(descent.engine.cpu._builds, "futures", {})
     for a, b in zip(split, step_large(1 << 40, monkeypatch), strict=True):
@@ -933,16 +922,9 @@ def test_generated_triton_kernels_match_per_tensor_in_the_interpreter(
     cuda_backend = descent.engine.cuda
     monkeypatch.setattr(descent.engine, "_backend", lambda device: cuda_backend)
     monkeypatch.setattr(cuda_backend._builds, "futures", {})
-    calls = [0]
-    original = cuda_backend.Kernel.__call__
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
-        calls[0] += 1
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cuda_backend.Kernel, "__call__", counting)
+    calls = kernel_calls(monkeypatch, cuda_backend)
     ours, ours_opt = run(info, config, "compiled", steps=4)
     reference, reference_opt = run(info, config, "per_tensor", steps=4)
-    assert calls[0] > 0
+    assert len(calls) > 0
     assert relative_difference(ours, reference) <= 1e-12
     assert relative_difference(state_tensors(ours_opt), state_tensors(reference_opt)) <= 1e-12

@@ -104,9 +104,16 @@ def openmp() -> bool:
     return "libgomp.so.1" in names
 
 
+#: Compilers that failed a build with ``-fopenmp`` and then built it without: their
+#: later kernels are built without it at once.
+_WITHOUT_OPENMP: set[str] = set()
+
+
 def flags() -> list[str]:
     """The C compiler's flags for kernels in this process."""
-    return [*_FLAGS, "-fopenmp"] if openmp() else list(_FLAGS)
+    if openmp() and compiler() not in _WITHOUT_OPENMP:
+        return [*_FLAGS, "-fopenmp"]
+    return list(_FLAGS)
 
 
 def cache_dir() -> Path:
@@ -288,6 +295,7 @@ def _build(code: str) -> tuple[Callable[..., None], Callable[..., None] | None]:
             raise
         options = list(_FLAGS)  # a compiler without OpenMP: Python threads split the work
         library = _library(code, options)
+        _WITHOUT_OPENMP.add(str(compiler()))
     loaded = ctypes.CDLL(str(library))
     function = loaded.descent_kernel
     function.restype = None
@@ -338,16 +346,13 @@ class Kernel:
         values = np.asarray(scalars, dtype=np.float64)
         total = int(offsets[-1])
         arguments = (offsets.ctypes.data, n, pointers.ctypes.data, values.ctypes.data)
-        if self.parallel is not None:
-            threads = max(1, min(torch.get_num_threads(), total // PARALLEL_MIN_NUMEL))
-            if threads > 1:
-                self.parallel(*arguments, total, threads)
-            else:
-                self.function(*arguments, 0, total)
-            return
-        threads = max(1, min(torch.get_num_threads(), total // THREADS_MIN_NUMEL))
+        grain = PARALLEL_MIN_NUMEL if self.parallel is not None else THREADS_MIN_NUMEL
+        threads = max(1, min(torch.get_num_threads(), total // grain))
         if threads == 1:
             self.function(*arguments, 0, total)
+            return
+        if self.parallel is not None:
+            self.parallel(*arguments, total, threads)
             return
         bounds = [total * i // threads for i in range(threads + 1)]
         futures = [
